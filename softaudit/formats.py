@@ -159,7 +159,9 @@ def round_mpf(v: mpmath.mpf, fmt: Format) -> float:
     sign, man, exp, bc = v._mpf_
     k = max(exp + bc - 1, fmt.emin) - fmt.p + 1
     shift = k - exp
-    if shift <= 0:
+    if shift > bc:
+        n = 0  # |v| < 2^(k-1) = half of the smallest subnormal: rounds to zero
+    elif shift <= 0:
         n = man << -shift
     else:
         n = man >> shift

@@ -1,0 +1,5 @@
+"""`python -m softaudit` runs the command line."""
+
+from softaudit.cli import main
+
+main()

@@ -1,0 +1,32 @@
+"""Built-in candidates, addressed as ``builtin:NAME``.
+
+Each built-in is a plain candidate module in this package, written to the
+same contract as a user's ``impl.py`` and loaded by the same code path, so it
+doubles as an example. One module per variant, each short, with a comment on
+what differs from the others and why:
+
+- ``naive``: no max shift; overflows (inf/NaN) once exp(x) leaves the range.
+- ``shifted``: the textbook max-shifted algorithm in working precision.
+- ``shifted-f64``: the same in float64 (long double for float64 input), rounded once.
+- ``torch``: torch.softmax / log_softmax / logsumexp as the framework ships them.
+
+This package does not import its modules (``torch`` needs torch): the loader
+executes them from their files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+BUILTINS: dict[str, str] = {
+    "naive": "naive",
+    "shifted": "shifted",
+    "shifted-f64": "shifted_f64",
+    "torch": "torch_ops",
+}
+"""Name as typed after ``builtin:`` -> module file stem in this package."""
+
+
+def builtin_path(name: str) -> Path:
+    """The source file of built-in ``name`` (a key of BUILTINS)."""
+    return Path(__file__).with_name(f"{BUILTINS[name]}.py")

@@ -1,0 +1,503 @@
+"""The declarative case library: TOML files of ``[[case]]`` tables.
+
+A case is data (DESIGN §8): a name, a family, the failure it provokes, where that
+failure was seen, the ops and formats it applies to, a shape, a seed and a few
+generator parameters that :mod:`softaudit.inputs` turns into exact inputs. The
+shipped library lives in the top-level ``cases/`` directory (``softaudit/_cases``
+in an installed wheel); users add directories of their own. Every file is checked
+strictly when loaded, so a typo is a one-line :class:`CaseError`, never a case
+that silently tests something else. docs/cases.md documents the format.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import re
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, NoReturn
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+from softaudit.formats import FORMATS, FormatError, get_format
+
+OPS = ("softmax", "log_softmax", "logsumexp")
+"""The ops a case can apply to, in their canonical order."""
+
+FAMILIES: Mapping[str, str] = MappingProxyType({
+    "offsets": "huge common offsets (±1e3 … 1e38, and near each format's range) with a fixed spread on top",
+    "dynamic-range": "gaps across exp's limits: overflow of exp and of sums; probabilities at the subnormal thresholds",
+    "masking": "-inf and finite mask constants (finfo.min, -1e4) in every pattern, set or added to scores",
+    "special-values": "+inf, NaN (alone, with inf) and ±0 entries",
+    "ties": "several entries equal to the row maximum",
+    "confident": "near-one-hot rows with p_max in {0.9, 0.99, 0.999, 1 - 2^-23}",
+    "high-entropy": "uniform and near-uniform rows up to n = 262144",
+    "long-rows": "long 16-bit rows (n = 512 … 262144) where 16-bit accumulation saturates",
+    "shapes": "odd and awkward shapes: n = 1, 2, 3, 513, 1023, vocabulary sizes, many rows",
+    "seed-examples": "the project's own seed examples (DESIGN §8)",
+})
+"""The shipped library's families and what each covers. User files may add others."""
+
+VALUE_KINDS = ("normal", "uniform", "ramp", "constant", "confident", "explicit")
+"""Base distributions of a case's values (the ``values`` key)."""
+
+MASK_PATTERNS = ("none", "prefix", "suffix", "scattered", "alternate", "causal", "all-but-one", "all")
+"""Column patterns of the ``mask`` key."""
+
+MASK_MODES = ("set", "add")
+"""``set`` replaces masked scores by the mask value; ``add`` adds it, as attention masks do."""
+
+FINFO_SYMBOLS = ("finfo.min", "finfo.max")
+"""Symbolic values resolved per format: -max_finite and +max_finite."""
+
+Value = float | str
+"""A number, or one of :data:`FINFO_SYMBOLS`."""
+
+PARAM_DEFAULTS: Mapping[str, Any] = MappingProxyType({
+    "values": "normal",
+    "scale": 1.0,
+    "scale_fraction_of_max": None,
+    "offset": 0.0,
+    "offset_fraction_of_max": None,
+    "value": 0.0,
+    "p_max": None,
+    "data": None,
+    "gap": None,
+    "ties": 1,
+    "mask": "none",
+    "mask_fraction": 0.5,
+    "mask_value": -math.inf,
+    "mask_mode": "set",
+    "mask_rows": None,
+    "inject": (),
+})
+"""Every generator parameter with the value it takes when a case omits it (None: unused)."""
+
+_CASE_KEYS = ("name", "family", "description", "seen_in", "ops", "formats", "rows", "n", "seed")
+_INJECT_KEYS = ("value", "columns", "count", "rows")
+_NAME_RE = re.compile(r"^[a-z0-9]+(?:[-.][a-z0-9]+)*$")
+
+
+class CaseError(ValueError):
+    """A malformed case file, or a selection that matches nothing. The message is one line."""
+
+
+@dataclass(frozen=True)
+class Case:
+    """One case of the library: what to generate, and where it applies."""
+
+    name: str
+    """Unique kebab-case identifier (letters, digits, '-' and '.')."""
+    family: str
+    """Failure family (see :data:`FAMILIES`); ``--case`` patterns match it too."""
+    description: str
+    """One line: the failure the case provokes."""
+    seen_in: str
+    """Where such a failure was seen in the wild."""
+    ops: tuple[str, ...]
+    """Ops the case applies to, in :data:`OPS` order."""
+    formats: tuple[str, ...]
+    """Canonical format names the case is restricted to; () means all."""
+    rows: int
+    n: int
+    seed: int
+    """Per-case seed, combined with the audit's seed (default: CRC-32 of the name)."""
+    params: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}), hash=False)
+    """Generator parameters the file gave, validated and normalised (read-only)."""
+    source: str = ""
+    """Path of the file the case came from."""
+
+    def applies_to(self, op: str, fmt_name: str) -> bool:
+        """Whether the case runs for ``op`` in the format named ``fmt_name``."""
+        return op in self.ops and self.applies_to_format(fmt_name)
+
+    def applies_to_format(self, fmt_name: str) -> bool:
+        """Whether the case runs in the format named ``fmt_name`` (aliases accepted)."""
+        if not self.formats:
+            return True
+        name = fmt_name if fmt_name in FORMATS else _canonical_format(fmt_name)
+        return name in self.formats
+
+    @property
+    def elements(self) -> int:
+        """Input elements per format: rows * n."""
+        return self.rows * self.n
+
+    def param(self, key: str) -> Any:
+        """A generator parameter, or its default from :data:`PARAM_DEFAULTS`."""
+        return self.params.get(key, PARAM_DEFAULTS[key])
+
+
+def _canonical_format(name: str) -> str:
+    try:
+        return get_format(name).name
+    except FormatError:
+        return name
+
+
+# --------------------------------------------------------------------------
+# Loading
+
+
+def default_cases_dir() -> Path:
+    """The shipped library: ``softaudit/_cases`` in a wheel, ``<repo>/cases`` in a checkout."""
+    here = Path(__file__).resolve().parent
+    installed = here / "_cases"
+    if installed.is_dir():
+        return installed
+    return here.parent / "cases"
+
+
+def load_cases(extra_dirs: Sequence[Path] = (), include_default: bool = True) -> list[Case]:
+    """Load every ``*.toml`` file of the shipped library and of ``extra_dirs``.
+
+    An entry of ``extra_dirs`` may also name a single ``.toml`` file. Cases come
+    back sorted by (family, name). Raises :class:`CaseError` on a missing
+    directory, a directory without case files, a malformed file or a duplicate
+    name (a user case cannot replace a shipped one: give it another name).
+    """
+    dirs = ([default_cases_dir()] if include_default else []) + [Path(d) for d in extra_dirs]
+    files: list[Path] = []
+    seen_dirs: set[Path] = set()
+    for d in dirs:
+        resolved = d.resolve()
+        if resolved in seen_dirs:
+            continue
+        seen_dirs.add(resolved)
+        if d.is_file() and d.suffix == ".toml":
+            files.append(d)
+        elif d.is_dir():
+            found = sorted(d.glob("*.toml"))
+            if not found:
+                raise CaseError(f"{d}: no *.toml case files in this directory")
+            files.extend(found)
+        else:
+            raise CaseError(f"{d}: no such case directory")
+    by_name: dict[str, Case] = {}
+    for path in files:
+        for case in _load_file(path):
+            other = by_name.get(case.name)
+            if other is not None:
+                raise CaseError(f"{path}: case {case.name!r}: duplicate name (also defined in {other.source})")
+            by_name[case.name] = case
+    return sorted(by_name.values(), key=lambda c: (c.family, c.name))
+
+
+def select_cases(cases: Sequence[Case], patterns: Sequence[str]) -> list[Case]:
+    """Cases whose name or family matches any fnmatch pattern; no patterns: all.
+
+    Order follows ``cases``. A pattern that matches nothing raises CaseError.
+    """
+    if not patterns:
+        return list(cases)
+    chosen: set[str] = set()
+    for pattern in patterns:
+        pat = pattern.strip().lower()
+        hits = [c.name for c in cases if fnmatch.fnmatchcase(c.name, pat) or fnmatch.fnmatchcase(c.family, pat)]
+        if not hits:
+            raise CaseError(f"no case matches {pattern!r}")
+        chosen.update(hits)
+    return [c for c in cases if c.name in chosen]
+
+
+def _load_file(path: Path) -> list[Case]:
+    try:
+        with path.open("rb") as fh:
+            doc = tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise CaseError(f"{path}: invalid TOML: {_one_line(str(exc))}") from None
+    except OSError as exc:
+        raise CaseError(f"{path}: cannot read: {_one_line(str(exc))}") from None
+    unknown = [k for k in doc if k != "case"]
+    if unknown:
+        raise CaseError(f"{path}: unknown top-level key {unknown[0]!r} (a case file holds only [[case]] tables)")
+    tables = doc.get("case", [])
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        raise CaseError(f"{path}: 'case' must be an array of tables, written [[case]]")
+    return [_CaseReader(path, i, t).read() for i, t in enumerate(tables)]
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+class _CaseReader:
+    """Validates one ``[[case]]`` table; every complaint names file, case and key."""
+
+    def __init__(self, path: Path, index: int, table: dict[str, Any]) -> None:
+        self.path = path
+        self.table = table
+        raw_name = table.get("name")
+        self.label = repr(raw_name) if isinstance(raw_name, str) else f"#{index + 1}"
+
+    def fail(self, key: str, message: str) -> NoReturn:
+        raise CaseError(_one_line(f"{self.path}: case {self.label}: key {key!r}: {message}"))
+
+    # -- scalar helpers ------------------------------------------------------
+
+    def text(self, key: str, required: bool = True) -> str:
+        v = self.table.get(key)
+        if v is None:
+            if required:
+                self.fail(key, "missing (required)")
+            return ""
+        if not isinstance(v, str) or not v.strip():
+            self.fail(key, "must be a non-empty string")
+        if "\n" in v.strip():
+            self.fail(key, "must be a single line")
+        return v.strip()
+
+    def integer(self, key: str, v: Any, minimum: int) -> int:
+        if isinstance(v, bool) or not isinstance(v, int):
+            self.fail(key, f"must be an integer, got {v!r}")
+        if v < minimum:
+            self.fail(key, f"must be at least {minimum}, got {v}")
+        return v
+
+    def value(self, key: str, v: Any) -> Value:
+        """A number, a string such as "inf", "-0.0", "nan", or a finfo symbol."""
+        if isinstance(v, str) and v.strip().lower() in FINFO_SYMBOLS:
+            return v.strip().lower()
+        return self.real(key, v, symbols_allowed=True)
+
+    def real(self, key: str, v: Any, finite: bool = False, symbols_allowed: bool = False) -> float:
+        """A float from a TOML number or a numeric string ("inf", "-0.0", "nan", "1e38")."""
+        out = math.nan
+        if isinstance(v, str):
+            try:
+                out = float(v.strip())
+            except ValueError:
+                extra = ", 'finfo.min', 'finfo.max'" if symbols_allowed else ""
+                self.fail(key, f"{v!r} is not a number (use a number, 'inf', '-inf', 'nan', '-0.0'{extra})")
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            try:
+                out = float(v)
+            except OverflowError:
+                self.fail(key, f"{v!r} is beyond float64's range")
+        else:
+            self.fail(key, f"must be a number, got {v!r}")
+        if finite and not math.isfinite(out):
+            self.fail(key, f"must be finite, got {v!r}")
+        return math.nan if math.isnan(out) else out  # one NaN object, so equal cases compare equal
+
+    def choice(self, key: str, v: Any, allowed: Sequence[str]) -> str:
+        if not isinstance(v, str) or v not in allowed:
+            self.fail(key, f"must be one of {', '.join(allowed)}; got {v!r}")
+        return v
+
+    def index_list(self, key: str, v: Any, size: int, what: str) -> tuple[int, ...]:
+        """Row or column indices (negative counts from the end), sorted and unique."""
+        if not isinstance(v, list) or not v:
+            self.fail(key, f"must be a non-empty list of {what} indices")
+        out: set[int] = set()
+        for i in v:
+            if isinstance(i, bool) or not isinstance(i, int) or not -size <= i < size:
+                self.fail(key, f"{i!r} is not a {what} index in [{-size}, {size})")
+            out.add(i % size)
+        return tuple(sorted(out))
+
+    # -- the case ------------------------------------------------------------
+
+    def read(self) -> Case:
+        t = self.table
+        for key in t:
+            if key not in _CASE_KEYS and key not in PARAM_DEFAULTS:
+                self.fail(key, "unknown key (see docs/cases.md)")
+        name = self.text("name")
+        if not _NAME_RE.match(name):
+            self.fail("name", f"{name!r} is not kebab-case (lowercase letters, digits, '-', '.')")
+        family = self.text("family")
+        if not _NAME_RE.match(family):
+            self.fail("family", f"{family!r} is not kebab-case (lowercase letters, digits, '-', '.')")
+        description = self.text("description")
+        seen_in = self.text("seen_in", required=False)
+        ops = self.ops()
+        formats = self.formats()
+        seed = self.integer("seed", t["seed"], 0) if "seed" in t else zlib.crc32(name.encode())
+
+        params: dict[str, Any] = {}
+        kind = self.choice("values", t.get("values", "normal"), VALUE_KINDS)
+        if "values" in t:
+            params["values"] = kind
+        data = self.data(kind)
+        rows, n = self.shape(data)
+        if data is not None:
+            params["data"] = data
+        self.params_for_values(kind, n, params)
+        self.offset(params)
+        if "gap" in t:
+            if n < 2:
+                self.fail("gap", "needs n >= 2 (the gap is measured from the other entries)")
+            params["gap"] = self.real("gap", t["gap"], finite=True)
+        if "ties" in t:
+            ties = self.integer("ties", t["ties"], 1)
+            if ties > n:
+                self.fail("ties", f"{ties} tied entries do not fit in a row of n = {n}")
+            params["ties"] = ties
+        if kind == "explicit":
+            for key in ("gap", "ties"):
+                if key in t:
+                    self.fail(key, "does not apply to values = 'explicit' (write the values you want)")
+        if kind == "constant" and ("gap" in t or "ties" in t) and isinstance(params.get("value"), float) \
+                and not math.isfinite(params["value"]):
+            self.fail("gap" if "gap" in t else "ties", "needs finite constant values")
+        self.mask(rows, params)
+        if "inject" in t:
+            params["inject"] = self.inject(rows, n)
+        return Case(name=name, family=family, description=description, seen_in=seen_in, ops=ops,
+                    formats=formats, rows=rows, n=n, seed=seed, params=MappingProxyType(params),
+                    source=str(self.path))
+
+    def ops(self) -> tuple[str, ...]:
+        v = self.table.get("ops", list(OPS))
+        if not isinstance(v, list) or not v:
+            self.fail("ops", f"must be a non-empty list drawn from {', '.join(OPS)}")
+        for op in v:
+            if op not in OPS:
+                self.fail("ops", f"unknown op {op!r} (known: {', '.join(OPS)})")
+        return tuple(op for op in OPS if op in v)
+
+    def formats(self) -> tuple[str, ...]:
+        if "formats" not in self.table:
+            return ()
+        v = self.table["formats"]
+        if not isinstance(v, list) or not v:
+            self.fail("formats", f"must be a non-empty list drawn from {', '.join(FORMATS)}")
+        names: set[str] = set()
+        for f in v:
+            if not isinstance(f, str):
+                self.fail("formats", f"{f!r} is not a format name")
+            try:
+                names.add(get_format(f).name)
+            except FormatError:
+                self.fail("formats", f"unknown format {f!r} (known: {', '.join(FORMATS)})")
+        return tuple(f for f in FORMATS if f in names)
+
+    def data(self, kind: str) -> tuple[tuple[Value, ...], ...] | None:
+        t = self.table
+        if "data" not in t:
+            if kind == "explicit":
+                self.fail("data", "missing (required by values = 'explicit')")
+            return None
+        if kind != "explicit":
+            self.fail("data", "only applies to values = 'explicit'")
+        v = t["data"]
+        if not isinstance(v, list) or not v:
+            self.fail("data", "must be a non-empty list of numbers (one row) or of rows")
+        rows = v if all(isinstance(r, list) for r in v) else [v]
+        if any(not isinstance(r, list) or not r for r in rows):
+            self.fail("data", "mixes numbers and rows, or holds an empty row")
+        if len({len(r) for r in rows}) != 1:
+            self.fail("data", "rows have different lengths")
+        return tuple(tuple(self.value("data", x) for x in r) for r in rows)
+
+    def shape(self, data: tuple[tuple[Value, ...], ...] | None) -> tuple[int, int]:
+        t = self.table
+        rows = self.integer("rows", t["rows"], 1) if "rows" in t else None
+        n = self.integer("n", t["n"], 1) if "n" in t else None
+        if data is None:
+            if n is None:
+                self.fail("n", "missing (required unless values = 'explicit')")
+            return rows or 1, n
+        if n is not None and n != len(data[0]):
+            self.fail("n", f"is {n} but the data rows hold {len(data[0])} values")
+        if len(data) > 1 and rows is not None and rows != len(data):
+            self.fail("rows", f"is {rows} but data holds {len(data)} rows")
+        return (rows or 1) if len(data) == 1 else len(data), len(data[0])
+
+    def params_for_values(self, kind: str, n: int, params: dict[str, Any]) -> None:
+        t = self.table
+        spread_kinds = ("normal", "uniform", "ramp")
+        if "scale" in t and "scale_fraction_of_max" in t:
+            self.fail("scale_fraction_of_max", "give either scale or scale_fraction_of_max, not both")
+        for key in ("scale", "scale_fraction_of_max"):
+            if key in t:
+                if kind not in spread_kinds:
+                    self.fail(key, f"only applies to values = {', '.join(spread_kinds)}")
+                s = self.real(key, t[key], finite=True)
+                if s < 0:
+                    self.fail(key, f"must be >= 0, got {t[key]!r}")
+                params[key] = s
+        if "value" in t:
+            if kind != "constant":
+                self.fail("value", "only applies to values = 'constant'")
+            params["value"] = self.value("value", t["value"])
+        if kind == "confident" or "p_max" in t:
+            if kind != "confident":
+                self.fail("p_max", "only applies to values = 'confident'")
+            if "p_max" not in t:
+                self.fail("p_max", "missing (required by values = 'confident')")
+            p = self.real("p_max", t["p_max"], finite=True)
+            if not 0.0 < p < 1.0:
+                self.fail("p_max", f"must lie strictly between 0 and 1, got {t['p_max']!r}")
+            if n < 2:
+                self.fail("p_max", "a confident row needs n >= 2")
+            params["p_max"] = p
+
+    def offset(self, params: dict[str, Any]) -> None:
+        t = self.table
+        if "offset" in t and "offset_fraction_of_max" in t:
+            self.fail("offset_fraction_of_max", "give either offset or offset_fraction_of_max, not both")
+        if "offset" in t:
+            params["offset"] = self.real("offset", t["offset"], finite=True)
+        if "offset_fraction_of_max" in t:
+            f = self.real("offset_fraction_of_max", t["offset_fraction_of_max"], finite=True)
+            if not -1.0 <= f <= 1.0:
+                self.fail("offset_fraction_of_max", f"must lie in [-1, 1], got {t['offset_fraction_of_max']!r}")
+            params["offset_fraction_of_max"] = f
+
+    def mask(self, rows: int, params: dict[str, Any]) -> None:
+        t = self.table
+        pattern = self.choice("mask", t.get("mask", "none"), MASK_PATTERNS)
+        if pattern == "none":
+            for key in ("mask_fraction", "mask_value", "mask_mode", "mask_rows"):
+                if key in t:
+                    self.fail(key, "needs a mask pattern (key 'mask')")
+            return
+        params["mask"] = pattern
+        if "mask_fraction" in t:
+            if pattern not in ("prefix", "suffix", "scattered"):
+                self.fail("mask_fraction", "only applies to mask = prefix, suffix, scattered")
+            f = self.real("mask_fraction", t["mask_fraction"], finite=True)
+            if not 0.0 <= f <= 1.0:
+                self.fail("mask_fraction", f"must lie in [0, 1], got {t['mask_fraction']!r}")
+            params["mask_fraction"] = f
+        if "mask_value" in t:
+            params["mask_value"] = self.value("mask_value", t["mask_value"])
+        if "mask_mode" in t:
+            params["mask_mode"] = self.choice("mask_mode", t["mask_mode"], MASK_MODES)
+        if "mask_rows" in t:
+            params["mask_rows"] = self.index_list("mask_rows", t["mask_rows"], rows, "row")
+
+    def inject(self, rows: int, n: int) -> tuple[Mapping[str, Any], ...]:
+        v = self.table["inject"]
+        if not isinstance(v, list) or not v or not all(isinstance(e, dict) for e in v):
+            self.fail("inject", "must be a non-empty list of tables, e.g. [{ value = 'nan', columns = [3] }]")
+        out: list[Mapping[str, Any]] = []
+        for e in v:
+            for key in e:
+                if key not in _INJECT_KEYS:
+                    self.fail("inject", f"unknown key {key!r} in an injection (known: {', '.join(_INJECT_KEYS)})")
+            if "value" not in e:
+                self.fail("inject", "an injection needs a 'value'")
+            entry: dict[str, Any] = {"value": self.value("inject", e["value"])}
+            if ("columns" in e) == ("count" in e):
+                self.fail("inject", "an injection needs exactly one of 'columns' or 'count'")
+            if "columns" in e:
+                entry["columns"] = self.index_list("inject", e["columns"], n, "column")
+            else:
+                count = self.integer("inject", e["count"], 1)
+                if count > n:
+                    self.fail("inject", f"count {count} exceeds n = {n}")
+                entry["count"] = count
+            if "rows" in e:
+                entry["rows"] = self.index_list("inject", e["rows"], rows, "row")
+            out.append(MappingProxyType(entry))
+        return tuple(out)

@@ -1,0 +1,167 @@
+"""Command line: a thin layer over runner.run_audit and the case library.
+
+Exit codes: 0 no FAIL, 1 at least one FAIL, 2 bad input (one line, no traceback
+unless --debug).
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from pathlib import Path
+from typing import NoReturn, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+import softaudit
+from softaudit.candidates import CandidateError
+from softaudit.cases import OPS, CaseError, load_cases, select_cases
+from softaudit.envelope import DEFAULT_RATIO_LIMIT
+from softaudit.formats import FORMATS, FormatError, get_format
+from softaudit.verdicts import DEFAULT_UNDEFINED_POLICY, UNDEFINED_POLICIES, Gate
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Audit softmax, log_softmax and logsumexp implementations against exact references.",
+)
+
+EXIT_BAD_INPUT = 2
+BAD_INPUT_ERRORS = (CandidateError, CaseError, FormatError)
+
+
+class UsageProblem(ValueError):
+    """A bad option value found by our own checks."""
+
+
+def _fatal(message: str) -> NoReturn:
+    Console(stderr=True).print(f"[bold red]softaudit: error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(EXIT_BAD_INPUT)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"softaudit {softaudit.__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """softaudit: a numerical-stability auditor for softmax-family code."""
+
+
+def _check_ops(ops: list[str]) -> list[str]:
+    for op in ops:
+        if op not in OPS:
+            raise UsageProblem(f"unknown op {op!r} (known: {', '.join(OPS)})")
+    return ops
+
+
+@app.command()
+def run(
+    targets: list[str] = typer.Argument(..., help="Candidate files (impl.py) or built-ins (builtin:naive, builtin:shifted, builtin:shifted-f64, builtin:torch).", show_default=False),
+    op: list[str] = typer.Option([], "--op", "-o", help="Op to audit (repeatable): softmax, log_softmax, logsumexp. Default: every op the target defines."),
+    dtype: list[str] = typer.Option([], "--dtype", "-d", help="Format (repeatable): float64, float32, float16, bfloat16. Default: all four."),
+    case: list[str] = typer.Option([], "--case", "-c", help="Case name or family pattern, fnmatch style (repeatable). Default: the whole library."),
+    cases_dir: list[Path] = typer.Option([], "--cases-dir", help="Extra directory of case files, added to the shipped library (repeatable)."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Write every record to this JSON file (schema: docs/json-schema.md)."),
+    seed: int = typer.Option(0, "--seed", help="Seed mixed into every case's own seed; recorded in the JSON."),
+    limit: float = typer.Option(DEFAULT_RATIO_LIMIT, "--limit", help="Stability-ratio limit: FAIL above it, WARN between 1 and it."),
+    undefined: str = typer.Option(DEFAULT_UNDEFINED_POLICY, "--undefined", help="Accepted output on undefined rows (fully masked or +inf): nan-or-zero, nan, zero, any."),
+    rowwise: bool = typer.Option(False, "--rowwise", help="Call every op one row (1-D vector) at a time."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Reference cache directory (default: $SOFTAUDIT_CACHE_DIR or ~/.cache/softaudit)."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Compute every reference afresh and store nothing."),
+    findings: int = typer.Option(10, "--findings", help="How many worst findings to explain after the table."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no table; the exit code (and --json) only."),
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for bad input."),
+) -> None:
+    """Audit TARGETS over the case library and print a verdict per candidate x op x format."""
+    from softaudit.reports.json_report import write_json
+    from softaudit.reports.terminal import render
+    from softaudit.runner import AuditOptions, plan, run_audit
+
+    try:
+        if undefined not in UNDEFINED_POLICIES:
+            raise UsageProblem(f"unknown --undefined policy {undefined!r} (known: {', '.join(UNDEFINED_POLICIES)})")
+        if not limit > 1.0:
+            raise UsageProblem(f"--limit must be greater than 1 (the envelope itself), got {limit}")
+        if findings < 0:
+            raise UsageProblem("--findings must be 0 or more")
+        if json_path is not None and not json_path.parent.is_dir():
+            raise UsageProblem(f"--json: directory {str(json_path.parent)!r} does not exist")
+        if json_path is not None and json_path.is_dir():
+            raise UsageProblem(f"--json: {str(json_path)!r} is a directory")
+        for d in cases_dir:
+            if not d.is_dir():
+                raise UsageProblem(f"--cases-dir: {str(d)!r} is not a directory")
+        options = AuditOptions(
+            ops=_check_ops(op), formats=[get_format(d) for d in dtype], case_patterns=case,
+            cases_dirs=cases_dir, seed=seed, gate=Gate(ratio_limit=limit, undefined_policy=undefined),
+            cache_dir=cache_dir, use_cache=not no_cache, rowwise=rowwise,
+        )
+        plan(options)  # validates case patterns and directories before any candidate is loaded
+        console = Console(stderr=True)
+        with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TimeElapsedColumn(), console=console, transient=True, disable=quiet) as bar:
+            task = bar.add_task("loading", total=None)
+
+            def progress(done: int, total: int, what: str) -> None:
+                bar.update(task, completed=done, total=total, description=what)
+
+            result = run_audit(targets, options, progress=progress)
+    except (UsageProblem, *BAD_INPUT_ERRORS) as exc:
+        if debug:
+            traceback.print_exc()
+        _fatal(str(exc))
+    if json_path is not None:
+        write_json(json_path, result)
+    if not quiet:
+        render(result, Console(), max_findings=findings)
+        if json_path is not None:
+            Console().print(f"Results written to {json_path}")
+    raise typer.Exit(result.exit_code)
+
+
+@app.command("cases")
+def list_cases(
+    case: list[str] = typer.Option([], "--case", "-c", help="Only cases whose name or family matches (repeatable)."),
+    cases_dir: list[Path] = typer.Option([], "--cases-dir", help="Extra directory of case files (repeatable)."),
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for bad input."),
+) -> None:
+    """List the case library: name, family, ops, formats, shape and the failure each provokes."""
+    try:
+        for d in cases_dir:
+            if not d.is_dir():
+                raise UsageProblem(f"--cases-dir: {str(d)!r} is not a directory")
+        cases = select_cases(load_cases(list(cases_dir)), case)
+    except (UsageProblem, *BAD_INPUT_ERRORS) as exc:
+        if debug:
+            traceback.print_exc()
+        _fatal(str(exc))
+    table = Table(title=f"{len(cases)} cases", title_justify="left", header_style="bold", show_lines=False)
+    for col in ("name", "family", "rows x n", "ops", "formats", "provokes"):
+        table.add_column(col, overflow="fold")
+    for c in cases:
+        ops = "all" if set(c.ops) == set(OPS) else ", ".join(c.ops)
+        fmts = "all" if not c.formats or set(c.formats) == set(FORMATS) else ", ".join(c.formats)
+        table.add_row(c.name, c.family, f"{c.rows} x {c.n}", ops, fmts, c.description)
+    Console().print(table)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        Console(stderr=True).print("softaudit: interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

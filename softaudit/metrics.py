@@ -1,0 +1,231 @@
+"""Per-element measurements of a candidate's output against the exact reference.
+
+* class check (DESIGN §5): NaN / +inf / -inf / finite expected vs produced;
+* error in ulps of the exact value (DESIGN §4), from the reference's
+  (k, hi, lo) form: |y * 2^-k - hi - lo|, with y * 2^-k exact (a power-of-two
+  scaling) and the subtraction done by TwoSum, so the figure is exact to a
+  relative 2^-52 plus 2^-30 ulp (the reference's own certified accuracy);
+  values out of float64's reach go through mpmath;
+* bits of error (Herbie's convention) from integer ordinals of the format;
+* stability ratio = error / envelope (envelope.py).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass, field
+
+import mpmath
+import numpy as np
+
+from softaudit.envelope import envelope_ulp
+from softaudit.formats import Format, round_float64_array
+from softaudit.reference import OpReference, RowStats
+
+_FLOAT_MAX = sys.float_info.max
+
+
+def ulp_error(y: np.ndarray, k: np.ndarray, hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
+    """|y - exact| / ulp(exact) per element, for finite y (others give NaN)."""
+    y = np.asarray(y, dtype=np.float64)
+    out = np.full(y.shape, np.nan)
+    ok = np.isfinite(y) & np.isfinite(hi)
+    if not ok.any():
+        return out
+    yv, kv, hv, lv = y[ok], k[ok].astype(np.int64), hi[ok], lo[ok]
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+        big_y = np.ldexp(yv, -kv)
+        # TwoSum: s + t == big_y - hv exactly.
+        s = big_y - hv
+        bb = s - big_y
+        t = (big_y - (s - bb)) + (-hv - bb)
+        err = np.abs(s + (t - lv))
+    # The scaling is exact unless it overflowed or fell into float64's subnormals.
+    inexact = ~np.isfinite(big_y) | ((yv != 0) & (np.abs(big_y) < 2.0**-1022))
+    for j in np.flatnonzero(inexact):
+        err[j] = _exact_ulp_error(float(yv[j]), int(kv[j]), float(hv[j]), float(lv[j]))
+    out[ok] = err
+    return out
+
+
+def _exact_ulp_error(y: float, k: int, hi: float, lo: float) -> float:
+    ctx = mpmath.MPContext()
+    ctx.prec = 256
+    e = abs(ctx.ldexp(y, -k) - ctx.mpf(hi) - ctx.mpf(lo))
+    return min(float(e), _FLOAT_MAX)
+
+
+def _ordinals(values: np.ndarray, fmt: Format) -> np.ndarray:
+    """Monotone integer positions of format values (as float64; exact below 2^53)."""
+    bits = round_float64_array(values, fmt).view(fmt.uint_dtype).astype(np.uint64)
+    sign = np.uint64(1) << np.uint64(fmt.uint_dtype.itemsize * 8 - 1)
+    mag = (bits & ~sign).astype(np.float64)
+    return np.where((bits & sign) != 0, -mag, mag)
+
+
+def bits_of_error(y: np.ndarray, rounded: np.ndarray, fmt: Format) -> np.ndarray:
+    """log2(1 + number of format values between y and round(exact)); NaN where either is not finite."""
+    y = np.asarray(y, dtype=np.float64)
+    ok = np.isfinite(y) & np.isfinite(rounded)
+    out = np.full(y.shape, np.nan)
+    if ok.any():
+        out[ok] = np.log2(1.0 + np.abs(_ordinals(y[ok], fmt) - _ordinals(rounded[ok], fmt)))
+    return out
+
+
+CLASS_NAMES = {0: "finite", 1: "nan", 2: "+inf", 3: "-inf"}
+
+
+def value_class(v: np.ndarray) -> np.ndarray:
+    """0 finite, 1 NaN, 2 +inf, 3 -inf."""
+    v = np.asarray(v, dtype=np.float64)
+    return np.select([np.isnan(v), v == np.inf, v == -np.inf], [1, 2, 3], 0)
+
+
+@dataclass
+class ElementJudgement:
+    """Every per-element figure of one output, aligned with it."""
+
+    err_ulp: np.ndarray
+    bits: np.ndarray
+    envelope: np.ndarray
+    ratio: np.ndarray
+    expected_class: np.ndarray
+    got_class: np.ndarray
+    class_mismatch: np.ndarray
+    """True where the produced class differs from the exact one (a hard failure)."""
+    judged: np.ndarray
+    """False for elements of undefined rows, which the undefined-row policy judges."""
+
+
+def judge_elements(op: str, x: np.ndarray, y: np.ndarray, ref: OpReference,
+                   stats: RowStats, fmt: Format) -> ElementJudgement:
+    """Compare output ``y`` (float64 holding format values) with the reference, element by element."""
+    x64 = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    rows = ref.rounded.shape[0]
+    judged = ~ref.undefined
+    if y.ndim == 2:
+        judged = np.broadcast_to(judged[:, None], y.shape)
+    expected = value_class(ref.rounded)
+    got = value_class(y)
+    # An exact finite value that rounds to ±inf (overflow) may come back as the
+    # infinity or as a finite value measured in ulps: both are right answers.
+    overflowed = np.isinf(ref.rounded) & (ref.hi != 0) & np.isfinite(ref.hi)
+    mismatch = (expected != got) & ~(overflowed & (got == 0)) & judged
+    err = ulp_error(y, ref.k, ref.hi, ref.lo)
+    err = np.where(overflowed & (got == expected), 0.0, err)
+    env = envelope_ulp(op, x64, stats.amax, stats.log_s, ref.k, ref.hi, fmt)
+    with np.errstate(invalid="ignore"):
+        ratio = err / env
+    finite_pair = judged & ~mismatch & (got == 0) & np.isfinite(err)
+    err = np.where(finite_pair, err, np.nan)
+    ratio = np.where(finite_pair, ratio, np.nan)
+    bits = np.where(finite_pair, bits_of_error(y, np.where(np.isfinite(ref.rounded), ref.rounded, 0.0), fmt), np.nan)
+    del rows
+    return ElementJudgement(err, bits, env, ratio, expected, got, mismatch, np.asarray(judged))
+
+
+def undefined_behaviour(op: str, y_row: np.ndarray) -> str:
+    """What a candidate produced on a row whose exact answer is undefined (DESIGN §5)."""
+    y_row = np.asarray(y_row, dtype=np.float64)
+    if np.isnan(y_row).all():
+        return "nan"
+    if op == "softmax" and (y_row == 0).all():
+        return "zero"
+    if op == "log_softmax" and ((y_row == -np.inf).all() or (y_row == 0).all()):
+        return "zero"
+    return "other"
+
+
+@dataclass
+class Location:
+    """Where one element sits, and its values (all as exact as the format allows)."""
+
+    row: int
+    col: int | None
+    input: float | None
+    computed: float
+    rounded_exact: float
+    exact: str = ""
+    err_ulp: float = math.nan
+    envelope_ulp: float = math.nan
+    ratio: float = math.nan
+
+
+@dataclass
+class RecordMetrics:
+    """Aggregates of one candidate x op x format x case."""
+
+    elements: int
+    judged: int
+    class_mismatches: int
+    mismatch_kinds: dict[str, int] = field(default_factory=dict)
+    """"expected->got" class pairs, e.g. {"finite->nan": 12}."""
+    first_mismatch: Location | None = None
+    nan_out: int = 0
+    inf_out: int = 0
+    max_ulp: float = 0.0
+    median_ulp: float = 0.0
+    p99_ulp: float = 0.0
+    max_bits: float = 0.0
+    max_ratio: float = 0.0
+    worst: Location | None = None
+    above_envelope: int = 0
+    above_limit: int = 0
+    undefined_rows: dict[str, int] = field(default_factory=dict)
+
+
+def summarize(op: str, x: np.ndarray, y: np.ndarray, ref: OpReference, j: ElementJudgement,
+              limit: float) -> RecordMetrics:
+    """Reduce element judgements to the record's figures, with the worst element located."""
+    y64 = np.asarray(y, dtype=np.float64)
+    x64 = np.asarray(x, dtype=np.float64)
+    m = RecordMetrics(elements=int(y64.size), judged=int(np.count_nonzero(j.judged)),
+                      class_mismatches=int(np.count_nonzero(j.class_mismatch)))
+    m.nan_out = int(np.count_nonzero(np.isnan(y64)))
+    m.inf_out = int(np.count_nonzero(np.isinf(y64)))
+    if m.class_mismatches:
+        for e, g in zip(j.expected_class[j.class_mismatch].ravel(), j.got_class[j.class_mismatch].ravel()):
+            key = f"{CLASS_NAMES[int(e)]}->{CLASS_NAMES[int(g)]}"
+            m.mismatch_kinds[key] = m.mismatch_kinds.get(key, 0) + 1
+        idx = tuple(int(i) for i in np.argwhere(j.class_mismatch)[0])
+        m.first_mismatch = _locate(op, x64, y64, ref, j, idx)
+    for r in np.flatnonzero(ref.undefined):
+        b = undefined_behaviour(op, y64[r])
+        m.undefined_rows[b] = m.undefined_rows.get(b, 0) + 1
+    err = j.err_ulp[np.isfinite(j.err_ulp)]
+    if err.size:
+        m.max_ulp = float(err.max())
+        m.median_ulp = float(np.median(err))
+        m.p99_ulp = float(np.percentile(err, 99))
+        m.max_bits = float(np.nanmax(j.bits))
+        ratio = np.where(np.isfinite(j.ratio), j.ratio, -1.0)
+        m.max_ratio = float(ratio.max())
+        m.above_envelope = int(np.count_nonzero(ratio > 1.0))
+        m.above_limit = int(np.count_nonzero(ratio > limit))
+        # Worst = highest ratio; among equal ratios, the largest ulp error.
+        flat = np.lexsort((np.nan_to_num(j.err_ulp, nan=-1.0).ravel(), ratio.ravel()))[-1]
+        idx = tuple(int(i) for i in np.unravel_index(flat, ratio.shape))
+        m.worst = _locate(op, x64, y64, ref, j, idx)
+    return m
+
+
+def _locate(op: str, x: np.ndarray, y: np.ndarray, ref: OpReference, j: ElementJudgement,
+            idx: tuple[int, ...]) -> Location:
+    from softaudit.reference import exact_element
+
+    row = idx[0]
+    col = idx[1] if len(idx) > 1 else None
+    if col is None:
+        # logsumexp: show the row's largest input, the value the result hinges on.
+        finite = x[row][~np.isnan(x[row])]
+        inp = float(finite.max()) if finite.size else math.nan
+    else:
+        inp = float(x[row, col])
+    return Location(
+        row=row, col=col, input=inp, computed=float(y[idx]), rounded_exact=float(ref.rounded[idx]),
+        exact=exact_element(x[row], op, col), err_ulp=float(j.err_ulp[idx]),
+        envelope_ulp=float(j.envelope[idx]), ratio=float(j.ratio[idx]),
+    )

@@ -1,0 +1,38 @@
+"""The unit of an audit's results: one candidate x op x direction x format x case."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from softaudit.metrics import RecordMetrics
+
+
+@dataclass
+class Record:
+    """One judged (or skipped) combination, as reports and the JSON show it."""
+
+    candidate: str
+    """Candidate name (file stem, decorator name, or built-in name)."""
+    target: str
+    """What the user named: a file path or builtin:NAME."""
+    op: str
+    dtype: str
+    case: str
+    family: str
+    verdict: str
+    """PASS, WARN, FAIL or SKIP."""
+    reasons: list[str] = field(default_factory=list)
+    """One line each, most serious first; the skip reason for SKIP."""
+    direction: str = "forward"
+    metrics: RecordMetrics | None = None
+    error: str | None = None
+    """The candidate's crash, exception or contract breach, in one line."""
+    input_modified: bool = False
+    output_dtype: str = ""
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def id(self) -> str:
+        """Stable identifier: candidate/op/direction/dtype/case."""
+        return f"{self.candidate}/{self.op}/{self.direction}/{self.dtype}/{self.case}"

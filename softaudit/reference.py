@@ -1,0 +1,421 @@
+"""Exact references: softmax, log_softmax and logsumexp in mpmath, correctly rounded.
+
+Two layers:
+
+* :func:`exact_row` is the exact engine: every output of one row as an mpmath
+  number at a chosen precision, with DESIGN §5's special-value semantics.
+* :func:`reference_rows` turns rows of inputs (exact binary values of the target
+  format) into *certified* correctly-rounded references. Each value is computed
+  at precision P together with a rigorous bound on its error; it is accepted
+  only when both ends of that interval round to the same value of the format
+  and the bound is below 2^-30 ulp. Otherwise the row is recomputed at twice
+  the precision (Ziv's strategy), so the rounding is exact, not probable.
+
+A reference element is stored as (rounded value, k, hi, lo) with
+exact / 2^k = hi + lo to about 106 bits and 2^k = ulp(exact): the metrics
+compute errors in ulps from that form.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import mpmath
+import numpy as np
+
+from softaudit.formats import Format, round_mpf, ulp_exponent
+
+ENGINE_VERSION = "1"
+"""Bump whenever a change could alter any stored reference: it invalidates the cache."""
+
+OPS = ("softmax", "log_softmax", "logsumexp")
+
+_ctx = mpmath.MPContext()
+"""A private mpmath context, so our precision changes never leak to users' code."""
+
+_LN2 = math.log(2.0)
+_MAX_PREC = 16384
+_REQUIRED_ULP_ACCURACY = 2.0**-30
+"""A stored reference must know its exact value to this many ulps, so reported errors are exact to ~9 digits."""
+
+
+# --------------------------------------------------------------------------
+# The exact engine
+
+
+@dataclass(frozen=True)
+class ExactRow:
+    """Exact outputs for one row. ``None`` marks an undefined result (DESIGN §5)."""
+
+    softmax: list[mpmath.mpf] | None
+    log_softmax: list[mpmath.mpf] | None
+    logsumexp: mpmath.mpf
+
+
+def exact_row(values: Sequence[float], prec: int = 200) -> ExactRow:
+    """softmax, log_softmax and logsumexp of ``values`` at ``prec`` bits (no shortcuts).
+
+    Slow on long rows (one exp per element); the reference builder uses
+    :func:`reference_rows`, which skips what cannot affect a rounded result.
+    """
+    x = [float(v) for v in values]
+    nan = _ctx.mpf("nan")
+    if any(math.isnan(v) for v in x):
+        return ExactRow([nan] * len(x), [nan] * len(x), nan)
+    if any(v == math.inf for v in x):
+        return ExactRow(None, None, _ctx.mpf("inf"))
+    if all(v == -math.inf for v in x):
+        return ExactRow(None, None, _ctx.mpf("-inf"))
+    a = max(x)
+    _ctx.prec = prec
+    d = [_ctx.fsub(v, a, exact=True) if v != -math.inf else None for v in x]
+    k = sum(1 for di in d if di is not None and di == 0)
+    t = _ctx.fsum(_ctx.exp(di) for di in d if di is not None and di != 0)
+    big_l = _ctx.log1p(t) if k == 1 else _ctx.log(k + t)
+    s = k + t
+    sm = [_ctx.zero if di is None else _ctx.exp(di) / s for di in d]
+    ls = [_ctx.ninf if di is None else di - big_l for di in d]
+    return ExactRow(sm, ls, a + big_l)
+
+
+# --------------------------------------------------------------------------
+# Certified references
+
+
+@dataclass
+class OpReference:
+    """Correctly rounded reference for one op over a batch of rows."""
+
+    op: str
+    rounded: np.ndarray
+    """Correctly rounded exact value (float64 holding a value of the format); NaN where undefined or NaN."""
+    k: np.ndarray
+    """ulp(exact) = 2^k in the format (int32)."""
+    hi: np.ndarray
+    lo: np.ndarray
+    """exact / 2^k = hi + lo (float64 pair); 0 where the exact value is 0 or far below ulp(0)."""
+    undefined: np.ndarray
+    """Per row (bool): the exact answer is undefined (fully masked or +inf row, DESIGN §5)."""
+
+
+@dataclass
+class RowStats:
+    """Per-row quantities the stability envelope needs (DESIGN §6)."""
+
+    amax: np.ndarray
+    """Row maximum (float64; NaN/±inf as they are)."""
+    log_s: np.ndarray
+    """log of s = sum exp(x_j - amax), as float64 (NaN where undefined)."""
+    n: int
+
+
+@dataclass
+class ReferenceSet:
+    """References of all three ops for one input array, with the envelope's row stats."""
+
+    ops: dict[str, OpReference]
+    stats: RowStats
+    uncertified: int
+    """Elements whose rounding could not be certified within the precision cap (expected 0)."""
+
+
+def _certify(v: mpmath.mpf, err: float, fmt: Format) -> tuple[float, int, float, float, bool]:
+    """Round v into fmt; True when [v-err, v+err] provably rounds the same and err is tiny in ulps."""
+    k = ulp_exponent(v, fmt)
+    r = round_mpf(v, fmt)
+    ok = True
+    if err > 0.0:
+        try:
+            ok = math.ldexp(err, -k) <= _REQUIRED_ULP_ACCURACY
+        except OverflowError:
+            ok = False
+        ok = ok and round_mpf(v - err, fmt) == r and round_mpf(v + err, fmt) == r
+    w = _ctx.ldexp(v, -k)
+    hi = float(w)
+    lo = float(_ctx.fsub(w, hi, exact=True)) if math.isfinite(hi) else 0.0
+    return r, k, hi, lo, ok
+
+
+def _row_reference(x: np.ndarray, fmt: Format, prec: int) -> tuple[dict, float, float, bool]:
+    """One row at precision ``prec``: per-op lists of (rounded, k, hi, lo), amax, log s, certified?"""
+    n = x.size
+    zero_k = fmt.emin - fmt.p + 1
+    nan_entry = (math.nan, zero_k, math.nan, 0.0)
+    if np.isnan(x).any():
+        return ({"softmax": [nan_entry] * n, "log_softmax": [nan_entry] * n, "logsumexp": [nan_entry]},
+                math.nan, math.nan, True)
+    if (x == np.inf).any() or (x == -np.inf).all():
+        lse = math.inf if (x == np.inf).any() else -math.inf
+        return ({"softmax": None, "log_softmax": None, "logsumexp": [(lse, zero_k, 0.0, 0.0)]},
+                float(x.max()), math.nan, True)
+
+    _ctx.prec = prec
+    eps = math.ldexp(1.0, 2 - prec)  # bound on the relative error of one mpmath operation
+    a = float(x.max())
+    finite = x != -np.inf
+    uniq, inverse = np.unique(x[finite], return_inverse=True)
+    counts = np.bincount(inverse, minlength=uniq.size)
+    # Terms exp(d) below the cut are bounded, not computed: together they move no
+    # output by more than 2^-66 of the format's smallest subnormal (every ulp is at
+    # least that, DESIGN §4) nor by more than 2^-(prec+20). The second bound moves
+    # the cut down as Ziv's loop raises the precision, which settles the rows whose
+    # exact outputs sit within a tail's worth of a rounding boundary (a difference
+    # x_i - max that is exactly a midpoint, minus a tiny log(sum)).
+    d_cut = min(fmt.emin - fmt.p - 66, -(prec + 20)) * _LN2 - math.log(n)
+    d = [_ctx.fsub(float(u), a, exact=True) for u in uniq]
+    e_vals: list = []
+    t = _ctx.zero
+    tail = 0.0
+    terms = 0
+    for di, u, c in zip(d, uniq, counts):
+        if u == a:
+            e_vals.append(_ctx.one)
+        elif di < d_cut:
+            e_vals.append(None)
+            tail += float(c)
+        else:
+            ei = _ctx.exp(di)
+            e_vals.append(ei)
+            t += ei * int(c)
+            terms += 1
+    tail_bound = tail * math.exp(d_cut)
+    k_ties = int(counts[-1])  # uniq is sorted: the last one is the max
+    t_f = float(t)
+    err_t = t_f * (2 * terms + 4) * eps + tail_bound
+    s = k_ties + t
+    s_f = float(s)
+    err_s = err_t + eps * s_f
+    big_l = _ctx.log1p(t) if k_ties == 1 else _ctx.log(s)
+    big_l_f = float(big_l)
+    err_l = 2 * ((err_t if k_ties == 1 else err_s / s_f) + eps * big_l_f)
+    certified = True
+
+    def put(v: mpmath.mpf, err: float) -> tuple[float, int, float, float]:
+        nonlocal certified
+        r, k, hi, lo, ok = _certify(v, err, fmt)
+        certified &= ok
+        return r, k, hi, lo
+
+    sm_u: list = []
+    ls_u: list = []
+    rel_p = 3 * eps + err_s / s_f
+    for di, ei in zip(d, e_vals):
+        if ei is None:
+            # Far below the format's smallest subnormal: rounds to 0, |exact| < 2^-66 ulp(0).
+            sm_u.append((0.0, zero_k, 0.0, 0.0))
+        else:
+            p = ei / s
+            sm_u.append(put(p, 2 * abs(float(p)) * rel_p))
+        ls_u.append(_log_softmax_entry(di, big_l, big_l_f + err_l, err_l, eps, t_f + tail, fmt, put))
+    lse = a + big_l
+    lse_entry = put(lse, err_l + 2 * eps * abs(float(lse)))
+
+    sm = [(0.0, zero_k, 0.0, 0.0)] * n
+    ls = [(-math.inf, zero_k, 0.0, 0.0)] * n
+    idx = np.flatnonzero(finite)
+    for j, u in zip(idx.tolist(), inverse.tolist()):
+        sm[j] = sm_u[u]
+        ls[j] = ls_u[u]
+    return {"softmax": sm, "log_softmax": ls, "logsumexp": [lse_entry]}, a, big_l_f, certified
+
+
+def _log_softmax_entry(di, big_l, l_upper: float, err_l: float, eps: float, t_positive: float,
+                       fmt: Format, put) -> tuple[float, int, float, float]:
+    """log_softmax = d_i - L, certified even when L is far below ulp(d_i).
+
+    d_i is exact and 0 <= L <= l_upper, with L > 0 whenever t > 0. When L is
+    under 2^-60 ulp of d_i, the exact value is d_i minus an infinitesimal, which
+    settles the case that no precision can: d_i exactly halfway between two
+    values of the format (a difference of two inputs needs one bit more than
+    the format holds), where the sign of L alone decides the rounding.
+    """
+    k = ulp_exponent(di, fmt)
+    try:
+        negligible = t_positive > 0 and math.ldexp(l_upper, -k) < 2.0**-60
+    except OverflowError:
+        negligible = False
+    if not negligible:
+        li = di - big_l
+        return put(li, err_l + 2 * eps * abs(float(li)))
+    just_below = _ctx.fsub(di, _ctx.ldexp(1, k - 70), exact=True)
+    r = round_mpf(just_below, fmt)
+    _, k_d, hi, lo = put(di, 0.0)
+    return r, k_d, hi, lo
+
+
+def reference_rows(x: np.ndarray, fmt: Format) -> ReferenceSet:
+    """Certified correctly-rounded references of every op for a 2-D input of format ``fmt``."""
+    xs = np.asarray(x).astype(np.float64)
+    if xs.ndim != 2:
+        raise ValueError(f"reference_rows expects a 2-D array, got shape {xs.shape}")
+    rows, n = xs.shape
+    arrays = {op: {"rounded": [], "k": [], "hi": [], "lo": []} for op in OPS}
+    undefined = np.zeros(rows, dtype=bool)
+    amax = np.empty(rows)
+    log_s = np.empty(rows)
+    uncertified = 0
+    base_prec = fmt.p + 64 + max(1, n).bit_length()
+    for i in range(rows):
+        prec = base_prec
+        while True:
+            out, a, ls, ok = _row_reference(xs[i], fmt, prec)
+            if ok or prec >= _MAX_PREC:
+                break
+            prec *= 2
+        if not ok:
+            uncertified += n
+        amax[i], log_s[i] = a, ls
+        if out["softmax"] is None:
+            undefined[i] = True
+            filler = [(math.nan, 0, math.nan, 0.0)] * n
+            out["softmax"] = out["log_softmax"] = filler
+        for op in OPS:
+            cols = list(zip(*out[op]))
+            for name, col in zip(("rounded", "k", "hi", "lo"), cols):
+                arrays[op][name].append(col)
+    refs = {}
+    for op in OPS:
+        shape = (rows,) if op == "logsumexp" else (rows, n)
+        a_ = arrays[op]
+        refs[op] = OpReference(
+            op=op,
+            rounded=np.array(a_["rounded"], dtype=np.float64).reshape(shape),
+            k=np.array(a_["k"], dtype=np.int32).reshape(shape),
+            hi=np.array(a_["hi"], dtype=np.float64).reshape(shape),
+            lo=np.array(a_["lo"], dtype=np.float64).reshape(shape),
+            undefined=undefined.copy() if op != "logsumexp" else np.zeros(rows, dtype=bool),
+        )
+    return ReferenceSet(ops=refs, stats=RowStats(amax=amax, log_s=log_s, n=n), uncertified=uncertified)
+
+
+# --------------------------------------------------------------------------
+# Exact value of one element, for reports
+
+
+def exact_element(x_row: np.ndarray, op: str, col: int | None, digits: int = 17) -> str:
+    """The exact value of one output element as a decimal string (even below float64's range).
+
+    Used to explain findings: the stored reference only knows values that can
+    influence a rounded result, this recomputes the element itself.
+    """
+    xs = np.asarray(x_row, dtype=np.float64)
+    if np.isnan(xs).any():
+        return "nan"
+    if (xs == np.inf).any() or (xs == -np.inf).all():
+        if op == "logsumexp":
+            return "inf" if (xs == np.inf).any() else "-inf"
+        return "undefined"
+    _ctx.prec = 64 + 4 * digits
+    a = float(xs.max())
+    finite = xs[xs != -np.inf]
+    uniq, counts = np.unique(finite, return_counts=True)
+    k_ties = int(counts[-1])
+    t = _ctx.fsum(_ctx.exp(_ctx.fsub(float(u), a, exact=True)) * int(c)
+                  for u, c in zip(uniq[:-1], counts[:-1]) if float(u) - a > -1e6)
+    big_l = _ctx.log1p(t) if k_ties == 1 else _ctx.log(k_ties + t)
+    if op == "logsumexp":
+        v = a + big_l
+    else:
+        xi = float(xs[col])
+        if xi == -math.inf:
+            return "0" if op == "softmax" else "-inf"
+        di = _ctx.fsub(xi, a, exact=True)
+        v = _ctx.exp(di) / (k_ties + t) if op == "softmax" else di - big_l
+    if not v:
+        return "0"
+    return _ctx.nstr(v, digits, min_fixed=-4, max_fixed=8)
+
+
+# --------------------------------------------------------------------------
+# On-disk cache
+
+
+def default_cache_dir() -> Path:
+    """$SOFTAUDIT_CACHE_DIR, else $XDG_CACHE_HOME/softaudit, else ~/.cache/softaudit."""
+    env = os.environ.get("SOFTAUDIT_CACHE_DIR")
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "softaudit"
+
+
+class ReferenceCache:
+    """Content-addressed store of ReferenceSets (one .npz per input array and format).
+
+    Keys hash the engine version, the format and the input's bytes, so a change of
+    either recomputes. Writes go to a temporary file renamed into place, so
+    concurrent runs never see half a file.
+    """
+
+    def __init__(self, directory: Path | None) -> None:
+        self.directory = directory
+        self.hits = 0
+        self.misses = 0
+
+    @staticmethod
+    def key(x: np.ndarray, fmt: Format) -> str:
+        h = hashlib.sha256()
+        h.update(f"softaudit-ref/{ENGINE_VERSION}/{fmt.name}/{x.shape}".encode())
+        h.update(np.ascontiguousarray(x).view(np.uint8).tobytes())
+        return h.hexdigest()
+
+    def _path(self, key: str) -> Path:
+        assert self.directory is not None
+        return self.directory / "references" / key[:2] / f"{key}.npz"
+
+    def get_or_compute(self, x: np.ndarray, fmt: Format) -> ReferenceSet:
+        """The cached ReferenceSet for x, computing and storing it on a miss."""
+        if self.directory is None:
+            self.misses += 1
+            return reference_rows(x, fmt)
+        key = self.key(x, fmt)
+        path = self._path(key)
+        if path.exists():
+            try:
+                loaded = _load(path)
+                self.hits += 1
+                return loaded
+            except (OSError, ValueError, KeyError):
+                pass  # a damaged entry is recomputed and replaced
+        self.misses += 1
+        ref = reference_rows(x, fmt)
+        try:
+            _store(path, ref)
+        except OSError:
+            pass  # a read-only or full cache directory must not stop an audit
+        return ref
+
+
+def _store(path: Path, ref: ReferenceSet) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data: dict[str, np.ndarray] = {
+        "amax": ref.stats.amax, "log_s": ref.stats.log_s,
+        "n": np.array(ref.stats.n), "uncertified": np.array(ref.uncertified),
+    }
+    for op, r in ref.ops.items():
+        for field in ("rounded", "k", "hi", "lo", "undefined"):
+            data[f"{op}.{field}"] = getattr(r, field)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, **data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _load(path: Path) -> ReferenceSet:
+    with np.load(path) as z:
+        ops = {
+            op: OpReference(op, z[f"{op}.rounded"], z[f"{op}.k"], z[f"{op}.hi"], z[f"{op}.lo"], z[f"{op}.undefined"])
+            for op in OPS
+        }
+        stats = RowStats(z["amax"], z["log_s"], int(z["n"]))
+        return ReferenceSet(ops, stats, int(z["uncertified"]))

@@ -1,0 +1,99 @@
+"""The JSON results file (schema documented in docs/json-schema.md).
+
+Floats that JSON cannot hold (NaN, ±inf) are written as the strings "nan",
+"inf", "-inf"; format values are written with repr, so they round-trip exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from softaudit.metrics import Location
+from softaudit.records import Record
+from softaudit.runner import AuditResult
+
+SCHEMA_VERSION = 1
+
+
+def _num(v: float | None) -> Any:
+    if v is None:
+        return None
+    if isinstance(v, float) and not math.isfinite(v):
+        return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
+    return v
+
+
+def _loc(loc: Location | None) -> dict | None:
+    if loc is None:
+        return None
+    return {k: _num(v) if isinstance(v, float) else v for k, v in asdict(loc).items()}
+
+
+def record_dict(r: Record) -> dict:
+    """One record as a JSON object."""
+    out: dict[str, Any] = {
+        "id": r.id, "candidate": r.candidate, "target": r.target, "op": r.op, "direction": r.direction,
+        "dtype": r.dtype, "case": r.case, "family": r.family, "verdict": r.verdict, "reasons": r.reasons,
+        "error": r.error, "input_modified": r.input_modified, "output_dtype": r.output_dtype,
+        "notes": r.notes, "seconds": r.seconds,
+    }
+    m = r.metrics
+    if m is not None:
+        out.update({
+            "elements": m.elements, "judged": m.judged, "class_mismatches": m.class_mismatches,
+            "mismatch_kinds": m.mismatch_kinds, "nan_out": m.nan_out, "inf_out": m.inf_out,
+            "max_ulp": _num(m.max_ulp), "median_ulp": _num(m.median_ulp), "p99_ulp": _num(m.p99_ulp),
+            "max_bits": _num(m.max_bits), "max_ratio": _num(m.max_ratio),
+            "above_envelope": m.above_envelope, "above_limit": m.above_limit,
+            "worst": _loc(m.worst), "first_mismatch": _loc(m.first_mismatch),
+            "undefined_rows": m.undefined_rows,
+        })
+    else:
+        out.update({"max_ulp": None, "max_ratio": None, "worst": None})
+    return out
+
+
+def result_dict(result: AuditResult) -> dict:
+    """The whole results document."""
+    opts = result.options
+    counts = result.counts()
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "softaudit_version": result.environment.get("softaudit"),
+        "complete": result.complete,
+        "environment": result.environment,
+        "options": {
+            "ops": list(opts.ops), "dtypes": [f.name for f in opts.formats], "cases": list(opts.case_patterns),
+            "cases_dirs": [str(p) for p in opts.cases_dirs], "seed": opts.seed,
+            "ratio_limit": opts.gate.ratio_limit, "undefined_policy": opts.gate.undefined_policy,
+            "rowwise": opts.rowwise,
+        },
+        "candidates": [{"name": c.name, "target": c.target, "ops": sorted(c.ops),
+                        "backend": sorted({f.backend for f in c.ops.values()})} for c in result.candidates],
+        "results": [record_dict(r) for r in result.records],
+        "summary": {
+            "records": len(result.records), **{k.lower(): v for k, v in counts.items()},
+            "exit_code": result.exit_code, "seconds": result.seconds,
+            "reference_cache": {"hits": result.cache_hits, "misses": result.cache_misses},
+        },
+    }
+
+
+def write_json(path: Path, result: AuditResult) -> None:
+    """Write atomically: a temporary file in the same directory, then a rename."""
+    path = Path(path)
+    text = json.dumps(result_dict(result), indent=2, allow_nan=False)
+    fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,96 @@
+"""The terminal summary: a table per candidate x op x format, then the worst findings in words."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from softaudit.records import Record
+from softaudit.runner import AuditResult
+from softaudit.verdicts import FAIL, PASS, SEVERITY, SKIP, WARN, fmt_num
+
+STYLES = {PASS: "green", WARN: "yellow", FAIL: "bold red", SKIP: "dim"}
+
+
+@dataclass
+class Row:
+    """One line of the summary table: a candidate x op x format over every case."""
+
+    candidate: str
+    op: str
+    dtype: str
+    verdict: str
+    worst_case: str
+    max_ulp: float | None
+    max_ratio: float | None
+    nan_inf: str
+    tally: str
+    worst: Record | None
+
+
+def summary_rows(records: list[Record]) -> list[Row]:
+    """Group records by candidate/op/format and keep each group's worst figures."""
+    groups: dict[tuple[str, str, str], list[Record]] = defaultdict(list)
+    for r in records:
+        groups[(r.candidate, r.op, r.dtype)].append(r)
+    rows = []
+    for (cand, op, dtype), recs in groups.items():
+        judged = [r for r in recs if r.verdict != SKIP]
+        verdict = max((r.verdict for r in recs), key=SEVERITY.__getitem__)
+        worst = max(judged, key=_badness, default=None)
+        with_m = [r for r in judged if r.metrics is not None]
+        max_ulp = max((r.metrics.max_ulp for r in with_m), default=None)  # type: ignore[union-attr]
+        max_ratio = max((r.metrics.max_ratio for r in with_m), default=None)  # type: ignore[union-attr]
+        nan = sum(r.metrics.nan_out for r in with_m)  # type: ignore[union-attr]
+        inf = sum(r.metrics.inf_out for r in with_m)  # type: ignore[union-attr]
+        t = {v: sum(1 for r in recs if r.verdict == v) for v in (PASS, WARN, FAIL, SKIP)}
+        tally = f"{t[PASS]}/{t[WARN]}/{t[FAIL]}" + (f" ({t[SKIP]} skipped)" if t[SKIP] else "")
+        rows.append(Row(cand, op, dtype, verdict, worst.case if worst and worst.verdict != PASS else "-",
+                        max_ulp, max_ratio, f"{nan}/{inf}", tally, worst))
+    return rows
+
+
+def _badness(r: Record) -> tuple:
+    m = r.metrics
+    return (SEVERITY[r.verdict], r.error is not None, m.class_mismatches if m else 0, m.max_ratio if m else 0.0)
+
+
+def render(result: AuditResult, console: Console, max_findings: int = 10) -> None:
+    """Print the summary table, the worst findings, and the closing tally."""
+    rows = summary_rows(result.records)
+    table = Table(title="softaudit: exact-reference audit", title_justify="left", header_style="bold")
+    for col, just in (("candidate", "left"), ("op", "left"), ("dtype", "left"), ("verdict", "left"),
+                      ("worst case", "left"), ("max ulp", "right"), ("max ratio", "right"),
+                      ("NaN/Inf out", "right"), ("pass/warn/fail", "right")):
+        table.add_column(col, justify=just)  # type: ignore[arg-type]
+    for r in rows:
+        table.add_row(r.candidate, r.op, r.dtype, Text(r.verdict, style=STYLES[r.verdict]), r.worst_case,
+                      fmt_num(r.max_ulp), fmt_num(r.max_ratio), r.nan_inf, r.tally)
+    console.print(table)
+
+    findings = [r.worst for r in rows if r.worst is not None and r.worst.verdict in (FAIL, WARN)]
+    findings.sort(key=_badness, reverse=True)
+    if findings:
+        console.print()
+        console.print(Text("Worst findings", style="bold"))
+        for rec in findings[:max_findings]:
+            head = Text(f"{rec.verdict} ", style=STYLES[rec.verdict])
+            head.append(f"{rec.candidate} {rec.op} {rec.dtype} on {rec.case}: ", style="bold")
+            head.append(rec.reasons[0] if rec.reasons else "")
+            console.print(head)
+        if len(findings) > max_findings:
+            console.print(f"... and {len(findings) - max_findings} more (all records are in --json)")
+    c = result.counts()
+    console.print()
+    line = Text(f"{len(result.records)} records: ")
+    for v in (PASS, WARN, FAIL, SKIP):
+        line.append(f"{c[v]} {v}", style=STYLES[v])
+        line.append("  ")
+    line.append(f"in {result.seconds:.1f} s (references: {result.cache_hits} cached, {result.cache_misses} computed)")
+    console.print(line)
+    verdict = "FAIL" if result.exit_code else "no FAIL"
+    console.print(Text(f"Result: {verdict} (exit {result.exit_code})", style=STYLES[FAIL if result.exit_code else PASS]))

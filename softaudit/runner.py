@@ -1,0 +1,180 @@
+"""The audit loop: cases -> inputs -> candidates -> reference -> metrics -> verdicts.
+
+``run_audit`` is the Python API behind ``softaudit run``; tests and users call it
+directly. It never stops at the first failure: every combination gets a record.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+import softaudit
+from softaudit.candidates import Candidate, call_op, load_target
+from softaudit.cases import OPS, Case, load_cases, select_cases
+from softaudit.formats import FORMATS, Format, to_float64
+from softaudit.inputs import NotApplicable, generate
+from softaudit.metrics import judge_elements, summarize
+from softaudit.records import Record
+from softaudit.reference import ReferenceCache, default_cache_dir
+from softaudit.verdicts import FAIL, PASS, SEVERITY, SKIP, Gate, decide
+
+ProgressFn = Callable[[int, int, str], None]
+"""progress(done, total, what): called as each (format, case) unit starts and at the end."""
+
+
+@dataclass
+class AuditOptions:
+    """Everything that shapes an audit besides its targets."""
+
+    ops: Sequence[str] = ()
+    """Ops to audit; empty means every op each target defines."""
+    formats: Sequence[Format] = ()
+    """Formats; empty means all four."""
+    case_patterns: Sequence[str] = ()
+    """fnmatch patterns on case name or family; empty means the whole library."""
+    cases_dirs: Sequence[Path] = ()
+    """Extra case directories, added to the shipped library."""
+    seed: int = 0
+    gate: Gate = field(default_factory=Gate)
+    cache_dir: Path | None = None
+    """Reference cache directory; None uses the default location."""
+    use_cache: bool = True
+    rowwise: bool = False
+
+
+@dataclass
+class AuditResult:
+    """What an audit produced: the records and the context needed to reproduce them."""
+
+    records: list[Record]
+    candidates: list[Candidate]
+    options: AuditOptions
+    environment: dict
+    seconds: float
+    cache_hits: int
+    cache_misses: int
+    complete: bool = True
+
+    @property
+    def exit_code(self) -> int:
+        """0 when nothing FAILed, 1 otherwise."""
+        return 1 if any(r.verdict == FAIL for r in self.records) else 0
+
+    def counts(self) -> dict[str, int]:
+        out = {"PASS": 0, "WARN": 0, "FAIL": 0, "SKIP": 0}
+        for r in self.records:
+            out[r.verdict] += 1
+        return out
+
+
+def environment(seed: int) -> dict:
+    """Versions and machine facts recorded with every result."""
+    import ml_dtypes
+    import mpmath
+
+    env = {
+        "softaudit": softaudit.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "numpy": np.__version__,
+        "mpmath": mpmath.__version__,
+        "mpmath_backend": mpmath.libmp.BACKEND,
+        "ml_dtypes": ml_dtypes.__version__,
+        "device": "cpu",
+        "seed": seed,
+    }
+    try:
+        import torch
+
+        env["torch"] = torch.__version__
+    except ImportError:
+        env["torch"] = None
+    return env
+
+
+def plan(options: AuditOptions) -> tuple[list[Case], list[Format]]:
+    """The cases and formats an audit will cover (raises CaseError / FormatError on bad options)."""
+    cases = select_cases(load_cases(list(options.cases_dirs)), list(options.case_patterns))
+    formats = list(options.formats) or list(FORMATS.values())
+    return cases, formats
+
+
+def run_audit(targets: Sequence[str], options: AuditOptions | None = None,
+              progress: ProgressFn | None = None) -> AuditResult:
+    """Audit every target's ops over the selected cases and formats.
+
+    Bad targets raise CandidateError before anything runs; a candidate that
+    fails at run time becomes a FAIL record instead.
+    """
+    options = options or AuditOptions()
+    started = time.perf_counter()
+    candidates: list[Candidate] = []
+    for t in targets:
+        candidates.extend(load_target(t, rowwise=options.rowwise))
+    wanted_ops = [op for op in OPS if not options.ops or op in options.ops]
+    cases, formats = plan(options)
+    cache = ReferenceCache((options.cache_dir or default_cache_dir()) if options.use_cache else None)
+
+    units = [(fmt, case) for fmt in formats for case in cases]
+    records: list[Record] = []
+    for done, (fmt, case) in enumerate(units):
+        if progress:
+            progress(done, len(units), f"{fmt.name} · {case.name}")
+        jobs = [(c, op) for c in candidates for op in wanted_ops if op in c.ops and case.applies_to(op, fmt.name)]
+        if not jobs:
+            continue
+        try:
+            x = generate(case, fmt, seed=options.seed)
+        except NotApplicable as exc:
+            for c, op in jobs:
+                records.append(_skip(c, op, fmt, case, exc.reason))
+            continue
+        refs = cache.get_or_compute(x, fmt)
+        for c, op in jobs:
+            records.append(_judge(c, op, fmt, case, x, refs, options.gate))
+    if progress:
+        progress(len(units), len(units), "done")
+    return AuditResult(
+        records=records, candidates=candidates, options=options, environment=environment(options.seed),
+        seconds=time.perf_counter() - started, cache_hits=cache.hits, cache_misses=cache.misses,
+    )
+
+
+def _skip(c: Candidate, op: str, fmt: Format, case: Case, reason: str) -> Record:
+    return Record(candidate=c.name, target=c.target, op=op, dtype=fmt.name, case=case.name,
+                  family=case.family, verdict=SKIP, reasons=[reason])
+
+
+def _judge(c: Candidate, op: str, fmt: Format, case: Case, x: np.ndarray, refs, gate: Gate) -> Record:
+    rec = Record(candidate=c.name, target=c.target, op=op, dtype=fmt.name, case=case.name,
+                 family=case.family, verdict=PASS)
+    res = call_op(c.ops[op], x, fmt)
+    rec.seconds = res.seconds
+    rec.output_dtype = res.output_dtype
+    rec.notes = list(c.ops[op].notes) + list(res.notes)
+    rec.input_modified = res.input_modified
+    if res.error is not None or res.output is None:
+        rec.error = res.error or "returned no output"
+        rec.verdict, rec.reasons = FAIL, [f"{op} {rec.error}"]
+    else:
+        y = to_float64(res.output)
+        ref = refs.ops[op]
+        j = judge_elements(op, x, y, ref, refs.stats, fmt)
+        rec.metrics = summarize(op, x, y, ref, j, gate.ratio_limit)
+        rec.verdict, rec.reasons = decide(rec.metrics, gate)
+    if res.input_modified:
+        rec.verdict = FAIL
+        rec.reasons.insert(0, f"{op} modified its input")
+    return rec
+
+
+def worst_verdict(records: Sequence[Record]) -> str:
+    """The most serious verdict among records (SKIP when there are none)."""
+    return max((r.verdict for r in records), key=SEVERITY.__getitem__, default=SKIP)
