@@ -14,7 +14,6 @@ from typing import NoReturn, Optional
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 import softaudit
 from softaudit.candidates import CandidateError
@@ -144,14 +143,17 @@ def list_cases(
         if debug:
             traceback.print_exc()
         _fatal(str(exc))
-    table = Table(title=f"{len(cases)} cases", title_justify="left", header_style="bold", show_lines=False)
-    for col in ("name", "family", "rows x n", "ops", "formats", "provokes"):
-        table.add_column(col, overflow="fold")
+    console = Console()
+    console.print(f"[bold]{len(cases)} cases[/] (softaudit run --case NAME_OR_FAMILY selects them)")
+    family = None
     for c in cases:
-        ops = "all" if set(c.ops) == set(OPS) else ", ".join(c.ops)
-        fmts = "all" if not c.formats or set(c.formats) == set(FORMATS) else ", ".join(c.formats)
-        table.add_row(c.name, c.family, f"{c.rows} x {c.n}", ops, fmts, c.description)
-    Console().print(table)
+        if c.family != family:
+            family = c.family
+            console.print(f"\n[bold]{family}[/]")
+        ops = "all ops" if set(c.ops) == set(OPS) else ", ".join(c.ops)
+        fmts = "all formats" if not c.formats or set(c.formats) == set(FORMATS) else ", ".join(c.formats)
+        console.print(f"  [cyan]{c.name}[/]  {c.rows} x {c.n}; {ops}; {fmts}", highlight=False)
+        console.print(f"      {c.description}", highlight=False, style="dim")
 
 
 def main() -> None:

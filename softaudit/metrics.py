@@ -212,10 +212,20 @@ def summarize(op: str, x: np.ndarray, y: np.ndarray, ref: OpReference, j: Elemen
     return m
 
 
-def _locate(op: str, x: np.ndarray, y: np.ndarray, ref: OpReference, j: ElementJudgement,
-            idx: tuple[int, ...]) -> Location:
+def _exact_text(op: str, x: np.ndarray, ref: OpReference, idx: tuple[int, ...]) -> str:
+    """17 significant digits of the exact value: from the stored reference when it holds
+    them, else recomputed (values far below the format's range, special values)."""
     from softaudit.reference import exact_element
 
+    stored = ref.exact_str(idx)
+    if stored is not None:
+        return stored
+    col = idx[1] if len(idx) > 1 else None
+    return exact_element(x[idx[0]], op, col)
+
+
+def _locate(op: str, x: np.ndarray, y: np.ndarray, ref: OpReference, j: ElementJudgement,
+            idx: tuple[int, ...]) -> Location:
     row = idx[0]
     col = idx[1] if len(idx) > 1 else None
     if col is None:
@@ -226,6 +236,6 @@ def _locate(op: str, x: np.ndarray, y: np.ndarray, ref: OpReference, j: ElementJ
         inp = float(x[row, col])
     return Location(
         row=row, col=col, input=inp, computed=float(y[idx]), rounded_exact=float(ref.rounded[idx]),
-        exact=exact_element(x[row], op, col), err_ulp=float(j.err_ulp[idx]),
+        exact=_exact_text(op, x, ref, idx), err_ulp=float(j.err_ulp[idx]),
         envelope_ulp=float(j.envelope[idx]), ratio=float(j.ratio[idx]),
     )

@@ -31,6 +31,8 @@ class Record:
     output_dtype: str = ""
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    case_description: str = ""
+    """The failure the case provokes (from the case file), shown beside findings."""
 
     @property
     def id(self) -> str:

@@ -103,6 +103,21 @@ class OpReference:
     undefined: np.ndarray
     """Per row (bool): the exact answer is undefined (fully masked or +inf row, DESIGN §5)."""
 
+    def exact_str(self, index: tuple[int, ...], digits: int = 17) -> str | None:
+        """The exact value at ``index`` from the stored (k, hi, lo), or None where they cannot say.
+
+        None for values stored as 0 that may be tiny rather than zero (far below
+        the format's smallest subnormal): exact_element recomputes those.
+        """
+        hi, lo, k = float(self.hi[index]), float(self.lo[index]), int(self.k[index])
+        if math.isnan(hi):
+            return "nan" if not self.undefined[index[0]] else "undefined"
+        if hi == 0.0:
+            return None
+        _ctx.prec = 128
+        v = _ctx.ldexp(_ctx.fadd(hi, lo, exact=True), k)
+        return _ctx.nstr(v, digits, min_fixed=-4, max_fixed=8)
+
 
 @dataclass
 class RowStats:
@@ -404,7 +419,7 @@ def _store(path: Path, ref: ReferenceSet) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **data)
+            np.savez_compressed(fh, **data)  # references compress ~10-600x (constant rows, masks)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -149,12 +149,12 @@ def run_audit(targets: Sequence[str], options: AuditOptions | None = None,
 
 def _skip(c: Candidate, op: str, fmt: Format, case: Case, reason: str) -> Record:
     return Record(candidate=c.name, target=c.target, op=op, dtype=fmt.name, case=case.name,
-                  family=case.family, verdict=SKIP, reasons=[reason])
+                  family=case.family, verdict=SKIP, reasons=[reason], case_description=case.description)
 
 
 def _judge(c: Candidate, op: str, fmt: Format, case: Case, x: np.ndarray, refs, gate: Gate) -> Record:
     rec = Record(candidate=c.name, target=c.target, op=op, dtype=fmt.name, case=case.name,
-                 family=case.family, verdict=PASS)
+                 family=case.family, verdict=PASS, case_description=case.description)
     res = call_op(c.ops[op], x, fmt)
     rec.seconds = res.seconds
     rec.output_dtype = res.output_dtype

@@ -39,7 +39,8 @@ def record_dict(r: Record) -> dict:
     """One record as a JSON object."""
     out: dict[str, Any] = {
         "id": r.id, "candidate": r.candidate, "target": r.target, "op": r.op, "direction": r.direction,
-        "dtype": r.dtype, "case": r.case, "family": r.family, "verdict": r.verdict, "reasons": r.reasons,
+        "dtype": r.dtype, "case": r.case, "family": r.family, "case_description": r.case_description,
+        "verdict": r.verdict, "reasons": r.reasons,
         "error": r.error, "input_modified": r.input_modified, "output_dtype": r.output_dtype,
         "notes": r.notes, "seconds": r.seconds,
     }

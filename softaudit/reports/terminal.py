@@ -5,13 +5,14 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from softaudit.records import Record
 from softaudit.runner import AuditResult
-from softaudit.verdicts import FAIL, PASS, SEVERITY, SKIP, WARN, fmt_num
+from softaudit.verdicts import FAIL, PASS, SEVERITY, SKIP, WARN
 
 STYLES = {PASS: "green", WARN: "yellow", FAIL: "bold red", SKIP: "dim"}
 
@@ -28,6 +29,7 @@ class Row:
     max_ulp: float | None
     max_ratio: float | None
     nan_inf: str
+    """Elements whose class (NaN, ±inf, finite) differs from the exact answer's."""
     tally: str
     worst: Record | None
 
@@ -45,13 +47,32 @@ def summary_rows(records: list[Record]) -> list[Row]:
         with_m = [r for r in judged if r.metrics is not None]
         max_ulp = max((r.metrics.max_ulp for r in with_m), default=None)  # type: ignore[union-attr]
         max_ratio = max((r.metrics.max_ratio for r in with_m), default=None)  # type: ignore[union-attr]
-        nan = sum(r.metrics.nan_out for r in with_m)  # type: ignore[union-attr]
-        inf = sum(r.metrics.inf_out for r in with_m)  # type: ignore[union-attr]
+        wrong = sum(r.metrics.class_mismatches for r in with_m)  # type: ignore[union-attr]
         t = {v: sum(1 for r in recs if r.verdict == v) for v in (PASS, WARN, FAIL, SKIP)}
-        tally = f"{t[PASS]}/{t[WARN]}/{t[FAIL]}" + (f" ({t[SKIP]} skipped)" if t[SKIP] else "")
+        tally = f"{t[PASS]}/{t[WARN]}/{t[FAIL]}/{t[SKIP]}"
         rows.append(Row(cand, op, dtype, verdict, worst.case if worst and worst.verdict != PASS else "-",
-                        max_ulp, max_ratio, f"{nan}/{inf}", tally, worst))
+                        max_ulp, max_ratio, str(wrong), tally, worst))
     return rows
+
+
+def _table(candidate: str, rows: list[Row]) -> Table:
+    """One candidate's summary: a line per op x format."""
+    table = Table(title=f"softaudit: {candidate}", title_justify="left", header_style="bold",
+                  box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    for col in ("op", "dtype", "verdict", "worst case", "max ulp", "max ratio", "bad class", "P/W/F/S"):
+        left = col in ("op", "dtype", "verdict", "worst case")
+        table.add_column(col, justify="left" if left else "right", no_wrap=True,
+                         overflow="fold" if col == "worst case" else "ellipsis",
+                         min_width={"op": 11, "dtype": 8, "verdict": 7}.get(col))
+    for r in rows:
+        table.add_row(r.op, r.dtype, Text(r.verdict, style=STYLES[r.verdict]), r.worst_case,
+                      _short(r.max_ulp), _short(r.max_ratio), r.nan_inf, r.tally)
+    return table
+
+
+def _short(v: float | None) -> str:
+    """Three significant digits: the table is for scanning; the JSON keeps full values."""
+    return "-" if v is None else f"{v:.3g}"
 
 
 def _badness(r: Record) -> tuple:
@@ -62,15 +83,8 @@ def _badness(r: Record) -> tuple:
 def render(result: AuditResult, console: Console, max_findings: int = 10) -> None:
     """Print the summary table, the worst findings, and the closing tally."""
     rows = summary_rows(result.records)
-    table = Table(title="softaudit: exact-reference audit", title_justify="left", header_style="bold")
-    for col, just in (("candidate", "left"), ("op", "left"), ("dtype", "left"), ("verdict", "left"),
-                      ("worst case", "left"), ("max ulp", "right"), ("max ratio", "right"),
-                      ("NaN/Inf out", "right"), ("pass/warn/fail", "right")):
-        table.add_column(col, justify=just)  # type: ignore[arg-type]
-    for r in rows:
-        table.add_row(r.candidate, r.op, r.dtype, Text(r.verdict, style=STYLES[r.verdict]), r.worst_case,
-                      fmt_num(r.max_ulp), fmt_num(r.max_ratio), r.nan_inf, r.tally)
-    console.print(table)
+    for name in dict.fromkeys(r.candidate for r in rows):
+        console.print(_table(name, [r for r in rows if r.candidate == name]))
 
     findings = [r.worst for r in rows if r.worst is not None and r.worst.verdict in (FAIL, WARN)]
     findings.sort(key=_badness, reverse=True)
@@ -82,6 +96,8 @@ def render(result: AuditResult, console: Console, max_findings: int = 10) -> Non
             head.append(f"{rec.candidate} {rec.op} {rec.dtype} on {rec.case}: ", style="bold")
             head.append(rec.reasons[0] if rec.reasons else "")
             console.print(head)
+            if rec.case_description:
+                console.print(Text(f"    the case: {rec.case_description}", style="dim"))
         if len(findings) > max_findings:
             console.print(f"... and {len(findings) - max_findings} more (all records are in --json)")
     c = result.counts()

@@ -1,0 +1,146 @@
+"""Calibration of the envelope and the default gate (DESIGN §6).
+
+The textbook-stable built-ins must PASS with margin, the known-bad algorithms
+in tests/calibration/ must FAIL on the cases that target them, and torch must
+FAIL exactly where it is genuinely wrong. The default run uses a subset of
+small cases; `--runslow` runs the whole shipped library (CI does).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from softaudit.formats import FORMATS
+from softaudit.runner import AuditOptions, run_audit
+from softaudit.verdicts import FAIL, PASS, SKIP
+
+CALIBRATION = Path(__file__).parent / "calibration"
+
+SMALL_CASES = [
+    "offset-plus-1e5", "offset-minus-1e5", "offset-plus-1e4", "offset-minus-1e7", "seed-*",
+    "gap-88.7", "gap-11.09", "exp-overflow-float16", "mask-prefix", "mask-fully-masked-rows",
+    "mask-finfo-min-add-causal", "mask-nan-in-fully-masked-row", "posinf-one", "nan-one-row", "zeros",
+    "ties-two", "confident-0.9", "n1-*", "n513-rows", "near-uniform-4096",
+]
+
+
+def _audit(target: str, cases=SMALL_CASES, formats=None) -> list:
+    opts = AuditOptions(case_patterns=cases, formats=[FORMATS[f] for f in formats] if formats else [])
+    return run_audit([target], opts).records
+
+
+def _judged(records):
+    return [r for r in records if r.verdict != SKIP]
+
+
+@pytest.mark.parametrize("target", ["builtin:shifted", "builtin:shifted-f64", "examples/seed_numpy.py"])
+def test_textbook_stable_implementations_pass_with_margin(target):
+    records = _judged(_audit(target))
+    assert records
+    bad = [(r.id, r.reasons) for r in records if r.verdict != PASS]
+    assert not bad
+    worst = max(r.metrics.max_ratio for r in records)
+    assert worst <= 1.0, worst  # the limit is 4: margin of 4x at least
+
+
+def test_float64_rounded_once_stays_well_under_the_envelope():
+    records = _judged(_audit("builtin:shifted-f64"))
+    assert max(r.metrics.max_ratio for r in records if r.dtype != "float64") <= 0.51
+    # softmax and logsumexp come out correctly rounded in 16-bit formats; log_softmax
+    # need not: log(s) in float64 loses s - 1 < 2^-53, which bfloat16 can still show
+    # near 0 (an absolute error the envelope allows).
+    assert max(r.metrics.max_ulp for r in records
+               if r.dtype in ("float16", "bfloat16") and r.op != "log_softmax") <= 0.5 + 1e-6
+
+
+def test_naive_fails_offsets_and_dynamic_range_but_passes_tame_rows():
+    records = _judged(_audit("builtin:naive"))
+    by_case = {}
+    for r in records:
+        by_case.setdefault(r.family, []).append(r.verdict)
+    assert all(v == FAIL for v in by_case["offsets"])
+    assert FAIL in by_case["dynamic-range"]
+    tame = [r for r in records if r.case in ("zeros", "ties-two", "confident-0.9")]
+    assert tame and all(r.verdict != FAIL for r in tame)
+
+
+@pytest.mark.parametrize("module, cases, formats", [
+    ("fixed_shift.py", ["offset-plus-1e4", "offset-minus-1e5"], ["float32"]),
+    ("absorbed.py", ["offset-plus-1e5", "offset-minus-1e7"], ["float32", "float64"]),
+    ("accumulate16.py", ["long-zeros-65536", "long-normal-4096", "near-uniform-4096"], ["float16", "bfloat16"]),
+])
+def test_known_bad_algorithms_fail_the_cases_that_target_them(module, cases, formats):
+    records = _judged(_audit(str(CALIBRATION / module), cases, formats))
+    assert records
+    failing = {(r.case, r.dtype) for r in records if r.verdict == FAIL}
+    for case in cases:
+        for fmt in formats:
+            if any(r.case == case and r.dtype == fmt for r in records):
+                assert (case, fmt) in failing, (module, case, fmt)
+    # Failing by far, not by a hair: on every targeted case, some op has a hard
+    # failure or a ratio of 10 or more (DESIGN §6: known-bad ones reach >= 10).
+    for case in {c for c, _ in failing}:
+        worst = [r for r in records if r.case == case and r.verdict == FAIL]
+        assert any(r.metrics is not None and (r.metrics.class_mismatches or r.metrics.max_ratio >= 10)
+                   for r in worst), (module, case)
+
+
+def test_torch_float16_overflow_over_65536_zeros_is_a_fail_explained_in_one_sentence():
+    records = _audit("builtin:torch", ["long-zeros-65536"], ["float16"])
+    verdicts = {r.op: r for r in records}
+    assert verdicts["softmax"].verdict == PASS
+    for op in ("logsumexp", "log_softmax"):
+        rec = verdicts[op]
+        assert rec.verdict == FAIL
+        assert rec.metrics.class_mismatches == rec.metrics.elements
+        reason = rec.reasons[0]
+        assert "where the exact value is finite" in reason and "\n" not in reason
+        assert "exact -11.090354888959125" in reason or "exact 11.090354888959125" in reason
+
+
+def test_torch_passes_where_it_is_right():
+    records = _judged(_audit("builtin:torch"))
+    bad = [(r.id, r.reasons[0]) for r in records if r.verdict == FAIL]
+    assert not bad
+
+
+# --------------------------------------------------------------------------
+# The whole shipped library (CI runs these with --runslow).
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", ["builtin:shifted", "builtin:shifted-f64"])
+def test_full_library_textbook_implementations_pass(target):
+    records = _judged(_audit(target, cases=()))
+    bad = [(r.id, r.reasons) for r in records if r.verdict != PASS]
+    assert not bad
+    assert max(r.metrics.max_ratio for r in records) <= 1.0
+
+
+@pytest.mark.slow
+def test_full_library_torch_fails_only_where_genuinely_wrong():
+    records = _judged(_audit("builtin:torch", cases=()))
+    fails = [r for r in records if r.verdict == FAIL]
+    overflow = [r for r in fails if r.dtype == "float16" and r.metrics.class_mismatches]
+    assert {r.case for r in overflow} >= {"long-zeros-65536"}
+    for r in overflow:
+        assert r.op in ("logsumexp", "log_softmax") and r.family in ("long-rows", "high-entropy")
+    # The rest: torch's CPU softmax kernels sum exp() lane by lane, sequentially; on
+    # rows of many equal small terms that loses far more than a pairwise sum (its
+    # own torch.logsumexp stays under 0.5 on the same rows). Nothing else may fail.
+    for r in fails:
+        if r in overflow:
+            continue
+        assert r.op in ("softmax", "log_softmax") and r.dtype in ("float32", "float64"), r.id
+        assert r.family in ("confident", "shapes") and not r.metrics.class_mismatches, r.id
+    assert all(r.metrics.max_ratio <= 1.0 for r in records if r.op == "logsumexp" and r.verdict != FAIL)
+
+
+@pytest.mark.slow
+def test_full_library_known_bad_algorithms_fail_by_far():
+    naive = _judged(_audit("builtin:naive", cases=("offsets", "dynamic-range", "seed-examples")))
+    assert all(r.verdict == FAIL for r in naive if r.family == "offsets")
+    acc16 = _judged(_audit(str(CALIBRATION / "accumulate16.py"), cases=("long-rows",), formats=["float16", "bfloat16"]))
+    assert sum(r.verdict == FAIL for r in acc16) >= len(acc16) * 3 // 4
