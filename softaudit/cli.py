@@ -20,6 +20,7 @@ from softaudit.candidates import CandidateError
 from softaudit.cases import OPS, CaseError, load_cases, select_cases
 from softaudit.envelope import DEFAULT_RATIO_LIMIT
 from softaudit.formats import FORMATS, FormatError, get_format
+from softaudit.runner import NothingToAudit
 from softaudit.verdicts import DEFAULT_UNDEFINED_POLICY, UNDEFINED_POLICIES, Gate
 
 app = typer.Typer(
@@ -30,7 +31,7 @@ app = typer.Typer(
 )
 
 EXIT_BAD_INPUT = 2
-BAD_INPUT_ERRORS = (CandidateError, CaseError, FormatError)
+BAD_INPUT_ERRORS = (CandidateError, CaseError, FormatError, NothingToAudit)
 
 
 class UsageProblem(ValueError):
@@ -64,7 +65,7 @@ def _check_ops(ops: list[str]) -> list[str]:
 
 @app.command()
 def run(
-    targets: list[str] = typer.Argument(..., help="Candidate files (impl.py) or built-ins (builtin:naive, builtin:shifted, builtin:shifted-f64, builtin:torch).", show_default=False),
+    targets: list[str] = typer.Argument(..., metavar="TARGET...", help="Candidate files (impl.py) or built-ins (builtin:naive, builtin:shifted, builtin:shifted-f64, builtin:torch).", show_default=False),
     op: list[str] = typer.Option([], "--op", "-o", help="Op to audit (repeatable): softmax, log_softmax, logsumexp. Default: every op the target defines."),
     dtype: list[str] = typer.Option([], "--dtype", "-d", help="Format (repeatable): float64, float32, float16, bfloat16. Default: all four."),
     case: list[str] = typer.Option([], "--case", "-c", help="Case name or family pattern, fnmatch style (repeatable). Default: the whole library."),
@@ -107,7 +108,8 @@ def run(
         plan(options)  # validates case patterns and directories before any candidate is loaded
         console = Console(stderr=True)
         with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                      TimeElapsedColumn(), console=console, transient=True, disable=quiet) as bar:
+                      TimeElapsedColumn(), console=console, transient=True,
+                      disable=quiet or not console.is_terminal) as bar:
             task = bar.add_task("loading", total=None)
 
             def progress(done: int, total: int, what: str) -> None:
@@ -156,13 +158,32 @@ def list_cases(
         console.print(f"      {c.description}", highlight=False, style="dim")
 
 
+def _is_usage_error(exc: BaseException) -> bool:
+    """click's UsageError family (vendored by newer typer, imported by older): exit code 2."""
+    return getattr(exc, "exit_code", None) == EXIT_BAD_INPUT and hasattr(exc, "format_message")
+
+
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point: usage errors (unknown option, bad value) become one line and exit 2 too."""
     try:
-        app()
-    except KeyboardInterrupt:
+        code = app(standalone_mode=False)
+    except (typer.Abort, KeyboardInterrupt):
         Console(stderr=True).print("softaudit: interrupted")
         sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except Exception as exc:
+        if not _is_usage_error(exc):
+            raise
+        message = exc.format_message()  # type: ignore[attr-defined]
+        if not message:  # bare `softaudit`: the help was printed already
+            sys.exit(EXIT_BAD_INPUT)
+        ctx = getattr(exc, "ctx", None)
+        where = f"softaudit {ctx.info_name}" if ctx is not None and ctx.parent is not None else "softaudit"
+        Console(stderr=True).print(f"[bold red]softaudit: error:[/] {message} (see {where} --help)",
+                                   highlight=False, soft_wrap=True)
+        sys.exit(EXIT_BAD_INPUT)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -166,11 +166,12 @@ class RecordMetrics:
     first_mismatch: Location | None = None
     nan_out: int = 0
     inf_out: int = 0
-    max_ulp: float = 0.0
-    median_ulp: float = 0.0
-    p99_ulp: float = 0.0
-    max_bits: float = 0.0
-    max_ratio: float = 0.0
+    max_ulp: float | None = None
+    """None (JSON null) when no element could be measured, e.g. every one is NaN."""
+    median_ulp: float | None = None
+    p99_ulp: float | None = None
+    max_bits: float | None = None
+    max_ratio: float | None = None
     worst: Location | None = None
     above_envelope: int = 0
     above_limit: int = 0

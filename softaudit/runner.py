@@ -6,6 +6,7 @@ directly. It never stops at the first failure: every combination gets a record.
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 import time
 from dataclasses import dataclass, field
@@ -115,14 +116,18 @@ def run_audit(targets: Sequence[str], options: AuditOptions | None = None,
     """
     options = options or AuditOptions()
     started = time.perf_counter()
-    candidates: list[Candidate] = []
-    for t in targets:
-        candidates.extend(load_target(t, rowwise=options.rowwise))
+    candidates = _unique_names([c for t in dict.fromkeys(targets) for c in load_target(t, rowwise=options.rowwise)])
     wanted_ops = [op for op in OPS if not options.ops or op in options.ops]
     cases, formats = plan(options)
     cache = ReferenceCache((options.cache_dir or default_cache_dir()) if options.use_cache else None)
 
     units = [(fmt, case) for fmt in formats for case in cases]
+    if not any(op in c.ops and case.applies_to(op, fmt.name)
+               for fmt, case in units for c in candidates for op in wanted_ops):
+        defined = sorted({op for c in candidates for op in c.ops})
+        raise NothingToAudit(
+            f"nothing to audit: the targets define {', '.join(defined) or 'no op'}, and no selected case "
+            f"applies to {', '.join(wanted_ops)} in {', '.join(f.name for f in formats)}")
     records: list[Record] = []
     for done, (fmt, case) in enumerate(units):
         if progress:
@@ -141,10 +146,27 @@ def run_audit(targets: Sequence[str], options: AuditOptions | None = None,
             records.append(_judge(c, op, fmt, case, x, refs, options.gate))
     if progress:
         progress(len(units), len(units), "done")
+    if records and all(r.verdict == SKIP for r in records):
+        raise NothingToAudit(f"nothing to audit: every selected case was skipped ({records[0].reasons[0]})")
     return AuditResult(
         records=records, candidates=candidates, options=options, environment=environment(options.seed),
         seconds=time.perf_counter() - started, cache_hits=cache.hits, cache_misses=cache.misses,
     )
+
+
+class NothingToAudit(ValueError):
+    """The targets, ops, formats and cases leave no combination to judge (bad input, exit 2)."""
+
+
+def _unique_names(candidates: list[Candidate]) -> list[Candidate]:
+    """Give candidates that share a name (two files called impl.py) distinct names: record ids stay unique."""
+    seen: dict[str, int] = {}
+    for c in candidates:
+        seen[c.name] = seen.get(c.name, 0) + 1
+    out = []
+    for c in candidates:
+        out.append(dataclasses.replace(c, name=f"{c.name}@{c.target}") if seen[c.name] > 1 else c)
+    return out
 
 
 def _skip(c: Candidate, op: str, fmt: Format, case: Case, reason: str) -> Record:

@@ -88,7 +88,7 @@ def decide(m: RecordMetrics, gate: Gate) -> tuple[str, list[str]]:
         elif behaviour not in accepted:
             fails.append(f"{rows} undefined row(s) (fully masked or +inf) returned {behaviour} values; "
                          f"policy '{gate.undefined_policy}' accepts {' or '.join(sorted(accepted))}")
-    if m.worst is not None and m.max_ratio > 1.0:
+    if m.worst is not None and m.max_ratio is not None and m.max_ratio > 1.0:
         w = m.worst
         detail = (f"worst at {where(w)}: {fmt_num(w.err_ulp)} ulp against an envelope of "
                   f"{fmt_num(w.envelope_ulp)} ulp (ratio {fmt_num(w.ratio)})")

@@ -45,8 +45,8 @@ def summary_rows(records: list[Record]) -> list[Row]:
         verdict = max((r.verdict for r in recs), key=SEVERITY.__getitem__)
         worst = max(judged, key=_badness, default=None)
         with_m = [r for r in judged if r.metrics is not None]
-        max_ulp = max((r.metrics.max_ulp for r in with_m), default=None)  # type: ignore[union-attr]
-        max_ratio = max((r.metrics.max_ratio for r in with_m), default=None)  # type: ignore[union-attr]
+        max_ulp = max((r.metrics.max_ulp for r in with_m if r.metrics.max_ulp is not None), default=None)  # type: ignore[union-attr]
+        max_ratio = max((r.metrics.max_ratio for r in with_m if r.metrics.max_ratio is not None), default=None)  # type: ignore[union-attr]
         wrong = sum(r.metrics.class_mismatches for r in with_m)  # type: ignore[union-attr]
         t = {v: sum(1 for r in recs if r.verdict == v) for v in (PASS, WARN, FAIL, SKIP)}
         tally = f"{t[PASS]}/{t[WARN]}/{t[FAIL]}/{t[SKIP]}"
@@ -77,7 +77,8 @@ def _short(v: float | None) -> str:
 
 def _badness(r: Record) -> tuple:
     m = r.metrics
-    return (SEVERITY[r.verdict], r.error is not None, m.class_mismatches if m else 0, m.max_ratio if m else 0.0)
+    return (SEVERITY[r.verdict], r.error is not None, m.class_mismatches if m else 0,
+            (m.max_ratio or 0.0) if m else 0.0)
 
 
 def render(result: AuditResult, console: Console, max_findings: int = 10) -> None:

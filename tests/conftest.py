@@ -1,0 +1,37 @@
+"""Shared test configuration.
+
+* Every test (in-process code and the CLI subprocesses alike) uses one reference
+  cache in a pytest temporary directory, shared by the whole session, so
+  references are computed once and the suite never writes to ~/.cache.
+* Tests marked ``slow`` (the whole case library) run only with ``--runslow``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--runslow", action="store_true", default=False,
+                     help="also run tests marked slow (the whole shipped case library)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--runslow"):
+        return
+    skip_slow = pytest.mark.skip(reason="slow: run with --runslow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip_slow)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def softaudit_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The session's reference cache: $SOFTAUDIT_CACHE_DIR for this process and
+    every subprocess it starts (os.environ is inherited), restored afterwards."""
+    path = tmp_path_factory.mktemp("softaudit-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SOFTAUDIT_CACHE_DIR", str(path))
+        yield path
