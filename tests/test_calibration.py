@@ -35,24 +35,29 @@ def _judged(records):
     return [r for r in records if r.verdict != SKIP]
 
 
+def _max(records, field="max_ratio"):
+    """Largest figure over records that have one (a row of NaN in, NaN out has none)."""
+    return max(getattr(r.metrics, field) for r in records if getattr(r.metrics, field) is not None)
+
+
 @pytest.mark.parametrize("target", ["builtin:shifted", "builtin:shifted-f64", "examples/seed_numpy.py"])
 def test_textbook_stable_implementations_pass_with_margin(target):
     records = _judged(_audit(target))
     assert records
     bad = [(r.id, r.reasons) for r in records if r.verdict != PASS]
     assert not bad
-    worst = max(r.metrics.max_ratio for r in records)
+    worst = _max(records)
     assert worst <= 1.0, worst  # the limit is 4: margin of 4x at least
 
 
 def test_float64_rounded_once_stays_well_under_the_envelope():
     records = _judged(_audit("builtin:shifted-f64"))
-    assert max(r.metrics.max_ratio for r in records if r.dtype != "float64") <= 0.51
+    assert _max([r for r in records if r.dtype != "float64"]) <= 0.51
     # softmax and logsumexp come out correctly rounded in 16-bit formats; log_softmax
     # need not: log(s) in float64 loses s - 1 < 2^-53, which bfloat16 can still show
     # near 0 (an absolute error the envelope allows).
-    assert max(r.metrics.max_ulp for r in records
-               if r.dtype in ("float16", "bfloat16") and r.op != "log_softmax") <= 0.5 + 1e-6
+    assert _max([r for r in records if r.dtype in ("float16", "bfloat16") and r.op != "log_softmax"],
+                "max_ulp") <= 0.5 + 1e-6
 
 
 def test_naive_fails_offsets_and_dynamic_range_but_passes_tame_rows():
@@ -83,7 +88,7 @@ def test_known_bad_algorithms_fail_the_cases_that_target_them(module, cases, for
     # failure or a ratio of 10 or more (DESIGN §6: known-bad ones reach >= 10).
     for case in {c for c, _ in failing}:
         worst = [r for r in records if r.case == case and r.verdict == FAIL]
-        assert any(r.metrics is not None and (r.metrics.class_mismatches or r.metrics.max_ratio >= 10)
+        assert any(r.metrics is not None and (r.metrics.class_mismatches or (r.metrics.max_ratio or 0.0) >= 10)
                    for r in worst), (module, case)
 
 
@@ -116,7 +121,7 @@ def test_full_library_textbook_implementations_pass(target):
     records = _judged(_audit(target, cases=()))
     bad = [(r.id, r.reasons) for r in records if r.verdict != PASS]
     assert not bad
-    assert max(r.metrics.max_ratio for r in records) <= 1.0
+    assert _max(records) <= 1.0
 
 
 @pytest.mark.slow
@@ -135,7 +140,7 @@ def test_full_library_torch_fails_only_where_genuinely_wrong():
             continue
         assert r.op in ("softmax", "log_softmax") and r.dtype in ("float32", "float64"), r.id
         assert r.family in ("confident", "shapes") and not r.metrics.class_mismatches, r.id
-    assert all(r.metrics.max_ratio <= 1.0 for r in records if r.op == "logsumexp" and r.verdict != FAIL)
+    assert _max([r for r in records if r.op == "logsumexp" and r.verdict != FAIL]) <= 1.0
 
 
 @pytest.mark.slow
