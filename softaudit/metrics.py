@@ -104,7 +104,6 @@ def judge_elements(op: str, x: np.ndarray, y: np.ndarray, ref: OpReference,
     """Compare output ``y`` (float64 holding format values) with the reference, element by element."""
     x64 = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
-    rows = ref.rounded.shape[0]
     judged = ~ref.undefined
     if y.ndim == 2:
         judged = np.broadcast_to(judged[:, None], y.shape)
@@ -123,7 +122,6 @@ def judge_elements(op: str, x: np.ndarray, y: np.ndarray, ref: OpReference,
     err = np.where(finite_pair, err, np.nan)
     ratio = np.where(finite_pair, ratio, np.nan)
     bits = np.where(finite_pair, bits_of_error(y, np.where(np.isfinite(ref.rounded), ref.rounded, 0.0), fmt), np.nan)
-    del rows
     return ElementJudgement(err, bits, env, ratio, expected, got, mismatch, np.asarray(judged))
 
 

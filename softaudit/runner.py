@@ -60,6 +60,8 @@ class AuditResult:
     seconds: float
     cache_hits: int
     cache_misses: int
+    uncertified: int = 0
+    """Reference elements whose rounding could not be certified at the precision cap (expected 0)."""
     complete: bool = True
 
     @property
@@ -129,6 +131,7 @@ def run_audit(targets: Sequence[str], options: AuditOptions | None = None,
             f"nothing to audit: the targets define {', '.join(defined) or 'no op'}, and no selected case "
             f"applies to {', '.join(wanted_ops)} in {', '.join(f.name for f in formats)}")
     records: list[Record] = []
+    uncertified = 0
     for done, (fmt, case) in enumerate(units):
         if progress:
             progress(done, len(units), f"{fmt.name} · {case.name}")
@@ -142,6 +145,7 @@ def run_audit(targets: Sequence[str], options: AuditOptions | None = None,
                 records.append(_skip(c, op, fmt, case, exc.reason))
             continue
         refs = cache.get_or_compute(x, fmt)
+        uncertified += refs.uncertified
         for c, op in jobs:
             records.append(_judge(c, op, fmt, case, x, refs, options.gate))
     if progress:
@@ -151,6 +155,7 @@ def run_audit(targets: Sequence[str], options: AuditOptions | None = None,
     return AuditResult(
         records=records, candidates=candidates, options=options, environment=environment(options.seed),
         seconds=time.perf_counter() - started, cache_hits=cache.hits, cache_misses=cache.misses,
+        uncertified=uncertified,
     )
 
 

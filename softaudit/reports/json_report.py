@@ -82,6 +82,7 @@ def result_dict(result: AuditResult) -> dict:
             "records": len(result.records), **{k.lower(): v for k, v in counts.items()},
             "exit_code": result.exit_code, "seconds": result.seconds,
             "reference_cache": {"hits": result.cache_hits, "misses": result.cache_misses},
+            "reference_uncertified": result.uncertified,
         },
     }
 

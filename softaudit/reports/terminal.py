@@ -109,5 +109,9 @@ def render(result: AuditResult, console: Console, max_findings: int = 10) -> Non
         line.append("  ")
     line.append(f"in {result.seconds:.1f} s (references: {result.cache_hits} cached, {result.cache_misses} computed)")
     console.print(line)
+    if result.uncertified:
+        console.print(Text(f"{result.uncertified} reference elements could not be certified correctly rounded "
+                           "within the precision cap; their verdicts rest on an uncertified rounding.",
+                           style="yellow"))
     verdict = "FAIL" if result.exit_code else "no FAIL"
     console.print(Text(f"Result: {verdict} (exit {result.exit_code})", style=STYLES[FAIL if result.exit_code else PASS]))
