@@ -59,6 +59,18 @@ class CandidateError(Exception):
     """A target cannot be loaded; the message is one line that names the target."""
 
 
+class CandidateImportError(CandidateError):
+    """The target's module raised while it was being imported (not a missing module).
+
+    That is a fault of the candidate, not of the command line: the audit records
+    it as a FAIL and goes on with the other targets.
+    """
+
+
+class NoOpsError(CandidateError):
+    """The file defines none of the ops (a helper module in an audited directory, say)."""
+
+
 # --------------------------------------------------------------------------
 # The decorator
 
@@ -196,11 +208,13 @@ def builtin_names() -> list[str]:
 # Loading
 
 
-def load_target(target: str, rowwise: bool = False) -> list[Candidate]:
+def load_target(target: str, rowwise: bool = False, probe: bool = True) -> list[Candidate]:
     """Load the candidates of a ``.py`` file or of ``builtin:NAME``.
 
-    ``rowwise=True`` audits every op row by row. Raises CandidateError with a
-    one-line message when the target cannot be used.
+    ``rowwise=True`` audits every op row by row. ``probe=False`` skips the probe
+    calls and keeps the static guesses (the worker's retry after a probe call
+    crashed or hung, so that the fault is charged to the audit's own calls).
+    Raises CandidateError with a one-line message when the target cannot be used.
     """
     if target.startswith(_BUILTIN_PREFIX):
         from softaudit.builtins import BUILTINS, builtin_path
@@ -220,7 +234,7 @@ def load_target(target: str, rowwise: bool = False) -> list[Candidate]:
             raise CandidateError(f"{target}: not a .py file (give a .py path or builtin:NAME)")
         default_name = path.stem
     module = _exec_file(path, target)
-    return _collect(module, target, default_name, rowwise)
+    return _collect(module, target, default_name, rowwise, probe)
 
 
 _module_counter = itertools.count()
@@ -262,7 +276,7 @@ def _exec_file(path: Path, display: str) -> types.ModuleType:
         raise CandidateError(f"{display}:{_line_in(exc, filename)}: {_describe(exc)}") from None
     except (Exception, SystemExit) as exc:
         del sys.modules[modname]
-        raise CandidateError(f"{display}:{_line_in(exc, filename)}: {_describe(exc)}") from None
+        raise CandidateImportError(f"{display}:{_line_in(exc, filename)}: {_describe(exc)} while importing") from None
     finally:
         if directory in sys.path:
             sys.path.remove(directory)
@@ -275,7 +289,8 @@ def _line_in(exc: BaseException, filename: str) -> int | str:
     return lines[-1] if lines and lines[-1] is not None else "?"
 
 
-def _collect(module: types.ModuleType, target: str, default_name: str, rowwise: bool) -> list[Candidate]:
+def _collect(module: types.ModuleType, target: str, default_name: str, rowwise: bool,
+             probe: bool = True) -> list[Candidate]:
     """Group a loaded module's op functions into candidates and resolve each op."""
     module_doc = _first_line(module.__doc__)
     namespace = vars(module)
@@ -308,14 +323,15 @@ def _collect(module: types.ModuleType, target: str, default_name: str, rowwise: 
                     raise CandidateError(f"{target}: {op} is a {kind}, not a function")
                 group[op] = (namespace[op], None)
         if not group:
-            raise CandidateError(f"{target} defines none of {', '.join(OPS)}")
+            raise NoOpsError(f"{target} defines none of {', '.join(OPS)}")
         groups[default_name] = group
 
     module_roots = _module_roots(module)
     candidates = []
     for name, group in groups.items():
         ops = {
-            op: _resolve(op, *group[op], module_roots=module_roots, force_rowwise=rowwise, target=target)
+            op: _resolve(op, *group[op], module_roots=module_roots, force_rowwise=rowwise, target=target,
+                         probe=probe)
             for op in OPS
             if op in group
         }
@@ -481,6 +497,27 @@ def _check_device(device: str, target: str) -> None:
         raise CandidateError(f"{target}: device {device!r} is not usable here: {_one_line(str(exc))}") from None
 
 
+def _check_signature(fn: Callable[..., Any], op: str, target: str) -> None:
+    """The contract passes x and, to a ``dim``/``axis`` parameter, -1: any other
+    required parameter makes the function uncallable, said in one line."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return  # C functions and the like: the probe call tells
+    params = list(sig.parameters.values())
+    kinds = inspect.Parameter
+    takes_x = any(p.kind in (kinds.POSITIONAL_ONLY, kinds.POSITIONAL_OR_KEYWORD, kinds.VAR_POSITIONAL) for p in params)
+    if not takes_x:
+        raise CandidateError(f"{target}: {op}{sig} takes no positional parameter for the input x")
+    first = next(p for p in params if p.kind in (kinds.POSITIONAL_ONLY, kinds.POSITIONAL_OR_KEYWORD, kinds.VAR_POSITIONAL))
+    for p in params:
+        if p is first or p.name in ("dim", "axis") or p.kind in (kinds.VAR_POSITIONAL, kinds.VAR_KEYWORD):
+            continue
+        if p.default is kinds.empty:
+            raise CandidateError(f"{target}: {op}{sig}: unexpected required parameter {p.name!r} "
+                                 f"(the contract passes only x, and -1 to a dim or axis parameter)")
+
+
 def _resolve(
     op: str,
     fn: Callable[..., Any],
@@ -489,6 +526,7 @@ def _resolve(
     module_roots: set[str],
     force_rowwise: bool,
     target: str,
+    probe: bool = True,
 ) -> OpFunction:
     """Decide backend, device, keyword and row mode for one op function.
 
@@ -498,6 +536,7 @@ def _resolve(
     when the first choice does not give the right values, and the first that
     does is kept, with a note saying why.
     """
+    _check_signature(fn, op, target)
     rowwise = force_rowwise or (mark is not None and mark.rowwise)
     backend = mark.backend if mark else None
     device = mark.device if mark else None
@@ -513,6 +552,10 @@ def _resolve(
         _check_device(device, target)
 
     dim_kw, signature_known = _dim_keyword(fn)
+    if not probe:
+        dev = device or "cpu"
+        return OpFunction(op, fn, backend, dev, rowwise, dim_kw,
+                          ("not probed: a probe call crashed or hung, so the backend is the static guess",))
     dim_options: list[str | None] = [dim_kw] if signature_known else [None, "dim", "axis"]
     row_options = [True] if rowwise else [False, True]
     backends = [backend]

@@ -6,6 +6,8 @@ unless --debug).
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -20,6 +22,7 @@ from softaudit.candidates import CandidateError
 from softaudit.cases import OPS, CaseError, load_cases, select_cases
 from softaudit.envelope import DEFAULT_RATIO_LIMIT
 from softaudit.formats import FORMATS, FormatError, get_format
+from softaudit.isolation import DEFAULT_TIMEOUT
 from softaudit.runner import NothingToAudit
 from softaudit.verdicts import DEFAULT_UNDEFINED_POLICY, UNDEFINED_POLICIES, Gate
 
@@ -75,6 +78,9 @@ def run(
     limit: float = typer.Option(DEFAULT_RATIO_LIMIT, "--limit", help="Stability-ratio limit: FAIL above it, WARN between 1 and it."),
     undefined: str = typer.Option(DEFAULT_UNDEFINED_POLICY, "--undefined", help="Accepted output on undefined rows (fully masked or +inf): nan-or-zero, nan, zero, any."),
     rowwise: bool = typer.Option(False, "--rowwise", help="Call every op one row (1-D vector) at a time."),
+    timeout: float = typer.Option(DEFAULT_TIMEOUT, "--timeout", help="Seconds one call may take; past it the call FAILs as hung and the worker restarts."),
+    memory_limit: Optional[float] = typer.Option(None, "--memory-limit", help="GiB of address space the candidates' worker may use (default: half the machine's memory)."),
+    no_isolation: bool = typer.Option(False, "--no-isolation", help="Call candidates in softaudit's own process: a crash or hang then ends the audit."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Reference cache directory (default: $SOFTAUDIT_CACHE_DIR or ~/.cache/softaudit)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Compute every reference afresh and store nothing."),
     findings: int = typer.Option(10, "--findings", help="How many worst findings to explain after the table."),
@@ -93,6 +99,10 @@ def run(
             raise UsageProblem(f"--limit must be greater than 1 (the envelope itself), got {limit}")
         if findings < 0:
             raise UsageProblem("--findings must be 0 or more")
+        if not timeout > 0:
+            raise UsageProblem(f"--timeout must be a positive number of seconds, got {timeout:g}")
+        if memory_limit is not None and not memory_limit > 0:
+            raise UsageProblem(f"--memory-limit must be a positive number of GiB, got {memory_limit:g}")
         if json_path is not None and not json_path.parent.is_dir():
             raise UsageProblem(f"--json: directory {str(json_path.parent)!r} does not exist")
         if json_path is not None and json_path.is_dir():
@@ -103,7 +113,8 @@ def run(
         options = AuditOptions(
             ops=_check_ops(op), formats=[get_format(d) for d in dtype], case_patterns=case,
             cases_dirs=cases_dir, seed=seed, gate=Gate(ratio_limit=limit, undefined_policy=undefined),
-            cache_dir=cache_dir, use_cache=not no_cache, rowwise=rowwise,
+            cache_dir=cache_dir, use_cache=not no_cache, rowwise=rowwise, isolated=not no_isolation,
+            timeout=timeout, memory_limit=int(memory_limit * 2**30) if memory_limit is not None else None,
         )
         plan(options)  # validates case patterns and directories before any candidate is loaded
         console = Console(stderr=True)
@@ -115,7 +126,8 @@ def run(
             def progress(done: int, total: int, what: str) -> None:
                 bar.update(task, completed=done, total=total, description=what)
 
-            result = run_audit(targets, options, progress=progress)
+            with _signals_interrupt() as received:
+                result = run_audit(targets, options, progress=progress)
     except (UsageProblem, *BAD_INPUT_ERRORS) as exc:
         if debug:
             traceback.print_exc()
@@ -126,7 +138,32 @@ def run(
         render(result, Console(), max_findings=findings)
         if json_path is not None:
             Console().print(f"Results written to {json_path}")
+    if not result.complete:
+        signum = received[0] if received else signal.SIGINT
+        Console(stderr=True).print(f"softaudit: interrupted by {signal.Signals(signum).name}; "
+                                   f"{len(result.records)} records kept" + (f" in {json_path}" if json_path else ""))
+        raise typer.Exit(128 + signum)
     raise typer.Exit(result.exit_code)
+
+
+@contextlib.contextmanager
+def _signals_interrupt():  # type: ignore[no-untyped-def]
+    """SIGTERM (and SIGINT) stop the audit like Ctrl-C: run_audit keeps what it collected.
+
+    Yields a list that receives the signal number, so the exit code can say which (128 + n).
+    """
+    received: list[int] = []
+
+    def handler(signum: int, frame: object) -> None:
+        received.append(signum)
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 @app.command("cases")

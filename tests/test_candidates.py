@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from softaudit.candidates import (
+    CandidateImportError,
     OPS,
     CandidateError,
     OpFunction,
@@ -176,9 +177,30 @@ def test_missing_import_names_the_module(tmp_path: Path) -> None:
 def test_error_at_import_names_file_and_line(tmp_path: Path) -> None:
     impl = tmp_path / "impl.py"
     impl.write_text("SCALE = 1\nSCALE = SCALE / 0\n")
+    with pytest.raises(CandidateImportError) as info:
+        load_target(str(impl))
+    assert str(info.value) == f"{impl}:2: raised ZeroDivisionError: division by zero while importing"
+
+
+@pytest.mark.parametrize("source, message", [
+    ("def softmax(x, temperature):\n    return x\n",
+     "softmax(x, temperature): unexpected required parameter 'temperature'"),
+    ("def softmax(*, x):\n    return x\n", "softmax(*, x) takes no positional parameter for the input x"),
+])
+def test_uncallable_signature_is_one_line_naming_the_parameter(tmp_path: Path, source, message) -> None:
+    impl = tmp_path / "impl.py"
+    impl.write_text(source)
     with pytest.raises(CandidateError) as info:
         load_target(str(impl))
-    assert str(info.value) == f"{impl}:2: raised ZeroDivisionError: division by zero"
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_optional_extra_parameters_are_fine(tmp_path: Path) -> None:
+    impl = tmp_path / "impl.py"
+    impl.write_text("import numpy as np\ndef logsumexp(x, axis=-1, keepdims=False, *, scale=1.0):\n"
+                    "    a = x.max(axis)\n    return a + np.log(np.exp(x - a[:, None]).sum(axis))\n")
+    (cand,) = load_target(str(impl))
+    assert cand.ops["logsumexp"].dim_kw == "axis"
 
 
 def test_same_op_twice_in_a_named_candidate(tmp_path: Path) -> None:

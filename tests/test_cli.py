@@ -243,6 +243,12 @@ def _not_a_dir(tmp: Path) -> list:
     return ["run", "builtin:shifted", "--cases-dir", tmp / "plain-file"]
 
 
+def _write(tmp: Path, name: str, text: str) -> Path:
+    path = tmp / name
+    path.write_text(text)
+    return path
+
+
 BAD_INPUTS = {
     # id: (args from the temporary directory, text the error line must contain)
     "syntax-error": (_syntax_error, "broken_syntax.py"),
@@ -259,6 +265,10 @@ BAD_INPUTS = {
     "limit-not-above-1": (lambda tmp: ["run", "builtin:shifted", "--limit", "1"], "--limit"),
     "unknown-option": (lambda tmp: ["run", "builtin:shifted", "--bogus"], "--bogus"),
     "option-value-type": (lambda tmp: ["run", "builtin:shifted", "--seed", "abc"], "--seed"),
+    "missing-module": (lambda tmp: ["run", _write(tmp, "needs_cupy.py", "import cupy\ndef softmax(x):\n    return x\n")],
+                       "'cupy', which is not installed"),
+    "uncallable-signature": (lambda tmp: ["run", _write(tmp, "temp.py", "def softmax(x, temperature):\n    return x\n")],
+                             "unexpected required parameter 'temperature'"),
     "nothing-to-audit": (lambda tmp: ["run", REPO / "tests" / "fixtures" / "two_named.py", "--op", "log_softmax"],
                          "nothing to audit"),
 }

@@ -73,16 +73,16 @@ def result_dict(result: AuditResult) -> dict:
             "ops": list(opts.ops), "dtypes": [f.name for f in opts.formats], "cases": list(opts.case_patterns),
             "cases_dirs": [str(p) for p in opts.cases_dirs], "seed": opts.seed,
             "ratio_limit": opts.gate.ratio_limit, "undefined_policy": opts.gate.undefined_policy,
-            "rowwise": opts.rowwise,
+            "rowwise": opts.rowwise, "isolated": opts.isolated, "timeout": opts.timeout,
         },
-        "candidates": [{"name": c.name, "target": c.target, "ops": sorted(c.ops),
-                        "backend": sorted({f.backend for f in c.ops.values()})} for c in result.candidates],
+        "candidates": [{"name": c.name, "target": c.target, "ops": sorted(c.ops), "backend": list(c.backends)}
+                       for c in result.candidates],
         "results": [record_dict(r) for r in result.records],
         "summary": {
             "records": len(result.records), **{k.lower(): v for k, v in counts.items()},
             "exit_code": result.exit_code, "seconds": result.seconds,
             "reference_cache": {"hits": result.cache_hits, "misses": result.cache_misses},
-            "reference_uncertified": result.uncertified,
+            "reference_uncertified": result.uncertified, "worker_restarts": result.worker_restarts,
         },
     }
 

@@ -113,5 +113,7 @@ def render(result: AuditResult, console: Console, max_findings: int = 10) -> Non
         console.print(Text(f"{result.uncertified} reference elements could not be certified correctly rounded "
                            "within the precision cap; their verdicts rest on an uncertified rounding.",
                            style="yellow"))
+    if not result.complete:
+        console.print(Text("Interrupted: these are the records collected before the stop.", style="bold yellow"))
     verdict = "FAIL" if result.exit_code else "no FAIL"
     console.print(Text(f"Result: {verdict} (exit {result.exit_code})", style=STYLES[FAIL if result.exit_code else PASS]))

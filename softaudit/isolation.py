@@ -1,0 +1,273 @@
+"""Running candidates where their crashes cannot take the audit down.
+
+Candidates execute in one worker process (``WorkerExecutor``) that loads every
+target once and then serves many calls over a pipe. A segfault, an abort, an
+exit, a hang past the timeout or a memory blow-up ends that worker, becomes
+the result of the call that caused it, and the next call starts a fresh
+worker. ``InProcessExecutor`` runs the same protocol in the CLI's own process
+(``--no-isolation``): faster to start, but unprotected.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from softaudit.candidates import (
+    Candidate,
+    CandidateError,
+    CandidateImportError,
+    CallResult,
+    NoOpsError,
+    call_op,
+    load_target,
+)
+from softaudit.formats import Format
+
+DEFAULT_TIMEOUT = 300.0
+"""Seconds one call may take before it counts as hung: generous, since a pure-Python
+row-by-row candidate on a 262,144-wide row is slow but not broken."""
+
+
+def default_memory_limit() -> int:
+    """Half the machine's physical memory, in bytes: a runaway candidate fails, the machine survives."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+    except (ValueError, OSError):
+        return 8 << 30
+
+
+@dataclass(frozen=True)
+class CandidateInfo:
+    """What the audit needs to know about a candidate that lives in a worker."""
+
+    name: str
+    target: str
+    ops: tuple[str, ...]
+    backends: tuple[str, ...]
+    notes: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """Per op: how it is called (row by row, the backend found by the probe...)."""
+    description: str = ""
+    loaded_name: str = ""
+    """The name the loader gave it: the key in the worker, even after the audit renames it."""
+
+    @staticmethod
+    def of(c: Candidate) -> "CandidateInfo":
+        return CandidateInfo(
+            name=c.name, target=c.target, ops=tuple(c.ops),
+            backends=tuple(sorted({f.backend for f in c.ops.values()})),
+            notes={op: tuple(f.notes) for op, f in c.ops.items()}, description=c.description,
+            loaded_name=c.name,
+        )
+
+
+@dataclass(frozen=True)
+class LoadFailure:
+    """A target whose module raised or crashed while loading: a FAIL record, not bad input."""
+
+    target: str
+    reason: str
+
+
+class Executor(Protocol):
+    """Loads targets and calls their ops; implementations differ in isolation only."""
+
+    def load(self, target: str) -> list[CandidateInfo] | LoadFailure: ...
+
+    def call(self, cand: CandidateInfo, op: str, x: np.ndarray, fmt: Format) -> CallResult: ...
+
+    def close(self) -> None: ...
+
+
+# --------------------------------------------------------------------------
+# In the CLI's own process
+
+
+class InProcessExecutor:
+    """Calls candidates directly: no protection, no overhead (``--no-isolation``)."""
+
+    def __init__(self, rowwise: bool = False) -> None:
+        self.rowwise = rowwise
+        self._candidates: dict[tuple[str, str], Candidate] = {}
+
+    def load(self, target: str) -> list[CandidateInfo] | LoadFailure:
+        try:
+            loaded = load_target(target, rowwise=self.rowwise)
+        except CandidateImportError as exc:
+            return LoadFailure(target, str(exc))
+        for c in loaded:
+            self._candidates[(c.target, c.name)] = c
+        return [CandidateInfo.of(c) for c in loaded]
+
+    def call(self, cand: CandidateInfo, op: str, x: np.ndarray, fmt: Format) -> CallResult:
+        return call_op(self._candidates[(cand.target, cand.loaded_name)].ops[op], x, fmt)
+
+    def close(self) -> None:
+        self._candidates.clear()
+
+
+# --------------------------------------------------------------------------
+# In a worker process
+
+
+def _describe_exit(code: int | None) -> str:
+    """A dead worker's exit status in words: the signal's name where there is one."""
+    if code is None:
+        return "stopped responding"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        hint = " (out of memory?)" if name == "SIGKILL" else ""
+        return f"crashed with {name}{hint}"
+    return f"exited the process with status {code}"
+
+
+class WorkerExecutor:
+    """One worker process serving many calls; restarted after a crash or a hang."""
+
+    def __init__(self, rowwise: bool = False, timeout: float = DEFAULT_TIMEOUT,
+                 memory_limit: int | None = None) -> None:
+        self.rowwise = rowwise
+        self.timeout = timeout
+        self.memory_limit = memory_limit if memory_limit is not None else default_memory_limit()
+        self.restarts = 0
+        self._proc: subprocess.Popen | None = None
+        self._conn: Connection | None = None
+        self._send_conn: Connection | None = None
+        self._loaded: list[str] = []
+        """Targets the current worker has loaded (in order); a new worker loads them again."""
+        self._good: list[str] = []
+        """Targets that loaded cleanly: the ones every fresh worker loads."""
+        self._unprobed: set[str] = set()
+        """Targets whose probe crashed or hung: loaded without probing."""
+
+    # -- process management
+
+    def _start(self) -> None:
+        """Start ``python -m softaudit.worker`` with a pipe each way (no fork, no re-import of __main__)."""
+        to_child_r, to_child_w = os.pipe()
+        from_child_r, from_child_w = os.pipe()
+        package_root = str(Path(__file__).resolve().parent.parent)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([package_root, *sys.path[1:], env.get("PYTHONPATH", "")]).strip(os.pathsep)
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "softaudit.worker", str(to_child_r), str(from_child_w),
+                 str(self.memory_limit), "1" if self.rowwise else "0"],
+                pass_fds=(to_child_r, from_child_w), stdin=subprocess.DEVNULL, env=env,
+                start_new_session=True,  # Ctrl-C goes to softaudit, which decides what to stop
+            )
+        finally:
+            os.close(to_child_r)
+            os.close(from_child_w)
+        self._proc = proc
+        self._send_conn = Connection(to_child_w, readable=False)
+        self._conn = Connection(from_child_r, writable=False)
+        self._loaded = []
+
+    def _kill(self, grace: float = 0.0) -> int | None:
+        """End the worker (after ``grace`` seconds for one that is already dying) and return its exit code."""
+        proc, self._proc = self._proc, None
+        for conn in (self._conn, self._send_conn):
+            if conn is not None:
+                conn.close()
+        self._conn = self._send_conn = None
+        if proc is None:
+            return None
+        try:
+            return proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            return proc.wait()
+
+    def _alive(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def _ensure(self) -> None:
+        if self._alive():
+            return
+        if self._proc is not None:
+            self._kill()
+            self.restarts += 1  # it died between calls
+        self._start()
+        for target in self._good:
+            reply, _ = self._request(("load", target, target not in self._unprobed), self.timeout)
+            if reply is None or reply[0] != "loaded":
+                raise RuntimeError(f"a fresh worker could not load {target} again")
+            self._loaded.append(target)
+
+    def _request(self, message: tuple, timeout: float) -> tuple[tuple | None, str]:
+        """Send one message, wait for its reply; (None, what went wrong) if the worker died or hung."""
+        assert self._conn is not None and self._send_conn is not None
+        try:
+            self._send_conn.send(message)
+            if self._conn.poll(timeout):
+                return self._conn.recv(), ""
+        except (EOFError, OSError, BrokenPipeError):
+            code = self._kill(grace=2.0)  # it closed the pipe: it is exiting, let it say how
+            self.restarts += 1
+            return None, _describe_exit(code)
+        self._kill()
+        self.restarts += 1
+        return None, f"timed out after {timeout:g} s"
+
+    # -- Executor
+
+    def load(self, target: str) -> list[CandidateInfo] | LoadFailure:
+        self._ensure()
+        reply, failure = self._request(("load", target, True), self.timeout)
+        if reply is None:
+            # Import, or one of the probe calls, crashed or hung. Import again without
+            # probing: if that works, the fault belongs to the calls and is recorded there.
+            self._ensure()
+            reply, again = self._request(("load", target, False), self.timeout)
+            if reply is None:
+                return LoadFailure(target, f"{target}: {again} while importing it")
+            if reply[0] == "loaded":
+                self._unprobed.add(target)
+        kind, payload = reply
+        if kind == "loaded":
+            self._good.append(target)
+            self._loaded.append(target)
+            return payload
+        if kind == "import-failed":
+            return LoadFailure(target, payload)
+        exc_type = NoOpsError if kind == "no-ops" else CandidateError
+        raise exc_type(payload)
+
+    def call(self, cand: CandidateInfo, op: str, x: np.ndarray, fmt: Format) -> CallResult:
+        self._ensure()
+        reply, failure = self._request(("call", cand.target, cand.loaded_name, op, x, fmt.name), self.timeout)
+        if reply is None:
+            return CallResult(output=None, error=failure, input_modified=False, output_dtype="", notes=(),
+                              seconds=0.0)
+        kind, payload = reply
+        if kind != "result":
+            return CallResult(output=None, error=str(payload), input_modified=False, output_dtype="", notes=(),
+                              seconds=0.0)
+        return payload
+
+    def close(self) -> None:
+        if self._alive() and self._send_conn is not None:
+            with contextlib.suppress(OSError, BrokenPipeError):
+                self._send_conn.send(("stop",))
+        self._kill(grace=2.0)
+
+
+def make_executor(isolated: bool, rowwise: bool, timeout: float, memory_limit: int | None) -> Executor:
+    """The executor an audit uses: a worker process unless isolation is turned off."""
+    if isolated:
+        return WorkerExecutor(rowwise=rowwise, timeout=timeout, memory_limit=memory_limit)
+    return InProcessExecutor(rowwise=rowwise)
+

@@ -1,0 +1,126 @@
+"""The worker process that runs candidates: ``python -m softaudit.worker R W MEMORY ROWWISE``.
+
+It reads requests from pipe fd R and answers on pipe fd W (multiprocessing
+Connection framing): ("load", target, probe) and ("call", target, name, op, x,
+format). It ignores Ctrl-C (the CLI decides when to stop), limits its own
+address space, and sends what C code prints to /dev/null so that junk cannot
+garble the report; Python-level prints are captured and reported as notes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import resource
+import signal
+import sys
+import traceback
+from multiprocessing.connection import Connection
+from typing import Any
+
+from softaudit.candidates import (
+    CallResult,
+    Candidate,
+    CandidateError,
+    CandidateImportError,
+    NoOpsError,
+    call_op,
+    load_target,
+)
+from softaudit.formats import FORMATS
+from softaudit.isolation import CandidateInfo
+
+
+def _serve(requests: Connection, conn: Connection, rowwise: bool, memory_limit: int) -> None:
+    """The worker's loop: load targets, answer calls, until told to stop or killed."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the CLI decides when to stop, not Ctrl-C
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
+    _silence_fds()
+    candidates: dict[tuple[str, str], Candidate] = {}
+    while True:
+        try:
+            message = requests.recv()
+        except (EOFError, OSError):
+            return
+        if message[0] == "stop":
+            return
+        if message[0] == "load":
+            conn.send(_load(message[1], rowwise, message[2], candidates))
+        elif message[0] == "call":
+            _, target, name, op, x, fmt_name = message
+            try:
+                opfn = candidates[(target, name)].ops[op]
+                with _captured_output() as printed:
+                    result = call_op(opfn, x, FORMATS[fmt_name])
+            except Exception as exc:  # noqa: BLE001  (call_op catches the candidate's own errors)
+                conn.send(("error", f"{op}: softaudit's worker failed: {type(exc).__name__}: {exc}"))
+                continue
+            if printed.getvalue().strip():
+                result = _with_note(result, _printed_note(printed.getvalue()))
+            try:
+                conn.send(("result", result))
+            except Exception as exc:  # noqa: BLE001  (an output that cannot be pickled)
+                conn.send(("error", f"{op} returned something softaudit cannot transfer: {type(exc).__name__}: {exc}"))
+
+
+def _load(target: str, rowwise: bool, probe: bool,
+          candidates: dict[tuple[str, str], Candidate]) -> tuple[str, Any]:
+    try:
+        with _captured_output():
+            loaded = load_target(target, rowwise=rowwise, probe=probe)
+    except CandidateImportError as exc:
+        return "import-failed", str(exc)
+    except NoOpsError as exc:
+        return "no-ops", str(exc)
+    except CandidateError as exc:
+        return "bad-target", str(exc)
+    except MemoryError:
+        return "import-failed", f"{target}: raised MemoryError while importing or probing it"
+    except Exception as exc:  # noqa: BLE001  (a loader bug must still reach the user in one line)
+        last = traceback.extract_tb(exc.__traceback__)[-1]
+        return "import-failed", f"{target}: {type(exc).__name__} while loading ({last.filename}:{last.lineno}): {exc}"
+    for c in loaded:
+        candidates[(c.target, c.name)] = c
+    return "loaded", [CandidateInfo.of(c) for c in loaded]
+
+
+def _silence_fds() -> None:
+    """Send what C code writes to stdout/stderr to /dev/null: junk must not garble the report."""
+    with contextlib.suppress(OSError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+        os.close(devnull)
+
+
+@contextlib.contextmanager
+def _captured_output():  # type: ignore[no-untyped-def]
+    """Capture Python-level prints of the candidate, to report them as a note."""
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
+        yield buffer
+
+
+def _printed_note(text: str) -> str:
+    lines = [line for line in text.splitlines() if line.strip()]
+    first = lines[0].strip()
+    if len(first) > 60:
+        first = first[:57] + "..."
+    return f"printed {len(lines)} line(s) during the call (first: {first!r})"
+
+
+def _with_note(result: CallResult, note: str) -> CallResult:
+    result.notes = tuple(result.notes) + (note,)
+    return result
+
+
+
+def main() -> None:
+    read_fd, write_fd, memory_limit, rowwise = (int(a) for a in sys.argv[1:5])
+    _serve(Connection(read_fd, writable=False), Connection(write_fd, readable=False), bool(rowwise), memory_limit)
+
+
+if __name__ == "__main__":
+    main()

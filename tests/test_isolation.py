@@ -1,0 +1,133 @@
+"""Robust execution: crashes, hangs, exceptions and contract breaches are findings, never the end of the audit."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from softaudit.formats import FORMATS
+from softaudit.runner import AuditOptions, run_audit
+
+REPO = Path(__file__).resolve().parents[1]
+FAULTS = REPO / "tests" / "fixtures" / "faults"
+SLOW = REPO / "tests" / "fixtures" / "slow" / "slow.py"
+
+
+def _env(**extra: str) -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    env.update(COLUMNS="300", NO_COLOR="1", **extra)
+    return env
+
+
+def _cli(args, cwd, **env) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "softaudit", *map(str, args)], cwd=cwd, env=_env(**env),
+                          capture_output=True, text=True, timeout=300)
+
+
+EXPECTED = {
+    # fixture: (op, text the one-line cause must contain)
+    "segfault": ("softmax", "softmax crashed with SIGSEGV"),
+    "raises": ("log_softmax", "log_softmax raised RuntimeError: kernel not implemented for this shape"),
+    "hangs": ("logsumexp", "logsumexp timed out after 2 s"),
+    "memory_hog": ("logsumexp", "MemoryError"),
+    "exits": ("softmax", "softmax exited the process with status 3"),
+    "wrong_shape": ("softmax", "softmax returned shape (4, 255) but (4, 256) was expected"),
+    "mutates": ("softmax", "softmax modified its input"),
+    "import_error": ("import", "import_error.py:6: raised IndexError: index 10 is out of bounds"),
+}
+
+
+@pytest.fixture(scope="module")
+def fault_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("faults")
+    out = tmp / "faults.json"
+    p = _cli(["run", FAULTS, "builtin:shifted", "--case", "offset-plus-1e3", "--dtype", "float32",
+              "--timeout", "2", "--memory-limit", "2", "--findings", "30", "--json", out], tmp)
+    return p, json.loads(out.read_text())
+
+
+def test_every_fault_is_a_fail_record_naming_its_cause(fault_run):
+    p, doc = fault_run
+    assert p.returncode == 1, p.stderr
+    assert doc["complete"] is True
+    by_candidate = {}
+    for r in doc["results"]:
+        by_candidate.setdefault(r["candidate"], []).append(r)
+    for fixture, (op, cause) in EXPECTED.items():
+        (rec,) = [r for r in by_candidate[fixture] if r["op"] == op]
+        assert rec["verdict"] == "FAIL", (fixture, rec)
+        assert cause in rec["reasons"][0], (fixture, rec["reasons"])
+        assert cause.split(":")[0] in p.stdout  # the terminal report names it too
+    assert doc["summary"]["worker_restarts"] >= 3  # segfault, hang, exit: each took a worker down
+
+
+def test_other_candidates_in_the_same_run_are_judged_normally(fault_run):
+    _, doc = fault_run
+    shifted = [r for r in doc["results"] if r["candidate"] == "builtin:shifted"]
+    assert sorted(r["op"] for r in shifted) == ["log_softmax", "logsumexp", "softmax"]
+    assert all(r["verdict"] == "PASS" and r["max_ratio"] <= 1 for r in shifted)
+
+
+def test_tolerated_oddities_are_reported_not_failed(fault_run):
+    _, doc = fault_run
+    (lst,) = [r for r in doc["results"] if r["candidate"] == "returns_list"]
+    assert lst["verdict"] == "PASS" and lst["output_dtype"] == "list"
+    (junk,) = [r for r in doc["results"] if r["candidate"] == "prints_junk"]
+    assert junk["verdict"] == "PASS"
+    assert any(n.startswith("printed 1 line(s) during the call (first: 'DEBUG shape") for n in junk["notes"])
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_mid_run_keeps_a_valid_partial_json(tmp_path, signum, code):
+    out = tmp_path / "partial.json"
+    out.write_text('{"previous": "results"}\n')
+    marker = tmp_path / "calls.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "softaudit", "run", str(SLOW), "builtin:shifted", "--dtype", "float32",
+         "--case", "offset-*", "--json", str(out)],
+        cwd=tmp_path, env=_env(SOFTAUDIT_TEST_MARKER=str(marker)),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and (not marker.exists() or marker.read_text().count("call") < 3):
+        time.sleep(0.2)
+    assert marker.exists(), "the audit never reached the slow candidate"
+    proc.send_signal(signum)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == code, stderr
+    doc = json.loads(out.read_text())
+    assert doc["complete"] is False
+    assert 3 <= len(doc["results"]) < 16 * 2  # some, not all, of the 16 offset cases x 2 candidates
+    assert doc["summary"]["records"] == len(doc["results"])
+    assert f"interrupted by {signal.Signals(signum).name}" in stderr
+    assert [f.name for f in tmp_path.iterdir() if f.name.endswith(".tmp")] == []
+
+
+def test_directory_targets_skip_helper_modules_and_need_one_candidate(tmp_path):
+    d = tmp_path / "kernels"
+    d.mkdir()
+    (d / "helpers.py").write_text("SCALE = 2.0\n")
+    (d / "_private.py").write_text("raise SystemExit('never imported')\n")
+    (d / "mine.py").write_text((REPO / "examples" / "seed_numpy.py").read_text())
+    p = _cli(["run", d, "--case", "offset-plus-1e3", "--dtype", "float32", "-q", "--json", tmp_path / "o.json"],
+             tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert {c["name"] for c in json.loads((tmp_path / "o.json").read_text())["candidates"]} == {"mine"}
+    (d / "mine.py").unlink()
+    p = _cli(["run", d], tmp_path)
+    assert p.returncode == 2 and "defines softmax, log_softmax or logsumexp" in p.stderr
+
+
+def test_without_isolation_the_same_audit_runs_in_process():
+    opts = AuditOptions(case_patterns=["offset-plus-1e3"], formats=[FORMATS["float32"]], isolated=False)
+    records = run_audit([str(FAULTS / "raises.py"), "builtin:shifted"], opts).records
+    (raised,) = [r for r in records if r.candidate == "raises"]
+    assert raised.verdict == "FAIL" and raised.error.startswith("raised RuntimeError")
