@@ -39,7 +39,7 @@ import numpy as np
 
 from softaudit.formats import FLOAT32, FLOAT64, Format, format_of_dtype, round_float64_array
 
-OPS = ("softmax", "log_softmax", "logsumexp")
+from softaudit.ops import OPS
 """The ops a candidate may implement, in audit order."""
 
 BACKENDS = ("numpy", "torch")
@@ -511,7 +511,9 @@ def _check_signature(fn: Callable[..., Any], op: str, target: str) -> None:
         raise CandidateError(f"{target}: {op}{sig} takes no positional parameter for the input x")
     first = next(p for p in params if p.kind in (kinds.POSITIONAL_ONLY, kinds.POSITIONAL_OR_KEYWORD, kinds.VAR_POSITIONAL))
     for p in params:
-        if p is first or p.name in ("dim", "axis") or p.kind in (kinds.VAR_POSITIONAL, kinds.VAR_KEYWORD):
+        by_keyword = p.kind in (kinds.POSITIONAL_OR_KEYWORD, kinds.KEYWORD_ONLY)
+        if p is first or (p.name in ("dim", "axis") and by_keyword) or p.kind in (kinds.VAR_POSITIONAL,
+                                                                                      kinds.VAR_KEYWORD):
             continue
         if p.default is kinds.empty:
             raise CandidateError(f"{target}: {op}{sig}: unexpected required parameter {p.name!r} "

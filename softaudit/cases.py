@@ -28,7 +28,7 @@ except ModuleNotFoundError:  # Python 3.10
 
 from softaudit.formats import FORMATS, FormatError, get_format
 
-OPS = ("softmax", "log_softmax", "logsumexp")
+from softaudit.ops import OPS
 """The ops a case can apply to, in their canonical order."""
 
 FAMILIES: Mapping[str, str] = MappingProxyType({

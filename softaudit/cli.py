@@ -7,6 +7,7 @@ unless --debug).
 from __future__ import annotations
 
 import contextlib
+import math
 import signal
 import sys
 import traceback
@@ -22,7 +23,7 @@ from softaudit.candidates import CandidateError
 from softaudit.cases import OPS, CaseError, load_cases, select_cases
 from softaudit.envelope import DEFAULT_RATIO_LIMIT
 from softaudit.formats import FORMATS, FormatError, get_format
-from softaudit.isolation import DEFAULT_TIMEOUT
+from softaudit.isolation import DEFAULT_TIMEOUT, MAX_TIMEOUT
 from softaudit.runner import NothingToAudit
 from softaudit.verdicts import DEFAULT_UNDEFINED_POLICY, UNDEFINED_POLICIES, Gate
 
@@ -90,19 +91,21 @@ def run(
     """Audit TARGETS over the case library and print a verdict per candidate x op x format."""
     from softaudit.reports.json_report import write_json
     from softaudit.reports.terminal import render
-    from softaudit.runner import AuditOptions, plan, run_audit
+    from softaudit.runner import AuditOptions, run_audit
 
     try:
         if undefined not in UNDEFINED_POLICIES:
             raise UsageProblem(f"unknown --undefined policy {undefined!r} (known: {', '.join(UNDEFINED_POLICIES)})")
-        if not limit > 1.0:
-            raise UsageProblem(f"--limit must be greater than 1 (the envelope itself), got {limit}")
+        if not (limit > 1.0 and math.isfinite(limit)):
+            raise UsageProblem(f"--limit must be a finite number greater than 1 (the envelope itself), got {limit}")
+        if seed < 0:
+            raise UsageProblem(f"--seed must be 0 or more, got {seed}")
         if findings < 0:
             raise UsageProblem("--findings must be 0 or more")
-        if not timeout > 0:
-            raise UsageProblem(f"--timeout must be a positive number of seconds, got {timeout:g}")
-        if memory_limit is not None and not memory_limit > 0:
-            raise UsageProblem(f"--memory-limit must be a positive number of GiB, got {memory_limit:g}")
+        if not 0 < timeout <= MAX_TIMEOUT:
+            raise UsageProblem(f"--timeout must be between 0 and {MAX_TIMEOUT:g} seconds, got {timeout:g}")
+        if memory_limit is not None and not 0 < memory_limit <= 2**20:
+            raise UsageProblem(f"--memory-limit must be a positive number of GiB (at most 2^20), got {memory_limit:g}")
         if json_path is not None and not json_path.parent.is_dir():
             raise UsageProblem(f"--json: directory {str(json_path.parent)!r} does not exist")
         if json_path is not None and json_path.is_dir():
@@ -116,7 +119,6 @@ def run(
             cache_dir=cache_dir, use_cache=not no_cache, rowwise=rowwise, isolated=not no_isolation,
             timeout=timeout, memory_limit=int(memory_limit * 2**30) if memory_limit is not None else None,
         )
-        plan(options)  # validates case patterns and directories before any candidate is loaded
         console = Console(stderr=True)
         with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), console=console, transient=True,
@@ -133,7 +135,10 @@ def run(
             traceback.print_exc()
         _fatal(str(exc))
     if json_path is not None:
-        write_json(json_path, result)
+        try:
+            write_json(json_path, result)
+        except OSError as exc:
+            _fatal(f"--json: cannot write {str(json_path)!r}: {exc.strerror or exc}")
     if not quiet:
         render(result, Console(), max_findings=findings)
         if json_path is not None:

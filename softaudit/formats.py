@@ -9,6 +9,7 @@ DESIGN §9 (float64 -> bfloat16 via float32) can occur.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -38,24 +39,20 @@ class Format:
     uint_dtype: np.dtype
     """Unsigned integer dtype of the same width, for bit-level views."""
 
-    @property
+    @functools.cached_property
     def u(self) -> float:
         """Unit roundoff 2^-p."""
         return math.ldexp(1.0, -self.p)
 
-    @property
+    @functools.cached_property
     def max_finite(self) -> float:
         """Largest finite value, (2 - 2^(1-p)) * 2^emax."""
         return math.ldexp(float((1 << self.p) - 1), self.emax - self.p + 1)
 
-    @property
+    @functools.cached_property
     def smallest_subnormal(self) -> float:
         """2^(emin - p + 1): also ulp(0) in this format."""
         return math.ldexp(1.0, self.emin - self.p + 1)
-
-    @property
-    def smallest_normal(self) -> float:
-        return math.ldexp(1.0, self.emin)
 
     @property
     def torch_dtype(self):  # type: ignore[no-untyped-def]

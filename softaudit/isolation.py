@@ -37,6 +37,9 @@ DEFAULT_TIMEOUT = 300.0
 """Seconds one call may take before it counts as hung: generous, since a pure-Python
 row-by-row candidate on a 262,144-wide row is slow but not broken."""
 
+MAX_TIMEOUT = 7 * 86400.0
+"""The largest --timeout accepted (a week): beyond it the OS's wait primitives overflow."""
+
 
 def default_memory_limit() -> int:
     """Half the machine's physical memory, in bytes: a runaway candidate fails, the machine survives."""
@@ -133,6 +136,11 @@ def _describe_exit(code: int | None) -> str:
     return f"exited the process with status {code}"
 
 
+def _failed_call(error: str) -> CallResult:
+    """The result of a call that produced nothing: the worker died, hung or could not run it."""
+    return CallResult(output=None, error=error, input_modified=False, output_dtype="", notes=(), seconds=0.0)
+
+
 class WorkerExecutor:
     """One worker process serving many calls; restarted after a crash or a hang."""
 
@@ -185,10 +193,14 @@ class WorkerExecutor:
         if proc is None:
             return None
         try:
-            return proc.wait(grace)
+            code = proc.wait(grace)
         except subprocess.TimeoutExpired:
             proc.kill()
-            return proc.wait()
+            code = proc.wait()
+        # The worker leads its own process group: end what the candidate started too.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        return code
 
     def _alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
@@ -216,7 +228,7 @@ class WorkerExecutor:
             self._send_conn.send(message)
             if self._conn.poll(timeout):
                 return self._conn.recv(), ""
-        except (EOFError, OSError, BrokenPipeError):
+        except (EOFError, OSError):
             code = self._kill(grace=2.0)  # it closed the pipe: it is exiting, let it say how
             self.restarts += 1
             return None, _describe_exit(code)
@@ -228,7 +240,7 @@ class WorkerExecutor:
 
     def load(self, target: str) -> list[CandidateInfo] | LoadFailure:
         self._ensure()
-        reply, failure = self._request(("load", target, True), self.timeout)
+        reply, _ = self._request(("load", target, True), self.timeout)
         if reply is None:
             # Import, or one of the probe calls, crashed or hung. Import again without
             # probing: if that works, the fault belongs to the calls and is recorded there.
@@ -250,21 +262,16 @@ class WorkerExecutor:
     def call(self, cand: CandidateInfo, op: str, x: np.ndarray, fmt: Format) -> CallResult:
         self._ensure()
         if cand.target in self._lost:
-            return CallResult(output=None, error="could not be loaded again after a worker restart", input_modified=False,
-                              output_dtype="", notes=(), seconds=0.0)
+            return _failed_call("could not be loaded again after a worker restart")
         reply, failure = self._request(("call", cand.target, cand.loaded_name, op, x, fmt.name), self.timeout)
         if reply is None:
-            return CallResult(output=None, error=failure, input_modified=False, output_dtype="", notes=(),
-                              seconds=0.0)
+            return _failed_call(failure)
         kind, payload = reply
-        if kind != "result":
-            return CallResult(output=None, error=str(payload), input_modified=False, output_dtype="", notes=(),
-                              seconds=0.0)
-        return payload
+        return payload if kind == "result" else _failed_call(str(payload))
 
     def close(self) -> None:
         if self._alive() and self._send_conn is not None:
-            with contextlib.suppress(OSError, BrokenPipeError):
+            with contextlib.suppress(OSError):
                 self._send_conn.send(("stop",))
         self._kill(grace=2.0)
 

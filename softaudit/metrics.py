@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import mpmath
 import numpy as np
 
-from softaudit.envelope import envelope_ulp
+from softaudit.envelope import envelope_ulp, log_domain_absolute
 from softaudit.formats import Format, round_float64_array
 from softaudit.reference import OpReference, RowStats
 
@@ -41,36 +41,45 @@ def ulp_error(y: np.ndarray, k: np.ndarray, hi: np.ndarray, lo: np.ndarray) -> n
         bb = s - big_y
         t = (big_y - (s - bb)) + (-hv - bb)
         err = np.abs(s + (t - lv))
-    # The scaling is exact unless it overflowed or fell into float64's subnormals.
-    inexact = ~np.isfinite(big_y) | ((yv != 0) & (np.abs(big_y) < 2.0**-1022))
-    for j in np.flatnonzero(inexact):
+    # The scaling is exact unless it overflowed (the error is then beyond float64:
+    # reported as its largest value) or fell into float64's subnormals (mpmath).
+    err[~np.isfinite(big_y)] = _FLOAT_MAX
+    for j in np.flatnonzero((yv != 0) & (np.abs(big_y) < 2.0**-1022)):
         err[j] = _exact_ulp_error(float(yv[j]), int(kv[j]), float(hv[j]), float(lv[j]))
     out[ok] = err
     return out
 
 
+_ctx = mpmath.MPContext()
+_ctx.prec = 256
+
+
 def _exact_ulp_error(y: float, k: int, hi: float, lo: float) -> float:
-    ctx = mpmath.MPContext()
-    ctx.prec = 256
-    e = abs(ctx.ldexp(y, -k) - ctx.mpf(hi) - ctx.mpf(lo))
+    e = abs(_ctx.ldexp(y, -k) - _ctx.mpf(hi) - _ctx.mpf(lo))
     return min(float(e), _FLOAT_MAX)
 
 
-def _ordinals(values: np.ndarray, fmt: Format) -> np.ndarray:
-    """Monotone integer positions of format values (as float64; exact below 2^53)."""
+def _sign_and_magnitude(values: np.ndarray, fmt: Format) -> tuple[np.ndarray, np.ndarray]:
+    """(negative?, position of |value| among the format's values) as exact integers."""
     bits = round_float64_array(values, fmt).view(fmt.uint_dtype).astype(np.uint64)
     sign = np.uint64(1) << np.uint64(fmt.uint_dtype.itemsize * 8 - 1)
-    mag = (bits & ~sign).astype(np.float64)
-    return np.where((bits & sign) != 0, -mag, mag)
+    return (bits & sign) != 0, bits & ~sign
 
 
 def bits_of_error(y: np.ndarray, rounded: np.ndarray, fmt: Format) -> np.ndarray:
-    """log2(1 + number of format values between y and round(exact)); NaN where either is not finite."""
+    """log2(1 + number of format values between y and round(exact)); NaN where either is not finite.
+
+    The count is taken in unsigned 64-bit integers (±0 count once), exact for float64 too.
+    """
     y = np.asarray(y, dtype=np.float64)
     ok = np.isfinite(y) & np.isfinite(rounded)
     out = np.full(y.shape, np.nan)
     if ok.any():
-        out[ok] = np.log2(1.0 + np.abs(_ordinals(y[ok], fmt) - _ordinals(rounded[ok], fmt)))
+        neg_a, mag_a = _sign_and_magnitude(y[ok], fmt)
+        neg_b, mag_b = _sign_and_magnitude(rounded[ok], fmt)
+        same = neg_a == neg_b
+        between = np.where(same, np.maximum(mag_a, mag_b) - np.minimum(mag_a, mag_b), mag_a + mag_b)
+        out[ok] = np.log2(1.0 + between.astype(np.float64))
     return out
 
 
@@ -116,8 +125,16 @@ def judge_elements(op: str, x: np.ndarray, y: np.ndarray, ref: OpReference,
     err = ulp_error(y, ref.k, ref.hi, ref.lo)
     err = np.where(overflowed & (got == expected), 0.0, err)
     env = envelope_ulp(op, x64, stats.amax, stats.log_s, ref.k, ref.hi, fmt)
-    with np.errstate(invalid="ignore"):
+    with np.errstate(invalid="ignore", over="ignore", under="ignore"):
         ratio = err / env
+        beyond = ~np.isfinite(env) & np.isfinite(y)
+        if beyond.any():
+            # ulp(exact) is too small for float64 to count the envelope in it (a
+            # float64 log-domain result at or near 0): compare absolute errors.
+            exact = np.ldexp(ref.hi, ref.k) + np.ldexp(ref.lo, ref.k)
+            absolute = log_domain_absolute(op, x64, stats.amax, stats.log_s, fmt)
+            absolute = np.broadcast_to(absolute, y.shape)
+            ratio = np.where(beyond, np.abs(y - exact) / absolute, ratio)
     finite_pair = judged & ~mismatch & (got == 0) & np.isfinite(err)
     err = np.where(finite_pair, err, np.nan)
     ratio = np.where(finite_pair, ratio, np.nan)

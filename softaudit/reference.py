@@ -29,12 +29,12 @@ from typing import Sequence
 import mpmath
 import numpy as np
 
-from softaudit.formats import Format, round_mpf, ulp_exponent
+from softaudit.formats import Format, round_mpf, ulp_exponent, ulp_units
 
 ENGINE_VERSION = "1"
 """Bump whenever a change could alter any stored reference: it invalidates the cache."""
 
-OPS = ("softmax", "log_softmax", "logsumexp")
+from softaudit.ops import OPS
 
 _ctx = mpmath.MPContext()
 """A private mpmath context, so our precision changes never leak to users' code."""
@@ -142,7 +142,7 @@ class ReferenceSet:
 
 def _certify(v: mpmath.mpf, err: float, fmt: Format) -> tuple[float, int, float, float, bool]:
     """Round v into fmt; True when [v-err, v+err] provably rounds the same and err is tiny in ulps."""
-    k = ulp_exponent(v, fmt)
+    k, hi, lo = ulp_units(v, fmt)
     r = round_mpf(v, fmt)
     ok = True
     if err > 0.0:
@@ -150,10 +150,9 @@ def _certify(v: mpmath.mpf, err: float, fmt: Format) -> tuple[float, int, float,
             ok = math.ldexp(err, -k) <= _REQUIRED_ULP_ACCURACY
         except OverflowError:
             ok = False
-        ok = ok and round_mpf(v - err, fmt) == r and round_mpf(v + err, fmt) == r
-    w = _ctx.ldexp(v, -k)
-    hi = float(w)
-    lo = float(_ctx.fsub(w, hi, exact=True)) if math.isfinite(hi) else 0.0
+        # The interval's ends are formed exactly: rounded, they could land on a midpoint.
+        ok = ok and (round_mpf(_ctx.fsub(v, err, exact=True), fmt) == r
+                     and round_mpf(_ctx.fadd(v, err, exact=True), fmt) == r)
     return r, k, hi, lo, ok
 
 
@@ -331,8 +330,11 @@ def exact_element(x_row: np.ndarray, op: str, col: int | None, digits: int = 17)
     finite = xs[xs != -np.inf]
     uniq, counts = np.unique(finite, return_counts=True)
     k_ties = int(counts[-1])
-    t = _ctx.fsum(_ctx.exp(_ctx.fsub(float(u), a, exact=True)) * int(c)
-                  for u, c in zip(uniq[:-1], counts[:-1]) if float(u) - a > -1e6)
+    d = [_ctx.fsub(float(u), a, exact=True) for u in uniq[:-1]]
+    # Terms below the largest one by more than the working precision (and the row
+    # length) cannot change 17 digits of the sum; they are left out, none other.
+    keep_from = (d[-1] - (_ctx.prec + 64) * _LN2 - math.log(xs.size)) if d else 0
+    t = _ctx.fsum(_ctx.exp(di) * int(c) for di, c in zip(d, counts[:-1]) if di >= keep_from)
     big_l = _ctx.log1p(t) if k_ties == 1 else _ctx.log(k_ties + t)
     if op == "logsumexp":
         v = a + big_l
@@ -396,7 +398,7 @@ class ReferenceCache:
                 loaded = _load(path)
                 self.hits += 1
                 return loaded
-            except (OSError, ValueError, KeyError):
+            except Exception:  # noqa: BLE001  (truncated, empty, foreign: any damage)
                 pass  # a damaged entry is recomputed and replaced
         self.misses += 1
         ref = reference_rows(x, fmt)

@@ -24,7 +24,7 @@ from softaudit.isolation import DEFAULT_TIMEOUT, CandidateInfo, Executor, LoadFa
 from softaudit.metrics import judge_elements, summarize
 from softaudit.records import Record
 from softaudit.reference import ReferenceCache, default_cache_dir
-from softaudit.verdicts import FAIL, PASS, SEVERITY, SKIP, Gate, decide
+from softaudit.verdicts import FAIL, PASS, SKIP, Gate, decide
 
 ProgressFn = Callable[[int, int, str], None]
 """progress(done, total, what): called as each (format, case) unit starts and at the end."""
@@ -264,8 +264,3 @@ def _judge(executor: Executor, c: CandidateInfo, op: str, fmt: Format, case: Cas
         rec.verdict = FAIL
         rec.reasons.insert(0, f"{op} modified its input")
     return rec
-
-
-def worst_verdict(records: Sequence[Record]) -> str:
-    """The most serious verdict among records (SKIP when there are none)."""
-    return max((r.verdict for r in records), key=SEVERITY.__getitem__, default=SKIP)

@@ -172,8 +172,10 @@ def test_undecorated_examples(cli, tmp_path, example, exit_code, backend):
     assert "Traceback" not in p.stderr
     doc = load_strict(out)
     stem = example.removesuffix(".py")
-    assert doc["candidates"] == [{"name": stem, "target": str(EXAMPLES / example),
-                                  "ops": sorted(OPS), "backend": [backend]}]
+    (cand,) = doc["candidates"]
+    assert cand["description"]  # the module docstring's first line
+    assert {k: v for k, v in cand.items() if k != "description"} == {
+        "name": stem, "target": str(EXAMPLES / example), "ops": sorted(OPS), "backend": [backend]}
     got = {(r["op"], r["dtype"], r["case"]) for r in doc["results"]}
     assert got == set(itertools.product(OPS, EXAMPLE_DTYPES, EXAMPLE_CASES))
     assert all(r["candidate"] == stem for r in doc["results"])
@@ -269,6 +271,12 @@ BAD_INPUTS = {
                        "'cupy', which is not installed"),
     "uncallable-signature": (lambda tmp: ["run", _write(tmp, "temp.py", "def softmax(x, temperature):\n    return x\n")],
                              "unexpected required parameter 'temperature'"),
+    "limit-infinite": (lambda tmp: ["run", "builtin:shifted", "--limit", "inf"], "--limit"),
+    "timeout-infinite": (lambda tmp: ["run", "builtin:shifted", "--timeout", "inf"], "--timeout"),
+    "memory-limit-infinite": (lambda tmp: ["run", "builtin:shifted", "--memory-limit", "inf"], "--memory-limit"),
+    "negative-seed": (lambda tmp: ["run", "builtin:shifted", "--seed", "-1"], "--seed"),
+    "positional-only-dim": (lambda tmp: ["run", _write(tmp, "posdim.py", "def softmax(x, dim, /):\n    return x\n")],
+                            "unexpected required parameter 'dim'"),
     "nothing-to-audit": (lambda tmp: ["run", REPO / "tests" / "fixtures" / "two_named.py", "--op", "log_softmax"],
                          "nothing to audit"),
 }
@@ -517,3 +525,20 @@ def test_a_record_where_every_element_has_the_wrong_class_reports_no_ulp_figure(
     assert rec["verdict"] == "FAIL" and rec["class_mismatches"] == rec["elements"]
     assert rec["max_ulp"] is None and rec["max_ratio"] is None and rec["worst"] is None
     assert rec["first_mismatch"]["computed"] == "nan"
+
+
+def test_json_follows_a_symlink_and_gets_ordinary_permissions(cli, tmp_path):
+    real = tmp_path / "real.json"
+    real.write_text("")
+    link = tmp_path / "link.json"
+    link.symlink_to(real)
+    p = cli("run", "builtin:shifted", "--case", "offset-plus-1e3", "--dtype", "float32", "--json", link, "-q")
+    assert p.returncode == 0, p.stderr
+    assert link.is_symlink() and load_strict(real)["schema_version"] == 1
+    assert real.stat().st_mode & 0o777 == 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

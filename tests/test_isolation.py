@@ -131,3 +131,32 @@ def test_without_isolation_the_same_audit_runs_in_process():
     records = run_audit([str(FAULTS / "raises.py"), "builtin:shifted"], opts).records
     (raised,) = [r for r in records if r.candidate == "raises"]
     assert raised.verdict == "FAIL" and raised.error.startswith("raised RuntimeError")
+
+
+def test_a_hung_candidate_leaves_no_process_behind(tmp_path):
+    impl = tmp_path / "spawner.py"
+    impl.write_text(
+        "import subprocess, sys, time\n"
+        "def softmax(x):\n"
+        "    subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(9871)'])\n"
+        "    time.sleep(3600)\n"
+    )
+    p = _cli(["run", impl, "--case", "offset-plus-1e3", "--dtype", "float32", "--timeout", "2"], tmp_path)
+    assert p.returncode == 1 and "timed out after 2 s" in p.stdout
+    assert not _processes_running("time.sleep(9871)"), "the candidate's child outlived the audit"
+
+
+def _processes_running(text: str) -> list[str]:
+    """Command lines (from /proc) that contain ``text``; ignores zombies."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (entry / "stat").read_text().split(")")[-1].split()[0]
+        except OSError:
+            continue
+        if text in cmdline and state != "Z":
+            found.append(cmdline)
+    return found

@@ -24,6 +24,10 @@ def test_ulp_error_is_exact_in_the_ulps_of_the_exact_value():
 
 def test_bits_of_error_counts_floats_between():
     one = np.array([1.0])
+    # float64 counts are exact integers, not float64 approximations of 2^62-sized ordinals
+    for k, bits in ((1, 1.0), (3, 2.0), (100, math.log2(101))):
+        assert bits_of_error(np.array([1.0 + k * 2.0**-52]), one, FLOAT64)[0] == bits
+    assert bits_of_error(np.array([-(2.0**-1074)]), np.array([2.0**-1074]), FLOAT64)[0] == math.log2(3)
     assert bits_of_error(one, one, FLOAT32)[0] == 0.0
     assert bits_of_error(np.array([1.0 + 3 * 2.0**-23]), one, FLOAT32)[0] == 2.0
     assert bits_of_error(np.array([-0.0]), np.array([0.0]), FLOAT16)[0] == 0.0
@@ -96,3 +100,15 @@ def test_envelope_follows_design_model():
     # logsumexp: absolute u*(|a| + |log s| + log2 n + 3), here in ulps of 2^-23.
     lse = envelope_ulp("logsumexp", xi, np.array([1e4]), np.array([0.5]), np.array([-23]), np.array([2.0**23]), FLOAT32)
     assert lse[0] == FLOAT32.u * (1e4 + 0.5 + 1 + 3) * 2.0**23 + 0.5  # + the final rounding
+
+
+def test_float64_result_exactly_zero_is_judged_on_absolute_error():
+    # logsumexp of [0, -inf, ...] is exactly 0: ulp(0) = 2^-1074 is too small to count
+    # the envelope in, so the ratio compares absolute errors instead of dividing by inf.
+    x = np.array([[0.0] + [-np.inf] * 63])
+    _, good = _judge("logsumexp", x, [0.0], FLOAT64)
+    _, tiny = _judge("logsumexp", x, [1e-17], FLOAT64)
+    _, bad = _judge("logsumexp", x, [1e10], FLOAT64)
+    assert good.max_ratio == 0.0
+    assert tiny.max_ratio < 1.0  # within u * (log2 64 + 3) absolute
+    assert bad.max_ratio > 1e20 and decide(bad, Gate())[0] == FAIL

@@ -32,6 +32,8 @@ def test_seed_example_matches_an_independent_decimal_computation_to_17_digits():
     for g, x in zip(got, expected):
         assert mpmath.mpf(g) == mpmath.mpf(x) or mpmath.nstr(mpmath.mpf(g), 17) == mpmath.nstr(mpmath.mpf(x), 17)
     assert exact_element(np.array(SEED_ROW, dtype=float), "softmax", 0) == "6.6385371046556735e-1738"
+    # far below any format, still exact: log_softmax of the max of [0, -1e7] is -e^-1e7
+    assert exact_element(np.array([0.0, -1e7]), "log_softmax", 0) == "-1.5169367808987344e-4342945"
 
 
 def _rows(fmt):
@@ -104,5 +106,8 @@ def test_cache_hits_on_second_use_and_survives_a_damaged_entry(tmp_path):
     entry.write_bytes(b"not a zip file")
     third = cache.get_or_compute(x, FLOAT16)
     assert cache.misses == 2
+    entry.write_bytes(b"")  # empty: np.load raises EOFError
+    cache.get_or_compute(x, FLOAT16)
+    assert cache.misses == 3
     assert np.array_equal(first.ops["log_softmax"].rounded, third.ops["log_softmax"].rounded, equal_nan=True)
     assert ReferenceCache.key(x, FLOAT16) != ReferenceCache.key(x, FORMATS["bfloat16"])

@@ -75,8 +75,8 @@ def result_dict(result: AuditResult) -> dict:
             "ratio_limit": opts.gate.ratio_limit, "undefined_policy": opts.gate.undefined_policy,
             "rowwise": opts.rowwise, "isolated": opts.isolated, "timeout": opts.timeout,
         },
-        "candidates": [{"name": c.name, "target": c.target, "ops": sorted(c.ops), "backend": list(c.backends)}
-                       for c in result.candidates],
+        "candidates": [{"name": c.name, "target": c.target, "ops": sorted(c.ops), "backend": list(c.backends),
+                        "description": c.description} for c in result.candidates],
         "results": [record_dict(r) for r in result.records],
         "summary": {
             "records": len(result.records), **{k.lower(): v for k, v in counts.items()},
@@ -88,13 +88,24 @@ def result_dict(result: AuditResult) -> dict:
 
 
 def write_json(path: Path, result: AuditResult) -> None:
-    """Write atomically: a temporary file in the same directory, then a rename."""
-    path = Path(path)
-    text = json.dumps(result_dict(result), indent=2, allow_nan=False)
-    fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=f".{path.name}.", suffix=".tmp")
+    """Write atomically: a temporary file beside the real target (symlinks followed), then a rename.
+
+    A special file (``/dev/stdout``, a pipe) is written directly. The file gets the
+    usual permissions (0666 less the umask), not a temporary file's 0600.
+    """
+    text = json.dumps(result_dict(result), indent=2, allow_nan=False) + "\n"
+    path = Path(path).resolve()
+    if path.exists() and not path.is_file():
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        return
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text + "\n")
+            fh.write(text)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
