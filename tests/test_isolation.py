@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -134,16 +135,17 @@ def test_without_isolation_the_same_audit_runs_in_process():
 
 
 def test_a_hung_candidate_leaves_no_process_behind(tmp_path):
+    token = f"softaudit-orphan-{uuid.uuid4().hex}"  # unique: unrelated processes never match
     impl = tmp_path / "spawner.py"
     impl.write_text(
         "import subprocess, sys, time\n"
         "def softmax(x):\n"
-        "    subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(9871)'])\n"
+        f"    subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)', '{token}'])\n"
         "    time.sleep(3600)\n"
     )
     p = _cli(["run", impl, "--case", "offset-plus-1e3", "--dtype", "float32", "--timeout", "2"], tmp_path)
     assert p.returncode == 1 and "timed out after 2 s" in p.stdout
-    assert not _processes_running("time.sleep(9871)"), "the candidate's child outlived the audit"
+    assert not _processes_running(token), "the candidate's child outlived the audit"
 
 
 def _processes_running(text: str) -> list[str]:
