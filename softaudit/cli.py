@@ -60,6 +60,23 @@ def _root(
     """softaudit: a numerical-stability auditor for softmax-family code."""
 
 
+@contextlib.contextmanager
+def _bad_input(debug: bool):  # type: ignore[no-untyped-def]
+    """Turn bad input raised inside into one line and exit 2 (with the traceback under --debug)."""
+    try:
+        yield
+    except (UsageProblem, *BAD_INPUT_ERRORS) as exc:
+        if debug:
+            traceback.print_exc()
+        _fatal(str(exc))
+
+
+def _check_cases_dirs(dirs: list[Path]) -> None:
+    for d in dirs:
+        if not d.is_dir():
+            raise UsageProblem(f"--cases-dir: {str(d)!r} is not a directory")
+
+
 def _check_ops(ops: list[str]) -> list[str]:
     for op in ops:
         if op not in OPS:
@@ -93,7 +110,7 @@ def run(
     from softaudit.reports.terminal import render
     from softaudit.runner import AuditOptions, run_audit
 
-    try:
+    with _bad_input(debug):
         if undefined not in UNDEFINED_POLICIES:
             raise UsageProblem(f"unknown --undefined policy {undefined!r} (known: {', '.join(UNDEFINED_POLICIES)})")
         if not (limit > 1.0 and math.isfinite(limit)):
@@ -110,9 +127,7 @@ def run(
             raise UsageProblem(f"--json: directory {str(json_path.parent)!r} does not exist")
         if json_path is not None and json_path.is_dir():
             raise UsageProblem(f"--json: {str(json_path)!r} is a directory")
-        for d in cases_dir:
-            if not d.is_dir():
-                raise UsageProblem(f"--cases-dir: {str(d)!r} is not a directory")
+        _check_cases_dirs(cases_dir)
         options = AuditOptions(
             ops=_check_ops(op), formats=[get_format(d) for d in dtype], case_patterns=case,
             cases_dirs=cases_dir, seed=seed, gate=Gate(ratio_limit=limit, undefined_policy=undefined),
@@ -130,10 +145,6 @@ def run(
 
             with _signals_interrupt() as received:
                 result = run_audit(targets, options, progress=progress)
-    except (UsageProblem, *BAD_INPUT_ERRORS) as exc:
-        if debug:
-            traceback.print_exc()
-        _fatal(str(exc))
     if json_path is not None:
         try:
             write_json(json_path, result)
@@ -178,15 +189,9 @@ def list_cases(
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for bad input."),
 ) -> None:
     """List the case library: name, family, ops, formats, shape and the failure each provokes."""
-    try:
-        for d in cases_dir:
-            if not d.is_dir():
-                raise UsageProblem(f"--cases-dir: {str(d)!r} is not a directory")
+    with _bad_input(debug):
+        _check_cases_dirs(cases_dir)
         cases = select_cases(load_cases(list(cases_dir)), case)
-    except (UsageProblem, *BAD_INPUT_ERRORS) as exc:
-        if debug:
-            traceback.print_exc()
-        _fatal(str(exc))
     console = Console()
     console.print(f"[bold]{len(cases)} cases[/] (softaudit run --case NAME_OR_FAMILY selects them)")
     family = None
