@@ -1,24 +1,30 @@
 """Candidates: loading the implementations under audit and calling them safely.
 
 A *candidate* is one implementation of some of the ops ``softmax``,
-``log_softmax`` and ``logsumexp`` (DESIGN §7). It comes from a Python file
-(``impl.py``) or a built-in (``builtin:NAME``); both are loaded the same way,
-from a file executed as a fresh module.
+``log_softmax``, ``logsumexp`` and ``cross_entropy`` (DESIGN §7), and
+optionally of their explicit backward functions (``softmax_backward`` ...).
+It comes from a Python file (``impl.py``) or a built-in (``builtin:NAME``);
+both are loaded the same way, from a file executed as a fresh module.
 
-Loading decides, for every op function and without boilerplate in the user's
+Loading decides, for every function and without boilerplate in the user's
 file: the backend (numpy arrays or torch tensors) and device, whether a
-``dim``/``axis`` keyword is passed, and whether the function handles 2-D input
-or must be called row by row. The static guess is confirmed by a probe call on
-a tiny 2×3 float32 input; see docs/candidates.md for the rules.
+``dim``/``axis`` keyword is passed, whether the function handles 2-D input or
+must be called row by row and, for cross-entropy, which loss keywords it
+accepts and whether it takes probability targets. The static guess is
+confirmed by probe calls on a tiny 2×3 float32 input; see docs/candidates.md
+for the rules.
 
-``call_op`` then runs one op on one input: a fresh copy for every call, the
-input checked bit for bit afterwards, exceptions and odd outputs turned into a
-one-line ``error``, and outputs in a wider format rounded exactly (once) into
-the input's format.
+``call`` then runs one op in one direction on one input (``CallRequest``): a
+fresh copy of every array for every call, each checked bit for bit
+afterwards, exceptions and odd outputs turned into a one-line ``error``, and
+outputs in a wider format rounded exactly (once) into the input's format. The
+backward pass goes through the candidate's explicit backward function, else
+through torch autograd for torch candidates (``backward_mode``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib.util
 import inspect
@@ -30,17 +36,37 @@ import traceback
 import types
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import ml_dtypes
 import numpy as np
 
-from softaudit.formats import FLOAT32, FLOAT64, Format, format_of_dtype, round_float64_array
+from softaudit.formats import FLOAT64, FORMATS, Format, format_of_dtype, round_float64_array
+from softaudit.ops import BACKWARD_FUNCTIONS, LOSS_KEYWORDS, OPS, backward_name
 
-from softaudit.ops import OPS
-"""The ops a candidate may implement, in audit order."""
+if TYPE_CHECKING:
+    from softaudit.inputs import LossInputs
+
+FUNCTION_NAMES = OPS + tuple(BACKWARD_FUNCTIONS)
+"""Names a candidate's functions may have (or ``@candidate(op=...)`` may give): the ops, then
+their explicit backward functions."""
+
+POSITIONAL = {
+    "softmax": ("x",),
+    "log_softmax": ("x",),
+    "logsumexp": ("x",),
+    "cross_entropy": ("logits", "target"),
+    "softmax_backward": ("y", "dy"),
+    "log_softmax_backward": ("y", "dy"),
+    "logsumexp_backward": ("x", "y", "dy"),
+    "cross_entropy_backward": ("logits", "target", "dloss"),
+}
+"""The positional arguments each function receives, in order (docs/candidates.md)."""
+
+_LOSS_FUNCTIONS = frozenset({"cross_entropy", "cross_entropy_backward"})
+"""Functions that receive the loss keywords they accept."""
 
 BACKENDS = ("numpy", "torch")
 """The array libraries a candidate can be called with."""
@@ -96,7 +122,8 @@ def candidate(
 ) -> Any:
     """Mark a function as (one op of) a named candidate; returns it unchanged.
 
-    ``name`` defaults to the file's stem, ``op`` to the function's name. Give
+    ``name`` defaults to the file's stem, ``op`` to the function's name: an op
+    or an explicit backward function name (``softmax_backward`` ...). Give
     ``backend`` ("numpy" or "torch") and ``device`` to skip detection (a
     device implies torch); ``rowwise=True`` audits a 1-D function row by row.
     Several decorators may be stacked to put one function in several
@@ -107,8 +134,8 @@ def candidate(
         return candidate()(name)
     if name is not None and (not isinstance(name, str) or not name.strip()):
         raise ValueError(f"@candidate: name must be a non-empty string, not {name!r}")
-    if op is not None and op not in OPS:
-        raise ValueError(f"@candidate: op must be one of {', '.join(OPS)}, not {op!r}")
+    if op is not None and op not in FUNCTION_NAMES:
+        raise ValueError(f"@candidate: op must be one of {', '.join(FUNCTION_NAMES)}, not {op!r}")
     if backend is not None and backend not in BACKENDS:
         raise ValueError(f"@candidate: backend must be 'numpy' or 'torch', not {backend!r}")
     if device is not None and backend == "numpy":
@@ -116,10 +143,10 @@ def candidate(
 
     def mark(fn: _F) -> _F:
         fn_op = op if op is not None else getattr(fn, "__name__", None)
-        if fn_op not in OPS:
+        if fn_op not in FUNCTION_NAMES:
             raise ValueError(
                 f"@candidate: {getattr(fn, '__name__', fn)!r} is not named after an op; "
-                f"pass op= (one of {', '.join(OPS)})"
+                f"pass op= (one of {', '.join(FUNCTION_NAMES)})"
             )
         marks = _marks_of(fn) + (_Mark(name, fn_op, backend, device, bool(rowwise)),)
         try:
@@ -147,10 +174,10 @@ def _marks_of(obj: object) -> tuple[_Mark, ...]:
 
 @dataclass(frozen=True)
 class OpFunction:
-    """One op of a candidate, with everything needed to call it."""
+    """One function of a candidate (an op or an explicit backward), with everything needed to call it."""
 
     op: str
-    """One of OPS."""
+    """The function's role: one of OPS, or a backward function name (``softmax_backward`` ...)."""
     fn: Callable[..., Any]
     """The user's callable."""
     backend: str
@@ -163,6 +190,16 @@ class OpFunction:
     """Keyword ("dim" or "axis") through which -1 is passed, if any."""
     notes: tuple[str, ...] = ()
     """What detection found that a reader should know (row-by-row mode, a backend switch)."""
+    keywords: frozenset[str] = frozenset()
+    """cross_entropy and cross_entropy_backward: the LOSS_KEYWORDS it accepts by name (all of
+    them with ``**kwargs``); empty for the other functions."""
+    probability_targets: bool = True
+    """cross_entropy and cross_entropy_backward: whether the probe with probability targets ran
+    without raising; True for the other functions."""
+
+
+def _empty_mapping() -> Mapping[str, OpFunction]:
+    return types.MappingProxyType({})
 
 
 @dataclass(frozen=True)
@@ -174,27 +211,56 @@ class Candidate:
     target: str
     """Where it came from: the path as given, or "builtin:NAME"."""
     ops: Mapping[str, OpFunction]
-    """The ops it implements, in OPS order."""
+    """The forward functions it implements, keyed by op, in OPS order."""
     description: str = ""
     """First line of its docstring (the functions' for decorated candidates, else the module's)."""
+    backward: Mapping[str, OpFunction] = field(default_factory=_empty_mapping)
+    """Its explicit backward functions, keyed by the *forward* op ("softmax" -> softmax_backward)."""
+
+
+@dataclass(frozen=True)
+class CallRequest:
+    """One call to make: an op, a direction, and the arrays the candidate gets."""
+
+    op: str
+    """One of OPS."""
+    direction: str
+    """"forward" | "backward"."""
+    x: np.ndarray
+    """(rows, n) values of the format (the logits for cross_entropy)."""
+    fmt_name: str
+    """The format under audit (a key of FORMATS)."""
+    loss: LossInputs | None = None
+    """cross_entropy only: the target, the class weights and the keywords of the case."""
+    dy: np.ndarray | None = None
+    """backward only: the upstream gradient, shaped like the forward output (() for a reduced loss)."""
+    y: np.ndarray | None = None
+    """backward only: the correctly rounded exact forward output (softmax and log_softmax (rows, n),
+    logsumexp (rows,)); NaN on undefined rows. Unused for cross_entropy."""
 
 
 @dataclass
 class CallResult:
-    """The outcome of one ``call_op``."""
+    """The outcome of one ``call``."""
 
     output: np.ndarray | None
-    """Output in the input's format: (rows, n), or (rows,) for logsumexp; None on error."""
+    """Output in the input's format: (rows, n) for softmax, log_softmax and every backward; (rows,)
+    for logsumexp; (rows,) or () for cross_entropy, as returned; None on error."""
     error: str | None
     """One line when the call failed: an exception, a wrong shape, a non-array."""
     input_modified: bool
-    """True when the candidate changed its input (compared bit for bit)."""
+    """True when the candidate changed any array it was given (compared bit for bit)."""
     output_dtype: str
     """What the candidate returned, e.g. "float32", "torch.float64 on cpu", "list"."""
     notes: tuple[str, ...]
     """Remarks: a different output format rounded into the input's, warnings raised."""
     seconds: float
     """Wall time of the candidate's own call(s), device synchronised."""
+    raised: bool = False
+    """The candidate raised a Python exception (``error`` says which), as opposed to returning a
+    bad output or taking the worker down."""
+    unsupported: str | None = None
+    """The call cannot be audited, and why (e.g. an autograd output without grad_fn): a SKIP reason."""
 
 
 def builtin_names() -> list[str]:
@@ -291,7 +357,7 @@ def _line_in(exc: BaseException, filename: str) -> int | str:
 
 def _collect(module: types.ModuleType, target: str, default_name: str, rowwise: bool,
              probe: bool = True) -> list[Candidate]:
-    """Group a loaded module's op functions into candidates and resolve each op."""
+    """Group a loaded module's functions into candidates and resolve each one."""
     module_doc = _first_line(module.__doc__)
     namespace = vars(module)
     marked: list[tuple[Any, _Mark]] = []
@@ -316,28 +382,44 @@ def _collect(module: types.ModuleType, target: str, default_name: str, rowwise: 
             group[mark.op] = (fn, mark)
     else:
         group = {}
-        for op in OPS:
-            if op in namespace:
-                if not callable(namespace[op]):
-                    kind = type(namespace[op]).__name__
-                    raise CandidateError(f"{target}: {op} is a {kind}, not a function")
-                group[op] = (namespace[op], None)
+        for fname in FUNCTION_NAMES:
+            if fname in namespace:
+                if not callable(namespace[fname]):
+                    kind = type(namespace[fname]).__name__
+                    raise CandidateError(f"{target}: {fname} is a {kind}, not a function")
+                group[fname] = (namespace[fname], None)
         if not group:
             raise NoOpsError(f"{target} defines none of {', '.join(OPS)}")
         groups[default_name] = group
 
+    for name, group in groups.items():
+        for fname in group:
+            op = BACKWARD_FUNCTIONS.get(fname)
+            if op is not None and op not in group:
+                who = f"{target}: candidate {name!r}" if marked else target
+                raise CandidateError(f"{who} defines {fname} but not {op}")
+
     module_roots = _module_roots(module)
     candidates = []
     for name, group in groups.items():
-        ops = {
-            op: _resolve(op, *group[op], module_roots=module_roots, force_rowwise=rowwise, target=target,
-                         probe=probe)
+        resolve = functools.partial(_resolve, module_roots=module_roots, force_rowwise=rowwise,
+                                    target=target, probe=probe)
+        ops: dict[str, OpFunction] = {}
+        loss_style = "none"
+        for op in OPS:
+            if op in group:
+                ops[op], shape = resolve(op, *group[op])
+                if op == "cross_entropy" and shape == ():
+                    loss_style = "mean"  # a scalar loss: the backward's dloss is a scalar too
+        backward = {
+            op: resolve(backward_name(op), *group[backward_name(op)], loss_style=loss_style)[0]
             for op in OPS
-            if op in group
+            if backward_name(op) in group
         }
         fn_docs = [_first_line(getattr(fn, "__doc__", None)) for fn, mark in group.values() if mark]
         description = next((d for d in fn_docs if d), module_doc)
-        candidates.append(Candidate(name, target, types.MappingProxyType(ops), description))
+        candidates.append(Candidate(name, target, types.MappingProxyType(ops), description,
+                                    types.MappingProxyType(backward)))
     return candidates
 
 
@@ -456,29 +538,130 @@ def _dim_keyword(fn: Callable[..., Any]) -> tuple[str | None, bool]:
     return None, True
 
 
+def _loss_keywords(fn: Callable[..., Any], fname: str) -> tuple[frozenset[str], bool]:
+    """(keywords, known): the LOSS_KEYWORDS a cross_entropy(_backward) function accepts by name
+    (all of them with ``**kwargs``; none for other functions), and whether its signature could
+    be inspected at all."""
+    if fname not in _LOSS_FUNCTIONS:
+        return frozenset(), True
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return frozenset(), False
+    kinds = inspect.Parameter
+    if any(p.kind is kinds.VAR_KEYWORD for p in params):
+        return frozenset(LOSS_KEYWORDS), True
+    slots = {p.name for p in _positional_slots(params, len(POSITIONAL[fname]))}
+    return frozenset(p.name for p in params if p.name in LOSS_KEYWORDS and p.name not in slots
+                     and p.kind in (kinds.POSITIONAL_OR_KEYWORD, kinds.KEYWORD_ONLY)), True
+
+
+def _positional_slots(params: list[inspect.Parameter], count: int) -> list[inspect.Parameter]:
+    """The parameters that receive the first ``count`` positional arguments (without *args)."""
+    kinds = inspect.Parameter
+    return [p for p in params if p.kind in (kinds.POSITIONAL_ONLY, kinds.POSITIONAL_OR_KEYWORD)][:count]
+
+
 # --------------------------------------------------------------------------
 # Backend detection (probe)
 
 _PROBE = np.array([[1.0, 2.0, 3.5], [-1.0, 0.5, 0.25]], dtype=np.float32)
+_PROBE_TARGET = np.array([2, 0], dtype=np.int64)
+_PROBE_PROBABILITIES = np.array([[0.2, 0.3, 0.5], [0.6, 0.4, 0.0]], dtype=np.float32)
+_PROBE_DY = np.array([[0.5, -1.0, 0.25], [1.0, 2.0, -0.5]], dtype=np.float32)
+_PROBE_DY_ROWS = np.array([0.75, -1.5], dtype=np.float32)
+_TRIAL_VALUES: dict[str, object] = {
+    "label_smoothing": 0.0, "ignore_index": -100, "weight": np.ones(3, np.float32), "reduction": "none",
+}
+"""Harmless values for the keyword trial of a loss function whose signature cannot be inspected."""
 
 
-def _probe_reference(op: str) -> np.ndarray:
-    """The op on the probe input in float64 (the input values are exact)."""
+@dataclass(frozen=True)
+class _ProbeLoss:
+    """Stands in for inputs.LossInputs in the probe calls: the attributes ``call`` reads."""
+
+    target: np.ndarray
+    target_kind: str = "index"
+    reduction: str = "none"
+    passed: tuple[tuple[str, object], ...] = ()
+    """The keywords to pass (when the function accepts them)."""
+    weight: np.ndarray | None = None
+    label_smoothing: float = 0.0
+    ignore_index: int | None = None
+    out_of_range: bool = False
+
+    def keywords(self) -> dict[str, object]:
+        return dict(self.passed)
+
+
+def _probe_exact() -> dict[str, np.ndarray]:
+    """softmax, log_softmax and logsumexp of the probe input in float64 (its values are exact)."""
     x = _PROBE.astype(np.float64)
     lse = np.log(np.exp(x).sum(axis=-1))
+    return {"softmax": np.exp(x - lse[:, None]), "log_softmax": x - lse[:, None], "logsumexp": lse}
+
+
+def _probe_request(
+    fname: str, keywords: frozenset[str], loss_style: str = "none",
+    passed: tuple[tuple[str, object], ...] = (), probabilities: bool = False,
+) -> tuple[CallRequest, dict[tuple[int, ...], np.ndarray]]:
+    """The probe call of function ``fname`` and the outputs that are right, by shape.
+
+    ``loss_style`` is "mean" when the candidate's cross_entropy returned a
+    scalar: its cross_entropy_backward (if it takes no reduction keyword) then
+    gets a scalar dloss. ``passed`` are keywords to pass (the keyword trial);
+    ``probabilities`` probes with probability targets instead of [2, 0].
+    """
+    exact = _probe_exact()
+    rows, n = _PROBE.shape
+    if fname in ("softmax", "log_softmax", "logsumexp"):
+        return CallRequest(fname, "forward", _PROBE, "float32"), {exact[fname].shape: exact[fname]}
+    p = exact["softmax"]
+    target = _PROBE_PROBABILITIES if probabilities else _PROBE_TARGET
+    kind = "probability" if probabilities else "index"
+    if fname == "cross_entropy":
+        per_row = -exact["log_softmax"][np.arange(rows), _PROBE_TARGET]
+        expected = {(rows,): per_row}
+        if dict(passed).get("reduction") != "none":
+            expected[()] = np.array(per_row.mean())
+        loss = _ProbeLoss(target, kind, "none", passed)
+        return CallRequest("cross_entropy", "forward", _PROBE, "float32", loss=loss), expected
+    op = BACKWARD_FUNCTIONS[fname]
+    d = _PROBE_DY.astype(np.float64)
+    if op == "cross_entropy":
+        kw = dict(passed)
+        if "reduction" in keywords:
+            kw["reduction"] = "none"
+        if kw.get("reduction", loss_style) == "none":
+            dloss, g = _PROBE_DY_ROWS, _PROBE_DY_ROWS.astype(np.float64)
+        else:
+            dloss = np.array(_PROBE_DY_ROWS[0])
+            g = np.full(rows, float(dloss) / rows)
+        loss = _ProbeLoss(target, kind, kw.get("reduction", loss_style), tuple(kw.items()))
+        onehot = np.eye(n)[_PROBE_TARGET]
+        request = CallRequest("cross_entropy", "backward", _PROBE, "float32", loss=loss, dy=dloss)
+        return request, {(rows, n): g[:, None] * (p - onehot)}
     if op == "softmax":
-        return np.exp(x - lse[:, None])
-    if op == "log_softmax":
-        return x - lse[:, None]
-    return lse
+        grad = p * (d - (p * d).sum(axis=-1, keepdims=True))
+    elif op == "log_softmax":
+        grad = d - p * d.sum(axis=-1, keepdims=True)
+    else:
+        d = _PROBE_DY_ROWS.astype(np.float64)
+        grad = d[:, None] * p  # dy * exp(x - y)
+    dy = _PROBE_DY if op != "logsumexp" else _PROBE_DY_ROWS
+    request = CallRequest(op, "backward", _PROBE, "float32", dy=dy, y=exact[op].astype(np.float32))
+    return request, {(rows, n): grad}
 
 
-def _probe_quality(result: CallResult, op: str) -> int:
+def _probe_quality(result: CallResult, expected: Mapping[tuple[int, ...], np.ndarray]) -> int:
     """2: right shape and values; 1: right shape, wrong values; 0: failed."""
     if result.error is not None or result.output is None:
         return 0
     out = result.output.astype(np.float64)
-    ok = np.all(np.isfinite(out)) and np.allclose(out, _probe_reference(op), rtol=2e-2, atol=1e-3)
+    want = expected.get(out.shape)
+    if want is None:
+        return 1
+    ok = np.all(np.isfinite(out)) and np.allclose(out, want, rtol=2e-2, atol=1e-3)
     return 2 if ok else 1
 
 
@@ -497,31 +680,42 @@ def _check_device(device: str, target: str) -> None:
         raise CandidateError(f"{target}: device {device!r} is not usable here: {_one_line(str(exc))}") from None
 
 
-def _check_signature(fn: Callable[..., Any], op: str, target: str) -> None:
-    """The contract passes x and, to a ``dim``/``axis`` parameter, -1: any other
-    required parameter makes the function uncallable, said in one line."""
+def _check_signature(fn: Callable[..., Any], fname: str, target: str) -> None:
+    """The contract passes the positional arguments of POSITIONAL, -1 to a
+    ``dim``/``axis`` parameter and, to a loss function, the loss keywords it
+    accepts (when a case needs them): any other required parameter makes the
+    function uncallable, said in one line."""
     try:
         sig = inspect.signature(fn)
     except (TypeError, ValueError):
         return  # C functions and the like: the probe call tells
+    names = POSITIONAL[fname]
     params = list(sig.parameters.values())
     kinds = inspect.Parameter
-    takes_x = any(p.kind in (kinds.POSITIONAL_ONLY, kinds.POSITIONAL_OR_KEYWORD, kinds.VAR_POSITIONAL) for p in params)
-    if not takes_x:
-        raise CandidateError(f"{target}: {op}{sig} takes no positional parameter for the input x")
-    first = next(p for p in params if p.kind in (kinds.POSITIONAL_ONLY, kinds.POSITIONAL_OR_KEYWORD, kinds.VAR_POSITIONAL))
+    slots = _positional_slots(params, len(names))
+    if len(slots) < len(names) and not any(p.kind is kinds.VAR_POSITIONAL for p in params):
+        if len(names) == 1:
+            raise CandidateError(f"{target}: {fname}{sig} takes no positional parameter for the input x")
+        raise CandidateError(f"{target}: {fname}{sig} takes {len(slots)} positional parameter(s), but the "
+                             f"contract passes {len(names)}: {', '.join(names)}")
+    slot_names = {p.name for p in slots}
     for p in params:
         by_keyword = p.kind in (kinds.POSITIONAL_OR_KEYWORD, kinds.KEYWORD_ONLY)
-        if p is first or (p.name in ("dim", "axis") and by_keyword) or p.kind in (kinds.VAR_POSITIONAL,
-                                                                                      kinds.VAR_KEYWORD):
+        if p.name in slot_names or (p.name in ("dim", "axis") and by_keyword) or p.kind in (kinds.VAR_POSITIONAL,
+                                                                                              kinds.VAR_KEYWORD):
             continue
-        if p.default is kinds.empty:
-            raise CandidateError(f"{target}: {op}{sig}: unexpected required parameter {p.name!r} "
-                                 f"(the contract passes only x, and -1 to a dim or axis parameter)")
+        if p.default is not kinds.empty:
+            continue
+        if fname in _LOSS_FUNCTIONS and p.name in LOSS_KEYWORDS and by_keyword:
+            raise CandidateError(f"{target}: {fname}{sig}: keyword {p.name!r} needs a default "
+                                 f"(loss keywords are passed only to the cases that need them)")
+        passes = ", ".join(names) + (", the loss keywords it accepts" if fname in _LOSS_FUNCTIONS else "")
+        raise CandidateError(f"{target}: {fname}{sig}: unexpected required parameter {p.name!r} "
+                             f"(the contract passes only {passes}, and -1 to a dim or axis parameter)")
 
 
 def _resolve(
-    op: str,
+    fname: str,
     fn: Callable[..., Any],
     mark: _Mark | None,
     *,
@@ -529,16 +723,20 @@ def _resolve(
     force_rowwise: bool,
     target: str,
     probe: bool = True,
-) -> OpFunction:
-    """Decide backend, device, keyword and row mode for one op function.
+    loss_style: str = "none",
+) -> tuple[OpFunction, tuple[int, ...] | None]:
+    """Decide backend, device, keywords and row mode for one function.
 
     The static guess (or the decorator) comes first; a probe call on a 2×3
     float32 input confirms it. Alternatives (the other backend, CUDA, row by
     row, a dim/axis keyword for callables without a signature) are tried only
     when the first choice does not give the right values, and the first that
-    does is kept, with a note saying why.
+    does is kept, with a note saying why. Loss functions are then probed for
+    the keywords they take (by trial, when the signature cannot be inspected)
+    and for probability targets. Returns the function and the shape of its
+    kept probe output (None when not probed or when the probe failed).
     """
-    _check_signature(fn, op, target)
+    _check_signature(fn, fname, target)
     rowwise = force_rowwise or (mark is not None and mark.rowwise)
     backend = mark.backend if mark else None
     device = mark.device if mark else None
@@ -549,15 +747,17 @@ def _resolve(
     if backend is None:
         backend, uses_triton = _guess_backend(fn, module_roots)
     if backend == "torch" and not _torch_available():
-        raise CandidateError(f"{target}: {op} needs torch, which is not installed")
+        raise CandidateError(f"{target}: {fname} needs torch, which is not installed")
     if backend == "torch" and device is not None:
         _check_device(device, target)
 
     dim_kw, signature_known = _dim_keyword(fn)
+    keywords, keywords_known = _loss_keywords(fn, fname)
     if not probe:
         dev = device or "cpu"
-        return OpFunction(op, fn, backend, dev, rowwise, dim_kw,
-                          ("not probed: a probe call crashed or hung, so the backend is the static guess",))
+        return OpFunction(fname, fn, backend, dev, rowwise, dim_kw,
+                          ("not probed: a probe call crashed or hung, so the backend is the static guess",),
+                          keywords), None
     dim_options: list[str | None] = [dim_kw] if signature_known else [None, "dim", "axis"]
     row_options = [True] if rowwise else [False, True]
     backends = [backend]
@@ -566,17 +766,45 @@ def _resolve(
         if other == "numpy" or _torch_available():
             backends.append(other)
 
+    request, expected = _probe_request(fname, keywords, loss_style)
     attempts: list[tuple[OpFunction, CallResult, int]] = []
-    for be in backends:
-        for dev in _device_options(be, device, uses_triton):
-            for rw in row_options:
-                for kw in dim_options:
-                    opfn = OpFunction(op, fn, be, dev, rw, kw)
-                    result = call_op(opfn, _PROBE, FLOAT32)
-                    attempts.append((opfn, result, _probe_quality(result, op)))
-                    if attempts[-1][2] == 2:
-                        return _with_notes(attempts, rowwise, signature_known)
-    return _with_notes(attempts, rowwise, signature_known)
+    options = ((be, dev, rw, kw) for be in backends for dev in _device_options(be, device, uses_triton)
+               for rw in row_options for kw in dim_options)
+    for be, dev, rw, kw in options:
+        opfn = OpFunction(fname, fn, be, dev, rw, kw, (), keywords)
+        result = _call_function(opfn, request)
+        attempts.append((opfn, result, _probe_quality(result, expected)))
+        if attempts[-1][2] == 2:
+            break
+    opfn, result = _with_notes(attempts, rowwise, signature_known)
+    if fname in _LOSS_FUNCTIONS:
+        opfn = _probe_loss(opfn, keywords_known, loss_style)
+    shape = result.output.shape if result.output is not None and result.error is None else None
+    return opfn, shape
+
+
+def _probe_loss(opfn: OpFunction, keywords_known: bool, loss_style: str) -> OpFunction:
+    """Find the loss keywords by trial (when the signature cannot tell) and
+    whether probability targets are taken: a probe with them must not raise."""
+    notes = list(opfn.notes)
+    keywords = set(opfn.keywords)
+    if not keywords_known:
+        found = []
+        for kw in LOSS_KEYWORDS:
+            trial = dataclasses.replace(opfn, keywords=frozenset(keywords | {kw}))
+            request, expected = _probe_request(opfn.op, trial.keywords, loss_style, ((kw, _TRIAL_VALUES[kw]),))
+            if _probe_quality(_call_function(trial, request), expected) == 2:
+                found.append(kw)
+        keywords.update(found)
+        taken = ", ".join(found) if found else "none of " + ", ".join(LOSS_KEYWORDS)
+        notes.append(f"takes {taken} (found by trial: its signature cannot be inspected)")
+    opfn = dataclasses.replace(opfn, keywords=frozenset(keywords))
+    request, _ = _probe_request(opfn.op, opfn.keywords, loss_style, probabilities=True)
+    result = _call_function(opfn, request)
+    if result.raised:
+        notes.append(f"accepts class-index targets only (the probability-target probe {result.error})")
+        return dataclasses.replace(opfn, notes=tuple(notes), probability_targets=False)
+    return dataclasses.replace(opfn, notes=tuple(notes))
 
 
 def _device_options(backend: str, device: str | None, uses_triton: bool) -> list[str]:
@@ -601,16 +829,16 @@ def _device_options(backend: str, device: str | None, uses_triton: bool) -> list
 
 def _with_notes(
     attempts: list[tuple[OpFunction, CallResult, int]], requested_rowwise: bool, signature_known: bool
-) -> OpFunction:
+) -> tuple[OpFunction, CallResult]:
     """Keep the first attempt that gave the right values (else the first that
     gave the right shape, else the very first) and note how it departs from
     the static guess."""
     first, first_result, _ = attempts[0]
     best = max(range(len(attempts)), key=lambda i: (attempts[i][2], -i))
-    opfn, _, quality = attempts[best] if attempts[best][2] else attempts[0]
+    opfn, result, quality = attempts[best] if attempts[best][2] else attempts[0]
     notes: list[str] = []
     if quality == 0:
-        notes.append(f"the 2×3 float32 probe failed: {first_result.error}")
+        notes.append(f"the 2×3 float32 probe failed: {_probe_failure(first_result)}")
     if opfn.backend != first.backend:
         kind = "tensors" if opfn.backend == "torch" else "arrays"
         notes.append(
@@ -626,91 +854,433 @@ def _with_notes(
         notes.append(f"audited row by row (1-D only): the 2-D call {_probe_failure(flat)}")
     if not signature_known and opfn.dim_kw:
         notes.append(f"called with {opfn.dim_kw}=-1 (found by trial: its signature cannot be inspected)")
-    return OpFunction(opfn.op, opfn.fn, opfn.backend, opfn.device, opfn.rowwise, opfn.dim_kw, tuple(notes))
+    return dataclasses.replace(opfn, notes=tuple(notes)), result
 
 
 def _probe_failure(result: CallResult) -> str:
     """How a probe attempt went wrong, phrased to follow "the probe ..."."""
     if result.error is not None:
         return result.error
+    if result.unsupported is not None:
+        return f"could not be made: {result.unsupported}"
     return "gave wrong values on a 2×3 input (a reduction over more than the last axis?)"
 
 
 # --------------------------------------------------------------------------
 # Calling
 
+_BACKWARD_SIGNATURES = {
+    "softmax": "softmax_backward(y, dy)",
+    "log_softmax": "log_softmax_backward(y, dy)",
+    "logsumexp": "logsumexp_backward(x, y, dy)",
+    "cross_entropy": "cross_entropy_backward(logits, target, dloss)",
+}
+"""The explicit backward function of each op, as a reason for skipping names it."""
+
+
+def backward_mode(cand: Candidate, op: str) -> tuple[str | None, str]:
+    """How ``op``'s backward pass is audited: ("function", "") through the
+    candidate's explicit backward function, ("autograd", "") through torch
+    autograd of its forward function, or (None, reason) when it cannot be (the
+    runner's SKIP reason)."""
+    if op in cand.backward:
+        return "function", ""
+    opfn = cand.ops.get(op)
+    if opfn is None:
+        return None, f"{op} is not defined"
+    if opfn.backend == "torch":
+        return "autograd", ""
+    return None, f"numpy candidate without {_BACKWARD_SIGNATURES[op]}: audited forward only"
+
+
+def accepted_keywords(opfn: OpFunction) -> tuple[str, ...]:
+    """The loss keywords a cross_entropy(_backward) function is audited with, in LOSS_KEYWORDS
+    order: those it takes, less ``reduction`` row by row (each row's call gets reduction="none",
+    so a case's mean or sum cannot be asked of it)."""
+    return tuple(k for k in LOSS_KEYWORDS if k in opfn.keywords and not (k == "reduction" and opfn.rowwise))
+
+
+def call(cand: Candidate, request: CallRequest) -> CallResult:
+    """Run ``request.op`` of ``cand`` in ``request.direction`` on the request's arrays.
+
+    The candidate gets fresh copies (numpy arrays or torch tensors on its
+    device); nothing it raises or returns escapes as an exception. A backward
+    pass that cannot be audited comes back with ``unsupported`` set. Raises
+    ValueError only for a malformed request (the caller's fault).
+    """
+    fmt = FORMATS.get(request.fmt_name)
+    if fmt is None:
+        raise ValueError(f"unknown format {request.fmt_name!r}")
+    if request.op not in OPS:
+        raise ValueError(f"unknown op {request.op!r}")
+    if request.direction == "forward":
+        opfn = cand.ops.get(request.op)
+        if opfn is None:
+            raise ValueError(f"{cand.name} defines no {request.op}")
+        return _call_forward(opfn, request, fmt)
+    if request.direction != "backward":
+        raise ValueError(f"unknown direction {request.direction!r}")
+    mode, reason = backward_mode(cand, request.op)
+    if mode is None:
+        return CallResult(None, None, False, "", (), 0.0, unsupported=reason)
+    if mode == "function":
+        return _call_backward(cand.backward[request.op], request, fmt)
+    return _call_autograd(cand.ops[request.op], request, fmt)
+
 
 def call_op(opfn: OpFunction, x: np.ndarray, fmt: Format) -> CallResult:
-    """Run one op of a candidate on a 2-D input ``x`` of format ``fmt``.
+    """Run one forward op (softmax, log_softmax or logsumexp) on a 2-D input ``x`` of format
+    ``fmt``: ``call`` for a single function."""
+    if opfn.op not in ("softmax", "log_softmax", "logsumexp"):
+        raise ValueError(f"call_op runs softmax, log_softmax and logsumexp, not {opfn.op}: use call()")
+    return _call_forward(opfn, CallRequest(opfn.op, "forward", x, fmt.name), fmt)
 
-    The candidate gets a fresh copy (numpy array or torch tensor on its
-    device); nothing it raises or returns escapes as an exception.
-    """
-    x = _as_format(np.asarray(x), fmt)
-    if x.ndim != 2:
-        raise ValueError(f"call_op needs a 2-D input, got shape {x.shape}")
-    rows, n = x.shape
-    pristine = x.view(fmt.uint_dtype).copy()
-    kwargs = {opfn.dim_kw: -1} if opfn.dim_kw else {}
 
-    fresh = np.array(x, copy=True, order="C")
-    try:
-        arg = _to_torch(fresh, fmt, opfn.device) if opfn.backend == "torch" else fresh
-    except Exception as exc:  # noqa: BLE001  (an unusable device)
-        return CallResult(None, f"cannot place the input on {opfn.device}: {_describe(exc)}", False, "", (), 0.0)
-
-    raw: list[Any] = []
-    error: str | None = None
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        start = time.perf_counter()
-        try:
-            if opfn.rowwise:
-                for row in arg:
-                    raw.append(opfn.fn(row, **kwargs))
-            else:
-                raw.append(opfn.fn(arg, **kwargs))
-            _synchronize(opfn)
-        except (Exception, SystemExit) as exc:
-            where = f"row {len(raw)}: " if opfn.rowwise else ""
-            error = where + _describe(exc)
-        seconds = time.perf_counter() - start
-
-    notes = _warning_notes(caught)
-    try:
-        modified = _input_modified(arg, pristine, fmt)
-    except Exception as exc:  # noqa: BLE001  (e.g. a device error surfacing late)
-        return CallResult(None, error or f"input could not be read back: {_describe(exc)}", True, "", notes, seconds)
-    if error is not None:
-        return CallResult(None, error, modified, "", notes, seconds)
-
-    if opfn.rowwise:
-        row_shape: tuple[int, ...] = (n,) if opfn.op != "logsumexp" else ()
-        parts, descs, extra = [], [], []
-        for i, item in enumerate(raw):
-            try:
-                part, desc, note = _normalise(item, row_shape, fmt, allow=[(1,)] if not row_shape else [])
-            except Exception as exc:  # noqa: BLE001  (_OutputError, or a failure reading a foreign array)
-                problem = f"row {i}: {_output_problem(exc, item)}"
-                return CallResult(None, problem, modified, _safe_desc(item), notes, seconds)
-            parts.append(part)
-            descs.append(desc)
-            if note and note not in extra:
-                extra.append(note)
-        out = np.stack(parts) if parts else np.empty((0,) + row_shape, dtype=fmt.np_dtype)
-        return CallResult(out, None, modified, descs[0] if descs else "", notes + tuple(extra), seconds)
-
-    expected = (rows, n) if opfn.op != "logsumexp" else (rows,)
-    allow = [(rows, 1)] + ([()] if rows == 1 else []) if opfn.op == "logsumexp" else []
-    try:
-        out, desc, note = _normalise(raw[0], expected, fmt, allow=allow)
-    except Exception as exc:  # noqa: BLE001  (_OutputError, or a failure reading a foreign array)
-        return CallResult(None, _output_problem(exc, raw[0]), modified, _safe_desc(raw[0]), notes, seconds)
-    return CallResult(out, None, modified, desc, notes + ((note,) if note else ()), seconds)
+def _call_function(opfn: OpFunction, request: CallRequest) -> CallResult:
+    """Call one function as ``call`` would call it (the probes try functions, not candidates)."""
+    fmt = FORMATS[request.fmt_name]
+    if opfn.op in BACKWARD_FUNCTIONS:
+        return _call_backward(opfn, request, fmt)
+    return _call_forward(opfn, request, fmt)
 
 
 class _OutputError(Exception):
     """An output that cannot be judged; the message reads "returned ..."."""
+
+
+class _Unsupported(Exception):
+    """The call cannot be audited (an autograd output without grad_fn); the message is the reason."""
+
+
+class _Arguments:
+    """The arrays of one call as the candidate gets them (fresh copies: numpy
+    arrays, or torch tensors on its device), with their bits as given, to find
+    the ones it changes."""
+
+    def __init__(self, opfn: OpFunction) -> None:
+        self.opfn = opfn
+        self._given: list[tuple[str, Any, object, tuple[int, ...], np.ndarray]] = []
+
+    def add(self, name: str, arr: np.ndarray, leaf: bool = False) -> Any:
+        """A fresh copy of ``arr`` for the candidate; ``leaf``: a torch leaf that requires grad."""
+        value: Any = np.array(arr, copy=True, order="C")
+        if self.opfn.backend == "torch":
+            value = _to_torch(value, self.opfn.device)
+            if leaf:
+                value = value.clone().requires_grad_(True)
+        self.track(name, value)
+        return value
+
+    def track(self, name: str, value: Any) -> None:
+        """Remember ``value``'s dtype, shape and bits as the candidate receives it."""
+        self._given.append((name, value, value.dtype, tuple(value.shape), _bits(value).copy()))
+
+    def modified(self) -> list[str]:
+        """Names of the arguments whose dtype, shape or any bit changed (NaN payloads included)."""
+        names: list[str] = []
+        for name, value, dtype, shape, bits in self._given:
+            if value.dtype != dtype or tuple(value.shape) != shape or not np.array_equal(_bits(value), bits):
+                if name not in names:
+                    names.append(name)
+        return names
+
+
+def _bits(value: Any) -> np.ndarray:
+    """The raw bits of an array or tensor as unsigned integers (on the CPU)."""
+    if isinstance(value, np.ndarray):
+        return value.view(f"u{value.dtype.itemsize}")
+    return _torch_bits(value)
+
+
+@dataclass
+class _Run:
+    """What the candidate's call(s) did."""
+
+    raw: list[Any]
+    error: str | None
+    raised: bool
+    unsupported: str | None
+    seconds: float
+    notes: tuple[str, ...]
+
+
+def _run(opfn: OpFunction, calls: list[tuple[tuple[Any, ...], dict[str, Any]]],
+         after: Callable[[Any, int], None] | None = None) -> _Run:
+    """Make the calls (one, or one per row), timing them and recording warnings;
+    ``after(output, i)`` runs inside the timing (autograd's backward)."""
+    raw: list[Any] = []
+    error: str | None = None
+    unsupported: str | None = None
+    raised = False
+    i = 0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        start = time.perf_counter()
+        try:
+            for i, (args, kwargs) in enumerate(calls):
+                out = opfn.fn(*args, **kwargs)
+                raw.append(out)
+                if after is not None:
+                    after(out, i)
+            _synchronize(opfn)
+        except _Unsupported as exc:
+            unsupported = str(exc)
+        except _OutputError as exc:
+            error = (f"row {i}: " if opfn.rowwise else "") + str(exc)
+        except (Exception, SystemExit) as exc:
+            error = (f"row {i}: " if opfn.rowwise else "") + _describe(exc)
+            raised = True
+        seconds = time.perf_counter() - start
+    return _Run(raw, error, raised, unsupported, seconds, _warning_notes(caught))
+
+
+def _calls(opfn: OpFunction, values: list[tuple[Any, bool]], kwargs: dict[str, Any],
+           rows: int) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
+    """The positional arguments of each call: whole arrays, or (row by row) row ``i`` of
+    every argument marked per-row and the others whole."""
+    if not opfn.rowwise:
+        return [(tuple(v for v, _ in values), kwargs)]
+    return [(tuple(v[i] if per_row else v for v, per_row in values), kwargs) for i in range(rows)]
+
+
+def _finish(opfn: OpFunction, run: _Run, args: _Arguments, fmt: Format, expected: tuple[int, ...],
+            allow: Iterable[tuple[int, ...]] = (), also: Iterable[tuple[int, ...]] = (),
+            outputs: list[Any] | None = None, stack: bool = False, extra: Iterable[str] = ()) -> CallResult:
+    """The CallResult of a run: input changes, errors, and the output(s) normalised into ``fmt``.
+
+    ``stack``: the outputs are rows (``expected`` is a row's shape), stacked.
+    ``outputs`` replaces the candidate's return values (autograd's x.grad).
+    """
+    notes = run.notes + tuple(extra)
+    try:
+        changed = args.modified()
+    except Exception as exc:  # noqa: BLE001  (e.g. a device error surfacing late)
+        return CallResult(None, run.error or f"input could not be read back: {_describe(exc)}", True, "",
+                          notes, run.seconds, run.raised)
+    others = [name for name in changed if name not in ("x", "logits")]
+    if others:
+        notes += (f"changed its {', '.join(others)} argument{'s' if len(others) > 1 else ''} in place",)
+    modified = bool(changed)
+    if run.unsupported is not None:
+        return CallResult(None, None, modified, "", notes, run.seconds, unsupported=run.unsupported)
+    if run.error is not None:
+        return CallResult(None, run.error, modified, "", notes, run.seconds, run.raised)
+    items = run.raw if outputs is None else outputs
+    allow, also = list(allow), list(also)
+    if stack:
+        parts, descs, rounding = [], [], []
+        for i, item in enumerate(items):
+            try:
+                part, desc, note = _normalise(item, expected, fmt, allow=allow)
+            except Exception as exc:  # noqa: BLE001  (_OutputError, or a failure reading a foreign array)
+                problem = f"row {i}: {_output_problem(exc, item)}"
+                return CallResult(None, problem, modified, _safe_desc(item), notes, run.seconds)
+            parts.append(part)
+            descs.append(desc)
+            if note and note not in rounding:
+                rounding.append(note)
+        out = np.stack(parts) if parts else np.empty((0,) + expected, dtype=fmt.np_dtype)
+        return CallResult(out, None, modified, descs[0] if descs else "", notes + tuple(rounding), run.seconds)
+    try:
+        out, desc, note = _normalise(items[0], expected, fmt, allow=allow, also=also)
+    except Exception as exc:  # noqa: BLE001  (_OutputError, or a failure reading a foreign array)
+        return CallResult(None, _output_problem(exc, items[0]), modified, _safe_desc(items[0]), notes, run.seconds)
+    return CallResult(out, None, modified, desc, notes + ((note,) if note else ()), run.seconds)
+
+
+def _placement_failure(opfn: OpFunction, exc: Exception) -> CallResult:
+    return CallResult(None, f"cannot place the input on {opfn.device}: {_describe(exc)}", False, "", (), 0.0)
+
+
+def _logits(request: CallRequest, fmt: Format) -> np.ndarray:
+    """The request's x in ``fmt``, checked to be 2-D."""
+    x = _as_format(np.asarray(request.x), fmt)
+    if x.ndim != 2:
+        raise ValueError(f"call needs a 2-D input, got shape {x.shape}")
+    return x
+
+
+def _array(value: np.ndarray | None, name: str, fmt: Format, shapes: Iterable[tuple[int, ...]]) -> np.ndarray:
+    """A request's ``y`` or ``dy`` in ``fmt``, checked to have one of ``shapes``."""
+    if value is None:
+        raise ValueError(f"this call needs {name}")
+    arr = _as_format(np.asarray(value), fmt)
+    shapes = list(shapes)
+    if arr.shape not in shapes:
+        raise ValueError(f"{name} of shape {arr.shape}, expected {' or '.join(map(str, shapes))}")
+    return arr
+
+
+def _loss(request: CallRequest) -> LossInputs:
+    if request.loss is None:
+        raise ValueError("a cross_entropy call needs loss inputs")
+    return request.loss
+
+
+def _target(loss: LossInputs, fmt: Format, rows: int, n: int) -> np.ndarray:
+    """Class indices as int64 (rows,), or probabilities in ``fmt`` (rows, n)."""
+    if loss.target_kind == "probability":
+        t = _as_format(np.asarray(loss.target), fmt)
+        expected: tuple[int, ...] = (rows, n)
+    else:
+        t = np.asarray(loss.target)
+        if t.dtype.kind not in "iu":
+            raise ValueError(f"class-index targets must be integers, not {t.dtype}")
+        t = t.astype(np.int64)
+        expected = (rows,)
+    if t.shape != expected:
+        raise ValueError(f"{loss.target_kind} targets of shape {t.shape}, expected {expected}")
+    return t
+
+
+def _loss_keyword_args(opfn: OpFunction, loss: LossInputs, args: _Arguments, fmt: Format) -> dict[str, Any]:
+    """The case's keywords that the function accepts (weight converted like the logits); row by
+    row, reduction="none" when it accepts reduction (each call sees one row)."""
+    kwargs: dict[str, Any] = {}
+    for key, value in loss.keywords().items():
+        if key not in opfn.keywords:
+            continue
+        if isinstance(value, np.ndarray):
+            value = args.add(key, _as_format(value, fmt))
+        kwargs[key] = value
+    if opfn.rowwise and "reduction" in opfn.keywords:
+        kwargs["reduction"] = "none"
+    return kwargs
+
+
+def _rowwise_mean(opfn: OpFunction, dy: np.ndarray, loss: LossInputs | None) -> CallResult | None:
+    """Row by row, a mean-reduced loss's gradient cannot be asked for (each call sees one row)."""
+    if opfn.rowwise and loss is not None and dy.ndim == 0 and loss.reduction == "mean":
+        return CallResult(None, None, False, "", (), 0.0, unsupported=(
+            "a row-by-row cross_entropy cannot be differentiated through the mean over rows"))
+    return None
+
+
+def _call_forward(opfn: OpFunction, request: CallRequest, fmt: Format) -> CallResult:
+    """A forward op: fn(x) or, for cross_entropy, fn(logits, target, **accepted keywords)."""
+    x = _logits(request, fmt)
+    rows, n = x.shape
+    args = _Arguments(opfn)
+    kwargs: dict[str, Any] = {opfn.dim_kw: -1} if opfn.dim_kw else {}
+    try:
+        if opfn.op == "cross_entropy":
+            loss = _loss(request)
+            target = _target(loss, fmt, rows, n)
+            values = [(args.add("logits", x), True), (args.add("target", target), True)]
+            kwargs.update(_loss_keyword_args(opfn, loss, args, fmt))
+        else:
+            values = [(args.add("x", x), True)]
+    except ValueError:
+        raise
+    except Exception as exc:  # noqa: BLE001  (an unusable device)
+        return _placement_failure(opfn, exc)
+    run = _run(opfn, _calls(opfn, values, kwargs, rows))
+    if opfn.op == "cross_entropy":
+        if opfn.rowwise:
+            return _finish(opfn, run, args, fmt, (), allow=[(1,)], stack=True)
+        if "reduction" in kwargs and kwargs["reduction"] == "none":
+            return _finish(opfn, run, args, fmt, (rows,))
+        if "reduction" in kwargs:
+            return _finish(opfn, run, args, fmt, (), allow=[(1,)])
+        return _finish(opfn, run, args, fmt, (rows,), allow=[(rows, 1)], also=[()])
+    if opfn.op == "logsumexp":
+        if opfn.rowwise:
+            return _finish(opfn, run, args, fmt, (), allow=[(1,)], stack=True)
+        return _finish(opfn, run, args, fmt, (rows,), allow=[(rows, 1)] + ([()] if rows == 1 else []))
+    if opfn.rowwise:
+        return _finish(opfn, run, args, fmt, (n,), stack=True)
+    return _finish(opfn, run, args, fmt, (rows, n))
+
+
+def _call_backward(opfn: OpFunction, request: CallRequest, fmt: Format) -> CallResult:
+    """An explicit backward function, positionally: softmax_backward(y, dy),
+    log_softmax_backward(y, dy), logsumexp_backward(x, y, dy) or
+    cross_entropy_backward(logits, target, dloss, **accepted keywords); -> (rows, n)."""
+    op = BACKWARD_FUNCTIONS[opfn.op]
+    x = _logits(request, fmt)
+    rows, n = x.shape
+    args = _Arguments(opfn)
+    kwargs: dict[str, Any] = {opfn.dim_kw: -1} if opfn.dim_kw else {}
+    loss = _loss(request) if op == "cross_entropy" else None
+    row_shape = (rows,) if op in ("logsumexp", "cross_entropy") else (rows, n)
+    dy = _array(request.dy, "dy", fmt, [row_shape, ()] if op == "cross_entropy" else [row_shape])
+    skip = _rowwise_mean(opfn, dy, loss)
+    if skip is not None:
+        return skip
+    try:
+        if loss is not None:
+            target = _target(loss, fmt, rows, n)
+            values = [(args.add("logits", x), True), (args.add("target", target), True),
+                      (args.add("dloss", dy), dy.ndim == 1)]
+            kwargs.update(_loss_keyword_args(opfn, loss, args, fmt))
+        else:
+            y = _array(request.y, "y", fmt, [row_shape])
+            values = [(args.add("y", y), True), (args.add("dy", dy), True)]
+            if op == "logsumexp":
+                values.insert(0, (args.add("x", x), True))
+    except ValueError:
+        raise
+    except Exception as exc:  # noqa: BLE001  (an unusable device)
+        return _placement_failure(opfn, exc)
+    run = _run(opfn, _calls(opfn, values, kwargs, rows))
+    if opfn.rowwise:
+        return _finish(opfn, run, args, fmt, (n,), stack=True)
+    return _finish(opfn, run, args, fmt, (rows, n))
+
+
+def _call_autograd(opfn: OpFunction, request: CallRequest, fmt: Format) -> CallResult:
+    """The backward pass of a torch forward function through autograd: x is a
+    fresh leaf tensor, out = fn(x, ...), out.backward(dy); the output is x.grad."""
+    if opfn.backend != "torch":
+        raise ValueError(f"autograd needs a torch function, and {opfn.op} takes numpy arrays")
+    import torch
+
+    op = opfn.op
+    x = _logits(request, fmt)
+    rows, n = x.shape
+    loss = _loss(request) if op == "cross_entropy" else None
+    shapes = {"softmax": [(rows, n)], "log_softmax": [(rows, n)], "logsumexp": [(rows,)],
+              "cross_entropy": [(rows,), ()]}[op]
+    dy = _array(request.dy, "dy", fmt, shapes)
+    skip = _rowwise_mean(opfn, dy, loss)
+    if skip is not None:
+        return skip
+    args = _Arguments(opfn)
+    kwargs: dict[str, Any] = {opfn.dim_kw: -1} if opfn.dim_kw else {}
+    try:
+        leaf = args.add("x", x, leaf=True)
+        values = [(leaf, True)]
+        if loss is not None:
+            values.append((args.add("target", _target(loss, fmt, rows, n)), True))
+            kwargs.update(_loss_keyword_args(opfn, loss, args, fmt))
+    except ValueError:
+        raise
+    except Exception as exc:  # noqa: BLE001  (an unusable device)
+        return _placement_failure(opfn, exc)
+
+    define = f"define {_BACKWARD_SIGNATURES[op]} to audit the backward pass"
+    extra: list[str] = []
+
+    def backward(out: Any, i: int) -> None:
+        if not _is_tensor(out) or not out.requires_grad or out.grad_fn is None:
+            raise _Unsupported(f"output is not differentiable by autograd (no grad_fn); {define}")
+        g = dy[i] if opfn.rowwise and dy.ndim else dy
+        if out.numel() != g.size:
+            raise _OutputError(f"returned shape {tuple(out.shape)} but {g.shape} was expected")
+        upstream = _to_torch(np.array(g, copy=True), str(out.device)).to(out.dtype).reshape(out.shape)
+        if out.dtype != fmt.torch_dtype:
+            note = f"autograd: the output is {out.dtype}, so dy was passed in {out.dtype}"
+            if note not in extra:
+                extra.append(note)
+        args.track("dy", upstream)
+        out.backward(upstream)
+
+    with torch.enable_grad():
+        run = _run(opfn, _calls(opfn, values, kwargs, rows), after=backward)
+    grad = leaf.grad
+    if run.error is None and run.unsupported is None and grad is None:
+        run.unsupported = f"the gradient did not reach the input (x.grad is None after backward); {define}"
+    return _finish(opfn, run, args, fmt, (rows, n), outputs=[grad], extra=extra)
 
 
 def _output_problem(exc: Exception, raw: object) -> str:
@@ -729,38 +1299,27 @@ def _as_format(x: np.ndarray, fmt: Format) -> np.ndarray:
     return round_float64_array(x.astype(np.float64), fmt)
 
 
-def _to_torch(x: np.ndarray, fmt: Format, device: str) -> Any:
+def _to_torch(x: np.ndarray, device: str) -> Any:
     """A torch tensor holding exactly the bits of ``x`` (bfloat16 through a uint16 view)."""
     import torch
 
-    if fmt.name == "bfloat16":
+    if x.dtype == ml_dtypes.bfloat16:
         tensor = torch.from_numpy(x.view(np.uint16)).view(torch.bfloat16)
     else:
         tensor = torch.from_numpy(x)
     return tensor if device == "cpu" else tensor.to(device)
 
 
-_TORCH_INT_OF_WIDTH = {2: "int16", 4: "int32", 8: "int64"}
+_TORCH_INT_OF_WIDTH = {1: "int8", 2: "int16", 4: "int32", 8: "int64"}
 
 
 def _torch_bits(tensor: Any) -> np.ndarray:
-    """The raw bits of a float tensor as a numpy unsigned array (on the CPU)."""
+    """The raw bits of a tensor as a numpy unsigned array (on the CPU)."""
     import torch
 
     t = tensor.detach().cpu().contiguous()
     as_int = t.view(getattr(torch, _TORCH_INT_OF_WIDTH[t.element_size()])).numpy()
     return as_int.view(f"u{t.element_size()}")
-
-
-def _input_modified(arg: Any, pristine: np.ndarray, fmt: Format) -> bool:
-    """Whether the candidate changed its input's shape, dtype or any bit."""
-    if isinstance(arg, np.ndarray):
-        if arg.dtype != fmt.np_dtype or arg.shape != pristine.shape:
-            return True
-        return not np.array_equal(arg.view(fmt.uint_dtype), pristine)
-    if arg.dtype != fmt.torch_dtype or tuple(arg.shape) != pristine.shape:
-        return True
-    return not np.array_equal(_torch_bits(arg), pristine)
 
 
 def _synchronize(opfn: OpFunction) -> None:
@@ -832,12 +1391,14 @@ def _is_float_dtype(dtype: np.dtype) -> bool:
 
 
 def _normalise(
-    raw: object, expected: tuple[int, ...], fmt: Format, allow: Iterable[tuple[int, ...]] = ()
+    raw: object, expected: tuple[int, ...], fmt: Format, allow: Iterable[tuple[int, ...]] = (),
+    also: Iterable[tuple[int, ...]] = (),
 ) -> tuple[np.ndarray, str, str | None]:
     """(output in ``fmt`` with shape ``expected``, description, rounding note).
 
     Shapes in ``allow`` (e.g. (rows, 1) for logsumexp) are accepted and
-    reshaped. Raises _OutputError for anything that cannot be judged.
+    reshaped; shapes in ``also`` (a scalar loss) are accepted as they are.
+    Raises _OutputError for anything that cannot be judged.
     """
     arr, desc = _to_array(raw)
     if arr.dtype == object:
@@ -847,9 +1408,11 @@ def _normalise(
             raise _OutputError(f"returned a {desc} of non-numbers") from None
     if not _is_float_dtype(arr.dtype):
         raise _OutputError(f"returned {arr.dtype} values, not floating point")
-    if arr.shape != expected:
+    also = list(also)
+    if arr.shape != expected and arr.shape not in also:
         if arr.shape not in list(allow):
-            raise _OutputError(f"returned shape {arr.shape} but {expected} was expected")
+            wanted = " or ".join(str(s) for s in [expected, *also])
+            raise _OutputError(f"returned shape {arr.shape} but {wanted} was expected")
         arr = arr.reshape(expected)
     out_fmt = format_of_dtype(arr.dtype)
     if out_fmt is fmt:
@@ -907,13 +1470,19 @@ def _one_line(text: str) -> str:
 
 __all__ = [
     "OPS",
+    "FUNCTION_NAMES",
+    "POSITIONAL",
     "BACKENDS",
     "CandidateError",
     "candidate",
     "OpFunction",
     "Candidate",
+    "CallRequest",
     "CallResult",
     "load_target",
     "builtin_names",
+    "call",
     "call_op",
+    "backward_mode",
+    "accepted_keywords",
 ]

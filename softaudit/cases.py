@@ -1,7 +1,7 @@
 """The declarative case library: TOML files of ``[[case]]`` tables.
 
 A case is data (DESIGN §8): a name, a family, the failure it provokes, where that
-failure was seen, the ops and formats it applies to, a shape, a seed and a few
+failure was seen, the ops, directions and formats it applies to, a shape, a seed and a few
 generator parameters that :mod:`softaudit.inputs` turns into exact inputs. The
 shipped library lives in the top-level ``cases/`` directory (``softaudit/_cases``
 in an installed wheel); users add directories of their own. Every file is checked
@@ -28,8 +28,8 @@ except ModuleNotFoundError:  # Python 3.10
 
 from softaudit.formats import FORMATS, FormatError, get_format
 
-from softaudit.ops import OPS
-"""The ops a case can apply to, in their canonical order."""
+from softaudit.ops import DIRECTIONS, OPS, REDUCTIONS, TARGET_KINDS
+"""The ops a case can apply to, in their canonical order, and the directions (forward, backward)."""
 
 FAMILIES: Mapping[str, str] = MappingProxyType({
     "offsets": "huge common offsets (±1e3 … 1e38, and near each format's range) with a fixed spread on top",
@@ -37,11 +37,13 @@ FAMILIES: Mapping[str, str] = MappingProxyType({
     "masking": "-inf and finite mask constants (finfo.min, -1e4) in every pattern, set or added to scores",
     "special-values": "+inf, NaN (alone, with inf) and ±0 entries",
     "ties": "several entries equal to the row maximum",
-    "confident": "near-one-hot rows with p_max in {0.9, 0.99, 0.999, 1 - 2^-23}",
+    "confident": "near-one-hot rows with p_max in {0.9, 0.99, 0.999, 1 - 2^-23}; cross-entropy's target at the max",
     "high-entropy": "uniform and near-uniform rows up to n = 262144",
     "long-rows": "long 16-bit rows (n = 512 … 262144) where 16-bit accumulation saturates",
     "shapes": "odd and awkward shapes: n = 1, 2, 3, 513, 1023, vocabulary sizes, many rows",
     "seed-examples": "the project's own seed examples (DESIGN §8)",
+    "cross-entropy": "losses: far-off targets, offsets, smoothing, ignore_index, weights, soft targets, bad targets",
+    "gradients": "backward passes with an upstream of ones on confident rows, where p - 1 cancels",
 })
 """The shipped library's families and what each covers. User files may add others."""
 
@@ -60,6 +62,28 @@ FINFO_SYMBOLS = ("finfo.min", "finfo.max")
 Value = float | str
 """A number, or one of :data:`FINFO_SYMBOLS`."""
 
+TARGET_CHOICES = ("random", "max", "min")
+"""Class-index targets per row (the ``target`` key), unless it lists them explicitly."""
+
+PROBABILITY_ZEROS = ("none", "masked", "one-hot")
+"""Where probability targets are exactly 0 (the ``probability_zeros`` key)."""
+
+WEIGHT_CHOICES = ("none", "random", "ones")
+"""Class weights (the ``weight`` key), unless it lists them explicitly."""
+
+OUT_OF_RANGE = ("none", "high", "negative")
+"""Targets outside [0, n): ``high`` writes n, ``negative`` writes -1 (the ``out_of_range`` key)."""
+
+UPSTREAM_KINDS = ("normal", "ones")
+"""Upstream gradients of the backward direction (the ``upstream`` key)."""
+
+LOSS_KEYS = ("target", "target_kind", "probability_zeros", "label_smoothing", "ignore_index", "ignored_rows",
+             "weight", "reduction", "out_of_range", "out_of_range_rows")
+"""Keys that only mean something to cross_entropy: a case that sets one must include it in ``ops``."""
+
+TORCH_DEFAULT_IGNORE_INDEX = -100
+"""torch's default ignore_index: a target equal to it is ignored even when the case passes none."""
+
 PARAM_DEFAULTS: Mapping[str, Any] = MappingProxyType({
     "values": "normal",
     "scale": 1.0,
@@ -77,10 +101,21 @@ PARAM_DEFAULTS: Mapping[str, Any] = MappingProxyType({
     "mask_mode": "set",
     "mask_rows": None,
     "inject": (),
+    "target": "random",
+    "target_kind": "index",
+    "probability_zeros": "none",
+    "label_smoothing": 0.0,
+    "ignore_index": None,
+    "ignored_rows": None,
+    "weight": "none",
+    "reduction": "none",
+    "out_of_range": "none",
+    "out_of_range_rows": (0,),
+    "upstream": "normal",
 })
 """Every generator parameter with the value it takes when a case omits it (None: unused)."""
 
-_CASE_KEYS = ("name", "family", "description", "seen_in", "ops", "formats", "rows", "n", "seed")
+_CASE_KEYS = ("name", "family", "description", "seen_in", "ops", "directions", "formats", "rows", "n", "seed")
 _INJECT_KEYS = ("value", "columns", "count", "rows")
 _NAME_RE = re.compile(r"^[a-z0-9]+(?:[-.][a-z0-9]+)*$")
 
@@ -109,14 +144,16 @@ class Case:
     n: int
     seed: int
     """Per-case seed, combined with the audit's seed (default: CRC-32 of the name)."""
+    directions: tuple[str, ...] = DIRECTIONS
+    """Directions the case applies to, in :data:`DIRECTIONS` order (forward, backward)."""
     params: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}), hash=False)
     """Generator parameters the file gave, validated and normalised (read-only)."""
     source: str = ""
     """Path of the file the case came from."""
 
-    def applies_to(self, op: str, fmt_name: str) -> bool:
-        """Whether the case runs for ``op`` in the format named ``fmt_name``."""
-        return op in self.ops and self.applies_to_format(fmt_name)
+    def applies_to(self, op: str, fmt_name: str, direction: str = "forward") -> bool:
+        """Whether the case runs for ``op`` in ``direction`` in the format named ``fmt_name``."""
+        return op in self.ops and direction in self.directions and self.applies_to_format(fmt_name)
 
     def applies_to_format(self, fmt_name: str) -> bool:
         """Whether the case runs in the format named ``fmt_name`` (aliases accepted)."""
@@ -319,6 +356,7 @@ class _CaseReader:
         description = self.text("description")
         seen_in = self.text("seen_in", required=False)
         ops = self.ops()
+        directions = self.directions()
         formats = self.formats()
         seed = self.integer("seed", t["seed"], 0) if "seed" in t else zlib.crc32(name.encode())
 
@@ -351,9 +389,14 @@ class _CaseReader:
         self.mask(rows, params)
         if "inject" in t:
             params["inject"] = self.inject(rows, n)
+        self.loss(ops, rows, n, params)
+        if "upstream" in t:
+            if "backward" not in directions:
+                self.fail("upstream", "only applies to the backward direction (add 'backward' to directions)")
+            params["upstream"] = self.choice("upstream", t["upstream"], UPSTREAM_KINDS)
         return Case(name=name, family=family, description=description, seen_in=seen_in, ops=ops,
-                    formats=formats, rows=rows, n=n, seed=seed, params=MappingProxyType(params),
-                    source=str(self.path))
+                    formats=formats, rows=rows, n=n, seed=seed, directions=directions,
+                    params=MappingProxyType(params), source=str(self.path))
 
     def ops(self) -> tuple[str, ...]:
         v = self.table.get("ops", list(OPS))
@@ -363,6 +406,15 @@ class _CaseReader:
             if op not in OPS:
                 self.fail("ops", f"unknown op {op!r} (known: {', '.join(OPS)})")
         return tuple(op for op in OPS if op in v)
+
+    def directions(self) -> tuple[str, ...]:
+        v = self.table.get("directions", list(DIRECTIONS))
+        if not isinstance(v, list) or not v:
+            self.fail("directions", f"must be a non-empty list drawn from {', '.join(DIRECTIONS)}")
+        for d in v:
+            if d not in DIRECTIONS:
+                self.fail("directions", f"unknown direction {d!r} (known: {', '.join(DIRECTIONS)})")
+        return tuple(d for d in DIRECTIONS if d in v)
 
     def formats(self) -> tuple[str, ...]:
         if "formats" not in self.table:
@@ -501,3 +553,110 @@ class _CaseReader:
                 entry["rows"] = self.index_list("inject", e["rows"], rows, "row")
             out.append(MappingProxyType(entry))
         return tuple(out)
+
+    # -- cross-entropy -------------------------------------------------------
+
+    def int64(self, key: str, v: Any) -> int:
+        if isinstance(v, bool) or not isinstance(v, int):
+            self.fail(key, f"must be an integer, got {v!r}")
+        if not -2**63 <= v < 2**63:
+            self.fail(key, f"{v} does not fit in int64")
+        return v
+
+    def loss(self, ops: tuple[str, ...], rows: int, n: int, params: dict[str, Any]) -> None:
+        """The cross-entropy keys (LOSS_KEYS): targets, smoothing, ignore_index, weights, reduction."""
+        t = self.table
+        given = [k for k in LOSS_KEYS if k in t]
+        if not given:
+            return
+        if "cross_entropy" not in ops:
+            self.fail(given[0], "only applies to cross_entropy (add it to ops)")
+        kind = self.choice("target_kind", t.get("target_kind", "index"), TARGET_KINDS)
+        if "target_kind" in t:
+            params["target_kind"] = kind
+        if kind != "index":
+            for key in ("ignore_index", "ignored_rows", "out_of_range", "out_of_range_rows"):
+                if key in t:
+                    self.fail(key, "only applies to class-index targets (target_kind = 'index')")
+        zeros = "none"
+        if "probability_zeros" in t:
+            if kind != "probability":
+                self.fail("probability_zeros", "only applies to target_kind = 'probability'")
+            zeros = params["probability_zeros"] = self.choice("probability_zeros", t["probability_zeros"],
+                                                              PROBABILITY_ZEROS)
+        if "target" in t:
+            if kind == "probability" and zeros != "one-hot":
+                self.fail("target", "only applies to class-index targets and to probability_zeros = 'one-hot'")
+            params["target"] = self.target(t["target"], rows, n, one_hot=kind == "probability")
+        if "label_smoothing" in t:
+            eps = self.real("label_smoothing", t["label_smoothing"], finite=True)
+            if not 0.0 <= eps <= 1.0:
+                self.fail("label_smoothing", f"must lie in [0, 1], got {t['label_smoothing']!r}")
+            params["label_smoothing"] = eps
+        ignore = None
+        if "ignore_index" in t:
+            ignore = params["ignore_index"] = self.int64("ignore_index", t["ignore_index"])
+        if "ignored_rows" in t:
+            if ignore is None:
+                self.fail("ignored_rows", "needs ignore_index (the value written into those rows' targets)")
+            v = t["ignored_rows"]
+            if isinstance(v, str):
+                if v != "all":
+                    self.fail("ignored_rows", f"must be 'all' or a non-empty list of row indices, got {v!r}")
+                params["ignored_rows"] = "all"
+            else:
+                params["ignored_rows"] = self.index_list("ignored_rows", v, rows, "row")
+        if "weight" in t:
+            params["weight"] = self.weight(t["weight"], n)
+        if "reduction" in t:
+            params["reduction"] = self.choice("reduction", t["reduction"], REDUCTIONS)
+        self.out_of_range(rows, n, ignore, params)
+        explicit = params.get("target")
+        if isinstance(explicit, tuple) and ignore is None and TORCH_DEFAULT_IGNORE_INDEX in explicit:
+            self.fail("target", f"{TORCH_DEFAULT_IGNORE_INDEX} is torch's default ignore_index: set ignore_index = "
+                                f"{TORCH_DEFAULT_IGNORE_INDEX} to ignore the row, or pick another target")
+
+    def target(self, v: Any, rows: int, n: int, one_hot: bool) -> str | tuple[int, ...]:
+        if isinstance(v, str):
+            return self.choice("target", v, TARGET_CHOICES)
+        if not isinstance(v, list) or len(v) != rows:
+            self.fail("target", f"must be one of {', '.join(TARGET_CHOICES)} or a list of {rows} class indices "
+                                f"(one per row), got {v!r}")
+        out = tuple(self.int64("target", i) for i in v)
+        if one_hot:
+            for i in out:
+                if not 0 <= i < n:
+                    self.fail("target", f"{i} is not a class in [0, {n}) (a one-hot probability target needs one)")
+        return out
+
+    def weight(self, v: Any, n: int) -> str | tuple[float, ...]:
+        if isinstance(v, str):
+            return self.choice("weight", v, WEIGHT_CHOICES)
+        if not isinstance(v, list) or len(v) != n:
+            self.fail("weight", f"must be one of {', '.join(WEIGHT_CHOICES)} or a list of {n} numbers "
+                                f"(one per class), got {v!r}")
+        out = tuple(self.real("weight", w, finite=True) for w in v)
+        for w, raw in zip(out, v):
+            if w < 0:
+                self.fail("weight", f"class weights must be >= 0, got {raw!r}")
+        return out
+
+    def out_of_range(self, rows: int, n: int, ignore: int | None, params: dict[str, Any]) -> None:
+        t = self.table
+        kind = self.choice("out_of_range", t.get("out_of_range", "none"), OUT_OF_RANGE)
+        if "out_of_range_rows" in t and kind == "none":
+            self.fail("out_of_range_rows", "needs out_of_range = 'high' or 'negative'")
+        if kind == "none":
+            return
+        params["out_of_range"] = kind
+        bad = n if kind == "high" else -1
+        if ignore == bad:
+            self.fail("out_of_range", f"the {kind} target {bad} equals ignore_index: it would be ignored, "
+                                      f"not out of range")
+        if "out_of_range_rows" in t:
+            params["out_of_range_rows"] = self.index_list("out_of_range_rows", t["out_of_range_rows"], rows, "row")
+        oor_rows = set(params.get("out_of_range_rows", PARAM_DEFAULTS["out_of_range_rows"]))
+        ignored = params.get("ignored_rows")
+        both = sorted(oor_rows & set(range(rows) if ignored == "all" else ignored or ()))
+        if both:
+            self.fail("out_of_range_rows", f"row {both[0]} is also one of ignored_rows")

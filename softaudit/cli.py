@@ -21,6 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 import softaudit
 from softaudit.candidates import CandidateError
 from softaudit.cases import OPS, CaseError, load_cases, select_cases
+from softaudit.ops import DIRECTIONS
 from softaudit.envelope import DEFAULT_RATIO_LIMIT
 from softaudit.formats import FORMATS, FormatError, get_format
 from softaudit.isolation import DEFAULT_TIMEOUT, MAX_TIMEOUT
@@ -84,10 +85,18 @@ def _check_ops(ops: list[str]) -> list[str]:
     return ops
 
 
+def _check_directions(directions: list[str]) -> list[str]:
+    for d in directions:
+        if d not in DIRECTIONS:
+            raise UsageProblem(f"unknown --direction {d!r} (known: {', '.join(DIRECTIONS)})")
+    return directions
+
+
 @app.command()
 def run(
     targets: list[str] = typer.Argument(..., metavar="TARGET...", help="Candidate files (impl.py) or built-ins (builtin:naive, builtin:shifted, builtin:shifted-f64, builtin:torch).", show_default=False),
-    op: list[str] = typer.Option([], "--op", "-o", help="Op to audit (repeatable): softmax, log_softmax, logsumexp. Default: every op the target defines."),
+    op: list[str] = typer.Option([], "--op", "-o", help="Op to audit (repeatable): softmax, log_softmax, logsumexp, cross_entropy. Default: every op the target defines."),
+    direction: list[str] = typer.Option([], "--direction", help="forward (the op) or backward (its gradient), repeatable. Default: both, where the candidate has a backward pass."),
     dtype: list[str] = typer.Option([], "--dtype", "-d", help="Format (repeatable): float64, float32, float16, bfloat16. Default: all four."),
     case: list[str] = typer.Option([], "--case", "-c", help="Case name or family pattern, fnmatch style (repeatable). Default: the whole library."),
     cases_dir: list[Path] = typer.Option([], "--cases-dir", help="Extra directory of case files, added to the shipped library (repeatable)."),
@@ -129,7 +138,7 @@ def run(
             raise UsageProblem(f"--json: {str(json_path)!r} is a directory")
         _check_cases_dirs(cases_dir)
         options = AuditOptions(
-            ops=_check_ops(op), formats=[get_format(d) for d in dtype], case_patterns=case,
+            ops=_check_ops(op), directions=_check_directions(direction), formats=[get_format(d) for d in dtype], case_patterns=case,
             cases_dirs=cases_dir, seed=seed, gate=Gate(ratio_limit=limit, undefined_policy=undefined),
             cache_dir=cache_dir, use_cache=not no_cache, rowwise=rowwise, isolated=not no_isolation,
             timeout=timeout, memory_limit=int(memory_limit * 2**30) if memory_limit is not None else None,
@@ -200,6 +209,8 @@ def list_cases(
             family = c.family
             console.print(f"\n[bold]{family}[/]")
         ops = "all ops" if set(c.ops) == set(OPS) else ", ".join(c.ops)
+        if set(c.directions) != set(DIRECTIONS):
+            ops += f" ({', '.join(c.directions)} only)"
         fmts = "all formats" if not c.formats or set(c.formats) == set(FORMATS) else ", ".join(c.formats)
         console.print(f"  [cyan]{c.name}[/]  {c.rows} x {c.n}; {ops}; {fmts}", highlight=False)
         console.print(f"      {c.description}", highlight=False, style="dim")

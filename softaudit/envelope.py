@@ -58,7 +58,8 @@ def log_domain_absolute(op: str, x: np.ndarray, amax: np.ndarray, log_s: np.ndar
     common = np.log2(max(n, 1)) + ROUNDING_TERMS
     ls = np.abs(np.nan_to_num(log_s, nan=0.0, posinf=0.0, neginf=0.0))
     if op == "log_softmax":
-        return fmt.u * (2 * shift_error_term(x, amax, fmt) + ls[:, None] + common)
+        with np.errstate(over="ignore"):  # |x - a| near the format's max: an infinite envelope is right
+            return fmt.u * (2 * shift_error_term(x, amax, fmt) + ls[:, None] + common)
     if op == "logsumexp":
         return fmt.u * (np.abs(np.where(np.isfinite(amax), amax, 0.0)) + ls + common)
     raise ValueError(f"no absolute envelope for op {op!r}")
@@ -84,3 +85,105 @@ def envelope_ulp(op: str, x: np.ndarray, amax: np.ndarray, log_s: np.ndarray,
             # magnitude adds half an ulp (softmax's relative model already holds it).
             env = np.ldexp(log_domain_absolute(op, x, amax, log_s, fmt), -k) + FINAL_ROUNDING_ULP
     return np.maximum(np.nan_to_num(env, nan=MIN_ENVELOPE_ULP, posinf=np.inf), MIN_ENVELOPE_ULP)
+
+
+# --------------------------------------------------------------------------
+# Gradients and cross-entropy (docs/envelope.md, "Backward passes" and "Cross-entropy")
+#
+# Derived as DESIGN §6 derives the forward envelopes: the first-order error of the
+# textbook algorithm in the target format, term by term, from the forward
+# envelopes of the quantities it reuses (p from softmax, l from log_softmax, y from
+# logsumexp). Every model below is an absolute error; absolute_to_ulp turns it into
+# ulps of the exact value and adds the final rounding.
+
+
+def absolute_to_ulp(absolute: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """An absolute envelope in ulps of the exact value (2^k), with the final rounding, at least 1 ulp."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        env = np.ldexp(np.nan_to_num(absolute, nan=0.0), -k.astype(np.int64)) + FINAL_ROUNDING_ULP
+    return np.maximum(np.nan_to_num(env, nan=MIN_ENVELOPE_ULP, posinf=np.inf), MIN_ENVELOPE_ULP)
+
+
+def _common(n: int) -> float:
+    return float(np.log2(max(n, 1))) + ROUNDING_TERMS
+
+
+def _softmax_relative(x: np.ndarray, amax: np.ndarray, fmt: Format) -> np.ndarray:
+    """Relative error model of p_i (the forward softmax envelope)."""
+    return fmt.u * (shift_error_term(x, amax, fmt) + _common(x.shape[-1]))
+
+
+def softmax_backward_absolute(x: np.ndarray, dy: np.ndarray, p: np.ndarray, amax: np.ndarray,
+                              fmt: Format) -> np.ndarray:
+    """g_i = p_i (dy_i - c), c = sum p_j dy_j: errors of p, of the dot product, of the difference."""
+    u, n = fmt.u, x.shape[-1]
+    rel_p = _softmax_relative(x, amax, fmt)
+    tiny = fmt.smallest_subnormal  # p below the normal range is rounded absolutely, not relatively
+    c = np.sum(p * dy, axis=-1, keepdims=True)
+    err_c = np.sum((p * (rel_p + u * (np.log2(max(n, 1)) + 2)) + tiny) * np.abs(dy), axis=-1, keepdims=True)
+    g = p * (dy - c)
+    return p * (err_c + u * np.abs(dy - c)) + np.abs(g) * (rel_p + 2 * u) + tiny * np.abs(dy - c)
+
+
+def log_softmax_backward_absolute(x: np.ndarray, dy: np.ndarray, p: np.ndarray, amax: np.ndarray,
+                                  log_s: np.ndarray, fmt: Format) -> np.ndarray:
+    """g_i = dy_i - exp(l_i) D, D = sum dy_j: l_i's forward error, the sum's, the product's."""
+    u, n = fmt.u, x.shape[-1]
+    rel_p = log_domain_absolute("log_softmax", x, amax, log_s, fmt) + u  # exp turns l's absolute error relative
+    d = np.sum(dy, axis=-1, keepdims=True)
+    d_abs = np.sum(np.abs(dy), axis=-1, keepdims=True)
+    g = dy - p * d
+    return p * np.abs(d) * (rel_p + 2 * u) + p * u * np.log2(max(n, 2)) * d_abs + u * np.abs(g)
+
+
+def logsumexp_backward_absolute(x: np.ndarray, dy: np.ndarray, p: np.ndarray, amax: np.ndarray,
+                                log_s: np.ndarray, fmt: Format) -> np.ndarray:
+    """g_i = dy exp(x_i - y): the forward y's absolute error becomes relative, plus x_i - y and exp."""
+    u = fmt.u
+    y_abs = log_domain_absolute("logsumexp", x, amax, log_s, fmt)[:, None]
+    a = np.where(np.isfinite(amax), amax, 0.0)[:, None]
+    with np.errstate(invalid="ignore"):
+        diff = np.abs(np.nan_to_num(x - a, neginf=0.0) - np.nan_to_num(log_s, nan=0.0)[:, None])
+    g = np.abs(dy)[:, None] * p
+    # Not linearised: y's error enters through exp, and in 16-bit formats at large offsets it is
+    # several units (ulp(1e4) = 8 in float16), so exp(x - y) can be off by a factor e^4.
+    with np.errstate(over="ignore"):
+        return g * np.expm1(y_abs + u * (diff + 2))
+
+
+def cross_entropy_row_absolute(x: np.ndarray, coef: np.ndarray, loss: np.ndarray, amax: np.ndarray,
+                               log_s: np.ndarray, fmt: Format) -> np.ndarray:
+    """loss_i = sum_c coef_c (-l_c): each -l_c with log_softmax's envelope, and the weighted sum.
+
+    For a hard target this is DESIGN §6's u (|a - x_t| + |log s| + log2 n + 3), with
+    log_softmax's model of -l_t in place of |a - x_t| + |log s|.
+    """
+    u, n = fmt.u, x.shape[-1]
+    l_abs = log_domain_absolute("log_softmax", x, amax, log_s, fmt)
+    with np.errstate(invalid="ignore"):
+        per_term = np.where(coef > 0, coef * l_abs, 0.0)
+    return np.sum(per_term, axis=-1) + u * (np.log2(max(n, 1)) + 1) * np.abs(np.nan_to_num(loss))
+
+
+def cross_entropy_reduced_absolute(row_absolute: np.ndarray, loss: np.ndarray, denominator: float,
+                                   fmt: Format) -> float:
+    """sum (or mean) of the rows: their errors, the summation's, and the division's."""
+    rows = row_absolute.size
+    total = float(np.sum(np.abs(np.nan_to_num(loss))))
+    err = float(np.sum(np.nan_to_num(row_absolute))) + fmt.u * (np.log2(max(rows, 1)) + 1) * total
+    if denominator in (0.0, 1.0):
+        return err
+    return err / denominator + fmt.u * total / denominator
+
+
+def cross_entropy_backward_absolute(x: np.ndarray, coef: np.ndarray, total: np.ndarray, g: np.ndarray,
+                                    p: np.ndarray, amax: np.ndarray, fmt: Format) -> np.ndarray:
+    """G_c = g (A p_c - coef_c): p's forward error, A's summation, the rounding of the (weighted,
+    smoothed) one-hot coef_c (two operations), the subtraction, and the scaling by the upstream."""
+    u, n = fmt.u, x.shape[-1]
+    rel_p = _softmax_relative(x, amax, fmt)
+    ap = total[:, None] * p
+    h = ap - coef
+    big_g = np.abs(g)[:, None]
+    tiny = total[:, None] * fmt.smallest_subnormal  # p rounded below the normal range
+    return big_g * (ap * (rel_p + u * (np.log2(max(n, 1)) + 2)) + tiny + 2 * u * coef + 2 * u * np.abs(h))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
+from fractions import Fraction
 
 import ml_dtypes
 import mpmath
@@ -187,3 +188,26 @@ def ulp_units(v: mpmath.mpf, fmt: Format) -> tuple[int, float, float]:
     hi = float(w)  # float(mpf) rounds to nearest
     lo = float(mpmath.fsub(w, hi, exact=True)) if math.isfinite(hi) else 0.0
     return k, hi, lo
+
+
+def exact_sum(values: np.ndarray) -> Fraction:
+    """The exact sum of finite float values, as a Fraction (no rounding anywhere).
+
+    Each value is m * 2^(e-53) with an integer m of at most 53 bits; the m of
+    equal exponent are summed as Python integers and the groups combined exactly.
+    """
+    v = np.asarray(values, dtype=np.float64).ravel()
+    v = v[v != 0]
+    if v.size == 0:
+        return Fraction(0)
+    mant, exp = np.frexp(v)
+    m = (mant * 2.0**53).astype(np.int64)
+    e = exp.astype(np.int64) - 53
+    order = np.argsort(e, kind="stable")
+    e_sorted, m_sorted = e[order], m[order]
+    bounds = np.flatnonzero(np.diff(e_sorted)) + 1
+    e_min = int(e_sorted[0])
+    total = 0
+    for part_e, part_m in zip(np.split(e_sorted, bounds), np.split(m_sorted, bounds)):
+        total += sum(part_m.tolist()) << (int(part_e[0]) - e_min)
+    return Fraction(total, 1) * Fraction(2) ** e_min

@@ -9,11 +9,19 @@ case and seed therefore give the same bytes on every run and machine, and the
 Steps, in order (docs/cases.md): base values (scaled) -> gap -> ties -> offset ->
 mask -> injections -> rounding. Only ``offset_fraction_of_max``,
 ``scale_fraction_of_max`` and the ``finfo.*`` symbols depend on the format.
+
+Cross-entropy's other inputs (:func:`loss_inputs`: targets, class weights) and
+the backward direction's upstream gradient (:func:`upstream`) come from streams
+of their own, so they never move the logits: SeedSequence([seed, case.seed, 1])
+for targets and probability rows, [seed, case.seed, 3] for random weights and
+[seed, case.seed, 2] for upstream gradients. They are built in float64 and
+rounded once too, the same for every format.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -35,16 +43,164 @@ def generate(case: Case, fmt: Format, seed: int = 0) -> np.ndarray:
     Raises NotApplicable when the case is restricted to other formats, or when a
     value meant to be finite overflows ``fmt`` (the case would test something else).
     """
-    if not case.applies_to_format(fmt.name):
-        raise NotApplicable(f"case {case.name!r} is restricted to {', '.join(case.formats)}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    _check(case, fmt, seed)
     x, intended = float64_values(case, fmt, seed)
     out = round_float64_array(x, fmt)
     overflow = ~intended & ~np.isfinite(out.astype(np.float64))
     if overflow.any():
         raise NotApplicable(_overflow_reason(case, fmt, x[overflow]))
     return np.ascontiguousarray(out)
+
+
+@dataclass(frozen=True, eq=False)
+class LossInputs:
+    """Cross-entropy's inputs besides the logits, for one case, format and seed."""
+
+    target: np.ndarray
+    """"index": int64, shape (rows,); "probability": ``fmt.np_dtype``, shape (rows, n), values >= 0."""
+    target_kind: str
+    """"index" | "probability"."""
+    weight: np.ndarray | None
+    """``fmt.np_dtype``, shape (n,), finite, >= 0; None: no class weights."""
+    label_smoothing: float
+    """In [0, 1]."""
+    ignore_index: int | None
+    """None: the case does not use it (then no target equals torch's default -100)."""
+    reduction: str
+    """"none" | "mean" | "sum"."""
+    out_of_range: bool
+    """Some row's target is outside [0, n) and != ignore_index: expect a raise (or NaN)."""
+
+    def keywords(self) -> dict[str, object]:
+        """The keyword arguments for a candidate that accepts them: label_smoothing if != 0, weight
+        if not None, ignore_index if not None, and reduction always (torch's default is "mean",
+        so "none" must be passed). Which of them a case *needs* is the runner's rule."""
+        kw: dict[str, object] = {}
+        if self.label_smoothing != 0:
+            kw["label_smoothing"] = self.label_smoothing
+        if self.ignore_index is not None:
+            kw["ignore_index"] = self.ignore_index
+        if self.weight is not None:
+            kw["weight"] = self.weight
+        kw["reduction"] = self.reduction
+        return kw
+
+    def parameters(self) -> dict[str, object]:
+        """JSON-able: {"target_kind", "label_smoothing", "ignore_index", "weight": "none"|"given", "reduction"}."""
+        return {
+            "target_kind": self.target_kind,
+            "label_smoothing": self.label_smoothing,
+            "ignore_index": self.ignore_index,
+            "weight": "none" if self.weight is None else "given",
+            "reduction": self.reduction,
+        }
+
+
+def loss_inputs(case: Case, fmt: Format, x: np.ndarray, seed: int = 0) -> LossInputs:
+    """Cross-entropy's targets, weights and keywords for the logits ``x`` = ``generate(case, fmt, seed)``.
+
+    ``x`` is read only by ``target = "max" / "min"`` (the row's argmax / argmin,
+    NaN entries skipped, ties to the first column) and by
+    ``probability_zeros = "masked"`` (zeros where x is -inf). Every case has
+    them: the defaults are one uniformly random class per row, no weights, no
+    smoothing, no ignore_index, reduction "none". Raises NotApplicable where
+    :func:`generate` would, and where a class weight is not finite and >= 0 in ``fmt``.
+    """
+    _check(case, fmt, seed)
+    rows, n = case.rows, case.n
+    x64 = np.asarray(x).astype(np.float64)
+    if x64.shape != (rows, n):
+        raise ValueError(f"case {case.name!r}: logits of shape {x64.shape}, expected {(rows, n)}")
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), case.seed, 1]))
+    drawn = rng.integers(0, n, size=rows)  # drawn whatever the target rule: later draws never move
+    choice = case.param("target")
+    if isinstance(choice, tuple):
+        t = np.array(choice, dtype=np.int64)
+    elif choice == "max":
+        t = np.argmax(np.where(np.isnan(x64), -np.inf, x64), axis=1)
+    elif choice == "min":
+        t = np.argmin(np.where(np.isnan(x64), np.inf, x64), axis=1)
+    else:
+        t = drawn
+    t = t.astype(np.int64)
+    weight = _weight(case, fmt, seed)
+    eps = float(case.param("label_smoothing"))
+    reduction = case.param("reduction")
+
+    if case.param("target_kind") == "probability":
+        zeros = case.param("probability_zeros")
+        if zeros == "one-hot":
+            q = np.zeros((rows, n))
+            q[np.arange(rows), t] = 1.0
+        else:
+            q = 1.0 - rng.random((rows, n))  # in (0, 1]: positive before any masking
+            if zeros == "masked":
+                q[x64 == -np.inf] = 0.0
+            total = q.sum(axis=1, keepdims=True)
+            q = np.divide(q, total, out=np.zeros_like(q), where=total > 0)  # a fully masked row: all 0
+        return LossInputs(target=np.ascontiguousarray(round_float64_array(q, fmt)), target_kind="probability",
+                          weight=weight, label_smoothing=eps, ignore_index=None, reduction=reduction,
+                          out_of_range=False)
+
+    ignore = case.param("ignore_index")
+    ignored = case.param("ignored_rows")
+    if ignored is not None:
+        t[np.arange(rows) if ignored == "all" else list(ignored)] = ignore
+    bad = case.param("out_of_range")
+    if bad != "none":
+        t[list(case.param("out_of_range_rows"))] = n if bad == "high" else -1
+    outside = (t < 0) | (t >= n)
+    if ignore is not None:
+        outside &= t != ignore
+    return LossInputs(target=np.ascontiguousarray(t), target_kind="index", weight=weight, label_smoothing=eps,
+                      ignore_index=ignore, reduction=reduction, out_of_range=bool(outside.any()))
+
+
+def upstream(case: Case, fmt: Format, shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    """The backward direction's upstream gradient dy: an array of ``fmt.np_dtype`` of ``shape``.
+
+    ``shape`` is the forward output's: (rows, n) for softmax and log_softmax,
+    (rows,) for logsumexp and cross_entropy with reduction "none", () for a
+    reduced loss. ``upstream = "normal"`` (the default) draws N(0, 1) values and
+    rounds them into ``fmt``, except that a 0-d dy is 1.0, as ``loss.backward()``
+    passes; ``"ones"`` gives 1.0 everywhere.
+    """
+    _check(case, fmt, seed)
+    shape = tuple(int(s) for s in shape)
+    if case.param("upstream") == "ones" or shape == ():
+        g = np.ones(shape)
+    else:
+        rng = np.random.default_rng(np.random.SeedSequence([int(seed), case.seed, 2]))
+        g = rng.standard_normal(shape)
+    return np.ascontiguousarray(round_float64_array(g, fmt)).reshape(shape)  # ascontiguousarray makes 0-d 1-d
+
+
+def _check(case: Case, fmt: Format, seed: int) -> None:
+    if not case.applies_to_format(fmt.name):
+        raise NotApplicable(f"case {case.name!r} is restricted to {', '.join(case.formats)}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+
+
+def _weight(case: Case, fmt: Format, seed: int) -> np.ndarray | None:
+    """The class weights rounded into ``fmt``, or None; NotApplicable unless finite and >= 0 there."""
+    spec = case.param("weight")
+    if spec == "none":
+        return None
+    n = case.n
+    if spec == "ones":
+        w64 = np.ones(n)
+    elif spec == "random":
+        rng = np.random.default_rng(np.random.SeedSequence([int(seed), case.seed, 3]))
+        w64 = 0.25 + 3.75 * rng.random(n)
+    else:
+        w64 = np.array(spec, dtype=np.float64)
+    w = round_float64_array(w64, fmt)
+    bad = ~np.isfinite(w.astype(np.float64)) | (w.astype(np.float64) < 0)
+    if bad.any():
+        worst = float(w64[bad][0])
+        raise NotApplicable(f"class weight {_num(worst)} is beyond {fmt.name}'s range (max {_num(fmt.max_finite)})")
+    return np.ascontiguousarray(w)
 
 
 def float64_values(case: Case, fmt: Format, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

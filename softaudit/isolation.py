@@ -20,18 +20,18 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Protocol
 
-import numpy as np
-
 from softaudit.candidates import (
+    CallRequest,
+    CallResult,
     Candidate,
     CandidateError,
     CandidateImportError,
-    CallResult,
     NoOpsError,
-    call_op,
+    accepted_keywords,
+    backward_mode,
+    call,
     load_target,
 )
-from softaudit.formats import Format
 
 DEFAULT_TIMEOUT = 300.0
 """Seconds one call may take before it counts as hung: generous, since a pure-Python
@@ -56,20 +56,49 @@ class CandidateInfo:
     name: str
     target: str
     ops: tuple[str, ...]
+    """Its forward ops, in OPS order."""
     backends: tuple[str, ...]
     notes: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    """Per op: how it is called (row by row, the backend found by the probe...)."""
+    """Per function: how it is called (row by row, the backend found by the probe...). Keys: the
+    op for the forward, f"{op}_backward" for the backward pass (the explicit function's notes, or
+    the forward's when the backward goes through autograd)."""
     description: str = ""
     loaded_name: str = ""
     """The name the loader gave it: the key in the worker, even after the audit renames it."""
+    backward: dict[str, str] = field(default_factory=dict)
+    """op -> "function" (explicit backward function) or "autograd", for the ops whose backward pass
+    can be audited."""
+    backward_missing: dict[str, str] = field(default_factory=dict)
+    """op -> why its backward pass cannot be audited (a SKIP reason), for the other ops."""
+    keywords: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """"cross_entropy" / "cross_entropy_backward" (when defined) -> the loss keywords it is passed
+    when a case has them (``accepted_keywords``)."""
+    probability_targets: dict[str, bool] = field(default_factory=dict)
+    """Function name (op, or f"{op}_backward" for an explicit backward) -> whether it takes
+    probability targets (False only for a cross-entropy function whose probability probe raised)."""
 
     @staticmethod
     def of(c: Candidate) -> "CandidateInfo":
+        functions = {**c.ops, **{f.op: f for f in c.backward.values()}}
+        notes = {name: tuple(f.notes) for name, f in functions.items()}
+        backward: dict[str, str] = {}
+        missing: dict[str, str] = {}
+        for op in c.ops:
+            mode, reason = backward_mode(c, op)
+            if mode is None:
+                missing[op] = reason
+            else:
+                backward[op] = mode
+                if mode == "autograd":
+                    notes[f"{op}_backward"] = tuple(c.ops[op].notes)
         return CandidateInfo(
             name=c.name, target=c.target, ops=tuple(c.ops),
-            backends=tuple(sorted({f.backend for f in c.ops.values()})),
-            notes={op: tuple(f.notes) for op, f in c.ops.items()}, description=c.description,
-            loaded_name=c.name,
+            backends=tuple(sorted({f.backend for f in functions.values()})),
+            notes=notes, description=c.description, loaded_name=c.name,
+            backward=backward, backward_missing=missing,
+            keywords={name: accepted_keywords(f) for name, f in functions.items()
+                      if name in ("cross_entropy", "cross_entropy_backward")},
+            probability_targets={name: f.probability_targets for name, f in functions.items()},
         )
 
 
@@ -86,7 +115,7 @@ class Executor(Protocol):
 
     def load(self, target: str) -> list[CandidateInfo] | LoadFailure: ...
 
-    def call(self, cand: CandidateInfo, op: str, x: np.ndarray, fmt: Format) -> CallResult: ...
+    def call(self, cand: CandidateInfo, request: CallRequest) -> CallResult: ...
 
     def close(self) -> None: ...
 
@@ -111,8 +140,8 @@ class InProcessExecutor:
             self._candidates[(c.target, c.name)] = c
         return [CandidateInfo.of(c) for c in loaded]
 
-    def call(self, cand: CandidateInfo, op: str, x: np.ndarray, fmt: Format) -> CallResult:
-        return call_op(self._candidates[(cand.target, cand.loaded_name)].ops[op], x, fmt)
+    def call(self, cand: CandidateInfo, request: CallRequest) -> CallResult:
+        return call(self._candidates[(cand.target, cand.loaded_name)], request)
 
     def close(self) -> None:
         self._candidates.clear()
@@ -259,11 +288,11 @@ class WorkerExecutor:
         exc_type = NoOpsError if kind == "no-ops" else CandidateError
         raise exc_type(payload)
 
-    def call(self, cand: CandidateInfo, op: str, x: np.ndarray, fmt: Format) -> CallResult:
+    def call(self, cand: CandidateInfo, request: CallRequest) -> CallResult:
         self._ensure()
         if cand.target in self._lost:
             return _failed_call("could not be loaded again after a worker restart")
-        reply, failure = self._request(("call", cand.target, cand.loaded_name, op, x, fmt.name), self.timeout)
+        reply, failure = self._request(("call", cand.target, cand.loaded_name, request), self.timeout)
         if reply is None:
             return _failed_call(failure)
         kind, payload = reply

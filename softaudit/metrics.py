@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import mpmath
 import numpy as np
 
-from softaudit.envelope import envelope_ulp, log_domain_absolute
+from softaudit.envelope import absolute_to_ulp, envelope_ulp, log_domain_absolute
 from softaudit.formats import Format, round_float64_array
 from softaudit.reference import OpReference, RowStats
 
@@ -109,8 +109,13 @@ class ElementJudgement:
 
 
 def judge_elements(op: str, x: np.ndarray, y: np.ndarray, ref: OpReference,
-                   stats: RowStats, fmt: Format) -> ElementJudgement:
-    """Compare output ``y`` (float64 holding format values) with the reference, element by element."""
+                   stats: RowStats, fmt: Format,
+                   absolute_envelope: np.ndarray | None = None) -> ElementJudgement:
+    """Compare output ``y`` (float64 holding format values) with the reference, element by element.
+
+    The forward row ops' envelopes are computed here from the row statistics; gradients
+    and losses pass theirs as ``absolute_envelope`` (absolute errors, envelope.py).
+    """
     x64 = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     judged = ~ref.undefined
@@ -124,7 +129,11 @@ def judge_elements(op: str, x: np.ndarray, y: np.ndarray, ref: OpReference,
     mismatch = (expected != got) & ~(overflowed & (got == 0)) & judged
     err = ulp_error(y, ref.k, ref.hi, ref.lo)
     err = np.where(overflowed & (got == expected), 0.0, err)
-    env = envelope_ulp(op, x64, stats.amax, stats.log_s, ref.k, ref.hi, fmt)
+    if absolute_envelope is None:
+        env = envelope_ulp(op, x64, stats.amax, stats.log_s, ref.k, ref.hi, fmt)
+    else:
+        absolute_envelope = np.broadcast_to(np.asarray(absolute_envelope, dtype=np.float64), y.shape)
+        env = absolute_to_ulp(absolute_envelope, ref.k)
     with np.errstate(invalid="ignore", over="ignore", under="ignore"):
         ratio = err / env
         beyond = ~np.isfinite(env) & np.isfinite(y)
@@ -132,7 +141,10 @@ def judge_elements(op: str, x: np.ndarray, y: np.ndarray, ref: OpReference,
             # ulp(exact) is too small for float64 to count the envelope in it (a
             # float64 log-domain result at or near 0): compare absolute errors.
             exact = np.ldexp(ref.hi, ref.k) + np.ldexp(ref.lo, ref.k)
-            absolute = log_domain_absolute(op, x64, stats.amax, stats.log_s, fmt)
+            if absolute_envelope is None:
+                absolute = log_domain_absolute(op, x64, stats.amax, stats.log_s, fmt)
+            else:
+                absolute = absolute_envelope
             absolute = np.broadcast_to(absolute, y.shape)
             ratio = np.where(beyond, np.abs(y - exact) / absolute, ratio)
     finite_pair = judged & ~mismatch & (got == 0) & np.isfinite(err)
@@ -145,11 +157,14 @@ def judge_elements(op: str, x: np.ndarray, y: np.ndarray, ref: OpReference,
 def undefined_behaviour(op: str, y_row: np.ndarray) -> str:
     """What a candidate produced on a row whose exact answer is undefined (DESIGN §5)."""
     y_row = np.asarray(y_row, dtype=np.float64)
-    if np.isnan(y_row).all():
+    nan = np.isnan(y_row)
+    if nan.all() or (op.endswith("_backward") and nan.any() and (y_row[~nan] == 0).all()):
+        # A gradient flagged NaN where the forward is infinite and 0 elsewhere (autograd's
+        # logsumexp at a +inf entry) counts as NaN: the row says it is undefined.
         return "nan"
-    if op == "softmax" and (y_row == 0).all():
+    if op == "log_softmax" and (y_row == -np.inf).all():
         return "zero"
-    if op == "log_softmax" and ((y_row == -np.inf).all() or (y_row == 0).all()):
+    if (y_row == 0).all():
         return "zero"
     return "other"
 
@@ -209,7 +224,7 @@ def summarize(op: str, x: np.ndarray, y: np.ndarray, ref: OpReference, j: Elemen
         idx = tuple(int(i) for i in np.argwhere(j.class_mismatch)[0])
         m.first_mismatch = _locate(op, x64, y64, ref, j, idx)
     for r in np.flatnonzero(ref.undefined):
-        b = undefined_behaviour(op, y64[r])
+        b = undefined_behaviour(ref.op, y64[r])
         m.undefined_rows[b] = m.undefined_rows.get(b, 0) + 1
     err = j.err_ulp[np.isfinite(j.err_ulp)]
     if err.size:
@@ -236,6 +251,10 @@ def _exact_text(op: str, x: np.ndarray, ref: OpReference, idx: tuple[int, ...]) 
     stored = ref.exact_str(idx)
     if stored is not None:
         return stored
+    if op not in ("softmax", "log_softmax", "logsumexp"):
+        # Gradients and losses store exact zeros, and values below 2^-66 of the smallest
+        # subnormal, as 0.
+        return "0" if ref.rounded[idx] == 0 else "nan"
     col = idx[1] if len(idx) > 1 else None
     return exact_element(x[idx[0]], op, col)
 

@@ -33,6 +33,9 @@ class Record:
     seconds: float = 0.0
     case_description: str = ""
     """The failure the case provokes (from the case file), shown beside findings."""
+    parameters: dict = field(default_factory=dict)
+    """The case's cross-entropy parameters by name (target_kind, label_smoothing, ignore_index,
+    weight, reduction); empty for the other ops."""
 
     @property
     def id(self) -> str:

@@ -24,7 +24,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import mpmath
 import numpy as np
@@ -34,7 +34,8 @@ from softaudit.formats import Format, round_mpf, ulp_exponent, ulp_units
 ENGINE_VERSION = "1"
 """Bump whenever a change could alter any stored reference: it invalidates the cache."""
 
-from softaudit.ops import OPS
+ROW_OPS = ("softmax", "log_softmax", "logsumexp")
+"""The ops whose references depend on the row alone (cross-entropy and gradients: reference_loss, reference_backward)."""
 
 _ctx = mpmath.MPContext()
 """A private mpmath context, so our precision changes never leak to users' code."""
@@ -156,19 +157,55 @@ def _certify(v: mpmath.mpf, err: float, fmt: Format) -> tuple[float, int, float,
     return r, k, hi, lo, ok
 
 
-def _row_reference(x: np.ndarray, fmt: Format, prec: int) -> tuple[dict, float, float, bool]:
-    """One row at precision ``prec``: per-op lists of (rounded, k, hi, lo), amax, log s, certified?"""
-    n = x.size
-    zero_k = fmt.emin - fmt.p + 1
-    nan_entry = (math.nan, zero_k, math.nan, 0.0)
-    if np.isnan(x).any():
-        return ({"softmax": [nan_entry] * n, "log_softmax": [nan_entry] * n, "logsumexp": [nan_entry]},
-                math.nan, math.nan, True)
-    if (x == np.inf).any() or (x == -np.inf).all():
-        lse = math.inf if (x == np.inf).any() else -math.inf
-        return ({"softmax": None, "log_softmax": None, "logsumexp": [(lse, zero_k, 0.0, 0.0)]},
-                float(x.max()), math.nan, True)
+@dataclass
+class RowTerms:
+    """The exact pieces of one row with a finite maximum, at one precision, with error bounds.
 
+    Shared by the forward references here and by the gradient and loss references
+    (reference_backward, reference_loss): s = sum exp(x_j - a) = k_ties + t, L = log s.
+    Every ``err_*`` is a rigorous bound on the absolute error of the mpmath value.
+    """
+
+    a: float
+    finite: np.ndarray
+    """Per entry: not -inf."""
+    uniq: np.ndarray
+    """Distinct finite values, ascending (the last is the max)."""
+    inverse: np.ndarray
+    """For each finite entry (in order), its index in ``uniq``."""
+    counts: np.ndarray
+    d: list
+    """d_u = u - a, exact (mpf)."""
+    e: list
+    """exp(d_u) (mpf; exactly 1 for the max), or None below the cut (bounded, not computed)."""
+    k_ties: int
+    t: mpmath.mpf
+    s: mpmath.mpf
+    big_l: mpmath.mpf
+    t_f: float
+    s_f: float
+    big_l_f: float
+    err_t: float
+    err_s: float
+    err_l: float
+    rel_p: float
+    """Relative error bound of p_u = e_u / s."""
+    eps: float
+    """Bound on the relative error of one mpmath operation at this precision."""
+    d_cut: float
+    """Terms with d_u below this are bounded, not computed: each is < exp(d_cut)."""
+    tail: float
+    """Number of entries below the cut."""
+    terms: int
+
+
+def row_terms(x: np.ndarray, fmt: Format, prec: int, cut_margin: float = 0.0) -> RowTerms:
+    """The pieces of row ``x`` (no NaN, no +inf, not all -inf) at precision ``prec``.
+
+    ``cut_margin`` (natural-log units) lowers the cut for quantities that multiply
+    the probabilities by factors above 1 (upstream gradients, class weights).
+    """
+    n = x.size
     _ctx.prec = prec
     eps = math.ldexp(1.0, 2 - prec)  # bound on the relative error of one mpmath operation
     a = float(x.max())
@@ -181,7 +218,7 @@ def _row_reference(x: np.ndarray, fmt: Format, prec: int) -> tuple[dict, float, 
     # the cut down as Ziv's loop raises the precision, which settles the rows whose
     # exact outputs sit within a tail's worth of a rounding boundary (a difference
     # x_i - max that is exactly a midpoint, minus a tiny log(sum)).
-    d_cut = min(fmt.emin - fmt.p - 66, -(prec + 20)) * _LN2 - math.log(n)
+    d_cut = min(fmt.emin - fmt.p - 66, -(prec + 20)) * _LN2 - math.log(n) - cut_margin
     d = [_ctx.fsub(float(u), a, exact=True) for u in uniq]
     e_vals: list = []
     t = _ctx.zero
@@ -208,35 +245,65 @@ def _row_reference(x: np.ndarray, fmt: Format, prec: int) -> tuple[dict, float, 
     big_l = _ctx.log1p(t) if k_ties == 1 else _ctx.log(s)
     big_l_f = float(big_l)
     err_l = 2 * ((err_t if k_ties == 1 else err_s / s_f) + eps * big_l_f)
-    certified = True
+    return RowTerms(a, finite, uniq, inverse, counts, d, e_vals, k_ties, t, s, big_l, t_f, s_f, big_l_f,
+                    err_t, err_s, err_l, 3 * eps + err_s / s_f, eps, d_cut, tail, terms)
 
-    def put(v: mpmath.mpf, err: float) -> tuple[float, int, float, float]:
-        nonlocal certified
-        r, k, hi, lo, ok = _certify(v, err, fmt)
-        certified &= ok
+
+class Certifier:
+    """Rounds values into a format and remembers whether every one was certified."""
+
+    def __init__(self, fmt: Format) -> None:
+        self.fmt = fmt
+        self.certified = True
+        self.zero_entry = (0.0, fmt.emin - fmt.p + 1, 0.0, 0.0)
+        """An exact (or negligible: below 2^-66 of the smallest subnormal) zero."""
+
+    def put(self, v: mpmath.mpf, err: float) -> tuple[float, int, float, float]:
+        r, k, hi, lo, ok = _certify(v, err, self.fmt)
+        self.certified &= ok
         return r, k, hi, lo
 
+    def special(self, value: float) -> tuple[float, int, float, float]:
+        """NaN or an infinity as an exact class (no ulp figures)."""
+        return (value, self.zero_entry[1], math.nan if math.isnan(value) else 0.0, 0.0)
+
+
+def _row_reference(x: np.ndarray, fmt: Format, prec: int) -> tuple[dict, float, float, bool]:
+    """One row at precision ``prec``: per-op lists of (rounded, k, hi, lo), amax, log s, certified?"""
+    n = x.size
+    zero_k = fmt.emin - fmt.p + 1
+    nan_entry = (math.nan, zero_k, math.nan, 0.0)
+    if np.isnan(x).any():
+        return ({"softmax": [nan_entry] * n, "log_softmax": [nan_entry] * n, "logsumexp": [nan_entry]},
+                math.nan, math.nan, True)
+    if (x == np.inf).any() or (x == -np.inf).all():
+        lse = math.inf if (x == np.inf).any() else -math.inf
+        return ({"softmax": None, "log_softmax": None, "logsumexp": [(lse, zero_k, 0.0, 0.0)]},
+                float(x.max()), math.nan, True)
+
+    rt = row_terms(x, fmt, prec)
+    cert = Certifier(fmt)
     sm_u: list = []
     ls_u: list = []
-    rel_p = 3 * eps + err_s / s_f
-    for di, ei in zip(d, e_vals):
+    for di, ei in zip(rt.d, rt.e):
         if ei is None:
             # Far below the format's smallest subnormal: rounds to 0, |exact| < 2^-66 ulp(0).
-            sm_u.append((0.0, zero_k, 0.0, 0.0))
+            sm_u.append(cert.zero_entry)
         else:
-            p = ei / s
-            sm_u.append(put(p, 2 * abs(float(p)) * rel_p))
-        ls_u.append(_log_softmax_entry(di, big_l, big_l_f + err_l, err_l, eps, t_f + tail, fmt, put))
-    lse = a + big_l
-    lse_entry = put(lse, err_l + 2 * eps * abs(float(lse)))
+            p = ei / rt.s
+            sm_u.append(cert.put(p, 2 * abs(float(p)) * rt.rel_p))
+        ls_u.append(_log_softmax_entry(di, rt.big_l, rt.big_l_f + rt.err_l, rt.err_l, rt.eps, rt.t_f + rt.tail,
+                                       fmt, cert.put))
+    lse = rt.a + rt.big_l
+    lse_entry = cert.put(lse, rt.err_l + 2 * rt.eps * abs(float(lse)))
 
-    sm = [(0.0, zero_k, 0.0, 0.0)] * n
+    sm = [cert.zero_entry] * n
     ls = [(-math.inf, zero_k, 0.0, 0.0)] * n
-    idx = np.flatnonzero(finite)
-    for j, u in zip(idx.tolist(), inverse.tolist()):
+    idx = np.flatnonzero(rt.finite)
+    for j, u in zip(idx.tolist(), rt.inverse.tolist()):
         sm[j] = sm_u[u]
         ls[j] = ls_u[u]
-    return {"softmax": sm, "log_softmax": ls, "logsumexp": [lse_entry]}, a, big_l_f, certified
+    return {"softmax": sm, "log_softmax": ls, "logsumexp": [lse_entry]}, rt.a, rt.big_l_f, cert.certified
 
 
 def _log_softmax_entry(di, big_l, l_upper: float, err_l: float, eps: float, t_positive: float,
@@ -269,7 +336,7 @@ def reference_rows(x: np.ndarray, fmt: Format) -> ReferenceSet:
     if xs.ndim != 2:
         raise ValueError(f"reference_rows expects a 2-D array, got shape {xs.shape}")
     rows, n = xs.shape
-    arrays = {op: {"rounded": [], "k": [], "hi": [], "lo": []} for op in OPS}
+    arrays = {op: {"rounded": [], "k": [], "hi": [], "lo": []} for op in ROW_OPS}
     undefined = np.zeros(rows, dtype=bool)
     amax = np.empty(rows)
     log_s = np.empty(rows)
@@ -289,12 +356,12 @@ def reference_rows(x: np.ndarray, fmt: Format) -> ReferenceSet:
             undefined[i] = True
             filler = [(math.nan, 0, math.nan, 0.0)] * n
             out["softmax"] = out["log_softmax"] = filler
-        for op in OPS:
+        for op in ROW_OPS:
             cols = list(zip(*out[op]))
             for name, col in zip(("rounded", "k", "hi", "lo"), cols):
                 arrays[op][name].append(col)
     refs = {}
-    for op in OPS:
+    for op in ROW_OPS:
         shape = (rows,) if op == "logsumexp" else (rows, n)
         a_ = arrays[op]
         refs[op] = OpReference(
@@ -306,6 +373,56 @@ def reference_rows(x: np.ndarray, fmt: Format) -> ReferenceSet:
             undefined=undefined.copy() if op != "logsumexp" else np.zeros(rows, dtype=bool),
         )
     return ReferenceSet(ops=refs, stats=RowStats(amax=amax, log_s=log_s, n=n), uncertified=uncertified)
+
+
+Entry = tuple[float, int, float, float]
+"""One reference element: (rounded, k, hi, lo), see OpReference."""
+
+
+def base_precision(fmt: Format, n: int) -> int:
+    """The first precision Ziv's loop tries for rows of length ``n``."""
+    return fmt.p + 64 + max(1, n).bit_length()
+
+
+def certified_rows(rows: int, base_prec: int,
+                   row_fn: Callable[[int, int], tuple[list[Entry] | None, bool]]) -> tuple[list, int]:
+    """Run ``row_fn(row, prec)`` for every row, doubling the precision until its
+    entries are certified (Ziv's strategy, capped at _MAX_PREC).
+
+    ``row_fn`` returns (entries, certified), entries None for a row whose exact
+    answer is undefined. Returns the per-row entries and the number of elements
+    left uncertified at the cap.
+    """
+    out: list = []
+    uncertified = 0
+    for i in range(rows):
+        prec = base_prec
+        while True:
+            entries, ok = row_fn(i, prec)
+            if ok or prec >= _MAX_PREC:
+                break
+            prec *= 2
+        if not ok:
+            uncertified += len(entries or ())
+        out.append(entries)
+    return out, uncertified
+
+
+def op_reference(op: str, per_row: Sequence[Sequence[Entry] | None], shape: tuple[int, ...]) -> OpReference:
+    """Assemble per-row entries (None: undefined row) into an OpReference of ``shape``."""
+    width = int(np.prod(shape[1:])) if len(shape) > 1 else 1
+    filler = [(math.nan, 0, math.nan, 0.0)] * width
+    undefined = np.array([entries is None for entries in per_row], dtype=bool)
+    flat = [e for entries in per_row for e in (filler if entries is None else entries)]
+    cols = list(zip(*flat)) if flat else [(), (), (), ()]
+    return OpReference(
+        op=op,
+        rounded=np.array(cols[0], dtype=np.float64).reshape(shape),
+        k=np.array(cols[1], dtype=np.int32).reshape(shape),
+        hi=np.array(cols[2], dtype=np.float64).reshape(shape),
+        lo=np.array(cols[3], dtype=np.float64).reshape(shape),
+        undefined=undefined,
+    )
 
 
 # --------------------------------------------------------------------------
@@ -409,15 +526,52 @@ class ReferenceCache:
         return ref
 
 
-def _store(path: Path, ref: ReferenceSet) -> None:
+    def get_or_compute_ops(self, kind: str, parts: Sequence[np.ndarray | str], fmt: Format,
+                           compute: Callable[[], tuple[dict[str, OpReference], int]]
+                           ) -> tuple[dict[str, OpReference], int]:
+        """Cached named OpReferences (gradients, losses) keyed by ``kind``, the format and ``parts``
+        (arrays by dtype, shape and bytes; strings as they are); computed by ``compute`` on a miss."""
+        if self.directory is None:
+            self.misses += 1
+            return compute()
+        h = hashlib.sha256(f"softaudit-{kind}/{ENGINE_VERSION}/{fmt.name}".encode())
+        for part in parts:
+            if isinstance(part, str):
+                h.update(b"s" + part.encode() + b"\0")
+            else:
+                arr = np.ascontiguousarray(part)
+                h.update(f"a{arr.dtype.str}{arr.shape}".encode())
+                h.update(arr.view(np.uint8).tobytes())
+        path = self._path(h.hexdigest())
+        if path.exists():
+            try:
+                with np.load(path) as z:
+                    names = [str(v) for v in z["names"]]
+                    ops = {name: OpReference(str(z[f"{name}.op"]), z[f"{name}.rounded"], z[f"{name}.k"],
+                                             z[f"{name}.hi"], z[f"{name}.lo"], z[f"{name}.undefined"])
+                           for name in names}
+                    uncertified = int(z["uncertified"])
+                self.hits += 1
+                return ops, uncertified
+            except Exception:  # noqa: BLE001  (a damaged entry is recomputed and replaced)
+                pass
+        self.misses += 1
+        ops, uncertified = compute()
+        data: dict[str, np.ndarray] = {"names": np.array(list(ops)), "uncertified": np.array(uncertified)}
+        for name, r in ops.items():
+            data[f"{name}.op"] = np.array(r.op)
+            for field in ("rounded", "k", "hi", "lo", "undefined"):
+                data[f"{name}.{field}"] = getattr(r, field)
+        try:
+            _write_npz(path, data)
+        except OSError:
+            pass
+        return ops, uncertified
+
+
+def _write_npz(path: Path, data: dict[str, np.ndarray]) -> None:
+    """Write compressed arrays atomically: a temporary file renamed into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    data: dict[str, np.ndarray] = {
-        "amax": ref.stats.amax, "log_s": ref.stats.log_s,
-        "n": np.array(ref.stats.n), "uncertified": np.array(ref.uncertified),
-    }
-    for op, r in ref.ops.items():
-        for field in ("rounded", "k", "hi", "lo", "undefined"):
-            data[f"{op}.{field}"] = getattr(r, field)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -428,11 +582,22 @@ def _store(path: Path, ref: ReferenceSet) -> None:
         raise
 
 
+def _store(path: Path, ref: ReferenceSet) -> None:
+    data: dict[str, np.ndarray] = {
+        "amax": ref.stats.amax, "log_s": ref.stats.log_s,
+        "n": np.array(ref.stats.n), "uncertified": np.array(ref.uncertified),
+    }
+    for op, r in ref.ops.items():
+        for field in ("rounded", "k", "hi", "lo", "undefined"):
+            data[f"{op}.{field}"] = getattr(r, field)
+    _write_npz(path, data)
+
+
 def _load(path: Path) -> ReferenceSet:
     with np.load(path) as z:
         ops = {
             op: OpReference(op, z[f"{op}.rounded"], z[f"{op}.k"], z[f"{op}.hi"], z[f"{op}.lo"], z[f"{op}.undefined"])
-            for op in OPS
+            for op in ROW_OPS
         }
         stats = RowStats(z["amax"], z["log_s"], int(z["n"]))
         return ReferenceSet(ops, stats, int(z["uncertified"]))

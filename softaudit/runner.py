@@ -16,14 +16,32 @@ from typing import Callable, Sequence
 import numpy as np
 
 import softaudit
-from softaudit.candidates import CandidateError, NoOpsError
+from softaudit.candidates import CallRequest, CandidateError, NoOpsError
 from softaudit.cases import OPS, Case, load_cases, select_cases
+from softaudit.envelope import (
+    cross_entropy_backward_absolute,
+    cross_entropy_reduced_absolute,
+    cross_entropy_row_absolute,
+    log_softmax_backward_absolute,
+    logsumexp_backward_absolute,
+    softmax_backward_absolute,
+)
 from softaudit.formats import FORMATS, Format, to_float64
-from softaudit.inputs import NotApplicable, generate
+from softaudit.inputs import LossInputs, NotApplicable, generate, loss_inputs, upstream
 from softaudit.isolation import DEFAULT_TIMEOUT, CandidateInfo, Executor, LoadFailure, make_executor
 from softaudit.metrics import judge_elements, summarize
+from softaudit.ops import DIRECTIONS
 from softaudit.records import Record
-from softaudit.reference import ReferenceCache, default_cache_dir
+from softaudit.reference import OpReference, ReferenceCache, ReferenceSet, default_cache_dir
+from softaudit.reference_backward import backward_reference
+from softaudit.reference_loss import (
+    LossReference,
+    loss_gradient_reference,
+    loss_reference,
+    mean_denominator,
+    row_coefficients,
+    upstream_scale,
+)
 from softaudit.verdicts import FAIL, PASS, SKIP, Gate, decide
 
 ProgressFn = Callable[[int, int, str], None]
@@ -36,6 +54,8 @@ class AuditOptions:
 
     ops: Sequence[str] = ()
     """Ops to audit; empty means every op each target defines."""
+    directions: Sequence[str] = ()
+    """forward and/or backward; empty means both (backward where the candidate has one)."""
     formats: Sequence[Format] = ()
     """Formats; empty means all four."""
     case_patterns: Sequence[str] = ()
@@ -170,19 +190,24 @@ def run_audit(targets: Sequence[str], options: AuditOptions | None = None,
         for done, (fmt, case) in enumerate(units):
             if progress:
                 progress(done, len(units), f"{fmt.name} · {case.name}")
+            directions = [d for d in DIRECTIONS if d in case.directions
+                          and (not options.directions or d in options.directions)]
             jobs = [(c, op) for c in candidates for op in wanted_ops
-                    if op in c.ops and case.applies_to(op, fmt.name)]
+                    if op in c.ops and case.applies_to(op, fmt.name)] if directions else []
             if not jobs:
                 continue
             try:
                 x = generate(case, fmt, seed=options.seed)
             except NotApplicable as exc:
-                records.extend(_skip(c, op, fmt, case, exc.reason) for c, op in jobs)
+                records.extend(_skip(c, op, d, fmt, case, exc.reason) for c, op in jobs for d in directions)
                 continue
             refs = cache.get_or_compute(x, fmt)
             uncertified += refs.uncertified
+            unit = _Unit(case, fmt, x, refs, cache, options.seed)
             for c, op in jobs:
-                records.append(_judge(executor, c, op, fmt, case, x, refs, options.gate))
+                for direction in directions:
+                    records.append(_audit(executor, c, op, direction, unit, options.gate))
+            uncertified += unit.uncertified
         if progress:
             progress(len(units), len(units), "done")
     except KeyboardInterrupt:
@@ -237,30 +262,235 @@ def _unique_names(candidates: list[CandidateInfo]) -> list[CandidateInfo]:
     return [dataclasses.replace(c, name=f"{c.name}@{c.target}") if seen[c.name] > 1 else c for c in candidates]
 
 
-def _skip(c: CandidateInfo, op: str, fmt: Format, case: Case, reason: str) -> Record:
-    return Record(candidate=c.name, target=c.target, op=op, dtype=fmt.name, case=case.name,
+def _skip(c: CandidateInfo, op: str, direction: str, fmt: Format, case: Case, reason: str) -> Record:
+    return Record(candidate=c.name, target=c.target, op=op, dtype=fmt.name, case=case.name, direction=direction,
                   family=case.family, verdict=SKIP, reasons=[reason], case_description=case.description)
 
 
-def _judge(executor: Executor, c: CandidateInfo, op: str, fmt: Format, case: Case, x: np.ndarray, refs,
-           gate: Gate) -> Record:
-    rec = Record(candidate=c.name, target=c.target, op=op, dtype=fmt.name, case=case.name,
-                 family=case.family, verdict=PASS, case_description=case.description)
-    res = executor.call(c, op, x, fmt)
+@dataclass
+class _Unit:
+    """One (format, case): its input, references computed so far, and what the candidates' forward
+    calls taught (the reduction each cross_entropy applies when it takes no reduction keyword)."""
+
+    case: Case
+    fmt: Format
+    x: np.ndarray
+    refs: ReferenceSet
+    cache: ReferenceCache
+    seed: int
+    uncertified: int = 0
+    _loss: LossInputs | None = None
+    _loss_ref: LossReference | None = None
+    _grads: dict = field(default_factory=dict)
+    reductions: dict = field(default_factory=dict)
+    """candidate name -> reduction its cross_entropy applied (from the forward output's shape)."""
+
+    def loss(self) -> LossInputs:
+        if self._loss is None:
+            self._loss = loss_inputs(self.case, self.fmt, self.x, seed=self.seed)
+        return self._loss
+
+    def loss_reference(self) -> LossReference:
+        if self._loss_ref is None:
+            loss = self.loss()
+            ops, unc = self.cache.get_or_compute_ops(
+                "loss", _loss_key(self.x, loss), self.fmt, lambda: _loss_ops(self.x, loss, self.fmt))
+            self._loss_ref = LossReference(ops["none"], ops["mean"], ops["sum"], unc)
+            self.uncertified += unc
+        return self._loss_ref
+
+    def gradient(self, op: str, dy: np.ndarray, loss: LossInputs | None) -> OpReference:
+        key = (op, loss.reduction if loss else "", dy.shape)
+        if key not in self._grads:
+            parts = [self.x, dy] + (_loss_key(self.x, loss) if loss else [])
+
+            def compute() -> tuple[dict[str, OpReference], int]:
+                if loss is None:
+                    ref, unc = backward_reference(op, self.x, dy, self.fmt)
+                else:
+                    ref, unc = loss_gradient_reference(self.x, loss, dy, self.fmt)
+                return {"gradient": ref}, unc
+
+            ops, unc = self.cache.get_or_compute_ops(f"vjp-{op}", parts, self.fmt, compute)
+            self.uncertified += unc
+            self._grads[key] = ops["gradient"]
+        return self._grads[key]
+
+
+def _loss_key(x: np.ndarray, loss: LossInputs) -> list:
+    weight = loss.weight if loss.weight is not None else "no-weight"
+    return [x, np.asarray(loss.target), weight,
+            f"{loss.target_kind}/{float(loss.label_smoothing)!r}/{loss.ignore_index}/{loss.reduction}"]
+
+
+def _loss_ops(x: np.ndarray, loss: LossInputs, fmt: Format) -> tuple[dict[str, OpReference], int]:
+    ref = loss_reference(x, loss, fmt)
+    return {"none": ref.none, "mean": ref.mean, "sum": ref.sum}, ref.uncertified
+
+
+def _record(c: CandidateInfo, op: str, direction: str, unit: _Unit) -> Record:
+    params = unit.loss().parameters() if op == "cross_entropy" else {}
+    return Record(candidate=c.name, target=c.target, op=op, dtype=unit.fmt.name, case=unit.case.name,
+                  family=unit.case.family, verdict=PASS, direction=direction,
+                  case_description=unit.case.description, parameters=params)
+
+
+def _skip_reason(c: CandidateInfo, op: str, direction: str, unit: _Unit) -> str | None:
+    """Why this candidate cannot be audited on this case in this direction, or None."""
+    if direction == "backward" and op not in c.backward:
+        return c.backward_missing.get(op, f"no backward pass for {op}")
+    if op != "cross_entropy":
+        return None
+    loss = unit.loss()
+    if direction == "backward" and loss.out_of_range:
+        return "out-of-range targets have no gradient: audited forward only"
+    fn = op if direction == "forward" or c.backward[op] == "autograd" else f"{op}_backward"
+    accepted = set(c.keywords.get(fn, ()))
+    needed = [k for k in loss.keywords() if k != "reduction"]
+    if loss.reduction == "sum":
+        needed.append("reduction")
+    missing = [k for k in needed if k not in accepted]
+    if missing:
+        return f"{fn} takes no {', '.join(missing)} keyword, which this case needs"
+    if loss.target_kind == "probability" and not c.probability_targets.get(fn, True):
+        return f"{fn} accepts class-index targets only"
+    return None
+
+
+def _audit(executor: Executor, c: CandidateInfo, op: str, direction: str, unit: _Unit, gate: Gate) -> Record:
+    """One record: the call, the reference it is judged against, the verdict."""
+    try:
+        rec = _record(c, op, direction, unit)
+    except NotApplicable as exc:
+        return _skip(c, op, direction, unit.fmt, unit.case, exc.reason)
+    reason = _skip_reason(c, op, direction, unit)
+    if reason is not None:
+        rec.verdict, rec.reasons = SKIP, [reason]
+        return rec
+    x, fmt = unit.x, unit.fmt
+    rows, n = x.shape
+    loss = unit.loss() if op == "cross_entropy" else None
+    dy = y = None
+    if direction == "backward":
+        if loss is not None:
+            loss = dataclasses.replace(loss, reduction=_effective_reduction(c, unit, loss))
+            shape: tuple[int, ...] = (rows,) if loss.reduction == "none" else ()
+        else:
+            shape = (rows,) if op == "logsumexp" else (rows, n)
+            y = unit.refs.ops[op].rounded.astype(fmt.np_dtype)
+        dy = upstream(unit.case, fmt, shape, seed=unit.seed)
+    request = CallRequest(op=op, direction=direction, x=x, fmt_name=fmt.name, loss=loss, dy=dy, y=y)
+    res = executor.call(c, request)
     rec.seconds = res.seconds
     rec.output_dtype = res.output_dtype
-    rec.notes = list(c.notes.get(op, ())) + list(res.notes)
+    key = op if direction == "forward" else f"{op}_backward"
+    rec.notes = list(c.notes.get(key, ())) + list(res.notes)
     rec.input_modified = res.input_modified
-    if res.error is not None or res.output is None:
+    if res.unsupported:
+        rec.verdict, rec.reasons = SKIP, [res.unsupported]
+        return rec
+    label = op if direction == "forward" else f"{op} backward"
+    if loss is not None and loss.out_of_range and direction == "forward" and res.raised:
+        rec.notes.insert(0, f"raised on an out-of-range target, as it should: {res.error}")
+    elif res.error is not None or res.output is None:
         rec.error = res.error or "returned no output"
-        rec.verdict, rec.reasons = FAIL, [f"{op} {rec.error}"]
+        rec.verdict, rec.reasons = FAIL, [f"{label} {rec.error}"]
     else:
-        y = to_float64(res.output)
-        ref = refs.ops[op]
-        j = judge_elements(op, x, y, ref, refs.stats, fmt)
-        rec.metrics = summarize(op, x, y, ref, j, gate.ratio_limit)
-        rec.verdict, rec.reasons = decide(rec.metrics, gate)
+        _judge_output(rec, op, direction, unit, loss, dy, np.asarray(res.output), c, gate)
     if res.input_modified:
         rec.verdict = FAIL
-        rec.reasons.insert(0, f"{op} modified its input")
+        rec.reasons.insert(0, f"{label} modified its input")
     return rec
+
+
+def _effective_reduction(c: CandidateInfo, unit: _Unit, loss: LossInputs) -> str:
+    """The reduction a cross_entropy applies: the case's when it takes the keyword, else what its
+    forward output showed (a scalar is the mean, DESIGN §7)."""
+    fn = "cross_entropy" if c.backward.get("cross_entropy") == "autograd" else "cross_entropy_backward"
+    if "reduction" in c.keywords.get(fn, ()):
+        return loss.reduction
+    return unit.reductions.get(c.name, "none")
+
+
+def _judge_output(rec: Record, op: str, direction: str, unit: _Unit, loss: LossInputs | None,
+                  dy: np.ndarray | None, out: np.ndarray, c: CandidateInfo, gate: Gate) -> None:
+    # Envelopes on rows with infinities are infinite or NaN by design (those elements are
+    # judged by class, not by ulps): no warnings for them.
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        _judge_output_quietly(rec, op, direction, unit, loss, dy, out, c, gate)
+
+
+def _judge_output_quietly(rec: Record, op: str, direction: str, unit: _Unit, loss: LossInputs | None,
+                          dy: np.ndarray | None, out: np.ndarray, c: CandidateInfo, gate: Gate) -> None:
+    x, fmt, refs = unit.x, unit.fmt, unit.refs
+    x64 = x.astype(np.float64)
+    y = to_float64(out)
+    p = _probabilities(refs)
+    absolute = None
+    located_x = x
+    if direction == "forward" and op != "cross_entropy":
+        ref = refs.ops[op]
+    elif direction == "forward":
+        assert loss is not None
+        lref = unit.loss_reference()
+        coef, _total = _coefficients(loss, x.shape)
+        row_abs = cross_entropy_row_absolute(x64, coef, _approx(lref.none), refs.stats.amax, refs.stats.log_s, fmt)
+        if y.ndim == 0:
+            reduction = loss.reduction if "reduction" in c.keywords.get("cross_entropy", ()) else "mean"
+            unit.reductions[c.name] = reduction
+            ref = lref.mean if reduction == "mean" else lref.sum
+            denom = float(mean_denominator(loss, x.shape[0])) if reduction == "mean" else 1.0
+            absolute = np.array([cross_entropy_reduced_absolute(row_abs, _approx(lref.none), denom, fmt)])
+            y = y.reshape(1)
+            located_x = np.nanmax(np.where(np.isnan(x64), -np.inf, x64), keepdims=True).reshape(1, 1)
+            rec.parameters = {**rec.parameters, "reduction": reduction}
+        else:
+            unit.reductions.setdefault(c.name, "none")
+            ref, absolute = lref.none, row_abs
+            if loss.reduction != "none" and "reduction" not in c.keywords.get("cross_entropy", ()):
+                rec.parameters = {**rec.parameters, "reduction": "none"}
+                rec.notes.append("returned per-row losses (it takes no reduction keyword): judged per row")
+    else:
+        assert dy is not None
+        dy64 = dy.astype(np.float64)
+        if op == "cross_entropy":
+            assert loss is not None
+            ref = unit.gradient(op, dy, loss)
+            coef, total = _coefficients(loss, x.shape)
+            g = np.array([float(v) for v in upstream_scale(loss, dy, x.shape[0])])
+            absolute = cross_entropy_backward_absolute(x64, coef, total, g, p, refs.stats.amax, fmt)
+            rec.parameters = {**rec.parameters, "reduction": loss.reduction}
+        else:
+            ref = unit.gradient(op, dy, None)
+            stats = refs.stats
+            if op == "softmax":
+                absolute = softmax_backward_absolute(x64, dy64, p, stats.amax, fmt)
+            elif op == "log_softmax":
+                absolute = log_softmax_backward_absolute(x64, dy64, p, stats.amax, stats.log_s, fmt)
+            else:
+                absolute = logsumexp_backward_absolute(x64, dy64, p, stats.amax, stats.log_s, fmt)
+    j = judge_elements(op, located_x, y, ref, refs.stats, fmt, absolute_envelope=absolute)
+    rec.metrics = summarize(op, located_x, y, ref, j, gate.ratio_limit)
+    rec.verdict, rec.reasons = decide(rec.metrics, gate)
+
+
+def _approx(ref: OpReference) -> np.ndarray:
+    """A reference's exact values as float64 (for envelopes: rounding does not matter there)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        v = np.ldexp(ref.hi, ref.k) + np.ldexp(ref.lo, ref.k)
+    return np.where(np.isfinite(v), v, np.where(np.isinf(ref.rounded), ref.rounded, np.nan))
+
+
+def _probabilities(refs: ReferenceSet) -> np.ndarray:
+    """softmax of every row as float64 (0 on undefined and NaN rows), for the gradient envelopes."""
+    return np.nan_to_num(_approx(refs.ops["softmax"]), nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def _coefficients(loss: LossInputs, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """coef_ic and A_i (reference_loss) as float64, zero on ignored and out-of-range rows."""
+    rows, n = shape
+    coef = np.zeros(shape)
+    for i, rc in enumerate(row_coefficients(loss, n)):
+        if rc.coef is not None:
+            coef[i] = [float(v) for v in rc.coef]
+    return coef, coef.sum(axis=-1)

@@ -1,10 +1,11 @@
 """The worker process that runs candidates: ``python -m softaudit.worker R W MEMORY ROWWISE``.
 
 It reads requests from pipe fd R and answers on pipe fd W (multiprocessing
-Connection framing): ("load", target, probe) and ("call", target, name, op, x,
-format). It ignores Ctrl-C (the CLI decides when to stop), limits its own
-address space, and sends what C code prints to /dev/null so that junk cannot
-garble the report; Python-level prints are captured and reported as notes.
+Connection framing): ("load", target, probe) and ("call", target, name,
+request), the request a candidates.CallRequest. It ignores Ctrl-C (the CLI
+decides when to stop), limits its own address space, and sends what C code
+prints to /dev/null so that junk cannot garble the report; Python-level prints
+are captured and reported as notes.
 """
 
 from __future__ import annotations
@@ -25,10 +26,9 @@ from softaudit.candidates import (
     CandidateError,
     CandidateImportError,
     NoOpsError,
-    call_op,
+    call,
     load_target,
 )
-from softaudit.formats import FORMATS
 from softaudit.isolation import CandidateInfo
 
 
@@ -49,20 +49,21 @@ def _serve(requests: Connection, conn: Connection, rowwise: bool, memory_limit: 
         if message[0] == "load":
             conn.send(_load(message[1], rowwise, message[2], candidates))
         elif message[0] == "call":
-            _, target, name, op, x, fmt_name = message
+            _, target, name, request = message
+            label = request.op if request.direction == "forward" else f"{request.op} backward"
             try:
-                opfn = candidates[(target, name)].ops[op]
                 with _captured_output() as printed:
-                    result = call_op(opfn, x, FORMATS[fmt_name])
-            except Exception as exc:  # noqa: BLE001  (call_op catches the candidate's own errors)
-                conn.send(("error", f"{op}: softaudit's worker failed: {type(exc).__name__}: {exc}"))
+                    result = call(candidates[(target, name)], request)
+            except Exception as exc:  # noqa: BLE001  (call catches the candidate's own errors)
+                conn.send(("error", f"{label}: softaudit's worker failed: {type(exc).__name__}: {exc}"))
                 continue
             if printed.getvalue().strip():
                 result = _with_note(result, _printed_note(printed.getvalue()))
             try:
                 conn.send(("result", result))
             except Exception as exc:  # noqa: BLE001  (an output that cannot be pickled)
-                conn.send(("error", f"{op} returned something softaudit cannot transfer: {type(exc).__name__}: {exc}"))
+                conn.send(("error", f"{label} returned something softaudit cannot transfer: "
+                                    f"{type(exc).__name__}: {exc}"))
 
 
 def _load(target: str, rowwise: bool, probe: bool,

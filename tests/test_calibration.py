@@ -51,7 +51,9 @@ def test_textbook_stable_implementations_pass_with_margin(target):
 
 
 def test_float64_rounded_once_stays_well_under_the_envelope():
-    records = _judged(_audit("builtin:shifted-f64"))
+    # Forward records only: a gradient computed from a y already rounded into the format is not
+    # rounded once.
+    records = [r for r in _judged(_audit("builtin:shifted-f64")) if r.direction == "forward"]
     assert _max([r for r in records if r.dtype != "float64"]) <= 0.51
     # softmax and logsumexp come out correctly rounded in 16-bit formats; log_softmax
     # need not: log(s) in float64 loses s - 1 < 2^-53, which bfloat16 can still show
@@ -61,7 +63,7 @@ def test_float64_rounded_once_stays_well_under_the_envelope():
 
 
 def test_naive_fails_offsets_and_dynamic_range_but_passes_tame_rows():
-    records = _judged(_audit("builtin:naive"))
+    records = [r for r in _judged(_audit("builtin:naive")) if r.direction == "forward"]
     by_case = {}
     for r in records:
         by_case.setdefault(r.family, []).append(r.verdict)
@@ -94,7 +96,7 @@ def test_known_bad_algorithms_fail_the_cases_that_target_them(module, cases, for
 
 def test_torch_float16_overflow_over_65536_zeros_is_a_fail_explained_in_one_sentence():
     records = _audit("builtin:torch", ["long-zeros-65536"], ["float16"])
-    verdicts = {r.op: r for r in records}
+    verdicts = {r.op: r for r in records if r.direction == "forward"}
     assert verdicts["softmax"].verdict == PASS
     for op in ("logsumexp", "log_softmax"):
         rec = verdicts[op]

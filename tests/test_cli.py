@@ -31,7 +31,10 @@ import softaudit
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
-OPS = ("softmax", "log_softmax", "logsumexp")
+ROW_OPS = ("softmax", "log_softmax", "logsumexp")
+"""The ops the examples define."""
+OPS = ROW_OPS + ("cross_entropy",)
+"""The ops the built-ins define."""
 VERDICTS = ("PASS", "WARN", "FAIL", "SKIP")
 
 # Offsets that make the naive (no max shift) algorithm overflow / underflow in
@@ -110,7 +113,7 @@ def tokens(text: str) -> set[str]:
 
 
 FINDING = re.compile(
-    r"(?P<verdict>FAIL|WARN) (?P<cand>\S+) (?P<op>log_softmax|softmax|logsumexp) (?P<dtype>\w+) on (?P<case>\S+?): "
+    r"(?P<verdict>FAIL|WARN) (?P<cand>\S+) (?P<op>log_softmax|softmax|logsumexp|cross_entropy) (?P<dtype>\w+) on (?P<case>\S+?): "
     r".*?row (?P<row>\d+)(?:, col (?P<col>\d+))?: (?:max )?input (?P<input>[^\s,]+), "
     r"exact (?P<exact>[^\s,]+), computed (?P<computed>[^\s,;]+)"
 )
@@ -118,7 +121,7 @@ FINDING = re.compile(
 
 def test_naive_builtin_fails_offsets_and_explains_the_worst_findings(cli, tmp_path):
     out = tmp_path / "naive.json"
-    p = cli("run", "builtin:naive", *case_args(OFFSET_CASES, OFFSET_DTYPES), "--json", out)
+    p = cli("run", "builtin:naive", *case_args(OFFSET_CASES, OFFSET_DTYPES), "--direction", "forward", "--json", out)
     assert p.returncode == 1, p.stderr
     assert "Traceback" not in p.stderr
     text = flat(p.stdout)
@@ -141,7 +144,7 @@ def test_naive_builtin_fails_offsets_and_explains_the_worst_findings(cli, tmp_pa
         assert loc is not None
         assert int(f["row"]) == loc["row"]
         assert (None if f["col"] is None else int(f["col"])) == loc["col"]
-        assert (f["col"] is None) == (f["op"] == "logsumexp")
+        assert (f["col"] is None) == (f["op"] in ("logsumexp", "cross_entropy"))
         assert same_float(f["input"], loc["input"])
         assert same_float(f["computed"], loc["computed"])
         assert Decimal(f["exact"]) == Decimal(loc["exact"])
@@ -155,7 +158,7 @@ def test_shifted_builtin_passes_the_same_offsets(cli, tmp_path):
     p = cli("run", "builtin:shifted", *case_args(OFFSET_CASES, OFFSET_DTYPES), "--json", out)
     assert p.returncode == 0, p.stdout + p.stderr
     doc = load_strict(out)
-    assert len(doc["results"]) == len(OPS) * len(OFFSET_DTYPES) * len(OFFSET_CASES)
+    assert len(doc["results"]) == len(OPS) * 2 * len(OFFSET_DTYPES) * len(OFFSET_CASES)  # forward and backward
     assert [r["id"] for r in doc["results"] if r["verdict"] not in ("PASS", "WARN")] == []
     assert all(r["worst"] is not None and r["max_ulp"] is not None for r in doc["results"])
 
@@ -175,9 +178,9 @@ def test_undecorated_examples(cli, tmp_path, example, exit_code, backend):
     (cand,) = doc["candidates"]
     assert cand["description"]  # the module docstring's first line
     assert {k: v for k, v in cand.items() if k != "description"} == {
-        "name": stem, "target": str(EXAMPLES / example), "ops": sorted(OPS), "backend": [backend]}
+        "name": stem, "target": str(EXAMPLES / example), "ops": sorted(ROW_OPS), "backend": [backend]}
     got = {(r["op"], r["dtype"], r["case"]) for r in doc["results"]}
-    assert got == set(itertools.product(OPS, EXAMPLE_DTYPES, EXAMPLE_CASES))
+    assert got == set(itertools.product(ROW_OPS, EXAMPLE_DTYPES, EXAMPLE_CASES))
     assert all(r["candidate"] == stem for r in doc["results"])
     fails = [r for r in doc["results"] if r["verdict"] == "FAIL"]
     assert bool(fails) == (exit_code == 1), [(r["id"], r["reasons"]) for r in fails]
@@ -206,7 +209,8 @@ def test_cases_dir_adds_a_user_case(cli, tmp_path):
         '[[case]]\nname = "my-big-logits"\nfamily = "mine"\n'
         'description = "two logits near 1000"\nvalues = "explicit"\ndata = [[1000.0, 1001.0]]\n')
     out = tmp_path / "out.json"
-    p = cli("run", "builtin:naive", "--cases-dir", d, "--case", "mine", "--dtype", "float32", "--json", out)
+    p = cli("run", "builtin:naive", "--cases-dir", d, "--case", "mine", "--dtype", "float32", "--direction", "forward",
+            "--json", out)
     assert p.returncode == 1, p.stdout + p.stderr
     doc = load_strict(out)
     assert {(r["case"], r["family"], r["verdict"]) for r in doc["results"]} == {("my-big-logits", "mine", "FAIL")}
@@ -378,8 +382,9 @@ def test_json_report_is_strict_complete_and_reproducible(cli, tmp_path, softaudi
 
     # One record per candidate x op x dtype x case.
     results = doc["results"]
-    combos = [(r["candidate"], r["op"], r["dtype"], r["case"]) for r in results]
-    assert sorted(combos) == sorted(itertools.product(JSON_TARGETS, OPS, JSON_DTYPES, JSON_CASES))
+    combos = [(r["candidate"], r["op"], r["direction"], r["dtype"], r["case"]) for r in results]
+    assert sorted(combos) == sorted(itertools.product(JSON_TARGETS, OPS, ("forward", "backward"), JSON_DTYPES,
+                                                      JSON_CASES))
     n_rows = {"offset-plus-1e3": 4, "seed-softmax-1000-to-5000": 1}
     n_cols = {"offset-plus-1e3": 256, "seed-softmax-1000-to-5000": 5}
     for r in results:
@@ -389,7 +394,10 @@ def test_json_report_is_strict_complete_and_reproducible(cli, tmp_path, softaudi
         assert r["verdict"] in VERDICTS
         assert r["reasons"] or r["verdict"] == "PASS"
         if r["candidate"] == "builtin:naive":
-            assert r["verdict"] == "FAIL", r["id"]
+            # No max shift: every forward op overflows, and so do the gradients it recomputes from x;
+            # softmax's and log_softmax's gradients start from the exact y and are fine.
+            recomputes = r["direction"] == "forward" or r["op"] in ("logsumexp", "cross_entropy")
+            assert (r["verdict"] == "FAIL") == recomputes, r["id"]
         else:
             assert r["verdict"] in ("PASS", "WARN"), (r["id"], r["reasons"])
             assert r["worst"] is not None and isinstance(r["max_ulp"], (int, float)) and r["max_ulp"] >= 0
@@ -398,7 +406,7 @@ def test_json_report_is_strict_complete_and_reproducible(cli, tmp_path, softaudi
                 continue
             assert LOCATION_KEYS <= set(loc)
             assert 0 <= loc["row"] < n_rows[r["case"]]
-            if r["op"] == "logsumexp":
+            if r["op"] in ("logsumexp", "cross_entropy") and r["direction"] == "forward":
                 assert loc["col"] is None
             else:
                 assert 0 <= loc["col"] < n_cols[r["case"]]
@@ -429,7 +437,7 @@ def test_quiet_run_prints_nothing_but_still_writes_json(cli, tmp_path):
     p = cli("run", "builtin:shifted", "--case", "seed-softmax-1000-to-5000", "--dtype", "float64", "-q", "--json", out)
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip() == ""
-    assert load_strict(out)["summary"]["records"] == len(OPS)
+    assert load_strict(out)["summary"]["records"] == len(OPS) * 2  # forward and backward
 
 
 # --------------------------------------------------------------------------
@@ -485,7 +493,7 @@ def test_run_audit_in_process(softaudit_cache_dir):
                         formats=[get_format("float32")])
     result = run_audit(["builtin:shifted"], opts, progress=lambda *a: calls.append(a))
     assert result.exit_code == 0
-    assert len(result.records) == len(OPS) * 2
+    assert len(result.records) == len(OPS) * 2 * 2  # two cases, forward and backward
     assert {r.verdict for r in result.records} <= {"PASS", "WARN"}
     assert {(r.op, r.case) for r in result.records} == set(
         itertools.product(OPS, ["offset-plus-1e3", "seed-softmax-1000-to-5000"]))
@@ -512,14 +520,16 @@ def test_candidates_with_the_same_name_get_distinct_record_ids(cli, tmp_path):
     assert p.returncode == 0, p.stderr
     doc = load_strict(out)
     ids = [r["id"] for r in doc["results"]]
-    assert len(ids) == 9 and len(set(ids)) == 9  # 3 candidates (the repeated built-in counted once) x 3 ops
+    # two files x 3 ops x 2 directions (their backward records are SKIPs: numpy, no *_backward),
+    # and the repeated built-in once: 4 ops x 2 directions
+    assert len(ids) == 20 and len(set(ids)) == 20
     assert {c["name"] for c in doc["candidates"]} == {"impl@a/impl.py", "impl@b/impl.py", "builtin:shifted"}
 
 
 def test_a_record_where_every_element_has_the_wrong_class_reports_no_ulp_figure(cli, tmp_path):
     out = tmp_path / "nan.json"
     p = cli("run", "builtin:naive", "--case", "offset-plus-1e3", "--dtype", "float32", "--op", "softmax",
-            "--json", out, "-q")
+            "--direction", "forward", "--json", out, "-q")
     assert p.returncode == 1
     (rec,) = load_strict(out)["results"]
     assert rec["verdict"] == "FAIL" and rec["class_mismatches"] == rec["elements"]

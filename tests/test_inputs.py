@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import math
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +11,7 @@ import pytest
 
 from softaudit.cases import Case, load_cases
 from softaudit.formats import BFLOAT16, FLOAT16, FLOAT32, FLOAT64, FORMATS, round_float64_array
-from softaudit.inputs import NotApplicable, float64_values, generate
+from softaudit.inputs import LossInputs, NotApplicable, float64_values, generate, loss_inputs, upstream
 
 
 @pytest.fixture(scope="module")
@@ -159,3 +161,250 @@ def test_confident_gap_and_ties_shapes(cases):
     assert np.allclose(top2[:, 1] - top2[:, 0], 88.7, atol=1e-9)
     t = generate(cases["ties-many"], FLOAT32)
     assert ((t == t.max(axis=1, keepdims=True)).sum(axis=1) == 32).all()
+
+
+# --------------------------------------------------------------------------
+# x must not move: hashes of generate() taken before cross-entropy keys existed
+
+X_HASHES = {
+    "offset-plus-1e3": "067d1db96224ab68521b32f70514fe97",
+    "confident-0.999": "f958ab44f736153fb6b10bd6dccf35af",
+    "confident-vocab-32000": "11d46ee475ce5382d28b9d55335b8235",
+    "mask-fully-masked-rows": "8a0bc844535b2a3492ada977f87c0b3b",
+    "seed-uniform-plus-1e5": "a93f15d6210233057fd46ca7cde80a3f",
+    "gap-88.7": "e9692ee7e44e6a1e91c01bcc16495b8c",
+    "ties-many": "3cdf694d5decb5a9bb98f3dbc8414514",
+    "vocab-128256": "5e160888fde66a78381da3672ba212d2",
+    "n1-specials": "7a08db36559827bf96cb30f06a0cae46",
+    "mask-scattered": "274028a0b2aef186e2c7075e230c80b8",
+    "mask-finfo-min-add-causal": "0709ad7e8db096679247400e341508c6",
+}
+"""sha256 (first 32 hex digits) over generate() for seeds 0 and 5 and every format ("NA" when not applicable)."""
+
+
+def _x_hash(case: Case) -> str:
+    h = hashlib.sha256()
+    for seed in (0, 5):
+        for fmt in FORMATS.values():
+            try:
+                h.update(generate(case, fmt, seed=seed).tobytes())
+            except NotApplicable:
+                h.update(b"NA")
+    return h.hexdigest()[:32]
+
+
+@pytest.mark.parametrize("name", sorted(X_HASHES))
+def test_existing_inputs_are_unchanged(cases, name):
+    assert _x_hash(cases[name]) == X_HASHES[name]
+
+
+def test_loss_and_backward_keys_do_not_move_x(tmp_path):
+    body = "rows = 4\nn = 16\nseed = 11\nscale = 2.0\nmask = \"scattered\"\n"
+    plain = _user_case(tmp_path, body, "plain")
+    loaded = _user_case(tmp_path, body + 'target_kind = "probability"\nweight = "random"\nlabel_smoothing = 0.1\n'
+                                         'reduction = "mean"\nupstream = "ones"\n', "loaded")
+    for fmt in FORMATS.values():
+        assert generate(plain, fmt, seed=2).tobytes() == generate(loaded, fmt, seed=2).tobytes()
+
+
+# --------------------------------------------------------------------------
+# Cross-entropy's inputs
+
+
+def _loss(case: Case, fmt=FLOAT32, seed: int = 0) -> LossInputs:
+    return loss_inputs(case, fmt, generate(case, fmt, seed=seed), seed=seed)
+
+
+def test_every_case_has_loss_inputs_and_upstreams(cases):
+    for case in cases.values():
+        for fmt in FORMATS.values():
+            try:
+                x = generate(case, fmt)
+            except NotApplicable:
+                continue
+            loss = loss_inputs(case, fmt, x)
+            if loss.target_kind == "index":
+                assert loss.target.dtype == np.int64 and loss.target.shape == (case.rows,), case.name
+            else:
+                assert loss.target.dtype == fmt.np_dtype and loss.target.shape == (case.rows, case.n), case.name
+            assert loss.reduction == case.param("reduction")
+            if case.param("out_of_range") == "none" and not isinstance(case.param("target"), tuple):
+                assert not loss.out_of_range, case.name
+            for shape in ((case.rows, case.n), (case.rows,), ()):
+                dy = upstream(case, fmt, shape)
+                assert dy.dtype == fmt.np_dtype and dy.shape == shape and np.isfinite(dy.astype(np.float64)).all()
+
+
+def test_default_targets_are_random_classes_for_any_case(cases):
+    case = cases["offset-plus-1e3"]  # written before cross-entropy existed
+    loss = _loss(case)
+    rng = np.random.default_rng(np.random.SeedSequence([0, case.seed, 1]))
+    assert np.array_equal(loss.target, rng.integers(0, case.n, size=case.rows))
+    assert (loss.target_kind, loss.weight, loss.label_smoothing, loss.ignore_index, loss.reduction,
+            loss.out_of_range) == ("index", None, 0.0, None, "none", False)
+    assert loss.keywords() == {"reduction": "none"}  # passed explicitly: torch's default is "mean"
+
+
+def test_loss_inputs_are_deterministic_and_the_same_in_every_format(cases):
+    for name in ("ce-smoothing-0.1-ignore-weights-mean", "offset-plus-1e3", "ce-prob-random", "confident-0.9"):
+        case = cases[name]
+        a, b = _loss(case, FLOAT32, seed=3), _loss(case, FLOAT32, seed=3)
+        assert a.target.tobytes() == b.target.tobytes()
+        assert (a.weight is None) == (b.weight is None)
+        if a.weight is not None:
+            assert a.weight.tobytes() == b.weight.tobytes()
+        ref = _loss(case, FLOAT64, seed=3)
+        for fmt in (FLOAT32, FLOAT16, BFLOAT16):
+            other = _loss(case, fmt, seed=3)
+            if ref.target_kind == "index":
+                assert np.array_equal(other.target, ref.target), (name, fmt.name)
+            else:  # the float64 rows rounded once into the format
+                assert other.target.tobytes() == round_float64_array(ref.target, fmt).tobytes(), (name, fmt.name)
+            if ref.weight is not None:
+                assert other.weight.tobytes() == round_float64_array(ref.weight, fmt).tobytes(), (name, fmt.name)
+    case = cases["offset-plus-1e3"]
+    assert not np.array_equal(_loss(case, seed=3).target, _loss(case, seed=4).target)
+
+
+def test_max_and_min_targets(cases):
+    for name in ("confident-0.999", "ce-confident-vocab-128256"):
+        for fmt in (FLOAT32, BFLOAT16):
+            case = cases[name]
+            x = generate(case, fmt).astype(np.float64)
+            t = loss_inputs(case, fmt, generate(case, fmt)).target
+            assert (x[np.arange(case.rows), t] == x.max(axis=1)).all()
+            assert ((x == x.max(axis=1, keepdims=True)).sum(axis=1) == 1).all()  # one max: no tie to break
+    case = cases["target-below-max-200"]
+    x = generate(case, FLOAT16).astype(np.float64)
+    t = _loss(case, FLOAT16).target
+    assert np.allclose(x.max(axis=1) - x[np.arange(case.rows), t], 200, atol=2)
+
+
+def test_max_target_skips_nan(tmp_path):
+    case = _user_case(tmp_path, 'values = "explicit"\ndata = [[1, "nan", 3, 3, -1], ["nan", "nan", -2, 0, 5]]\n'
+                                'target = "max"\n')
+    assert _loss(case).target.tolist() == [2, 4]
+    low = _user_case(tmp_path, 'values = "explicit"\ndata = [["nan", -4, 3, -4, -1]]\ntarget = "min"\n', "low")
+    assert _loss(low).target.tolist() == [1]
+
+
+def test_explicit_targets_and_ignored_rows(tmp_path):
+    case = _user_case(tmp_path, "rows = 5\nn = 6\ntarget = [0, 5, 3, 7, -100]\nignore_index = -100\n"
+                                "ignored_rows = [1, -3]\n")
+    loss = _loss(case)
+    assert loss.target.tolist() == [0, -100, -100, 7, -100]
+    assert loss.out_of_range  # 7 is outside [0, 6) and is not the ignore_index
+    assert loss.keywords() == {"ignore_index": -100, "reduction": "none"}
+    every = _user_case(tmp_path, "rows = 3\nn = 6\nignore_index = 2\nignored_rows = \"all\"\n", "every")
+    loss = _loss(every)
+    assert loss.target.tolist() == [2, 2, 2] and loss.ignore_index == 2 and not loss.out_of_range
+
+
+def test_out_of_range_targets(cases, tmp_path):
+    high = _loss(cases["ce-target-out-of-range-high"])
+    assert high.out_of_range and high.target[1] == 16 and ((high.target >= 0) & (high.target < 16)).sum() == 3
+    neg = _loss(cases["ce-target-out-of-range-negative"])
+    assert neg.out_of_range and neg.target[2] == -1 and neg.target[0] == -100 and neg.ignore_index == -100
+    assert not _loss(cases["ce-all-ignored-mean"]).out_of_range  # -100 is ignored, not out of range
+    inside = _user_case(tmp_path, "rows = 2\nn = 4\ntarget = [3, 0]\n")
+    assert not _loss(inside).out_of_range
+    edge = _user_case(tmp_path, "rows = 2\nn = 4\ntarget = [4, 0]\n", "edge")
+    assert _loss(edge).out_of_range
+
+
+def test_probability_targets_sum_to_one_and_zeros_are_exact(cases):
+    for fmt in FORMATS.values():
+        q = _loss(cases["ce-prob-random"], fmt).target.astype(np.float64)
+        assert (q > 0).all()
+        assert np.allclose(q.sum(axis=1), 1.0, rtol=0, atol=2 * 2.0**-fmt.p * 8), fmt.name
+        case = cases["ce-prob-masked"]
+        x = generate(case, fmt).astype(np.float64)
+        loss = loss_inputs(case, fmt, generate(case, fmt))
+        q = loss.target.astype(np.float64)
+        assert loss.target.dtype == fmt.np_dtype and loss.target_kind == "probability"
+        assert np.isneginf(x).any(axis=1).all()
+        assert (q[np.isneginf(x)] == 0).all() and (q[~np.isneginf(x)] > 0).all()
+        assert np.allclose(q.sum(axis=1), 1.0, rtol=0, atol=2 * 2.0**-fmt.p * 8), fmt.name
+        hot = _loss(cases["ce-prob-one-hot-masked"], fmt)
+        x = generate(cases["ce-prob-one-hot-masked"], fmt).astype(np.float64)
+        h = hot.target.astype(np.float64)
+        assert ((h == 0) | (h == 1)).all() and (h.sum(axis=1) == 1).all()
+        assert (x[h == 1] == x.max(axis=1)).all()
+
+
+def test_fully_masked_row_gets_zero_probabilities(tmp_path):
+    case = _user_case(tmp_path, 'rows = 3\nn = 8\nmask = "all"\nmask_rows = [1]\ntarget_kind = "probability"\n'
+                                'probability_zeros = "masked"\n')
+    q = _loss(case).target.astype(np.float64)
+    assert (q[1] == 0).all() and np.allclose(q[[0, 2]].sum(axis=1), 1, atol=1e-6)
+
+
+def test_weights_are_positive_finite_and_in_the_format(cases, tmp_path):
+    case = cases["ce-smoothing-0.9-weights-sum"]
+    for fmt in FORMATS.values():
+        w = _loss(case, fmt).weight
+        assert w is not None and w.dtype == fmt.np_dtype and w.shape == (case.n,)
+        w64 = w.astype(np.float64)
+        assert np.isfinite(w64).all() and (w64 >= 0.25).all() and (w64 <= 4).all()
+        assert np.unique(w64).size > case.n // 2  # random, not constant
+    ones = _user_case(tmp_path, 'n = 4\nweight = "ones"\n', "ones")
+    assert _loss(ones, BFLOAT16).weight.astype(np.float64).tolist() == [1.0] * 4
+    given = _user_case(tmp_path, "n = 4\nweight = [0.0, 1e5, 0.1, 2]\n", "given")
+    assert _loss(given, FLOAT32).weight.tolist() == [0.0, 1e5, np.float32(0.1), 2.0]
+    with pytest.raises(NotApplicable, match="class weight 1e5 is beyond float16's range"):
+        _loss(given, FLOAT16)
+
+
+def test_keywords_and_parameters(cases):
+    loss = _loss(cases["ce-smoothing-0.1-ignore-weights-mean"])
+    kw = loss.keywords()
+    assert set(kw) == {"label_smoothing", "ignore_index", "weight", "reduction"}
+    assert kw["label_smoothing"] == 0.1 and kw["ignore_index"] == -100 and kw["reduction"] == "mean"
+    assert kw["weight"] is loss.weight
+    assert loss.parameters() == {"target_kind": "index", "label_smoothing": 0.1, "ignore_index": -100,
+                                 "weight": "given", "reduction": "mean"}
+    prob = _loss(cases["ce-prob-masked-smoothing-0.1"])
+    assert prob.keywords() == {"label_smoothing": 0.1, "reduction": "none"}
+    assert prob.parameters() == {"target_kind": "probability", "label_smoothing": 0.1, "ignore_index": None,
+                                 "weight": "none", "reduction": "none"}
+    plain = _loss(cases["n2-rows"])
+    assert plain.keywords() == {"reduction": "none"} and plain.parameters()["weight"] == "none"
+    import json
+    json.dumps(loss.parameters())
+
+
+def test_loss_inputs_follow_the_case_restrictions(cases):
+    case = cases["long-zeros-65536"]
+    with pytest.raises(NotApplicable, match="restricted to float16, bfloat16"):
+        loss_inputs(case, FLOAT32, np.zeros((1, 65536), dtype=np.float32))
+    with pytest.raises(NotApplicable, match="restricted"):
+        upstream(case, FLOAT32, (1,))
+    with pytest.raises(ValueError, match="shape"):
+        loss_inputs(cases["n2-rows"], FLOAT32, np.zeros((2, 6), dtype=np.float32))
+
+
+# --------------------------------------------------------------------------
+# Upstream gradients
+
+
+def test_upstream_is_normal_rounded_once_and_one_for_a_scalar(cases):
+    case = cases["offset-plus-1e3"]
+    rng = np.random.default_rng(np.random.SeedSequence([0, case.seed, 2]))
+    g64 = rng.standard_normal((4, 256))
+    for fmt in FORMATS.values():
+        dy = upstream(case, fmt, (4, 256))
+        assert dy.tobytes() == round_float64_array(g64, fmt).tobytes()
+        assert upstream(case, fmt, (4, 256)).tobytes() == dy.tobytes()
+        assert upstream(case, fmt, (4, 256), seed=1).tobytes() != dy.tobytes()
+        scalar = upstream(case, fmt, ())
+        assert scalar.shape == () and scalar.dtype == fmt.np_dtype and float(scalar) == 1.0
+    rows = upstream(case, FLOAT32, (4,))
+    assert np.unique(rows).size == 4 and not np.isin(rows, generate(case, FLOAT32)).any()
+
+
+def test_upstream_ones(cases):
+    case = cases["grad-confident-0.999-ones"]
+    for fmt in FORMATS.values():
+        for shape in ((4, 1000), (4,), ()):
+            dy = upstream(case, fmt, shape)
+            assert dy.shape == shape and (dy.astype(np.float64) == 1.0).all()

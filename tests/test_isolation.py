@@ -11,14 +11,22 @@ import time
 import uuid
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
 
+from softaudit.candidates import CallRequest
 from softaudit.formats import FORMATS
+from softaudit.inputs import LossInputs
+from softaudit.isolation import InProcessExecutor, WorkerExecutor
+from softaudit.ops import LOSS_KEYWORDS, OPS
 from softaudit.runner import AuditOptions, run_audit
 
 REPO = Path(__file__).resolve().parents[1]
 FAULTS = REPO / "tests" / "fixtures" / "faults"
 SLOW = REPO / "tests" / "fixtures" / "slow" / "slow.py"
+LOSS_NP = REPO / "tests" / "fixtures" / "loss_np.py"
 
 
 def _env(**extra: str) -> dict:
@@ -63,7 +71,7 @@ def test_every_fault_is_a_fail_record_naming_its_cause(fault_run):
     for r in doc["results"]:
         by_candidate.setdefault(r["candidate"], []).append(r)
     for fixture, (op, cause) in EXPECTED.items():
-        (rec,) = [r for r in by_candidate[fixture] if r["op"] == op]
+        (rec,) = [r for r in by_candidate[fixture] if r["op"] == op and r["direction"] == "forward"]
         assert rec["verdict"] == "FAIL", (fixture, rec)
         assert cause in rec["reasons"][0], (fixture, rec["reasons"])
         assert cause.split(":")[0] in p.stdout  # the terminal report names it too
@@ -73,15 +81,21 @@ def test_every_fault_is_a_fail_record_naming_its_cause(fault_run):
 def test_other_candidates_in_the_same_run_are_judged_normally(fault_run):
     _, doc = fault_run
     shifted = [r for r in doc["results"] if r["candidate"] == "builtin:shifted"]
-    assert sorted(r["op"] for r in shifted) == ["log_softmax", "logsumexp", "softmax"]
+    assert sorted((r["op"], r["direction"]) for r in shifted) == sorted(
+        (op, direction) for op in OPS for direction in ("forward", "backward"))
     assert all(r["verdict"] == "PASS" and r["max_ratio"] <= 1 for r in shifted)
+    # Numpy fixtures without backward functions: their backward records are SKIPs saying why.
+    (skipped,) = [r for r in doc["results"] if r["candidate"] == "segfault" and r["direction"] == "backward"]
+    assert skipped["verdict"] == "SKIP"
+    assert skipped["reasons"] == ["numpy candidate without softmax_backward(y, dy): audited forward only"]
 
 
 def test_tolerated_oddities_are_reported_not_failed(fault_run):
     _, doc = fault_run
-    (lst,) = [r for r in doc["results"] if r["candidate"] == "returns_list"]
+    forward = [r for r in doc["results"] if r["direction"] == "forward"]
+    (lst,) = [r for r in forward if r["candidate"] == "returns_list"]
     assert lst["verdict"] == "PASS" and lst["output_dtype"] == "list"
-    (junk,) = [r for r in doc["results"] if r["candidate"] == "prints_junk"]
+    (junk,) = [r for r in forward if r["candidate"] == "prints_junk"]
     assert junk["verdict"] == "PASS"
     assert any(n.startswith("printed 1 line(s) during the call (first: 'DEBUG shape") for n in junk["notes"])
 
@@ -106,7 +120,7 @@ def test_a_signal_mid_run_keeps_a_valid_partial_json(tmp_path, signum, code):
     assert proc.returncode == code, stderr
     doc = json.loads(out.read_text())
     assert doc["complete"] is False
-    assert 3 <= len(doc["results"]) < 16 * 2  # some, not all, of the 16 offset cases x 2 candidates
+    assert 3 <= len(doc["results"]) < 16 * 2  # some, not all: slow alone has 16 offset cases x 2 directions
     assert doc["summary"]["records"] == len(doc["results"])
     assert f"interrupted by {signal.Signals(signum).name}" in stderr
     assert [f.name for f in tmp_path.iterdir() if f.name.endswith(".tmp")] == []
@@ -130,7 +144,7 @@ def test_directory_targets_skip_helper_modules_and_need_one_candidate(tmp_path):
 def test_without_isolation_the_same_audit_runs_in_process():
     opts = AuditOptions(case_patterns=["offset-plus-1e3"], formats=[FORMATS["float32"]], isolated=False)
     records = run_audit([str(FAULTS / "raises.py"), "builtin:shifted"], opts).records
-    (raised,) = [r for r in records if r.candidate == "raises"]
+    (raised,) = [r for r in records if r.candidate == "raises" and r.direction == "forward"]
     assert raised.verdict == "FAIL" and raised.error.startswith("raised RuntimeError")
 
 
@@ -162,3 +176,90 @@ def _processes_running(text: str) -> list[str]:
         if text in cmdline and state != "Z":
             found.append(cmdline)
     return found
+
+
+# --------------------------------------------------------------------------
+# The executors carry cross-entropy and backward requests
+
+
+def _loss(target: np.ndarray, reduction: str, weight: np.ndarray | None = None, smoothing: float = 0.0) -> LossInputs:
+    return LossInputs(target=target, target_kind="index", weight=weight, label_smoothing=smoothing,
+                      ignore_index=None, reduction=reduction, out_of_range=False)
+
+
+@pytest.mark.parametrize("isolated", [True, False])
+def test_executors_carry_loss_and_backward_requests(isolated):
+    executor = WorkerExecutor(timeout=120) if isolated else InProcessExecutor()
+    try:
+        (torch_info,) = executor.load("builtin:torch")
+        (np_info,) = executor.load(str(LOSS_NP))
+        (plain_info,) = executor.load(str(REPO / "tests" / "fixtures" / "np_plain.py"))
+        assert torch_info.backward == {op: "autograd" for op in OPS} and torch_info.backward_missing == {}
+        assert torch_info.keywords == {"cross_entropy": LOSS_KEYWORDS}
+        assert np_info.backward == {"log_softmax": "function", "logsumexp": "function", "cross_entropy": "function"}
+        assert np_info.keywords == {"cross_entropy": ("weight", "reduction"), "cross_entropy_backward": ("reduction",)}
+        assert np_info.probability_targets["cross_entropy"] is False
+        assert np_info.probability_targets["cross_entropy_backward"] is False
+        assert np_info.probability_targets["logsumexp"] is True
+        assert np_info.notes["cross_entropy_backward"][0].startswith("accepts class-index targets only")
+        assert plain_info.backward == {} and set(plain_info.backward_missing) == {"softmax", "logsumexp"}
+
+        rng = np.random.default_rng(0)
+        x = rng.normal(size=(4, 6)).astype(np.float32)
+        t = rng.integers(0, 6, 4)
+        w = (rng.random(6) + 0.5).astype(np.float32)
+        xt, tt, wt = torch.from_numpy(x), torch.from_numpy(t), torch.from_numpy(w)
+
+        # Forward cross_entropy with keywords, through the worker.
+        res = executor.call(torch_info, CallRequest("cross_entropy", "forward", x, "float32",
+                                                    loss=_loss(t, "none", w, 0.1)))
+        expected = F.cross_entropy(xt, tt, weight=wt, label_smoothing=0.1, reduction="none")
+        assert res.error is None and np.array_equal(res.output, expected.numpy())
+
+        # Backward through autograd: softmax, and a mean-reduced loss with a 0-d dy.
+        dy = rng.normal(size=(4, 6)).astype(np.float32)
+        res = executor.call(torch_info, CallRequest("softmax", "backward", x, "float32", dy=dy))
+        leaf = xt.clone().requires_grad_(True)
+        torch.softmax(leaf, -1).backward(torch.from_numpy(dy))
+        assert res.error is None and not res.raised and np.array_equal(res.output, leaf.grad.numpy())
+        res = executor.call(torch_info, CallRequest("cross_entropy", "backward", x, "float32",
+                                                    loss=_loss(t, "mean", w), dy=np.array(1.5, np.float32)))
+        leaf = xt.clone().requires_grad_(True)
+        F.cross_entropy(leaf, tt, weight=wt).backward(torch.tensor(1.5))
+        assert np.array_equal(res.output, leaf.grad.numpy())
+
+        # An explicit backward function, and a backward that cannot be audited.
+        y = F.log_softmax(xt.double(), -1).float().numpy()
+        res = executor.call(np_info, CallRequest("log_softmax", "backward", x, "float32", dy=dy, y=y))
+        np.testing.assert_allclose(res.output, dy - np.exp(y) * dy.sum(-1, keepdims=True), rtol=1e-6)
+        res = executor.call(plain_info, CallRequest("softmax", "backward", x, "float32", dy=dy, y=y))
+        assert res.unsupported == "numpy candidate without softmax_backward(y, dy): audited forward only"
+    finally:
+        executor.close()
+
+
+def test_a_crash_in_a_backward_function_is_a_failed_call(tmp_path):
+    impl = tmp_path / "crashy.py"
+    impl.write_text(
+        "import os\n"
+        "import numpy as np\n"
+        "def softmax(x):\n"
+        "    e = np.exp(x - x.max(-1, keepdims=True))\n"
+        "    return e / e.sum(-1, keepdims=True)\n"
+        "def softmax_backward(y, dy):\n"
+        "    if y.shape[0] > 2:  # not in the 2-row probe\n"
+        "        os.abort()\n"
+        "    return y * (dy - (y * dy).sum(-1, keepdims=True))\n"
+    )
+    executor = WorkerExecutor(timeout=60)
+    try:
+        (info,) = executor.load(str(impl))
+        assert info.backward == {"softmax": "function"}
+        x = np.zeros((3, 4), np.float32)
+        res = executor.call(info, CallRequest("softmax", "backward", x, "float32", dy=x, y=x + 0.25))
+        assert res.error == "crashed with SIGABRT" and not res.raised and res.output is None
+        assert executor.restarts == 1
+        ok = executor.call(info, CallRequest("softmax", "forward", x, "float32"))
+        assert ok.error is None and np.allclose(ok.output, 0.25)
+    finally:
+        executor.close()

@@ -7,10 +7,15 @@ the target format and the result is, in practice, correctly rounded. The one
 rounding back goes through softaudit's exact rounding: float64 -> bfloat16
 via ml_dtypes would round twice (through float32) and could be off by one ulp
 at halfway points. This is the accuracy a careful implementation can reach.
+
+cross_entropy and the backward functions are builtin:shifted's, computed the
+same way in the wide format (its helpers, with ``_wide`` as the working
+precision) and rounded once.
 """
 
 import numpy as np
 
+from softaudit.builtins import shifted as _shifted
 from softaudit.formats import format_of_dtype, round_float64_array
 
 _WIDE = np.longdouble if np.finfo(np.longdouble).nmant > np.finfo(np.float64).nmant else np.float64
@@ -49,3 +54,32 @@ def logsumexp(x: np.ndarray) -> np.ndarray:
     a = np.where(np.isinf(a), np.zeros_like(a), a)  # masked / +inf rows, as in builtin:shifted
     s = np.sum(np.exp(w - a), axis=-1, keepdims=True)
     return _round_once((a + np.log(s))[..., 0], x.dtype)
+
+
+def cross_entropy(logits: np.ndarray, target: np.ndarray, weight: np.ndarray | None = None,
+                  ignore_index: int = -100, reduction: str = "mean", label_smoothing: float = 0.0) -> np.ndarray:
+    loss = _shifted._cross_entropy(logits, target, weight, ignore_index, reduction, label_smoothing, _wide)
+    return _round_once(loss, logits.dtype)
+
+
+def softmax_backward(y: np.ndarray, dy: np.ndarray) -> np.ndarray:
+    w, g = _wide(y), _wide(dy)
+    return _round_once(w * (g - np.sum(w * g, axis=-1, keepdims=True)), y.dtype)
+
+
+def log_softmax_backward(y: np.ndarray, dy: np.ndarray) -> np.ndarray:
+    w, g = _wide(y), _wide(dy)
+    return _round_once(g - np.exp(w) * np.sum(g, axis=-1, keepdims=True), y.dtype)
+
+
+def logsumexp_backward(x: np.ndarray, y: np.ndarray, dy: np.ndarray) -> np.ndarray:
+    # dy * softmax(x), as builtin:shifted: the rounded y would cost up to exp(ulp(y) / 2).
+    return _round_once(_wide(dy)[:, None] * _shifted._softmax(_wide(x)), x.dtype)
+
+
+def cross_entropy_backward(logits: np.ndarray, target: np.ndarray, dloss: np.ndarray,
+                           weight: np.ndarray | None = None, ignore_index: int = -100, reduction: str = "mean",
+                           label_smoothing: float = 0.0) -> np.ndarray:
+    grad = _shifted._cross_entropy_backward(logits, target, dloss, weight, ignore_index, reduction,
+                                            label_smoothing, _wide)
+    return _round_once(grad, logits.dtype)

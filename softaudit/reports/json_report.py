@@ -42,7 +42,7 @@ def record_dict(r: Record) -> dict:
         "dtype": r.dtype, "case": r.case, "family": r.family, "case_description": r.case_description,
         "verdict": r.verdict, "reasons": r.reasons,
         "error": r.error, "input_modified": r.input_modified, "output_dtype": r.output_dtype,
-        "notes": r.notes, "seconds": r.seconds,
+        "notes": r.notes, "seconds": r.seconds, "parameters": r.parameters,
     }
     m = r.metrics
     if m is not None:

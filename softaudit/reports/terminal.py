@@ -10,6 +10,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from softaudit.formats import FORMATS
+from softaudit.ops import DIRECTIONS, OPS
 from softaudit.records import Record
 from softaudit.runner import AuditResult
 from softaudit.verdicts import FAIL, PASS, SEVERITY, SKIP, WARN
@@ -23,6 +25,7 @@ class Row:
 
     candidate: str
     op: str
+    direction: str
     dtype: str
     verdict: str
     worst_case: str
@@ -35,12 +38,16 @@ class Row:
 
 
 def summary_rows(records: list[Record]) -> list[Row]:
-    """Group records by candidate/op/format and keep each group's worst figures."""
-    groups: dict[tuple[str, str, str], list[Record]] = defaultdict(list)
+    """Group records by candidate/op/direction/format and keep each group's worst figures."""
+    groups: dict[tuple[str, str, str, str], list[Record]] = defaultdict(list)
     for r in records:
-        groups[(r.candidate, r.op, r.dtype)].append(r)
+        groups[(r.candidate, r.op, r.direction, r.dtype)].append(r)
     rows = []
-    for (cand, op, dtype), recs in groups.items():
+    order = {name: i for i, name in enumerate((*OPS, *DIRECTIONS, *FORMATS))}
+    first_seen = {cand: i for i, cand in enumerate(dict.fromkeys(k[0] for k in groups))}
+    keys = sorted(groups, key=lambda k: (first_seen[k[0]], order.get(k[1], 99), order.get(k[2], 99), order.get(k[3], 99)))
+    for cand, op, direction, dtype in keys:
+        recs = groups[(cand, op, direction, dtype)]
         judged = [r for r in recs if r.verdict != SKIP]
         verdict = max((r.verdict for r in recs), key=SEVERITY.__getitem__)
         worst = max(judged, key=_badness, default=None)
@@ -50,29 +57,38 @@ def summary_rows(records: list[Record]) -> list[Row]:
         wrong = sum(r.metrics.class_mismatches for r in with_m)  # type: ignore[union-attr]
         t = {v: sum(1 for r in recs if r.verdict == v) for v in (PASS, WARN, FAIL, SKIP)}
         tally = f"{t[PASS]}/{t[WARN]}/{t[FAIL]}/{t[SKIP]}"
-        rows.append(Row(cand, op, dtype, verdict, worst.case if worst and worst.verdict != PASS else "-",
+        rows.append(Row(cand, op, direction, dtype, verdict, worst.case if worst and worst.verdict != PASS else "-",
                         max_ulp, max_ratio, str(wrong), tally, worst))
     return rows
 
 
 def _table(candidate: str, rows: list[Row]) -> Table:
-    """One candidate's summary: a line per op x format."""
+    """One candidate's summary: a line per op x direction x format ("softmax bwd": its gradient)."""
     table = Table(title=f"softaudit: {candidate}", title_justify="left", header_style="bold",
                   box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
-    for col in ("op", "dtype", "verdict", "worst case", "max ulp", "max ratio", "bad class", "P/W/F/S"):
+    # Everything but the case name keeps its width; the case name wraps, so the table
+    # stays readable in an 80-column terminal or CI log.
+    widths = {"op": 17, "dtype": 8, "verdict": 7, "max ulp": 7, "ratio": 7, "bad": 3, "P/W/F/S": 7}
+    for col in ("op", "dtype", "verdict", "worst case", "max ulp", "ratio", "bad", "P/W/F/S"):
         left = col in ("op", "dtype", "verdict", "worst case")
-        table.add_column(col, justify="left" if left else "right", no_wrap=True,
-                         overflow="fold" if col == "worst case" else "ellipsis",
-                         min_width={"op": 11, "dtype": 8, "verdict": 7}.get(col))
+        table.add_column(col, justify="left" if left else "right", no_wrap=col != "worst case",
+                         overflow="fold", min_width=widths.get(col, 8))
     for r in rows:
-        table.add_row(r.op, r.dtype, Text(r.verdict, style=STYLES[r.verdict]), r.worst_case,
+        table.add_row(r.op if r.direction == "forward" else f"{r.op} bwd", r.dtype, Text(r.verdict, style=STYLES[r.verdict]), r.worst_case,
                       _short(r.max_ulp), _short(r.max_ratio), r.nan_inf, r.tally)
     return table
 
 
 def _short(v: float | None) -> str:
-    """Three significant digits: the table is for scanning; the JSON keeps full values."""
-    return "-" if v is None else f"{v:.3g}"
+    """Three significant digits, exponents written short (1.6e3): the table is for scanning;
+    the JSON keeps full values."""
+    if v is None:
+        return "-"
+    text = f"{v:.3g}"
+    if "e" in text:
+        mantissa, exponent = text.split("e")
+        text = f"{mantissa}e{int(exponent)}"
+    return text
 
 
 def _badness(r: Record) -> tuple:
@@ -94,7 +110,7 @@ def render(result: AuditResult, console: Console, max_findings: int = 10) -> Non
         console.print(Text("Worst findings", style="bold"))
         for rec in findings[:max_findings]:
             head = Text(f"{rec.verdict} ", style=STYLES[rec.verdict])
-            head.append(f"{rec.candidate} {rec.op} {rec.dtype} on {rec.case}: ", style="bold")
+            head.append(f"{rec.candidate} {rec.op}{' backward' if rec.direction == 'backward' else ''} {rec.dtype} on {rec.case}: ", style="bold")
             head.append(rec.reasons[0] if rec.reasons else "")
             console.print(head)
             if rec.case_description:

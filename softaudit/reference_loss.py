@@ -1,0 +1,336 @@
+"""Exact references of cross-entropy and of its gradient with respect to the logits.
+
+Semantics are those of ``torch.nn.functional.cross_entropy`` (docs/cross-entropy.md).
+With l = log_softmax(logits), p = softmax(logits), C classes, eps the label
+smoothing and w the class weights (ones when absent), every row's loss is a
+weighted sum of the non-negative terms -l_c = L - d_c (L = log sum exp(d),
+d_c = x_c - max):
+
+    loss_i = sum_c coef_ic (L - d_ic)
+    coef_ic = (1 - eps) w_t [c = t_i] + (eps / C) w_c      class-index target t_i
+    coef_ic = w_c ((1 - eps) q_ic + eps / C)                 probability target q_i
+
+and its gradient is G_ic = g_i (A_i p_ic - coef_ic) with A_i = sum_c coef_ic and
+g_i the upstream gradient of row i (reduction none), the upstream scalar (sum),
+or the upstream scalar over the mean's denominator (mean). Ignored rows
+(target == ignore_index) contribute 0 and get gradient 0.
+
+Because the loss is a sum of non-negative terms it is computed without
+cancellation; zero losses are recognised exactly (a row with one finite logit
+has L = 0). Gradient zeros are found as in reference_backward (exps of
+distinct rationals are linearly independent), in exact rational arithmetic.
+Special rows follow DESIGN §5: NaN logits give NaN; a fully masked row or one
+holding +inf is undefined; a -inf logit with a positive coefficient gives +inf
+(the gradient keeps its closed form there). A target outside [0, C) that is not
+the ignore_index has no defined loss: the reference expects NaN (a raise is
+accepted by the runner).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from softaudit.formats import Format, exact_sum
+from softaudit.reference import (
+    Certifier,
+    Entry,
+    OpReference,
+    _ctx,
+    _MAX_PREC,
+    base_precision,
+    certified_rows,
+    op_reference,
+    row_terms,
+)
+
+if TYPE_CHECKING:
+    from softaudit.inputs import LossInputs
+
+_SAFETY = 2.0
+"""Every error bound below is doubled: they are sums of first-order terms."""
+
+
+@dataclass
+class LossReference:
+    """Cross-entropy references for one case: per row, and both reductions."""
+
+    none: OpReference
+    """Per-row losses, shape (rows,)."""
+    mean: OpReference
+    """Shape (1,); undefined when every row is ignored (0 / 0)."""
+    sum: OpReference
+    """Shape (1,)."""
+    uncertified: int
+
+
+# --------------------------------------------------------------------------
+# Coefficients
+
+
+@dataclass
+class RowCoefficients:
+    """coef_c of one row as exact Fractions (None when the row is ignored)."""
+
+    ignored: bool
+    out_of_range: bool
+    coef: list[Fraction] | None
+    total: Fraction
+
+
+def _fraction_vector(values: np.ndarray | None, n: int) -> list[Fraction]:
+    if values is None:
+        return [Fraction(1)] * n
+    return [Fraction(float(v)) for v in np.asarray(values, dtype=np.float64)]
+
+
+def row_coefficients(loss: "LossInputs", n: int) -> list[RowCoefficients]:
+    """The exact coefficients coef_ic of every row (see the module docstring)."""
+    eps = Fraction(float(loss.label_smoothing))
+    weights = _fraction_vector(loss.weight, n)
+    w_total = sum(weights, Fraction(0))
+    smooth = [eps / n * w for w in weights]
+    out: list[RowCoefficients] = []
+    if loss.target_kind == "probability":
+        q = np.asarray(loss.target, dtype=np.float64)
+        for i in range(q.shape[0]):
+            coef = [w * ((1 - eps) * Fraction(float(qc)) + eps / n) for w, qc in zip(weights, q[i])]
+            out.append(RowCoefficients(False, False, coef, sum(coef, Fraction(0))))
+        return out
+    for t in np.asarray(loss.target).tolist():
+        if loss.ignore_index is not None and t == loss.ignore_index:
+            out.append(RowCoefficients(True, False, None, Fraction(0)))
+        elif not 0 <= t < n:
+            out.append(RowCoefficients(False, True, None, Fraction(0)))
+        else:
+            coef = list(smooth)
+            coef[t] += (1 - eps) * weights[t]
+            out.append(RowCoefficients(False, False, coef, (1 - eps) * weights[t] + eps / n * w_total))
+    return out
+
+
+def mean_denominator(loss: "LossInputs", rows: int) -> Fraction:
+    """The mean's denominator: sum of w[t_i] over non-ignored rows (index targets), or rows."""
+    if loss.target_kind == "probability":
+        return Fraction(rows)
+    n = None if loss.weight is None else np.asarray(loss.weight, dtype=np.float64)
+    total = Fraction(0)
+    for t in np.asarray(loss.target).tolist():
+        if loss.ignore_index is not None and t == loss.ignore_index:
+            continue
+        if n is None:
+            total += 1
+        elif 0 <= t < n.size:
+            total += Fraction(float(n[t]))
+    return total
+
+
+def _mpf_of(fr: Fraction):
+    if fr.denominator == 1:
+        return _ctx.mpf(fr.numerator)
+    return _ctx.mpf(fr.numerator) / fr.denominator
+
+
+# --------------------------------------------------------------------------
+# Forward
+
+
+@dataclass
+class _RowLoss:
+    kind: str
+    """"finite", "zero", "nan", "+inf", "undefined"."""
+    value: object = None
+    err: float = 0.0
+
+
+def _row_loss(x: np.ndarray, rc: RowCoefficients, fmt: Format, prec: int) -> _RowLoss:
+    """The exact loss of one row at precision ``prec`` with its error bound."""
+    if rc.ignored:
+        return _RowLoss("zero")
+    if rc.out_of_range or np.isnan(x).any():
+        return _RowLoss("nan")
+    if (x == np.inf).any() or (x == -np.inf).all():
+        return _RowLoss("undefined")
+    assert rc.coef is not None
+    masked = x == -np.inf
+    if any(c > 0 for c, m in zip(rc.coef, masked.tolist()) if m):
+        return _RowLoss("+inf")
+    if rc.total == 0 or np.count_nonzero(~masked) == 1:
+        return _RowLoss("zero")  # no weight at all, or L = 0 with d = 0 at the one finite logit
+    rt = row_terms(x, fmt, prec)
+    eps = rt.eps
+    # sum_c coef_c (L - d_c) = A_f L + sum_u CS_u (-d_u), every term >= 0.
+    coef_f = [c for c, m in zip(rc.coef, masked.tolist()) if not m]
+    order = np.argsort(rt.inverse, kind="stable")
+    bounds = np.cumsum(rt.counts)[:-1]
+    group_sums = [sum((coef_f[k] for k in part.tolist()), Fraction(0)) for part in np.split(order, bounds)]
+    a_f = sum(group_sums, Fraction(0))
+    terms = [_mpf_of(cs) * (-du) for cs, du in zip(group_sums, rt.d) if cs != 0 and du != 0]
+    spread = _ctx.fsum(terms)
+    value = _mpf_of(a_f) * rt.big_l + spread
+    err = _SAFETY * (float(a_f) * (rt.err_l + 2 * eps * rt.big_l_f) + float(spread) * (len(terms) + 4) * eps
+                     + 2 * eps * float(value))
+    return _RowLoss("finite", value, err)
+
+
+def loss_reference(x: np.ndarray, loss: "LossInputs", fmt: Format) -> LossReference:
+    """Certified per-row, mean and sum references of cross-entropy for logits ``x``."""
+    xs = np.asarray(x).astype(np.float64)
+    rows, n = xs.shape
+    coefs = row_coefficients(loss, n)
+    denom = mean_denominator(loss, rows)
+    prec = base_precision(fmt, n)
+    while True:
+        cert = Certifier(fmt)
+        row_losses = [_row_loss(xs[i], coefs[i], fmt, prec) for i in range(rows)]
+        per_row = [_entry(r, cert) for r in row_losses]
+        total = _reduce(row_losses, Fraction(1), cert, rows, prec)
+        mean = _reduce(row_losses, denom, cert, rows, prec) if denom != 0 else None
+        if cert.certified or prec >= _MAX_PREC:
+            break
+        prec *= 2
+    uncertified = 0 if cert.certified else rows + 2
+    return LossReference(
+        none=op_reference("cross_entropy", [[e] if e is not None else None for e in per_row], (rows,)),
+        mean=op_reference("cross_entropy", [mean], (1,)),
+        sum=op_reference("cross_entropy", [total], (1,)),
+        uncertified=uncertified,
+    )
+
+
+def _entry(r: _RowLoss, cert: Certifier) -> Entry | None:
+    if r.kind == "undefined":
+        return None
+    if r.kind == "zero":
+        return cert.zero_entry
+    if r.kind == "nan":
+        return cert.special(math.nan)
+    if r.kind == "+inf":
+        return cert.special(math.inf)
+    return cert.put(r.value, r.err)
+
+
+def _reduce(row_losses: list[_RowLoss], denom: Fraction, cert: Certifier, rows: int,
+            prec: int) -> list[Entry] | None:
+    """The sum of the rows' losses over ``denom``: one entry, or None when undefined."""
+    kinds = {r.kind for r in row_losses}
+    if "nan" in kinds:
+        return [cert.special(math.nan)]
+    if "undefined" in kinds:
+        return None
+    if "+inf" in kinds:
+        return [cert.special(math.inf)]
+    finite = [r for r in row_losses if r.kind == "finite"]
+    if not finite:
+        return [cert.zero_entry]
+    _ctx.prec = prec
+    eps = math.ldexp(1.0, 2 - prec)
+    total = _ctx.fsum(r.value for r in finite)
+    err = sum(r.err for r in finite) + (rows + 2) * eps * float(total)
+    value = total / _mpf_of(denom) if denom != 1 else total
+    err = _SAFETY * (err / float(denom) + 2 * eps * float(value))
+    return [cert.put(value, err)]
+
+
+# --------------------------------------------------------------------------
+# Gradient
+
+
+def upstream_scale(loss: "LossInputs", dy: np.ndarray, rows: int) -> list[Fraction]:
+    """g_i for every row: the upstream gradient as the reduction distributes it."""
+    dys = np.asarray(dy, dtype=np.float64)
+    if loss.reduction == "none":
+        return [Fraction(float(v)) for v in dys.reshape(rows)]
+    g = Fraction(float(dys.reshape(())))
+    if loss.reduction == "mean":
+        denom = mean_denominator(loss, rows)
+        return [g / denom if denom != 0 else Fraction(0)] * rows
+    return [g] * rows
+
+
+def _gradient_row(x: np.ndarray, rc: RowCoefficients, g: Fraction, fmt: Format,
+                  prec: int) -> tuple[list[Entry] | None, bool]:
+    cert = Certifier(fmt)
+    n = x.size
+    special = np.isnan(x).any() or (x == np.inf).any() or (x == -np.inf).all()
+    if rc.ignored:
+        return (None, True) if special else ([cert.zero_entry] * n, True)
+    if np.isnan(x).any() and not rc.out_of_range:
+        return [cert.special(math.nan)] * n, True
+    if special or rc.out_of_range:
+        return None, True  # undefined: fully masked, +inf, or a target with no defined loss
+    assert rc.coef is not None
+    if g == 0 or (rc.total == 0):
+        return [cert.zero_entry] * n, True
+    masked = x == -np.inf
+    finite_idx = np.flatnonzero(~masked)
+    g_f = float(g)
+    a_f = float(rc.total)
+    rt = row_terms(x, fmt, prec, cut_margin=math.log(abs(g_f) * a_f * 4 + 4))
+    eps = rt.eps
+    g_m = _mpf_of(g)
+    a_m = _mpf_of(rc.total)
+    rel_a = 2 * eps
+    out: list[Entry] = [cert.zero_entry] * n
+    for j in np.flatnonzero(masked).tolist():  # p_j = 0: G = -g coef_j exactly
+        if rc.coef[j] != 0:
+            out[j] = _exact(-g * rc.coef[j], cert)
+    if rt.uniq.size == 1:  # every finite logit equal: p = 1/k exactly, G is rational
+        k = rt.k_ties
+        cache: dict[Fraction, Entry] = {}
+        for j in finite_idx.tolist():
+            cj = rc.coef[j]
+            if cj not in cache:
+                cache[cj] = _exact(g * (rc.total / k - cj), cert)
+            out[j] = cache[cj]
+        return out, True
+    tail_p = math.exp(rt.d_cut)
+    for j, u in zip(finite_idx.tolist(), rt.inverse.tolist()):
+        cj = rc.coef[j]
+        ei = rt.e[u]
+        if ei is None:
+            if cj == 0:
+                continue  # |G| <= |g| A p_j: far below the smallest subnormal
+            v = -g_m * _mpf_of(cj)
+            out[j] = cert.put(v, _SAFETY * (abs(g_f) * a_f * tail_p + 3 * eps * abs(float(v))))
+            continue
+        p = ei / rt.s
+        ap = a_m * p
+        c_m = _mpf_of(cj)
+        h = ap - c_m
+        v = g_m * h
+        err_h = float(ap) * (rel_a + rt.rel_p + 2 * eps) + float(cj) * 2 * eps + eps * abs(float(h))
+        out[j] = cert.put(v, _SAFETY * (abs(g_f) * err_h * (1 + 2 * eps) + 3 * eps * abs(float(v))))
+    return out, cert.certified
+
+
+def _exact(v: Fraction, cert: Certifier) -> Entry:
+    """A rational value: one rounding to the working precision, certified like any other."""
+    if v == 0:
+        return cert.zero_entry
+    m = _mpf_of(v)
+    return cert.put(m, 4 * math.ldexp(1.0, 2 - _ctx.prec) * abs(float(m)))
+
+
+def loss_gradient_reference(x: np.ndarray, loss: "LossInputs", dy: np.ndarray,
+                            fmt: Format) -> tuple[OpReference, int]:
+    """Certified gradient of cross-entropy (reduction ``loss.reduction``) w.r.t. the logits, for
+    upstream ``dy`` ((rows,) for reduction none, () otherwise); and the uncertified count."""
+    xs = np.asarray(x).astype(np.float64)
+    rows, n = xs.shape
+    coefs = row_coefficients(loss, n)
+    scale = upstream_scale(loss, dy, rows)
+    if loss.reduction == "mean" and mean_denominator(loss, rows) == 0:
+        per_row: list = [None] * rows  # 0 / 0: every row ignored
+        return op_reference("cross_entropy_backward", per_row, (rows, n)), 0
+    per_row, uncertified = certified_rows(
+        rows, base_precision(fmt, n), lambda i, prec: _gradient_row(xs[i], coefs[i], scale[i], fmt, prec))
+    return op_reference("cross_entropy_backward", per_row, (rows, n)), uncertified
+
+
+__all__ = ["LossReference", "loss_reference", "loss_gradient_reference", "row_coefficients",
+           "mean_denominator", "upstream_scale", "exact_sum"]
