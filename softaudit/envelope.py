@@ -177,11 +177,16 @@ def cross_entropy_reduced_absolute(row_absolute: np.ndarray, loss: np.ndarray, d
 
 
 def cross_entropy_backward_absolute(x: np.ndarray, coef: np.ndarray, total: np.ndarray, g: np.ndarray,
-                                    p: np.ndarray, amax: np.ndarray, fmt: Format) -> np.ndarray:
+                                    p: np.ndarray, amax: np.ndarray, log_s: np.ndarray, fmt: Format) -> np.ndarray:
     """G_c = g (A p_c - coef_c): p's forward error, A's summation, the rounding of the (weighted,
     smoothed) one-hot coef_c (two operations), the subtraction, and the scaling by the upstream."""
     u, n = fmt.u, x.shape[-1]
-    rel_p = _softmax_relative(x, amax, fmt)
+    # p comes either from the softmax or, as autograd does through log_softmax's backward, as
+    # exp(log_softmax): both are textbook, and the second turns l's absolute error relative.
+    a = np.where(np.isfinite(amax), amax, 0.0)[:, None]
+    l_magnitude = np.abs(np.nan_to_num(x - a, neginf=0.0)) + np.abs(np.nan_to_num(log_s, nan=0.0))[:, None]
+    rel_p = np.maximum(_softmax_relative(x, amax, fmt),
+                       log_domain_absolute("log_softmax", x, amax, log_s, fmt) + u * (l_magnitude + 1))
     ap = total[:, None] * p
     h = ap - coef
     big_g = np.abs(g)[:, None]

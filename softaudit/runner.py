@@ -458,7 +458,8 @@ def _judge_output_quietly(rec: Record, op: str, direction: str, unit: _Unit, los
             ref = unit.gradient(op, dy, loss)
             coef, total = _coefficients(loss, x.shape)
             g = np.array([float(v) for v in upstream_scale(loss, dy, x.shape[0])])
-            absolute = cross_entropy_backward_absolute(x64, coef, total, g, p, refs.stats.amax, fmt)
+            absolute = cross_entropy_backward_absolute(x64, coef, total, g, p, refs.stats.amax, refs.stats.log_s,
+                                                       fmt)
             rec.parameters = {**rec.parameters, "reduction": loss.reduction}
         else:
             ref = unit.gradient(op, dy, None)

@@ -26,8 +26,8 @@ SMALL_CASES = [
 ]
 
 
-def _audit(target: str, cases=SMALL_CASES, formats=None) -> list:
-    opts = AuditOptions(case_patterns=cases, formats=[FORMATS[f] for f in formats] if formats else [])
+def _audit(target: str, cases=SMALL_CASES, formats=None, ops=()) -> list:
+    opts = AuditOptions(case_patterns=cases, formats=[FORMATS[f] for f in formats] if formats else [], ops=ops)
     return run_audit([target], opts).records
 
 
@@ -111,6 +111,53 @@ def test_torch_passes_where_it_is_right():
     records = _judged(_audit("builtin:torch"))
     bad = [(r.id, r.reasons[0]) for r in records if r.verdict == FAIL]
     assert not bad
+
+
+# --------------------------------------------------------------------------
+# Cross-entropy and gradients
+
+CE_CASES = ["confident-0.99", "confident-1-minus-2-23", "ce-smoothing-0.1-ignore-none", "ce-smoothing-0.9-ignore-mean",
+            "ce-ignore-padding-mean", "ce-prob-random", "ce-prob-masked", "ce-target-min-wide-spread",
+            "ce-all-ignored-mean", "mask-prefix", "offset-plus-1e4"]
+
+
+@pytest.mark.parametrize("target", ["builtin:shifted", "builtin:shifted-f64"])
+def test_textbook_cross_entropy_and_its_gradient_pass_with_margin(target):
+    records = _judged(_audit(target, CE_CASES, ["float32", "bfloat16"], ops=["cross_entropy"]))
+    assert {r.direction for r in records} == {"forward", "backward"}
+    assert not [(r.id, r.reasons) for r in records if r.verdict != PASS]
+    assert _max(records) <= 1.0
+
+
+def test_label_smoothing_with_a_wrong_uniform_term_fails():
+    records = _judged(_audit(str(CALIBRATION / "smoothing_wrong_uniform.py"), CE_CASES, ["float32"]))
+    verdict = {r.case: r.verdict for r in records}
+    assert verdict["ce-smoothing-0.1-ignore-none"] == FAIL and verdict["ce-smoothing-0.9-ignore-mean"] == FAIL
+    assert verdict["confident-0.99"] == PASS  # no smoothing: the same loss as torch's
+    worst = max(r.metrics.max_ratio for r in records if r.case.startswith("ce-smoothing"))
+    assert worst >= 1000  # wrong, not imprecise
+
+
+def test_a_mean_that_counts_ignored_rows_fails():
+    records = _judged(_audit(str(CALIBRATION / "mean_counts_ignored.py"), CE_CASES, ["float32"]))
+    verdict = {r.case: r for r in records}
+    padded = verdict["ce-ignore-padding-mean"]
+    assert padded.verdict == FAIL and padded.metrics.max_ratio >= 1000
+    assert padded.parameters["reduction"] == "mean" and padded.parameters["ignore_index"] == -100
+    assert verdict["confident-0.99"].verdict == PASS  # per-row losses are right
+
+
+def test_a_gradient_rounded_to_bfloat16_before_the_one_hot_fails_on_confident_rows():
+    cases = ["confident-0.9", "confident-0.99", "confident-0.999", "confident-1-minus-2-23"]
+    # float32 and float64 inputs: in float16 the envelope of a float16 computation (u = 2^-11,
+    # times log2 n + 5) is already as wide as bfloat16's rounding of p.
+    records = _judged(_audit(str(CALIBRATION / "grad_bf16_before_onehot.py"), cases, ["float32", "float64"]))
+    forward = [r for r in records if r.direction == "forward"]
+    backward = [r for r in records if r.direction == "backward"]
+    assert forward and all(r.verdict == PASS for r in forward)
+    assert len(backward) == 8
+    assert all(r.verdict == FAIL and r.metrics.max_ratio >= 10 for r in backward), \
+        [(r.id, r.metrics.max_ratio) for r in backward]
 
 
 # --------------------------------------------------------------------------

@@ -62,20 +62,26 @@ def summary_rows(records: list[Record]) -> list[Row]:
     return rows
 
 
-def _table(candidate: str, rows: list[Row]) -> Table:
-    """One candidate's summary: a line per op x direction x format ("softmax bwd": its gradient)."""
+def _table(candidate: str, rows: list[Row], wide: bool = True) -> Table:
+    """One candidate's summary: a line per op x direction x format ("softmax bwd": its gradient).
+
+    Narrow terminals (and CI logs at 80 columns) get the table without the worst-case
+    column; the findings below it name the cases.
+    """
     table = Table(title=f"softaudit: {candidate}", title_justify="left", header_style="bold",
                   box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
-    # Everything but the case name keeps its width; the case name wraps, so the table
-    # stays readable in an 80-column terminal or CI log.
     widths = {"op": 17, "dtype": 8, "verdict": 7, "max ulp": 7, "ratio": 7, "bad": 3, "P/W/F/S": 7}
-    for col in ("op", "dtype", "verdict", "worst case", "max ulp", "ratio", "bad", "P/W/F/S"):
+    columns = ["op", "dtype", "verdict"] + (["worst case"] if wide else []) + ["max ulp", "ratio", "bad", "P/W/F/S"]
+    for col in columns:
         left = col in ("op", "dtype", "verdict", "worst case")
         table.add_column(col, justify="left" if left else "right", no_wrap=col != "worst case",
                          overflow="fold", min_width=widths.get(col, 8))
     for r in rows:
-        table.add_row(r.op if r.direction == "forward" else f"{r.op} bwd", r.dtype, Text(r.verdict, style=STYLES[r.verdict]), r.worst_case,
-                      _short(r.max_ulp), _short(r.max_ratio), r.nan_inf, r.tally)
+        cells = [r.op if r.direction == "forward" else f"{r.op} bwd", r.dtype,
+                 Text(r.verdict, style=STYLES[r.verdict])]
+        cells += [r.worst_case] if wide else []
+        cells += [_short(r.max_ulp), _short(r.max_ratio), r.nan_inf, r.tally]
+        table.add_row(*cells)
     return table
 
 
@@ -101,7 +107,7 @@ def render(result: AuditResult, console: Console, max_findings: int = 10) -> Non
     """Print the summary table, the worst findings, and the closing tally."""
     rows = summary_rows(result.records)
     for name in dict.fromkeys(r.candidate for r in rows):
-        console.print(_table(name, [r for r in rows if r.candidate == name]))
+        console.print(_table(name, [r for r in rows if r.candidate == name], wide=console.width >= 100))
 
     findings = [r.worst for r in rows if r.worst is not None and r.worst.verdict in (FAIL, WARN)]
     findings.sort(key=_badness, reverse=True)
