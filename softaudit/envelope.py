@@ -145,10 +145,11 @@ def logsumexp_backward_absolute(x: np.ndarray, dy: np.ndarray, p: np.ndarray, am
     with np.errstate(invalid="ignore"):
         diff = np.abs(np.nan_to_num(x - a, neginf=0.0) - np.nan_to_num(log_s, nan=0.0)[:, None])
     g = np.abs(dy)[:, None] * p
+    tiny = np.abs(dy)[:, None] * fmt.smallest_subnormal  # p below the normal range: rounded absolutely
     # Not linearised: y's error enters through exp, and in 16-bit formats at large offsets it is
     # several units (ulp(1e4) = 8 in float16), so exp(x - y) can be off by a factor e^4.
     with np.errstate(over="ignore"):
-        return g * np.expm1(y_abs + u * (diff + 2))
+        return g * np.expm1(y_abs + u * (diff + 2)) + tiny
 
 
 def cross_entropy_row_absolute(x: np.ndarray, coef: np.ndarray, loss: np.ndarray, amax: np.ndarray,
