@@ -212,6 +212,8 @@ def test_full_library_torch_fails_only_where_genuinely_wrong():
 @pytest.mark.slow
 def test_full_library_known_bad_algorithms_fail_by_far():
     naive = _judged(_audit("builtin:naive", cases=("offsets", "dynamic-range", "seed-examples")))
-    assert all(r.verdict == FAIL for r in naive if r.family == "offsets")
+    # Forward, and the gradients it recomputes from x (softmax's and log_softmax's start from y).
+    assert all(r.verdict == FAIL for r in naive if r.family == "offsets"
+               and (r.direction == "forward" or r.op in ("logsumexp", "cross_entropy")))
     acc16 = _judged(_audit(str(CALIBRATION / "accumulate16.py"), cases=("long-rows",), formats=["float16", "bfloat16"]))
     assert sum(r.verdict == FAIL for r in acc16) >= len(acc16) * 3 // 4
