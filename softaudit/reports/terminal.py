@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 
 from rich import box
@@ -75,7 +75,7 @@ def _table(candidate: str, rows: list[Row], wide: bool = True) -> Table:
     for col in columns:
         left = col in ("op", "dtype", "verdict", "worst case")
         table.add_column(col, justify="left" if left else "right", no_wrap=col != "worst case",
-                         overflow="fold", min_width=widths.get(col, 8))
+                         overflow="fold", min_width=widths.get(col, 22 if col == "worst case" else 8))
     for r in rows:
         cells = [r.op if r.direction == "forward" else f"{r.op} bwd", r.dtype,
                  Text(r.verdict, style=STYLES[r.verdict])]
@@ -83,6 +83,21 @@ def _table(candidate: str, rows: list[Row], wide: bool = True) -> Table:
         cells += [_short(r.max_ulp), _short(r.max_ratio), r.nan_inf, r.tally]
         table.add_row(*cells)
     return table
+
+
+def _not_audited(skipped_rows: list[Row], records: list[Record]) -> list[str]:
+    """One line per op and direction that was skipped in every format and case, with the reason
+    (a numpy candidate's missing backward, say), instead of a table line per format."""
+    groups: dict[tuple[str, str], Counter[str]] = defaultdict(Counter)
+    for row in skipped_rows:
+        for r in records:
+            if (r.candidate, r.op, r.direction, r.dtype) == (row.candidate, row.op, row.direction, row.dtype):
+                groups[(r.op, r.direction)][r.reasons[0] if r.reasons else "skipped"] += 1
+    lines = []
+    for (op, direction), reasons in groups.items():
+        label = op if direction == "forward" else f"{op} bwd"
+        lines.append(f"  {label}: not audited ({reasons.most_common(1)[0][0]})")
+    return lines
 
 
 def _short(v: float | None) -> str:
@@ -107,7 +122,12 @@ def render(result: AuditResult, console: Console, max_findings: int = 10) -> Non
     """Print the summary table, the worst findings, and the closing tally."""
     rows = summary_rows(result.records)
     for name in dict.fromkeys(r.candidate for r in rows):
-        console.print(_table(name, [r for r in rows if r.candidate == name], wide=console.width >= 100))
+        mine = [r for r in rows if r.candidate == name]
+        shown = [r for r in mine if r.verdict != SKIP]
+        console.print(_table(name, shown or mine, wide=console.width >= 100))
+        if shown:
+            for line in _not_audited([r for r in mine if r.verdict == SKIP], result.records):
+                console.print(Text(line, style="dim"))
 
     findings = [r.worst for r in rows if r.worst is not None and r.worst.verdict in (FAIL, WARN)]
     findings.sort(key=_badness, reverse=True)
