@@ -399,22 +399,20 @@ class _CaseReader:
                     params=MappingProxyType(params), source=str(self.path))
 
     def ops(self) -> tuple[str, ...]:
-        v = self.table.get("ops", list(OPS))
-        if not isinstance(v, list) or not v:
-            self.fail("ops", f"must be a non-empty list drawn from {', '.join(OPS)}")
-        for op in v:
-            if op not in OPS:
-                self.fail("ops", f"unknown op {op!r} (known: {', '.join(OPS)})")
-        return tuple(op for op in OPS if op in v)
+        return self._subset("ops", OPS, "op")
 
     def directions(self) -> tuple[str, ...]:
-        v = self.table.get("directions", list(DIRECTIONS))
+        return self._subset("directions", DIRECTIONS, "direction")
+
+    def _subset(self, key: str, allowed: tuple[str, ...], what: str) -> tuple[str, ...]:
+        """A non-empty list drawn from ``allowed`` (default: all), in ``allowed``'s order."""
+        v = self.table.get(key, list(allowed))
         if not isinstance(v, list) or not v:
-            self.fail("directions", f"must be a non-empty list drawn from {', '.join(DIRECTIONS)}")
-        for d in v:
-            if d not in DIRECTIONS:
-                self.fail("directions", f"unknown direction {d!r} (known: {', '.join(DIRECTIONS)})")
-        return tuple(d for d in DIRECTIONS if d in v)
+            self.fail(key, f"must be a non-empty list drawn from {', '.join(allowed)}")
+        for item in v:
+            if item not in allowed:
+                self.fail(key, f"unknown {what} {item!r} (known: {', '.join(allowed)})")
+        return tuple(item for item in allowed if item in v)
 
     def formats(self) -> tuple[str, ...]:
         if "formats" not in self.table:
