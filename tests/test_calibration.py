@@ -37,7 +37,8 @@ def _judged(records):
 
 def _max(records, field="max_ratio"):
     """Largest figure over records that have one (a row of NaN in, NaN out has none)."""
-    return max(getattr(r.metrics, field) for r in records if getattr(r.metrics, field) is not None)
+    return max(getattr(r.metrics, field) for r in records
+               if r.metrics is not None and getattr(r.metrics, field) is not None)
 
 
 @pytest.mark.parametrize("target", ["builtin:shifted", "builtin:shifted-f64", "examples/seed_numpy.py"])
@@ -206,7 +207,8 @@ def test_full_library_torch_fails_only_where_genuinely_wrong():
         assert r.dtype in ("float32", "float64") and not r.metrics.class_mismatches, r.id
         assert r.family in ("confident", "shapes", "cross-entropy"), r.id
         assert r.case.startswith(("confident", "vocab", "ce-confident")), r.id
-    assert _max([r for r in records if r.op == "logsumexp" and r.verdict != FAIL]) <= 1.0
+    assert _max([r for r in records if r.op == "logsumexp" and r.direction == "forward"
+                 and r.verdict != FAIL]) <= 1.0
 
 
 @pytest.mark.slow
