@@ -23,6 +23,7 @@ import math
 import os
 import tempfile
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -377,6 +378,13 @@ def reference_rows(x: np.ndarray, fmt: Format) -> ReferenceSet:
 
 Entry = tuple[float, int, float, float]
 """One reference element: (rounded, k, hi, lo), see OpReference."""
+
+
+def mpf_of_fraction(fr: Fraction) -> mpmath.mpf:
+    """A Fraction as an mpf at the current precision (one rounding: relative error <= eps)."""
+    if fr.denominator == 1:
+        return _ctx.mpf(fr.numerator)
+    return _ctx.mpf(fr.numerator) / fr.denominator
 
 
 def base_precision(fmt: Format, n: int) -> int:

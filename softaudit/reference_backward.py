@@ -36,6 +36,7 @@ from softaudit.reference import (
     _ctx,
     base_precision,
     certified_rows,
+    mpf_of_fraction,
     op_reference,
     row_terms,
 )
@@ -53,12 +54,6 @@ def _special_row(x: np.ndarray, fmt: Format) -> tuple[list[Entry] | None, bool] 
     return None
 
 
-def _mpf_of(fr: Fraction):
-    """A Fraction as an mpf at the current precision (one rounding: relative error <= eps)."""
-    if fr.denominator == 1:
-        return _ctx.mpf(fr.numerator)
-    return _ctx.mpf(fr.numerator) / fr.denominator
-
 
 def _group_sums(rt, dy_finite: np.ndarray) -> tuple[list, np.ndarray, list[Fraction]]:
     """Per distinct finite input value u: sum of dy over its entries (mpf), sum of |dy| (float
@@ -68,7 +63,7 @@ def _group_sums(rt, dy_finite: np.ndarray) -> tuple[list, np.ndarray, list[Fract
     parts = np.split(dy_finite[order], bounds)
     exact = [Fraction(float(p[0])) if p.size == 1 else exact_sum(p) for p in parts]
     abs_sum = np.array([float(np.abs(p).sum()) for p in parts]) * (1 + 1e-12)
-    as_mpf = [_mpf_of(fr) for fr in exact]
+    as_mpf = [mpf_of_fraction(fr) for fr in exact]
     return as_mpf, abs_sum, exact
 
 
@@ -131,7 +126,7 @@ def log_softmax_vjp_row(x: np.ndarray, dy: np.ndarray, fmt: Format, prec: int) -
     rt = row_terms(x, fmt, prec, cut_margin=math.log(4 * big))
     cert = Certifier(fmt)
     eps = rt.eps
-    d_m = _mpf_of(d_exact)
+    d_m = mpf_of_fraction(d_exact)
     d_f = float(d_exact)
     single_group = rt.uniq.size == 1  # every finite entry equal: p_i = 1/k exactly
     out: list[Entry] = [cert.zero_entry] * x.size
@@ -148,7 +143,7 @@ def log_softmax_vjp_row(x: np.ndarray, dy: np.ndarray, fmt: Format, prec: int) -
         if single_group:
             exact = Fraction(dyj) - d_exact / rt.k_ties
             if exact != 0:
-                v = _mpf_of(exact)
+                v = mpf_of_fraction(exact)
                 out[j] = cert.put(v, _SAFETY * 2 * eps * abs(float(v)))
             continue
         if dyj == 0 and d_exact == 0:

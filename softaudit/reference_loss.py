@@ -44,6 +44,7 @@ from softaudit.reference import (
     _MAX_PREC,
     base_precision,
     certified_rows,
+    mpf_of_fraction,
     op_reference,
     row_terms,
 )
@@ -129,11 +130,6 @@ def mean_denominator(loss: "LossInputs", rows: int) -> Fraction:
     return total
 
 
-def _mpf_of(fr: Fraction):
-    if fr.denominator == 1:
-        return _ctx.mpf(fr.numerator)
-    return _ctx.mpf(fr.numerator) / fr.denominator
-
 
 # --------------------------------------------------------------------------
 # Forward
@@ -169,9 +165,9 @@ def _row_loss(x: np.ndarray, rc: RowCoefficients, fmt: Format, prec: int) -> _Ro
     bounds = np.cumsum(rt.counts)[:-1]
     group_sums = [sum((coef_f[k] for k in part.tolist()), Fraction(0)) for part in np.split(order, bounds)]
     a_f = sum(group_sums, Fraction(0))
-    terms = [_mpf_of(cs) * (-du) for cs, du in zip(group_sums, rt.d) if cs != 0 and du != 0]
+    terms = [mpf_of_fraction(cs) * (-du) for cs, du in zip(group_sums, rt.d) if cs != 0 and du != 0]
     spread = _ctx.fsum(terms)
-    value = _mpf_of(a_f) * rt.big_l + spread
+    value = mpf_of_fraction(a_f) * rt.big_l + spread
     err = _SAFETY * (float(a_f) * (rt.err_l + 2 * eps * rt.big_l_f) + float(spread) * (len(terms) + 4) * eps
                      + 2 * eps * float(value))
     return _RowLoss("finite", value, err)
@@ -231,7 +227,7 @@ def _reduce(row_losses: list[_RowLoss], denom: Fraction, cert: Certifier, rows: 
     eps = math.ldexp(1.0, 2 - prec)
     total = _ctx.fsum(r.value for r in finite)
     err = sum(r.err for r in finite) + (rows + 2) * eps * float(total)
-    value = total / _mpf_of(denom) if denom != 1 else total
+    value = total / mpf_of_fraction(denom) if denom != 1 else total
     err = _SAFETY * (err / float(denom) + 2 * eps * float(value))
     return [cert.put(value, err)]
 
@@ -272,8 +268,8 @@ def _gradient_row(x: np.ndarray, rc: RowCoefficients, g: Fraction, fmt: Format,
     a_f = float(rc.total)
     rt = row_terms(x, fmt, prec, cut_margin=math.log(abs(g_f) * a_f * 4 + 4))
     eps = rt.eps
-    g_m = _mpf_of(g)
-    a_m = _mpf_of(rc.total)
+    g_m = mpf_of_fraction(g)
+    a_m = mpf_of_fraction(rc.total)
     rel_a = 2 * eps
     out: list[Entry] = [cert.zero_entry] * n
     for j in np.flatnonzero(masked).tolist():  # p_j = 0: G = -g coef_j exactly
@@ -295,12 +291,12 @@ def _gradient_row(x: np.ndarray, rc: RowCoefficients, g: Fraction, fmt: Format,
         if ei is None:
             if cj == 0:
                 continue  # |G| <= |g| A p_j: far below the smallest subnormal
-            v = -g_m * _mpf_of(cj)
+            v = -g_m * mpf_of_fraction(cj)
             out[j] = cert.put(v, _SAFETY * (abs(g_f) * a_f * tail_p + 3 * eps * abs(float(v))))
             continue
         p = ei / rt.s
         ap = a_m * p
-        c_m = _mpf_of(cj)
+        c_m = mpf_of_fraction(cj)
         h = ap - c_m
         v = g_m * h
         err_h = float(ap) * (rel_a + rt.rel_p + 2 * eps) + float(cj) * 2 * eps + eps * abs(float(h))
@@ -312,7 +308,7 @@ def _exact(v: Fraction, cert: Certifier) -> Entry:
     """A rational value: one rounding to the working precision, certified like any other."""
     if v == 0:
         return cert.zero_entry
-    m = _mpf_of(v)
+    m = mpf_of_fraction(v)
     return cert.put(m, 4 * math.ldexp(1.0, 2 - _ctx.prec) * abs(float(m)))
 
 
