@@ -200,6 +200,13 @@ class RowTerms:
     terms: int
 
 
+    def groups(self) -> list[np.ndarray]:
+        """For each distinct finite value (uniq's order), the positions of its entries among the
+        finite entries: the grouping every per-value sum uses."""
+        order = np.argsort(self.inverse, kind="stable")
+        return np.split(order, np.cumsum(self.counts)[:-1])
+
+
 def row_terms(x: np.ndarray, fmt: Format, prec: int, cut_margin: float = 0.0) -> RowTerms:
     """The pieces of row ``x`` (no NaN, no +inf, not all -inf) at precision ``prec``.
 

@@ -58,9 +58,7 @@ def _special_row(x: np.ndarray, fmt: Format) -> tuple[list[Entry] | None, bool] 
 def _group_sums(rt, dy_finite: np.ndarray) -> tuple[list, np.ndarray, list[Fraction]]:
     """Per distinct finite input value u: sum of dy over its entries (mpf), sum of |dy| (float
     upper bound) and the exact sum (Fraction)."""
-    order = np.argsort(rt.inverse, kind="stable")
-    bounds = np.cumsum(rt.counts)[:-1]
-    parts = np.split(dy_finite[order], bounds)
+    parts = [dy_finite[g] for g in rt.groups()]
     exact = [Fraction(float(p[0])) if p.size == 1 else exact_sum(p) for p in parts]
     abs_sum = np.array([float(np.abs(p).sum()) for p in parts]) * (1 + 1e-12)
     as_mpf = [mpf_of_fraction(fr) for fr in exact]

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from softaudit.formats import Format, exact_sum
+from softaudit.formats import Format
 from softaudit.reference import (
     Certifier,
     Entry,
@@ -118,15 +118,15 @@ def mean_denominator(loss: "LossInputs", rows: int) -> Fraction:
     """The mean's denominator: sum of w[t_i] over non-ignored rows (index targets), or rows."""
     if loss.target_kind == "probability":
         return Fraction(rows)
-    n = None if loss.weight is None else np.asarray(loss.weight, dtype=np.float64)
+    weights = None if loss.weight is None else np.asarray(loss.weight, dtype=np.float64)
     total = Fraction(0)
     for t in np.asarray(loss.target).tolist():
         if loss.ignore_index is not None and t == loss.ignore_index:
             continue
-        if n is None:
+        if weights is None:
             total += 1
-        elif 0 <= t < n.size:
-            total += Fraction(float(n[t]))
+        elif 0 <= t < weights.size:
+            total += Fraction(float(weights[t]))
     return total
 
 
@@ -161,9 +161,7 @@ def _row_loss(x: np.ndarray, rc: RowCoefficients, fmt: Format, prec: int) -> _Ro
     eps = rt.eps
     # sum_c coef_c (L - d_c) = A_f L + sum_u CS_u (-d_u), every term >= 0.
     coef_f = [c for c, m in zip(rc.coef, masked.tolist()) if not m]
-    order = np.argsort(rt.inverse, kind="stable")
-    bounds = np.cumsum(rt.counts)[:-1]
-    group_sums = [sum((coef_f[k] for k in part.tolist()), Fraction(0)) for part in np.split(order, bounds)]
+    group_sums = [sum((coef_f[k] for k in part.tolist()), Fraction(0)) for part in rt.groups()]
     a_f = sum(group_sums, Fraction(0))
     terms = [mpf_of_fraction(cs) * (-du) for cs, du in zip(group_sums, rt.d) if cs != 0 and du != 0]
     spread = _ctx.fsum(terms)
@@ -329,4 +327,4 @@ def loss_gradient_reference(x: np.ndarray, loss: "LossInputs", dy: np.ndarray,
 
 
 __all__ = ["LossReference", "loss_reference", "loss_gradient_reference", "row_coefficients",
-           "mean_denominator", "upstream_scale", "exact_sum"]
+           "mean_denominator", "upstream_scale"]

@@ -282,6 +282,8 @@ class _Unit:
     _loss: LossInputs | None = None
     _loss_ref: LossReference | None = None
     _grads: dict = field(default_factory=dict)
+    _coefficients: tuple[np.ndarray, np.ndarray] | None = None
+    _probabilities: np.ndarray | None = None
     reductions: dict = field(default_factory=dict)
     """candidate name -> reduction its cross_entropy applied (from the forward output's shape)."""
 
@@ -289,6 +291,23 @@ class _Unit:
         if self._loss is None:
             self._loss = loss_inputs(self.case, self.fmt, self.x, seed=self.seed)
         return self._loss
+
+    def coefficients(self) -> tuple[np.ndarray, np.ndarray]:
+        """coef_ic and A_i (reference_loss) as float64, zero on ignored and out-of-range rows,
+        for the envelopes: the same for every candidate and reduction."""
+        if self._coefficients is None:
+            coef = np.zeros(self.x.shape)
+            for i, rc in enumerate(row_coefficients(self.loss(), self.x.shape[1])):
+                if rc.coef is not None:
+                    coef[i] = [float(v) for v in rc.coef]
+            self._coefficients = coef, coef.sum(axis=-1)
+        return self._coefficients
+
+    def probabilities(self) -> np.ndarray:
+        """softmax of every row as float64 (0 on undefined and NaN rows), for the gradient envelopes."""
+        if self._probabilities is None:
+            self._probabilities = np.nan_to_num(_approx(self.refs.ops["softmax"]), nan=0.0, posinf=0.0, neginf=0.0)
+        return self._probabilities
 
     def loss_reference(self) -> LossReference:
         if self._loss_ref is None:
@@ -344,7 +363,7 @@ def _skip_reason(c: CandidateInfo, op: str, direction: str, unit: _Unit) -> str 
     loss = unit.loss()
     if direction == "backward" and loss.out_of_range:
         return "out-of-range targets have no gradient: audited forward only"
-    fn = op if direction == "forward" or c.backward[op] == "autograd" else f"{op}_backward"
+    fn = _loss_function(c, direction)
     accepted = set(c.keywords.get(fn, ()))
     needed = [k for k in loss.keywords() if k != "reduction"]
     if loss.reduction == "sum":
@@ -403,11 +422,18 @@ def _audit(executor: Executor, c: CandidateInfo, op: str, direction: str, unit: 
     return rec
 
 
+def _loss_function(c: CandidateInfo, direction: str) -> str:
+    """The function that receives the loss keywords: cross_entropy itself, forward and through
+    autograd, or the explicit cross_entropy_backward."""
+    if direction == "forward" or c.backward.get("cross_entropy") == "autograd":
+        return "cross_entropy"
+    return "cross_entropy_backward"
+
+
 def _effective_reduction(c: CandidateInfo, unit: _Unit, loss: LossInputs) -> str:
     """The reduction a cross_entropy applies: the case's when it takes the keyword, else what its
     forward output showed (a scalar is the mean, DESIGN §7)."""
-    fn = "cross_entropy" if c.backward.get("cross_entropy") == "autograd" else "cross_entropy_backward"
-    if "reduction" in c.keywords.get(fn, ()):
+    if "reduction" in c.keywords.get(_loss_function(c, "backward"), ()):
         return loss.reduction
     return unit.reductions.get(c.name, "none")
 
@@ -425,7 +451,6 @@ def _judge_output_quietly(rec: Record, op: str, direction: str, unit: _Unit, los
     x, fmt, refs = unit.x, unit.fmt, unit.refs
     x64 = x.astype(np.float64)
     y = to_float64(out)
-    p = _probabilities(refs)
     absolute = None
     located_x = x
     if direction == "forward" and op != "cross_entropy":
@@ -433,14 +458,15 @@ def _judge_output_quietly(rec: Record, op: str, direction: str, unit: _Unit, los
     elif direction == "forward":
         assert loss is not None
         lref = unit.loss_reference()
-        coef, _total = _coefficients(loss, x.shape)
-        row_abs = cross_entropy_row_absolute(x64, coef, _approx(lref.none), refs.stats.amax, refs.stats.log_s, fmt)
+        coef, _total = unit.coefficients()
+        row_loss = _approx(lref.none)
+        row_abs = cross_entropy_row_absolute(x64, coef, row_loss, refs.stats.amax, refs.stats.log_s, fmt)
         if y.ndim == 0:
             reduction = loss.reduction if "reduction" in c.keywords.get("cross_entropy", ()) else "mean"
             unit.reductions[c.name] = reduction
             ref = lref.mean if reduction == "mean" else lref.sum
             denom = float(mean_denominator(loss, x.shape[0])) if reduction == "mean" else 1.0
-            absolute = np.array([cross_entropy_reduced_absolute(row_abs, _approx(lref.none), denom, fmt)])
+            absolute = np.array([cross_entropy_reduced_absolute(row_abs, row_loss, denom, fmt)])
             y = y.reshape(1)
             located_x = np.nanmax(np.where(np.isnan(x64), -np.inf, x64), keepdims=True).reshape(1, 1)
             rec.parameters = {**rec.parameters, "reduction": reduction}
@@ -453,10 +479,11 @@ def _judge_output_quietly(rec: Record, op: str, direction: str, unit: _Unit, los
     else:
         assert dy is not None
         dy64 = dy.astype(np.float64)
+        p = unit.probabilities()
         if op == "cross_entropy":
             assert loss is not None
             ref = unit.gradient(op, dy, loss)
-            coef, total = _coefficients(loss, x.shape)
+            coef, total = unit.coefficients()
             g = np.array([float(v) for v in upstream_scale(loss, dy, x.shape[0])])
             absolute = cross_entropy_backward_absolute(x64, coef, total, g, p, refs.stats.amax, refs.stats.log_s,
                                                        fmt)
@@ -480,18 +507,3 @@ def _approx(ref: OpReference) -> np.ndarray:
     with np.errstate(over="ignore", invalid="ignore"):
         v = np.ldexp(ref.hi, ref.k) + np.ldexp(ref.lo, ref.k)
     return np.where(np.isfinite(v), v, np.where(np.isinf(ref.rounded), ref.rounded, np.nan))
-
-
-def _probabilities(refs: ReferenceSet) -> np.ndarray:
-    """softmax of every row as float64 (0 on undefined and NaN rows), for the gradient envelopes."""
-    return np.nan_to_num(_approx(refs.ops["softmax"]), nan=0.0, posinf=0.0, neginf=0.0)
-
-
-def _coefficients(loss: LossInputs, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """coef_ic and A_i (reference_loss) as float64, zero on ignored and out-of-range rows."""
-    rows, n = shape
-    coef = np.zeros(shape)
-    for i, rc in enumerate(row_coefficients(loss, n)):
-        if rc.coef is not None:
-            coef[i] = [float(v) for v in rc.coef]
-    return coef, coef.sum(axis=-1)
