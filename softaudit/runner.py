@@ -240,7 +240,7 @@ def _load_all(executor: Executor, targets: Sequence[str]) -> tuple[list[Candidat
         else:
             candidates.extend(loaded)
     if not candidates and not failures:
-        raise CandidateError(f"no file among {', '.join(targets)} defines softmax, log_softmax or logsumexp")
+        raise CandidateError(f"no file among {', '.join(targets)} defines {', '.join(OPS[:-1])} or {OPS[-1]}")
     return _unique_names(candidates), failures
 
 
