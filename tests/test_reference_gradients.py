@@ -8,6 +8,7 @@ constant rows (exact zeros), label smoothing, weights, ignored rows and probabil
 from __future__ import annotations
 
 import math
+import zlib
 from fractions import Fraction
 from types import SimpleNamespace
 
@@ -15,7 +16,7 @@ import mpmath
 import numpy as np
 import pytest
 
-from softaudit.formats import FORMATS, exact_sum, round_float64_array, round_mpf
+from softaudit.formats import FORMATS, exact_sum, round_float64_array, round_mpf, ulp_exponent
 from softaudit.reference_backward import backward_reference
 from softaudit.reference_loss import loss_gradient_reference, loss_reference
 
@@ -60,8 +61,27 @@ def _inputs(fmt_name: str, kind: str, rng: np.random.Generator) -> np.ndarray:
     return round_float64_array(x, fmt).astype(np.float64)
 
 
+def _snap_to_midpoint(v, fmt):
+    """``v`` moved onto the rounding midpoint it lies within 2^-1400 of, if any.
+
+    The brute force cannot tell an exact tie from a value 2^-1500 away; exact ties are real here,
+    because a constant row's gradient is rational ((dy_i - mean(dy)) / n can be dyadic), and the
+    reference rounds them half-to-even. Genuinely irrational values never come this close.
+    """
+    if not _mp.isfinite(v) or not v:
+        return v
+    ulp = _mp.ldexp(1, ulp_exponent(v, fmt))
+    mid = (_mp.floor(v / ulp) + _mp.mpf(0.5)) * ulp
+    return mid if abs(v - mid) <= abs(v) * _mp.ldexp(1, -1400) else v
+
+
+def _seed(*key: str) -> int:
+    """A seed from the test's parameters that is the same in every process (hash() is salted)."""
+    return zlib.crc32("/".join(key).encode())
+
+
 def _same(want, got: float, fmt) -> bool:
-    w = round_mpf(want, fmt)
+    w = round_mpf(_snap_to_midpoint(want, fmt), fmt)
     return w == got or (math.isnan(w) and math.isnan(got))
 
 
@@ -70,7 +90,7 @@ def _same(want, got: float, fmt) -> bool:
 @pytest.mark.parametrize("op", ["softmax", "log_softmax", "logsumexp"])
 def test_vjp_references_are_correctly_rounded(fmt_name, kind, op):
     fmt = FORMATS[fmt_name]
-    rng = np.random.default_rng(hash((fmt_name, kind, op)) % 2**32)
+    rng = np.random.default_rng(_seed(fmt_name, kind, op))
     x = _inputs(fmt_name, kind, rng)
     shape = (x.shape[0],) if op == "logsumexp" else x.shape
     dy = round_float64_array(rng.normal(size=shape), fmt).astype(np.float64)
@@ -150,7 +170,7 @@ def _brute_loss(x: np.ndarray, loss) -> tuple[list, object, object, list]:
                                      "constant", "masked-target"])
 def test_cross_entropy_references_are_correctly_rounded(fmt_name, variant):
     fmt = FORMATS[fmt_name]
-    rng = np.random.default_rng(abs(hash((fmt_name, variant))) % 2**32)
+    rng = np.random.default_rng(_seed(fmt_name, variant))
     rows, n = 3, int(rng.integers(2, 20))
     x = rng.normal(size=(rows, n)) * 6
     if variant == "constant":
