@@ -130,8 +130,18 @@ class InProcessExecutor:
     def __init__(self, rowwise: bool = False) -> None:
         self.rowwise = rowwise
         self._candidates: dict[tuple[str, str], Candidate] = {}
+        self._preloaded: dict[str, list[Candidate]] = {}
+
+    def add(self, target: str, candidates: list[Candidate]) -> None:
+        """Hold candidates built in this process (the Python API's callables) under ``target``."""
+        self._preloaded[target] = list(candidates)
 
     def load(self, target: str) -> list[CandidateInfo] | LoadFailure:
+        if target in self._preloaded:
+            loaded = self._preloaded[target]
+            for c in loaded:
+                self._candidates[(c.target, c.name)] = c
+            return [CandidateInfo.of(c) for c in loaded]
         try:
             loaded = load_target(target, rowwise=self.rowwise)
         except CandidateImportError as exc:

@@ -36,6 +36,17 @@ class Record:
     parameters: dict = field(default_factory=dict)
     """The case's cross-entropy parameters by name (target_kind, label_smoothing, ignore_index,
     weight, reduction); empty for the other ops."""
+    input_summary: dict = field(default_factory=dict)
+    """The case's input at a glance, for reports that plot error against it: ``rows``, ``n``,
+    ``max`` and ``min`` of the finite values, ``offset`` (largest finite magnitude), ``range``
+    (max - min of the finite values), ``neg_inf`` (count of -inf), ``nan`` (count of NaN)."""
+    excerpt: dict | None = None
+    """The input around the element a finding points at (the worst, else the first class
+    mismatch): ``row``, ``n`` and ``values`` as [col, value] pairs (that column's neighbours
+    and the row's largest entry). None when there is nothing to point at."""
+    speed: dict | None = None
+    """Timing figures when the audit measured speed: ``median_s`` (median seconds of one call) and
+    whatever else the timing harness records; None when speed was not measured."""
 
     @property
     def id(self) -> str:

@@ -159,19 +159,21 @@ def expand_targets(targets: Sequence[str]) -> list[tuple[str, bool]]:
 
 
 def run_audit(targets: Sequence[str], options: AuditOptions | None = None,
-              progress: ProgressFn | None = None) -> AuditResult:
+              progress: ProgressFn | None = None, executor: Executor | None = None) -> AuditResult:
     """Audit every target's ops over the selected cases and formats.
 
     Bad targets raise CandidateError before anything runs. A candidate that
     fails at run time (exception, crash, hang, contract breach), or whose module
     raises while importing, becomes a FAIL record instead. Ctrl-C / SIGTERM
-    (KeyboardInterrupt) end the audit early with ``complete=False``.
+    (KeyboardInterrupt) end the audit early with ``complete=False``. ``executor`` replaces the one
+    the options would make (the Python API passes an in-process one holding its callables).
     """
     options = options or AuditOptions()
     started = time.perf_counter()
     cases, formats = plan(options)
     wanted_ops = [op for op in OPS if not options.ops or op in options.ops]
-    executor = make_executor(options.isolated, options.rowwise, options.timeout, options.memory_limit)
+    if executor is None:
+        executor = make_executor(options.isolated, options.rowwise, options.timeout, options.memory_limit)
     records: list[Record] = []
     candidates: list[CandidateInfo] = []
     uncertified = 0
@@ -286,6 +288,12 @@ class _Unit:
     _probabilities: np.ndarray | None = None
     reductions: dict = field(default_factory=dict)
     """candidate name -> reduction its cross_entropy applied (from the forward output's shape)."""
+    _summary: dict | None = None
+
+    def summary(self) -> dict:
+        if self._summary is None:
+            self._summary = input_summary(self.x)
+        return dict(self._summary)
 
     def loss(self) -> LossInputs:
         if self._loss is None:
@@ -351,7 +359,36 @@ def _record(c: CandidateInfo, op: str, direction: str, unit: _Unit) -> Record:
     params = unit.loss().parameters() if op == "cross_entropy" else {}
     return Record(candidate=c.name, target=c.target, op=op, dtype=unit.fmt.name, case=unit.case.name,
                   family=unit.case.family, verdict=PASS, direction=direction,
-                  case_description=unit.case.description, parameters=params)
+                  case_description=unit.case.description, parameters=params, input_summary=unit.summary())
+
+
+def input_summary(x: np.ndarray) -> dict:
+    """What reports plot error against: the input's offset and dynamic range (finite values only)."""
+    x64 = np.asarray(x, dtype=np.float64)
+    finite = x64[np.isfinite(x64)]
+    out = {"rows": int(x64.shape[0]), "n": int(x64.shape[-1]), "neg_inf": int(np.count_nonzero(x64 == -np.inf)),
+           "nan": int(np.count_nonzero(np.isnan(x64)))}
+    if finite.size:
+        hi, lo = float(finite.max()), float(finite.min())
+        out.update(max=hi, min=lo, offset=float(np.abs(finite).max()), range=hi - lo)
+    else:
+        out.update(max=None, min=None, offset=None, range=None)
+    return out
+
+
+EXCERPT_RADIUS = 3
+"""Neighbours shown on each side of the column a finding points at."""
+
+
+def input_excerpt(x: np.ndarray, row: int, col: int | None) -> dict:
+    """The input row around ``col`` (or its first entries for a per-row result) and its largest entry."""
+    xr = np.asarray(x, dtype=np.float64)[row]
+    n = xr.size
+    centre = col if col is not None else 0
+    cols = set(range(max(0, centre - EXCERPT_RADIUS), min(n, centre + EXCERPT_RADIUS + 1)))
+    if not np.isnan(xr).all():
+        cols.add(int(np.nanargmax(xr)))
+    return {"row": int(row), "n": int(n), "values": [[c, float(xr[c])] for c in sorted(cols)]}
 
 
 def _skip_reason(c: CandidateInfo, op: str, direction: str, unit: _Unit) -> str | None:
@@ -500,6 +537,13 @@ def _judge_output_quietly(rec: Record, op: str, direction: str, unit: _Unit, los
     j = judge_elements(op, located_x, y, ref, refs.stats, fmt, absolute_envelope=absolute)
     rec.metrics = summarize(op, located_x, y, ref, j, gate.ratio_limit)
     rec.verdict, rec.reasons = decide(rec.metrics, gate)
+    at = rec.metrics.worst or rec.metrics.first_mismatch
+    if at is not None:
+        if located_x is x:
+            rec.excerpt = input_excerpt(x, at.row, at.col)
+        else:  # a reduced loss: point at the row holding the largest logit
+            flat = np.where(np.isnan(x64), -np.inf, x64)
+            rec.excerpt = input_excerpt(x, int(np.unravel_index(np.argmax(flat), flat.shape)[0]), None)
 
 
 def _approx(ref: OpReference) -> np.ndarray:

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from softaudit.metrics import Location
 from softaudit.records import Record
+from softaudit.reports.files import write_text
 from softaudit.runner import AuditResult
 
 SCHEMA_VERSION = 1
@@ -43,7 +42,12 @@ def record_dict(r: Record) -> dict:
         "verdict": r.verdict, "reasons": r.reasons,
         "error": r.error, "input_modified": r.input_modified, "output_dtype": r.output_dtype,
         "notes": r.notes, "seconds": r.seconds, "parameters": r.parameters,
+        "input_summary": {k: _num(v) for k, v in r.input_summary.items()},
+        "excerpt": None if r.excerpt is None else
+        {**r.excerpt, "values": [[c, _num(v)] for c, v in r.excerpt["values"]]},
     }
+    if r.speed is not None:
+        out["speed"] = r.speed
     m = r.metrics
     if m is not None:
         out.update({
@@ -88,25 +92,5 @@ def result_dict(result: AuditResult) -> dict:
 
 
 def write_json(path: Path, result: AuditResult) -> None:
-    """Write atomically: a temporary file beside the real target (symlinks followed), then a rename.
-
-    A special file (``/dev/stdout``, a pipe) is written directly. The file gets the
-    usual permissions (0666 less the umask), not a temporary file's 0600.
-    """
-    text = json.dumps(result_dict(result), indent=2, allow_nan=False) + "\n"
-    path = Path(path).resolve()
-    if path.exists() and not path.is_file():
-        with open(path, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        return
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write the results document atomically (reports.files.write_text)."""
+    write_text(path, json.dumps(result_dict(result), indent=2, allow_nan=False) + "\n")

@@ -1,0 +1,190 @@
+"""A results document: what ``softaudit run --json`` wrote, read back for reports, compare and repro.
+
+Reports are built from this form only, so ``softaudit report r.json`` after the fact and
+``softaudit run --html`` in one go give the same file. A malformed file raises ResultsError
+(bad input: one line, exit 2).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from softaudit.metrics import Location, RecordMetrics
+from softaudit.records import Record
+
+SUPPORTED_SCHEMA_VERSIONS = (1,)
+
+
+class ResultsError(ValueError):
+    """The results file cannot be read or is not a softaudit results file."""
+
+
+@dataclass
+class ResultsDocument:
+    """One audit's results with their context (environment, options, candidates, summary)."""
+
+    records: list[Record]
+    environment: dict = field(default_factory=dict)
+    options: dict = field(default_factory=dict)
+    candidates: list[dict] = field(default_factory=list)
+    summary: dict = field(default_factory=dict)
+    complete: bool = True
+    softaudit_version: str | None = None
+    schema_version: int = 1
+    source: str = ""
+    """Where the document came from: the JSON path, or "" for an audit just run."""
+
+    def record(self, record_id: str) -> Record:
+        """The record with this id; ResultsError naming near matches when there is none."""
+        for r in self.records:
+            if r.id == record_id:
+                return r
+        near = [r.id for r in self.records if record_id.split("/")[-1] in r.id][:5]
+        hint = f"; did you mean {', '.join(near)}?" if near else "; ids are candidate/op/direction/dtype/case"
+        raise ResultsError(f"no record {record_id!r} in {self.source or 'the results'}{hint}")
+
+    def counts(self) -> dict[str, int]:
+        out = {"PASS": 0, "WARN": 0, "FAIL": 0, "SKIP": 0}
+        for r in self.records:
+            out[r.verdict] = out.get(r.verdict, 0) + 1
+        return out
+
+
+def _float(v: Any) -> float | None:
+    """JSON's number-or-string form back to a float ("nan", "inf", "-inf" are strings)."""
+    if v is None:
+        return None
+    if isinstance(v, str):
+        if v in ("nan", "inf", "-inf"):
+            return float(v)
+        raise ValueError(f"not a number: {v!r}")
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ValueError(f"not a number: {v!r}")
+    return float(v)
+
+
+def _location(d: dict | None) -> Location | None:
+    if d is None:
+        return None
+    return Location(row=int(d["row"]), col=None if d.get("col") is None else int(d["col"]),
+                    input=_float(d.get("input")), computed=_float(d["computed"]),  # type: ignore[arg-type]
+                    rounded_exact=_float(d["rounded_exact"]), exact=str(d.get("exact", "")),  # type: ignore[arg-type]
+                    err_ulp=_float(d.get("err_ulp")) if d.get("err_ulp") is not None else math.nan,
+                    envelope_ulp=_float(d.get("envelope_ulp")) if d.get("envelope_ulp") is not None else math.nan,
+                    ratio=_float(d.get("ratio")) if d.get("ratio") is not None else math.nan)
+
+
+_METRIC_KEYS = {f.name for f in fields(RecordMetrics)}
+
+
+def record_of_dict(d: dict) -> Record:
+    """A record as ``json_report.record_dict`` wrote it, back as a Record (metrics when present)."""
+    metrics = None
+    if "elements" in d:
+        metrics = RecordMetrics(
+            elements=int(d["elements"]), judged=int(d["judged"]), class_mismatches=int(d["class_mismatches"]),
+            mismatch_kinds=dict(d.get("mismatch_kinds") or {}), first_mismatch=_location(d.get("first_mismatch")),
+            nan_out=int(d.get("nan_out", 0)), inf_out=int(d.get("inf_out", 0)),
+            max_ulp=_float(d.get("max_ulp")), median_ulp=_float(d.get("median_ulp")),
+            p99_ulp=_float(d.get("p99_ulp")), max_bits=_float(d.get("max_bits")),
+            max_ratio=_float(d.get("max_ratio")), worst=_location(d.get("worst")),
+            above_envelope=int(d.get("above_envelope", 0)), above_limit=int(d.get("above_limit", 0)),
+            undefined_rows=dict(d.get("undefined_rows") or {}),
+        )
+    excerpt = d.get("excerpt")
+    if excerpt is not None:
+        excerpt = {**excerpt, "values": [[int(c), _float(v)] for c, v in excerpt["values"]]}
+    summary = {k: (_float(v) if k in ("max", "min", "offset", "range") else v)
+               for k, v in (d.get("input_summary") or {}).items()}
+    rec = Record(
+        candidate=str(d["candidate"]), target=str(d["target"]), op=str(d["op"]), dtype=str(d["dtype"]),
+        case=str(d["case"]), family=str(d["family"]), verdict=str(d["verdict"]),
+        reasons=[str(x) for x in d.get("reasons", [])], direction=str(d.get("direction", "forward")),
+        metrics=metrics, error=d.get("error"), input_modified=bool(d.get("input_modified", False)),
+        output_dtype=str(d.get("output_dtype", "")), notes=[str(x) for x in d.get("notes", [])],
+        seconds=float(d.get("seconds", 0.0)), case_description=str(d.get("case_description", "")),
+        parameters=dict(d.get("parameters") or {}), input_summary=summary, excerpt=excerpt,
+        speed=dict(d["speed"]) if d.get("speed") is not None else None,
+    )
+    return rec
+
+
+def document_of_dict(data: Any, source: str = "") -> ResultsDocument:
+    """Validate and convert a parsed results object; ResultsError says what is wrong."""
+    where = source or "results"
+    if not isinstance(data, dict) or "results" not in data:
+        raise ResultsError(f"{where}: not a softaudit results file (no 'results' list)")
+    version = data.get("schema_version")
+    if version not in SUPPORTED_SCHEMA_VERSIONS:
+        raise ResultsError(f"{where}: schema_version {version!r} is not one this softaudit reads "
+                           f"({', '.join(map(str, SUPPORTED_SCHEMA_VERSIONS))})")
+    if not isinstance(data["results"], list):
+        raise ResultsError(f"{where}: 'results' is not a list")
+    records = []
+    for i, d in enumerate(data["results"]):
+        try:
+            records.append(record_of_dict(d))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            what = f"missing key {exc}" if isinstance(exc, KeyError) else str(exc)
+            raise ResultsError(f"{where}: record {i} is malformed ({what})") from None
+    return ResultsDocument(
+        records=records, environment=dict(data.get("environment") or {}), options=dict(data.get("options") or {}),
+        candidates=list(data.get("candidates") or []), summary=dict(data.get("summary") or {}),
+        complete=bool(data.get("complete", True)), softaudit_version=data.get("softaudit_version"),
+        schema_version=int(version), source=source,
+    )
+
+
+def load_results(path: str | Path) -> ResultsDocument:
+    """Read a results JSON file (``softaudit run --json``)."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ResultsError(f"{p}: no such file") from None
+    except IsADirectoryError:
+        raise ResultsError(f"{p}: is a directory, not a results file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ResultsError(f"{p}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ResultsError(f"{p}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    return document_of_dict(data, str(p))
+
+
+def document_of(result: Any) -> ResultsDocument:
+    """The document of an audit just run (runner.AuditResult), exactly as its JSON would read back."""
+    from softaudit.reports.json_report import result_dict
+
+    data = json.loads(json.dumps(result_dict(result), allow_nan=False))
+    return document_of_dict(data, "")
+
+
+def rerun_command(record: Record, document: ResultsDocument) -> str:
+    """The ``softaudit run`` line that audits just this record again (shell-quoted)."""
+    import shlex
+
+    args = ["softaudit", "run", record.target]
+    if record.op != "import":
+        args += ["--op", record.op, "--direction", record.direction, "--dtype", record.dtype, "--case", record.case]
+    for d in document.options.get("cases_dirs") or []:
+        args += ["--cases-dir", str(d)]
+    seed = document.options.get("seed", document.environment.get("seed", 0))
+    if seed:
+        args += ["--seed", str(seed)]
+    if document.options.get("rowwise"):
+        args.append("--rowwise")
+    return " ".join(shlex.quote(a) for a in args)
+
+
+def repro_command(record: Record, document: ResultsDocument) -> str:
+    """The ``softaudit repro`` line that writes a standalone script for this record (shell-quoted)."""
+    import shlex
+
+    source = document.source or "RESULTS.json"
+    return " ".join(shlex.quote(a) for a in ["softaudit", "repro", source, record.id])
