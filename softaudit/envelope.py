@@ -21,6 +21,19 @@ from softaudit.formats import Format, round_float64_array
 DEFAULT_RATIO_LIMIT = 4.0
 """Gate: FAIL above this stability ratio, WARN between 1 and this (DESIGN §6: "about 4")."""
 
+DEFAULT_RELATIVE_FACTOR = 2.0
+"""Relative rule (--relative-to): a candidate FAILs where its error exceeds this many times the
+baseline's on the same input. 2 is one bit, flash-attention's practice (its tests allow twice the
+error of the PyTorch implementation against a higher-precision reference, plus a small slack).
+Error here is the record's max stability ratio (error / envelope, element by element), not its max
+ulps: a gradient's max ulp error sits on its tiniest, cancelled elements and differs between two
+sound implementations by whole factors (builtin:shifted 587 ulp, torch 284 ulp on offset-plus-1e3
+float32 softmax backward, ratios 0.13 and 0.35)."""
+
+DEFAULT_RELATIVE_SLACK = 0.5
+"""...plus this much stability ratio (half an envelope), so that a baseline that is exact (ratio 0)
+does not make honest rounding a failure."""
+
 ROUNDING_TERMS = 3.0
 """The '+3' of every envelope: exp, the division or log, and the final rounding."""
 

@@ -19,6 +19,8 @@ import softaudit
 from softaudit.candidates import CallRequest, CandidateError, NoOpsError
 from softaudit.cases import OPS, Case, load_cases, select_cases
 from softaudit.envelope import (
+    DEFAULT_RELATIVE_FACTOR,
+    DEFAULT_RELATIVE_SLACK,
     cross_entropy_backward_absolute,
     cross_entropy_reduced_absolute,
     cross_entropy_row_absolute,
@@ -42,7 +44,7 @@ from softaudit.reference_loss import (
     row_coefficients,
     upstream_scale,
 )
-from softaudit.verdicts import FAIL, PASS, SKIP, Gate, decide
+from softaudit.verdicts import FAIL, PASS, SKIP, Gate, apply_relative_rule, decide
 
 ProgressFn = Callable[[int, int, str], None]
 """progress(done, total, what): called as each (format, case) unit starts and at the end."""
@@ -74,6 +76,11 @@ class AuditOptions:
     """Seconds one call may take before it is a FAIL ("timed out") and the worker is restarted."""
     memory_limit: int | None = None
     """Address-space limit of the worker, in bytes; None: half the machine's memory."""
+    relative_to: str | None = None
+    """A target (file or builtin:NAME) every other candidate is also judged against (the relative
+    rule, verdicts.apply_relative_rule); audited alongside, its own FAILs do not set the exit code."""
+    relative_factor: float = DEFAULT_RELATIVE_FACTOR
+    relative_slack: float = DEFAULT_RELATIVE_SLACK
 
 
 @dataclass
@@ -92,11 +99,13 @@ class AuditResult:
     complete: bool = True
     """False when the audit was interrupted (Ctrl-C, SIGTERM): the records are those collected so far."""
     worker_restarts: int = 0
+    baseline: str | None = None
+    """The relative rule's baseline candidate, whose own verdicts do not set the exit code."""
 
     @property
     def exit_code(self) -> int:
-        """0 when nothing FAILed, 1 otherwise."""
-        return 1 if any(r.verdict == FAIL for r in self.records) else 0
+        """0 when nothing FAILed (the baseline's records aside), 1 otherwise."""
+        return 1 if any(r.verdict == FAIL and r.candidate != self.baseline for r in self.records) else 0
 
     def counts(self) -> dict[str, int]:
         out = {"PASS": 0, "WARN": 0, "FAIL": 0, "SKIP": 0}
@@ -179,8 +188,13 @@ def run_audit(targets: Sequence[str], options: AuditOptions | None = None,
     uncertified = 0
     complete = True
     cache = ReferenceCache((options.cache_dir or default_cache_dir()) if options.use_cache else None)
+    baseline = None
+    if options.relative_to is not None and options.relative_to not in targets:
+        targets = [*targets, options.relative_to]
     try:
         candidates, failures = _load_all(executor, targets)
+        if options.relative_to is not None:
+            baseline = _baseline(candidates, failures, options.relative_to)
         records.extend(_load_failure_record(f) for f in failures)
         units = [(fmt, case) for fmt in formats for case in cases]
         if not failures and not any(op in c.ops and case.applies_to(op, fmt.name)
@@ -208,7 +222,7 @@ def run_audit(targets: Sequence[str], options: AuditOptions | None = None,
             unit = _Unit(case, fmt, x, refs, cache, options.seed)
             for c, op in jobs:
                 for direction in directions:
-                    records.append(_audit(executor, c, op, direction, unit, options.gate))
+                    records.append(_audit(executor, c, op, direction, unit, options.gate.for_record(op, fmt.name)))
             uncertified += unit.uncertified
         if progress:
             progress(len(units), len(units), "done")
@@ -219,11 +233,25 @@ def run_audit(targets: Sequence[str], options: AuditOptions | None = None,
         executor.close()
     if complete and records and all(r.verdict == SKIP for r in records):
         raise NothingToAudit(f"nothing to audit: every selected case was skipped ({records[0].reasons[0]})")
+    if baseline is not None:
+        apply_relative_rule(records, baseline, options.relative_factor, options.relative_slack)
     return AuditResult(
         records=records, candidates=candidates, options=options, environment=environment(options.seed),
         seconds=time.perf_counter() - started, cache_hits=cache.hits, cache_misses=cache.misses,
-        uncertified=uncertified, complete=complete, worker_restarts=restarts,
+        uncertified=uncertified, complete=complete, worker_restarts=restarts, baseline=baseline,
     )
+
+
+def _baseline(candidates: list[CandidateInfo], failures: list[LoadFailure], target: str) -> str:
+    """The name of the relative rule's baseline candidate (bad input unless the target gives one)."""
+    if any(f.target == target for f in failures):
+        raise CandidateError(f"--relative-to {target}: the baseline failed to import, so nothing can be "
+                             f"judged against it")
+    names = [c.name for c in candidates if c.target == target]
+    if len(names) != 1:
+        raise CandidateError(f"--relative-to {target}: the baseline must be one candidate; "
+                             f"it defines {len(names)} ({', '.join(names) or 'none'})")
+    return names[0]
 
 
 def _load_all(executor: Executor, targets: Sequence[str]) -> tuple[list[CandidateInfo], list[LoadFailure]]:

@@ -33,11 +33,41 @@ DEFAULT_UNDEFINED_POLICY = "nan-or-zero"
 
 
 @dataclass(frozen=True)
+class Limits:
+    """Limits set for some ops and formats (``[tool.softaudit.limits]``); None leaves a limit as is."""
+
+    ratio: float | None = None
+    """Stability-ratio limit: FAIL above it, WARN between 1 and it."""
+    max_ulp: float | None = None
+    """Largest error in ulps tolerated, on top of the stability envelope."""
+
+
+@dataclass(frozen=True)
 class Gate:
     """What the verdicts are judged against."""
 
     ratio_limit: float = DEFAULT_RATIO_LIMIT
     undefined_policy: str = DEFAULT_UNDEFINED_POLICY
+    max_ulp: float | None = None
+    """FAIL where the max error exceeds this many ulps (None: no such limit)."""
+    strict: bool = False
+    """WARN fails too (reported as FAIL with the WARN's reasons)."""
+    limits: tuple[tuple[str, Limits], ...] = ()
+    """Per-op and per-format overrides keyed "op", "format" or "op.format"."""
+
+    def for_record(self, op: str, dtype: str) -> "Gate":
+        """The gate one record is judged by: the most specific limit wins, field by field
+        ("op.format" over "op" over "format" over the gate's own)."""
+        if not self.limits:
+            return self
+        table = dict(self.limits)
+        ratio, max_ulp = self.ratio_limit, self.max_ulp
+        for key in (dtype, op, f"{op}.{dtype}"):
+            lim = table.get(key)
+            if lim is not None:
+                ratio = lim.ratio if lim.ratio is not None else ratio
+                max_ulp = lim.max_ulp if lim.max_ulp is not None else max_ulp
+        return Gate(ratio_limit=ratio, undefined_policy=self.undefined_policy, max_ulp=max_ulp, strict=self.strict)
 
 
 def fmt_num(v: float | None) -> str:
@@ -98,8 +128,42 @@ def decide(m: RecordMetrics, gate: Gate) -> tuple[str, list[str]]:
         else:
             warns.append(f"{_share(m.above_envelope, m.judged)} exceed the stability envelope "
                          f"(within the {fmt_num(gate.ratio_limit)}x limit); {detail}")
+    if gate.max_ulp is not None and m.max_ulp is not None and m.max_ulp > gate.max_ulp:
+        detail = f"; worst at {where(m.worst)}" if m.worst is not None else ""
+        fails.append(f"max error {fmt_num(m.max_ulp)} ulp exceeds the limit of {fmt_num(gate.max_ulp)} ulp{detail}")
     if fails:
         return FAIL, fails + warns
+    if warns and gate.strict:
+        return FAIL, [f"strict: {w}" for w in warns]
     if warns:
         return WARN, warns
     return PASS, []
+
+
+def apply_relative_rule(records: list, baseline: str, factor: float, slack: float) -> int:
+    """FAIL every other candidate's record whose max stability ratio exceeds ``factor`` x the baseline
+    candidate's on the same op, direction, format and case, plus ``slack``; returns how many.
+
+    Records are Record objects (records.py). The baseline's own records keep the envelope's verdict;
+    where the baseline has no measured error (it crashed, was skipped, or every element had the
+    wrong class), no relative judgement is made.
+    """
+    base = {(r.op, r.direction, r.dtype, r.case): r for r in records if r.candidate == baseline}
+    failed = 0
+    for r in records:
+        if r.candidate == baseline or r.metrics is None or r.metrics.max_ratio is None:
+            continue
+        b = base.get((r.op, r.direction, r.dtype, r.case))
+        if b is None or b.metrics is None or b.metrics.max_ratio is None:
+            continue
+        allowed = factor * b.metrics.max_ratio + slack
+        if r.metrics.max_ratio > allowed:
+            reason = (f"stability ratio {fmt_num(r.metrics.max_ratio)} exceeds {fmt_num(factor)}x the baseline "
+                      f"{baseline}'s {fmt_num(b.metrics.max_ratio)} + {fmt_num(slack)} on the same input "
+                      f"(max error {fmt_num(r.metrics.max_ulp)} ulp against {fmt_num(b.metrics.max_ulp)} ulp)")
+            if r.verdict != FAIL:
+                r.verdict, r.reasons = FAIL, [reason]
+            else:
+                r.reasons.append(reason)
+            failed += 1
+    return failed

@@ -157,5 +157,12 @@ def render(result: AuditResult, console: Console, max_findings: int = 10) -> Non
                            style="yellow"))
     if not result.complete:
         console.print(Text("Interrupted: these are the records collected before the stop.", style="bold yellow"))
+    if result.baseline is not None:
+        opts = result.options
+        console.print(Text(f"Relative rule: every other candidate FAILs where its stability ratio exceeds "
+                           f"{opts.relative_factor:g}x {result.baseline}'s + {opts.relative_slack:g}; "
+                           f"{result.baseline}'s own verdicts do not set the exit code."))
+    if result.options.gate.strict:
+        console.print(Text("Strict: WARN counts as FAIL."))
     verdict = "FAIL" if result.exit_code else "no FAIL"
     console.print(Text(f"Result: {verdict} (exit {result.exit_code})", style=STYLES[FAIL if result.exit_code else PASS]))
