@@ -22,9 +22,11 @@ import softaudit
 from softaudit.candidates import CandidateError
 from softaudit.cases import OPS, CaseError, load_cases, select_cases
 from softaudit.ops import DIRECTIONS
-from softaudit.envelope import DEFAULT_RATIO_LIMIT
+from softaudit.envelope import DEFAULT_RATIO_LIMIT, DEFAULT_RELATIVE_FACTOR, DEFAULT_RELATIVE_SLACK
 from softaudit.formats import FORMATS, FormatError, get_format
 from softaudit.isolation import DEFAULT_TIMEOUT, MAX_TIMEOUT
+from softaudit.config import ConfigError
+from softaudit.results import ResultsError
 from softaudit.runner import NothingToAudit
 from softaudit.verdicts import DEFAULT_UNDEFINED_POLICY, UNDEFINED_POLICIES, Gate
 
@@ -32,11 +34,11 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    help="Audit softmax, log_softmax and logsumexp implementations against exact references.",
+    help="Audit softmax, log_softmax, logsumexp and cross-entropy implementations (forward and backward) against exact references.",
 )
 
 EXIT_BAD_INPUT = 2
-BAD_INPUT_ERRORS = (CandidateError, CaseError, FormatError, NothingToAudit)
+BAD_INPUT_ERRORS = (CandidateError, CaseError, FormatError, NothingToAudit, ResultsError, ConfigError)
 
 
 class UsageProblem(ValueError):
@@ -94,16 +96,27 @@ def _check_directions(directions: list[str]) -> list[str]:
 
 @app.command()
 def run(
-    targets: list[str] = typer.Argument(..., metavar="TARGET...", help="Candidate files (impl.py) or built-ins (builtin:naive, builtin:shifted, builtin:shifted-f64, builtin:torch).", show_default=False),
+    targets: list[str] = typer.Argument(None, metavar="[TARGET]...", help="Candidate files (impl.py), directories of them, or built-ins (builtin:naive, builtin:shifted, builtin:shifted-f64, builtin:torch). Default: the targets of [tool.softaudit].", show_default=False),
     op: list[str] = typer.Option([], "--op", "-o", help="Op to audit (repeatable): softmax, log_softmax, logsumexp, cross_entropy. Default: every op the target defines."),
     direction: list[str] = typer.Option([], "--direction", help="forward (the op) or backward (its gradient), repeatable. Default: both, where the candidate has a backward pass."),
     dtype: list[str] = typer.Option([], "--dtype", "-d", help="Format (repeatable): float64, float32, float16, bfloat16. Default: all four."),
     case: list[str] = typer.Option([], "--case", "-c", help="Case name or family pattern, fnmatch style (repeatable). Default: the whole library."),
     cases_dir: list[Path] = typer.Option([], "--cases-dir", help="Extra directory of case files, added to the shipped library (repeatable)."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write every record to this JSON file (schema: docs/json-schema.md)."),
-    seed: int = typer.Option(0, "--seed", help="Seed mixed into every case's own seed; recorded in the JSON."),
-    limit: float = typer.Option(DEFAULT_RATIO_LIMIT, "--limit", help="Stability-ratio limit: FAIL above it, WARN between 1 and it."),
-    undefined: str = typer.Option(DEFAULT_UNDEFINED_POLICY, "--undefined", help="Accepted output on undefined rows (fully masked or +inf): nan-or-zero, nan, zero, any."),
+    html_path: Optional[Path] = typer.Option(None, "--html", help="Write the stability report as one self-contained HTML file (docs/report.md)."),
+    md_path: Optional[Path] = typer.Option(None, "--md", help="Write a Markdown summary for a pull-request comment (short; --md-full for everything)."),
+    md_full: bool = typer.Option(False, "--md-full", help="Make the --md summary complete: every row, every finding, the skips and the environment."),
+    junit_path: Optional[Path] = typer.Option(None, "--junit", help="Write JUnit XML: one test case per candidate x op x direction x format x case."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed mixed into every case's own seed; recorded in the JSON. [default: 0]", show_default=False),
+    limit: Optional[float] = typer.Option(None, "--limit", help=f"Stability-ratio limit: FAIL above it, WARN between 1 and it. [default: {DEFAULT_RATIO_LIMIT:g}]", show_default=False),
+    max_ulp: Optional[float] = typer.Option(None, "--max-ulp", help="Also FAIL any record whose max error exceeds this many ulps. [default: no such limit]", show_default=False),
+    undefined: Optional[str] = typer.Option(None, "--undefined", help=f"Accepted output on undefined rows (fully masked or +inf): nan-or-zero, nan, zero, any. [default: {DEFAULT_UNDEFINED_POLICY}]", show_default=False),
+    strict: Optional[bool] = typer.Option(None, "--strict/--no-strict", help="WARN fails too (exit 1). [default: no]", show_default=False),
+    relative_to: Optional[str] = typer.Option(None, "--relative-to", help="Baseline target (e.g. builtin:torch), audited alongside: FAIL any other candidate whose stability ratio exceeds the factor x the baseline's on the same input, plus the slack.", show_default=False),
+    relative_factor: Optional[float] = typer.Option(None, "--relative-factor", help=f"The relative rule's factor k. [default: {DEFAULT_RELATIVE_FACTOR:g}]", show_default=False),
+    relative_slack: Optional[float] = typer.Option(None, "--relative-slack", help=f"The relative rule's slack, in stability ratio (envelopes). [default: {DEFAULT_RELATIVE_SLACK:g}]", show_default=False),
+    config: Optional[Path] = typer.Option(None, "--config", help="Gate configuration file (a pyproject.toml with [tool.softaudit], or the same keys in a TOML file). Default: the nearest pyproject.toml with [tool.softaudit], from the current directory upward.", show_default=False),
+    no_config: bool = typer.Option(False, "--no-config", help="Ignore any [tool.softaudit] configuration."),
     rowwise: bool = typer.Option(False, "--rowwise", help="Call every op one row (1-D vector) at a time."),
     timeout: float = typer.Option(DEFAULT_TIMEOUT, "--timeout", help="Seconds one call may take; past it the call FAILs as hung and the worker restarts."),
     memory_limit: Optional[float] = typer.Option(None, "--memory-limit", help="GiB of address space the candidates' worker may use (default: half the machine's memory)."),
@@ -111,7 +124,7 @@ def run(
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Reference cache directory (default: $SOFTAUDIT_CACHE_DIR or ~/.cache/softaudit)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Compute every reference afresh and store nothing."),
     findings: int = typer.Option(10, "--findings", help="How many worst findings to explain after the table."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no table; the exit code (and --json) only."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no table; the exit code (and the files asked for) only."),
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for bad input."),
 ) -> None:
     """Audit TARGETS over the case library and print a verdict per candidate x op x format."""
@@ -120,30 +133,56 @@ def run(
     from softaudit.runner import AuditOptions, run_audit
 
     with _bad_input(debug):
+        cfg = _gate_config(config, no_config)
+        targets = list(targets or []) or (cfg.targets if cfg else [])
+        if not targets:
+            raise UsageProblem("no TARGET given, and no [tool.softaudit] targets found from the current directory "
+                               "upward (softaudit run impl.py, or see docs/ci-gate.md)")
+        undefined = _pick(undefined, cfg and cfg.undefined, DEFAULT_UNDEFINED_POLICY)
         if undefined not in UNDEFINED_POLICIES:
             raise UsageProblem(f"unknown --undefined policy {undefined!r} (known: {', '.join(UNDEFINED_POLICIES)})")
+        limit = _pick(limit, cfg and cfg.ratio, DEFAULT_RATIO_LIMIT)
         if not (limit > 1.0 and math.isfinite(limit)):
             raise UsageProblem(f"--limit must be a finite number greater than 1 (the envelope itself), got {limit}")
+        max_ulp = _pick(max_ulp, cfg and cfg.max_ulp, None)
+        if max_ulp is not None and not (max_ulp >= 0 and math.isfinite(max_ulp)):
+            raise UsageProblem(f"--max-ulp must be a finite number of ulps, 0 or more, got {max_ulp}")
+        seed = _pick(seed, cfg and cfg.seed, 0)
         if seed < 0:
             raise UsageProblem(f"--seed must be 0 or more, got {seed}")
+        relative_to = _pick(relative_to, cfg and cfg.relative_to, None)
+        relative_factor = _pick(relative_factor, cfg and cfg.relative_factor, DEFAULT_RELATIVE_FACTOR)
+        if not (relative_factor >= 1 and math.isfinite(relative_factor)):
+            raise UsageProblem(f"--relative-factor must be a finite number of at least 1, got {relative_factor}")
+        relative_slack = _pick(relative_slack, cfg and cfg.relative_slack, DEFAULT_RELATIVE_SLACK)
+        if not (relative_slack >= 0 and math.isfinite(relative_slack)):
+            raise UsageProblem(f"--relative-slack must be a finite number, 0 or more, got {relative_slack}")
         if findings < 0:
             raise UsageProblem("--findings must be 0 or more")
         if not 0 < timeout <= MAX_TIMEOUT:
             raise UsageProblem(f"--timeout must be between 0 and {MAX_TIMEOUT:g} seconds, got {timeout:g}")
         if memory_limit is not None and not 0 < memory_limit <= 2**20:
             raise UsageProblem(f"--memory-limit must be a positive number of GiB (at most 2^20), got {memory_limit:g}")
-        if json_path is not None and not json_path.parent.is_dir():
-            raise UsageProblem(f"--json: directory {str(json_path.parent)!r} does not exist")
-        if json_path is not None and json_path.is_dir():
-            raise UsageProblem(f"--json: {str(json_path)!r} is a directory")
-        _check_cases_dirs(cases_dir)
+        outputs = _check_outputs({"--json": json_path, "--html": html_path, "--md": md_path, "--junit": junit_path})
+        if md_full and md_path is None:
+            raise UsageProblem("--md-full needs --md PATH")
+        cases_dirs = list(cases_dir) or (cfg.cases_dirs if cfg else [])
+        _check_cases_dirs(cases_dirs)
+        limits = tuple(cfg.limits.items()) if cfg else ()
+        gate = Gate(ratio_limit=limit, undefined_policy=undefined, max_ulp=max_ulp,
+                    strict=bool(_pick(strict, cfg and cfg.strict, False)), limits=limits)
         options = AuditOptions(
-            ops=_check_ops(op), directions=_check_directions(direction), formats=[get_format(d) for d in dtype], case_patterns=case,
-            cases_dirs=cases_dir, seed=seed, gate=Gate(ratio_limit=limit, undefined_policy=undefined),
+            ops=_check_ops(list(op) or (cfg.ops if cfg else [])),
+            directions=_check_directions(list(direction) or (cfg.directions if cfg else [])),
+            formats=[get_format(d) for d in (list(dtype) or (cfg.formats if cfg else []))],
+            case_patterns=list(case) or (cfg.cases if cfg else []), cases_dirs=cases_dirs, seed=seed, gate=gate,
             cache_dir=cache_dir, use_cache=not no_cache, rowwise=rowwise, isolated=not no_isolation,
             timeout=timeout, memory_limit=int(memory_limit * 2**30) if memory_limit is not None else None,
+            relative_to=relative_to, relative_factor=relative_factor, relative_slack=relative_slack,
         )
         console = Console(stderr=True)
+        if cfg is not None and not quiet:
+            console.print(f"softaudit: gate configuration from {cfg.source}", highlight=False)
         with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), console=console, transient=True,
                       disable=quiet or not console.is_terminal) as bar:
@@ -159,16 +198,181 @@ def run(
             write_json(json_path, result)
         except OSError as exc:
             _fatal(f"--json: cannot write {str(json_path)!r}: {exc.strerror or exc}")
+    if any(v is not None for k, v in outputs.items() if k != "--json"):
+        from softaudit.results import document_of
+
+        doc = document_of(result)
+        doc.source = str(json_path) if json_path is not None else ""
+        _write_reports(doc, html_path, md_path, md_full, junit_path)
     if not quiet:
         render(result, Console(), max_findings=findings)
-        if json_path is not None:
-            Console().print(f"Results written to {json_path}")
+        written = [str(p) for p in outputs.values() if p is not None]
+        if written:
+            Console().print(f"Written: {', '.join(written)}", highlight=False)
     if not result.complete:
         signum = received[0] if received else signal.SIGINT
         Console(stderr=True).print(f"softaudit: interrupted by {signal.Signals(signum).name}; "
                                    f"{len(result.records)} records kept" + (f" in {json_path}" if json_path else ""))
         raise typer.Exit(128 + signum)
     raise typer.Exit(result.exit_code)
+
+
+def _pick(cli_value, config_value, default):  # type: ignore[no-untyped-def]
+    """The command line's value, else the configuration's, else the default."""
+    if cli_value is not None:
+        return cli_value
+    if config_value is not None:
+        return config_value
+    return default
+
+
+def _gate_config(path: Optional[Path], ignore: bool):  # type: ignore[no-untyped-def]
+    """The [tool.softaudit] settings in force: --config's file, else the nearest pyproject.toml's."""
+    from softaudit.config import find_config, load_config
+
+    if path is not None and ignore:
+        raise UsageProblem("--config and --no-config contradict each other")
+    if ignore:
+        return None
+    found = path if path is not None else find_config(Path.cwd())
+    return load_config(found) if found is not None else None
+
+
+def _check_outputs(paths: dict[str, Optional[Path]]) -> dict[str, Optional[Path]]:
+    """Output files: their directories exist, they are not directories, no two are the same file."""
+    seen: dict[Path, str] = {}
+    for flag, p in paths.items():
+        if p is None:
+            continue
+        if not p.parent.is_dir():
+            raise UsageProblem(f"{flag}: directory {str(p.parent)!r} does not exist")
+        if p.is_dir():
+            raise UsageProblem(f"{flag}: {str(p)!r} is a directory")
+        key = p.resolve()
+        if key in seen:
+            raise UsageProblem(f"{seen[key]} and {flag} name the same file {str(p)!r}")
+        seen[key] = flag
+    return paths
+
+
+def _write_reports(doc, html_path: Optional[Path], md_path: Optional[Path], md_full: bool,  # type: ignore[no-untyped-def]
+                   junit_path: Optional[Path]) -> None:
+    from softaudit.reports.files import write_text
+
+    jobs = []
+    if html_path is not None:
+        from softaudit.reports.html_report import render_html
+
+        jobs.append(("--html", html_path, lambda: render_html(doc)))
+    if md_path is not None:
+        from softaudit.reports.markdown_report import render_markdown
+
+        jobs.append(("--md", md_path, lambda: render_markdown(doc, complete=md_full)))
+    if junit_path is not None:
+        from softaudit.reports.junit_report import render_junit
+
+        jobs.append(("--junit", junit_path, lambda: render_junit(doc)))
+    for flag, path, render in jobs:
+        try:
+            write_text(path, render())
+        except OSError as exc:
+            _fatal(f"{flag}: cannot write {str(path)!r}: {exc.strerror or exc}")
+
+
+@app.command("report")
+def report(
+    results: Path = typer.Argument(..., metavar="RESULTS.json", help="A results file written by softaudit run --json.", show_default=False),
+    html_path: Optional[Path] = typer.Option(None, "--html", help="Write the stability report as one self-contained HTML file."),
+    md_path: Optional[Path] = typer.Option(None, "--md", help="Write a Markdown summary for a pull-request comment."),
+    md_full: bool = typer.Option(False, "--md-full", help="Make the --md summary complete."),
+    junit_path: Optional[Path] = typer.Option(None, "--junit", help="Write JUnit XML for CI systems."),
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for bad input."),
+) -> None:
+    """Write the HTML, Markdown and/or JUnit reports of a results file (any subset)."""
+    from softaudit.results import load_results
+
+    with _bad_input(debug):
+        outputs = _check_outputs({"--html": html_path, "--md": md_path, "--junit": junit_path})
+        if not any(outputs.values()):
+            raise UsageProblem("nothing to write: give --html PATH, --md PATH and/or --junit PATH")
+        if md_full and md_path is None:
+            raise UsageProblem("--md-full needs --md PATH")
+        for flag, p in outputs.items():
+            if p is not None and results.exists() and p.resolve() == results.resolve():
+                raise UsageProblem(f"{flag} would overwrite the results file {str(results)!r}")
+        doc = load_results(results)
+    _write_reports(doc, html_path, md_path, md_full, junit_path)
+    Console().print(f"Written: {', '.join(str(p) for p in outputs.values() if p is not None)}", highlight=False)
+
+
+@app.command("repro")
+def repro(
+    results: Path = typer.Argument(..., metavar="RESULTS.json", help="A results file written by softaudit run --json.", show_default=False),
+    record_id: str = typer.Argument(..., metavar="RECORD_ID", help="The record's id: candidate/op/direction/dtype/case (shown in the reports).", show_default=False),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the script here (default: print it)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite --output if it exists."),
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for bad input."),
+) -> None:
+    """Write a standalone script that rebuilds a record's input, calls the candidate, prints exact and computed."""
+    from softaudit.repro import repro_script
+    from softaudit.results import load_results
+
+    with _bad_input(debug):
+        if output is not None:
+            _check_outputs({"--output": output})
+            if output.exists() and not force:
+                raise UsageProblem(f"--output: {str(output)!r} exists (--force overwrites it)")
+        script = repro_script(load_results(results), record_id)
+    if output is None:
+        sys.stdout.write(script)
+        return
+    from softaudit.reports.files import write_text
+
+    try:
+        write_text(output, script)
+    except OSError as exc:
+        _fatal(f"--output: cannot write {str(output)!r}: {exc.strerror or exc}")
+    Console(stderr=True).print(f"Written: {output} (run it with: python {output})", highlight=False)
+
+
+@app.command("compare")
+def compare_results(
+    base: Path = typer.Argument(..., metavar="BASE.json", help="Results of the baseline (e.g. the main branch).", show_default=False),
+    new: Path = typer.Argument(..., metavar="NEW.json", help="Results to check for regressions.", show_default=False),
+    factor: float = typer.Option(2.0, "--factor", help="Error growth that is a regression: new max ulp > factor x base + slack."),
+    slack: float = typer.Option(1.0, "--slack", help="Slack of the growth rule, in ulps."),
+    speed_factor: float = typer.Option(1.5, "--speed-factor", help="A call this many times slower is a regression (when both files have speed figures)."),
+    fail_on_missing: bool = typer.Option(False, "--fail-on-missing", help="A record of BASE missing from NEW is a regression."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the comparison as JSON (docs/compare.md)."),
+    show: int = typer.Option(50, "--limit", help="Changes listed per section."),
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for bad input."),
+) -> None:
+    """List regressions and improvements between two results files; exit 1 on any regression."""
+    import json as json_module
+
+    from softaudit.compare import CompareOptions, compare, comparison_dict, render_comparison
+    from softaudit.results import load_results
+
+    with _bad_input(debug):
+        opts = CompareOptions(factor=factor, slack_ulp=slack, speed_factor=speed_factor,
+                              missing_is_regression=fail_on_missing)
+        try:
+            opts.check()
+        except ValueError as exc:
+            raise UsageProblem(str(exc)) from None
+        if show < 0:
+            raise UsageProblem("--limit must be 0 or more")
+        _check_outputs({"--json": json_path})
+        comparison = compare(load_results(base), load_results(new), opts)
+    render_comparison(comparison, Console(), limit=show)
+    if json_path is not None:
+        from softaudit.reports.files import write_text
+
+        try:
+            write_text(json_path, json_module.dumps(comparison_dict(comparison), indent=2, allow_nan=False) + "\n")
+        except OSError as exc:
+            _fatal(f"--json: cannot write {str(json_path)!r}: {exc.strerror or exc}")
+    raise typer.Exit(comparison.exit_code)
 
 
 @contextlib.contextmanager
