@@ -337,37 +337,38 @@ def repro(
 
 @app.command("compare")
 def compare_results(
-    base: Path = typer.Argument(..., metavar="BASE.json", help="Results of the baseline (e.g. the main branch).", show_default=False),
-    new: Path = typer.Argument(..., metavar="NEW.json", help="Results to check for regressions.", show_default=False),
-    factor: float = typer.Option(2.0, "--factor", help="Error growth that is a regression: new max ulp > factor x base + slack."),
-    slack: float = typer.Option(1.0, "--slack", help="Slack of the growth rule, in ulps."),
-    speed_factor: float = typer.Option(1.5, "--speed-factor", help="A call this many times slower is a regression (when both files have speed figures)."),
-    fail_on_missing: bool = typer.Option(False, "--fail-on-missing", help="A record of BASE missing from NEW is a regression."),
+    base: Path = typer.Argument(..., metavar="BASE.json", help="The results to compare against (e.g. the main branch's).", show_default=False),
+    new: Path = typer.Argument(..., metavar="NEW.json", help="The results under test.", show_default=False),
+    factor: float = typer.Option(2.0, "--factor", help="Error growth that counts: NEW's max stability ratio above F x BASE's + --slack-ratio."),
+    slack: float = typer.Option(1.0, "--slack", metavar="ULP", help="Ulps added to F x BASE's max ulp (0 -> 0.5 ulp is no growth)."),
+    slack_ratio: float = typer.Option(0.5, "--slack-ratio", metavar="R", help="Envelopes added to F x BASE's max stability ratio."),
+    speed_factor: float = typer.Option(1.5, "--speed-factor", help="Slowdown that counts: NEW's median time above F x BASE's (when both files have speed figures)."),
+    fail_on_missing: bool = typer.Option(False, "--fail-on-missing", help="A BASE record missing from NEW is a regression."),
+    fail_on_ulp: bool = typer.Option(False, "--fail-on-ulp", help="Max ulp growth alone is a regression (default: listed only)."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the comparison as JSON (docs/compare.md)."),
-    show: int = typer.Option(50, "--limit", help="Changes listed per section."),
+    limit: int = typer.Option(50, "--limit", help="Lines per list in the terminal."),
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for bad input."),
 ) -> None:
-    """List regressions and improvements between two results files; exit 1 on any regression."""
+    """List regressions and improvements between two results files; exit 1 on a regression."""
     import json as json_module
 
     from softaudit.compare import CompareOptions, compare, comparison_dict, render_comparison
+    from softaudit.reports.files import write_text
     from softaudit.results import load_results
 
     with _bad_input(debug):
-        opts = CompareOptions(factor=factor, slack_ulp=slack, speed_factor=speed_factor,
-                              missing_is_regression=fail_on_missing)
+        options = CompareOptions(factor=factor, slack_ulp=slack, slack_ratio=slack_ratio, speed_factor=speed_factor,
+                                 missing_is_regression=fail_on_missing, ulp_growth_is_regression=fail_on_ulp)
         try:
-            opts.check()
+            options.check()
         except ValueError as exc:
             raise UsageProblem(str(exc)) from None
-        if show < 0:
+        if limit < 0:
             raise UsageProblem("--limit must be 0 or more")
         _check_outputs({"--json": json_path})
-        comparison = compare(load_results(base), load_results(new), opts)
-    render_comparison(comparison, Console(), limit=show)
+        comparison = compare(load_results(base), load_results(new), options)
+    render_comparison(comparison, Console(), limit=limit)
     if json_path is not None:
-        from softaudit.reports.files import write_text
-
         try:
             write_text(json_path, json_module.dumps(comparison_dict(comparison), indent=2, allow_nan=False) + "\n")
         except OSError as exc:
