@@ -424,10 +424,11 @@ def _collect(module: types.ModuleType, target: str, default_name: str, rowwise: 
 
 
 def _first_line(doc: str | None) -> str:
-    """First non-empty line of a docstring, or ""."""
+    """A docstring's summary: its first paragraph on one line (a summary may wrap), or ""."""
     if not isinstance(doc, str):
         return ""
-    return next((line.strip() for line in doc.strip().splitlines() if line.strip()), "")
+    paragraph = doc.strip().split("\n\n", 1)[0]
+    return " ".join(line.strip() for line in paragraph.splitlines() if line.strip())
 
 
 # --------------------------------------------------------------------------
