@@ -37,6 +37,11 @@ DEFAULT_TIMEOUT = 300.0
 """Seconds one call may take before it counts as hung: generous, since a pure-Python
 row-by-row candidate on a 262,144-wide row is slow but not broken."""
 
+MIN_IMPORT_TIMEOUT = 60.0
+"""Seconds a fresh worker may take to start and import a target (with its probe calls), at least:
+starting Python and importing numpy and torch takes seconds on a busy machine, so a short
+--timeout meant for calls (the test suite uses 2 s) must not fail the import itself."""
+
 MAX_TIMEOUT = 7 * 86400.0
 """The largest --timeout accepted (a week): beyond it the OS's wait primitives overflow."""
 
@@ -187,6 +192,7 @@ class WorkerExecutor:
                  memory_limit: int | None = None) -> None:
         self.rowwise = rowwise
         self.timeout = timeout
+        self.import_timeout = max(timeout, MIN_IMPORT_TIMEOUT)
         self.memory_limit = memory_limit if memory_limit is not None else default_memory_limit()
         self.restarts = 0
         self._proc: subprocess.Popen | None = None
@@ -254,7 +260,7 @@ class WorkerExecutor:
         for target in self._good:
             if target in self._lost:
                 continue
-            reply, _ = self._request(("load", target, target not in self._unprobed), self.timeout)
+            reply, _ = self._request(("load", target, target not in self._unprobed), self.import_timeout)
             if reply is None or reply[0] != "loaded":
                 self._lost.add(target)  # flaky at import: its later calls say so
                 if not self._alive():
@@ -279,12 +285,12 @@ class WorkerExecutor:
 
     def load(self, target: str) -> list[CandidateInfo] | LoadFailure:
         self._ensure()
-        reply, _ = self._request(("load", target, True), self.timeout)
+        reply, _ = self._request(("load", target, True), self.import_timeout)
         if reply is None:
             # Import, or one of the probe calls, crashed or hung. Import again without
             # probing: if that works, the fault belongs to the calls and is recorded there.
             self._ensure()
-            reply, again = self._request(("load", target, False), self.timeout)
+            reply, again = self._request(("load", target, False), self.import_timeout)
             if reply is None:
                 return LoadFailure(target, f"{target}: {again} while importing it")
             if reply[0] == "loaded":
