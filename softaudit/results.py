@@ -166,9 +166,12 @@ def document_of(result: Any) -> ResultsDocument:
 
 
 def rerun_command(record: Record, document: ResultsDocument) -> str:
-    """The ``softaudit run`` line that audits just this record again (shell-quoted)."""
+    """The ``softaudit run`` line that audits just this record again (shell-quoted); for a callable
+    audited through the Python API (target ``python:NAME``), a note to rerun the test instead."""
     import shlex
 
+    if record.target.startswith("python:"):
+        return f"# {record.target} was audited through softaudit.audit(): rerun the test that called it"
     args = ["softaudit", "run", record.target]
     if record.op != "import":
         args += ["--op", record.op, "--direction", record.direction, "--dtype", record.dtype, "--case", record.case]
@@ -186,5 +189,7 @@ def repro_command(record: Record, document: ResultsDocument) -> str:
     """The ``softaudit repro`` line that writes a standalone script for this record (shell-quoted)."""
     import shlex
 
+    if record.target.startswith("python:"):
+        return f"# {record.target} was audited through softaudit.audit(): no file to reproduce from"
     source = document.source or "RESULTS.json"
     return " ".join(shlex.quote(a) for a in ["softaudit", "repro", source, record.id])

@@ -7,7 +7,9 @@ directly. It never stops at the first failure: every combination gets a record.
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
 import platform
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -131,13 +133,18 @@ def environment(seed: int) -> dict:
         "device": "cpu",
         "seed": seed,
     }
-    try:
-        import torch
-
-        env["torch"] = torch.__version__
-    except ImportError:
-        env["torch"] = None
+    env["torch"] = _torch_version()
     return env
+
+
+def _torch_version() -> str | None:
+    """torch's version without importing it (seconds that a numpy-only audit need not pay)."""
+    if "torch" in sys.modules:
+        return sys.modules["torch"].__version__
+    try:
+        return importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def plan(options: AuditOptions) -> tuple[list[Case], list[Format]]:
@@ -565,7 +572,7 @@ def _judge_output_quietly(rec: Record, op: str, direction: str, unit: _Unit, los
     j = judge_elements(op, located_x, y, ref, refs.stats, fmt, absolute_envelope=absolute)
     rec.metrics = summarize(op, located_x, y, ref, j, gate.ratio_limit)
     rec.verdict, rec.reasons = decide(rec.metrics, gate)
-    at = rec.metrics.worst or rec.metrics.first_mismatch
+    at = rec.metrics.first_mismatch or rec.metrics.worst  # a wrong class is what the verdict is about first
     if at is not None:
         if located_x is x:
             rec.excerpt = input_excerpt(x, at.row, at.col)
