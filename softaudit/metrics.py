@@ -251,10 +251,12 @@ def _exact_text(op: str, x: np.ndarray, ref: OpReference, idx: tuple[int, ...]) 
     stored = ref.exact_str(idx)
     if stored is not None:
         return stored
-    if op not in ("softmax", "log_softmax", "logsumexp"):
+    if ref.op not in ("softmax", "log_softmax", "logsumexp"):
         # Gradients and losses store exact zeros, and values below 2^-66 of the smallest
-        # subnormal, as 0.
-        return "0" if ref.rounded[idx] == 0 else "nan"
+        # subnormal, as 0; infinities as their class. (ref.op, not op: a backward record's op
+        # is the forward op's name, whose exact_element would give the forward value.)
+        value = float(ref.rounded[idx])
+        return "0" if value == 0 else ("nan" if math.isnan(value) else ("inf" if value > 0 else "-inf"))
     col = idx[1] if len(idx) > 1 else None
     return exact_element(x[idx[0]], op, col)
 

@@ -41,8 +41,8 @@ class Record:
     ``max`` and ``min`` of the finite values, ``offset`` (largest finite magnitude), ``range``
     (max - min of the finite values), ``neg_inf`` (count of -inf), ``nan`` (count of NaN)."""
     excerpt: dict | None = None
-    """The input around the element a finding points at (the worst, else the first class
-    mismatch): ``row``, ``n`` and ``values`` as [col, value] pairs (that column's neighbours
+    """The input around the element a finding points at (the first class mismatch, else the
+    worst): ``row``, ``n`` and ``values`` as [col, value] pairs (that column's neighbours
     and the row's largest entry). None when there is nothing to point at."""
     speed: dict | None = None
     """Timing figures when the audit measured speed: ``median_s`` (median seconds of one call) and

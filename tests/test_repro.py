@@ -1,0 +1,216 @@
+"""`softaudit repro`: scripts written for real records rebuild the input, call the candidate and
+print the exact, rounded and computed values the results show; records with nothing to
+reproduce are refused with one line."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from softaudit.formats import FORMATS
+from softaudit.metrics import Location
+from softaudit.repro import describe, repro_script
+from softaudit.results import ResultsDocument, ResultsError, document_of, rerun_command
+from softaudit.runner import AuditOptions, run_audit
+from softaudit.verdicts import fmt_value
+
+ROOT = Path(__file__).resolve().parent.parent
+FAULTS = ROOT / "tests" / "fixtures" / "faults"
+
+FORWARD_FAIL = "builtin:naive/softmax/forward/float32/gap-87.3"
+"""Naive softmax: exp overflows on 2 of 256 elements (NaN), and subnormal results flush to 0: a worst element."""
+LARGE_INPUT = "builtin:naive/softmax/forward/float32/sum-overflow-float32"
+"""1 x 8192: above the embedding limit, so the script regenerates its input."""
+BACKWARD = "builtin:shifted/softmax/backward/float32/gap-87.3"
+LOSS_FORWARD = "builtin:naive/cross_entropy/forward/float32/ce-offset-plus-1e8"
+"""Every per-row loss is NaN: the finding is a first class mismatch, not a worst element."""
+LOSS_BACKWARD = "builtin:naive/cross_entropy/backward/float32/gap-87.3"
+SKIPPED = "builtin:naive/cross_entropy/forward/float32/ce-smoothing-0.1-finfo-min-mask"
+
+
+RAISES = FAULTS / "raises.py"
+"""Its log_softmax raises: a FAIL record without values."""
+IMPORT_ERROR = FAULTS / "import_error.py"
+
+
+@pytest.fixture(scope="module")
+def audit(softaudit_cache_dir: Path) -> ResultsDocument:
+    """One small float32 audit of the naive and shifted built-ins and two faulty files, as a results document."""
+    options = AuditOptions(case_patterns=["gap-87.3", "sum-overflow-float32", "ce-offset-plus-1e8",
+                                          "ce-smoothing-0.1-finfo-min-mask"],
+                           formats=[FORMATS["float32"]], cache_dir=softaudit_cache_dir, isolated=False)
+    targets = ["builtin:naive", "builtin:shifted", str(RAISES), str(IMPORT_ERROR)]
+    return document_of(run_audit(targets, options))
+
+
+def _run(script: str, tmp_path: Path, cache: Path, *args: str) -> subprocess.CompletedProcess:
+    """Write the script and run it as a user would: its own process, another directory."""
+    path = tmp_path / "repro.py"
+    path.write_text(script, encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "SOFTAUDIT_CACHE_DIR": str(cache)}
+    return subprocess.run([sys.executable, str(path), *args], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+_LABELS = ("exact", "rounded exact", "computed", "error", "reproduced", "in the results", "output")
+
+
+def _printed(stdout: str) -> dict[str, list[str]]:
+    """The script's "label: value" lines, by label, in order."""
+    out: dict[str, list[str]] = {}
+    for line in stdout.splitlines():
+        m = re.match(rf"^({'|'.join(_LABELS)}):\s+(.*)$", line)
+        if m:
+            out.setdefault(m.group(1), []).append(m.group(2))
+    return out
+
+
+def _same_float(text: str, value: float) -> bool:
+    v = float(text)
+    return (math.isnan(v) and math.isnan(value)) or v == value
+
+
+@pytest.mark.parametrize("record_id", [FORWARD_FAIL, LARGE_INPUT, BACKWARD, LOSS_FORWARD, LOSS_BACKWARD])
+def test_the_script_prints_the_values_the_record_shows(audit, record_id, tmp_path, softaudit_cache_dir):
+    record = audit.record(record_id)
+    m = record.metrics
+    assert m is not None
+    loc = m.first_mismatch or m.worst  # the element the verdict is about first
+    assert loc is not None
+    if record_id in (FORWARD_FAIL, LARGE_INPUT):
+        assert record.verdict == "FAIL" and m.worst is not None
+    if record_id == LOSS_FORWARD:
+        assert m.worst is None and math.isnan(loc.computed)
+
+    script = repro_script(audit, record_id)
+    done = _run(script, tmp_path, softaudit_cache_dir)
+    assert done.returncode == 0, done.stderr
+    printed = _printed(done.stdout)
+    assert printed["exact"] == [loc.exact]
+    assert printed["rounded exact"] == [fmt_value(loc.rounded_exact)]
+    assert _same_float(printed["rounded exact"][0], loc.rounded_exact)
+    assert printed["computed"] == [fmt_value(loc.computed)]
+    assert _same_float(printed["computed"][0], loc.computed)
+    # Error in ulps, envelope and ratio, in the words of the record's reasons.
+    assert printed["reproduced"] == [describe(loc)]
+    counts = f"{m.elements} value{'' if m.elements == 1 else 's'}: {m.nan_out} NaN, {m.inf_out} inf"
+    assert printed["in the results"] == [counts, describe(loc)]
+    assert printed["output"][0].startswith(f"{counts} (")
+
+
+def test_small_inputs_are_embedded_and_large_ones_regenerated(audit):
+    small, large = repro_script(audit, FORWARD_FAIL), repro_script(audit, LARGE_INPUT)
+    assert "X_HEX = [" in small and "generate(case, FMT, seed=SEED)" in small
+    assert "X_HEX" not in large and "checked(generate(case, FMT, seed=SEED))" in large
+    for source in (small, large):
+        compile(source, "repro.py", "exec")
+
+
+def test_the_docstring_names_the_record_its_verdict_first_reason_and_command(audit):
+    record = audit.record(FORWARD_FAIL)
+    doc = ast.get_docstring(ast.parse(repro_script(audit, FORWARD_FAIL)), clean=False)
+    assert doc is not None
+    assert doc.startswith(f"Reproduce softaudit record {FORWARD_FAIL}")
+    assert f": {record.verdict}\n" in doc
+    assert " ".join(record.reasons[0].split()) in " ".join(doc.split())
+    assert rerun_command(record, audit) in doc
+
+
+def test_untrusted_text_cannot_break_out_of_the_script(audit):
+    record = audit.record(FORWARD_FAIL)
+    evil = 'end """; import os; os._exit(9) # \\ \x1b[31m \u2028 \'\'\''
+    forged = dataclasses.replace(record, reasons=[evil], case_description=evil)
+    doc = dataclasses.replace(audit, records=[forged])
+    tree = ast.parse(repro_script(doc, FORWARD_FAIL))
+    docstring = ast.get_docstring(tree, clean=False)
+    assert docstring is not None and evil in docstring  # one line each: wrapped, but whole at 92 chars
+    # Nothing but the docstring, imports, constants and functions: no statement smuggled in.
+    kinds = {type(node).__name__ for node in tree.body}
+    assert kinds <= {"Expr", "ImportFrom", "Import", "Assign", "FunctionDef", "If"}
+    assert sum(isinstance(node, ast.Expr) for node in tree.body) == 1
+
+
+def test_a_failed_call_is_reproduced_as_the_failure(audit, tmp_path, softaudit_cache_dir):
+    record = audit.record("raises/log_softmax/forward/float32/gap-87.3")
+    assert record.verdict == "FAIL" and record.error and record.metrics is None
+    done = _run(repro_script(audit, record.id), tmp_path, softaudit_cache_dir)
+    assert done.returncode == 0, done.stderr
+    printed = _printed(done.stdout)
+    assert printed["output"] == [f"the call failed: {record.error}"]
+    assert printed["in the results"] == [f"the call failed: {record.error}"]
+
+
+def test_a_missing_candidate_file_exits_2_with_one_line(audit, tmp_path, softaudit_cache_dir):
+    missing = tmp_path / "gone" / "impl.py"
+    done = _run(repro_script(audit, FORWARD_FAIL), tmp_path, softaudit_cache_dir, "--target", str(missing))
+    assert done.returncode == 2
+    assert done.stdout == ""
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and str(missing) in lines[0] and "not found" in lines[0]
+
+
+def test_an_unknown_id_is_refused(audit):
+    with pytest.raises(ResultsError, match="no record"):
+        repro_script(audit, "builtin:naive/softmax/forward/float32/no-such-case")
+
+
+def test_a_skip_record_is_refused_saying_why(audit):
+    record = audit.record(SKIPPED)
+    assert record.verdict == "SKIP"
+    with pytest.raises(ResultsError, match="skipped") as exc:
+        repro_script(audit, SKIPPED)
+    assert record.reasons[0] in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_an_import_failure_is_refused(audit):
+    (record,) = [r for r in audit.records if r.op == "import"]
+    assert record.target == str(IMPORT_ERROR)
+    with pytest.raises(ResultsError, match="import failure") as exc:
+        repro_script(audit, record.id)
+    assert "\n" not in str(exc.value)
+
+
+def _with(doc: ResultsDocument, record_id: str, **changes) -> ResultsDocument:
+    return dataclasses.replace(doc, records=[dataclasses.replace(doc.record(record_id), **changes)])
+
+
+def test_a_case_gone_from_the_library_is_refused(audit):
+    doc = _with(audit, FORWARD_FAIL, case="gap-87.3-renamed")
+    with pytest.raises(ResultsError, match="not in the case library any more"):
+        repro_script(doc, "builtin:naive/softmax/forward/float32/gap-87.3-renamed")
+
+
+def test_a_candidate_file_gone_is_refused(audit, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    doc = _with(audit, FORWARD_FAIL, target="impl.py", candidate="impl")
+    with pytest.raises(ResultsError, match="cannot be found"):
+        repro_script(doc, "impl/softmax/forward/float32/gap-87.3")
+
+
+def test_a_case_that_now_generates_another_input_is_refused(audit):
+    record = audit.record(FORWARD_FAIL)
+    moved = dict(record.input_summary, max=record.input_summary["max"] + 1.0)
+    with pytest.raises(ResultsError, match="changed since the run"):
+        repro_script(_with(audit, FORWARD_FAIL, input_summary=moved), FORWARD_FAIL)
+    assert record.excerpt is not None
+    row, (col, value) = record.excerpt["row"], record.excerpt["values"][0]
+    shifted = {**record.excerpt, "values": [[col, value + 1.0]] + record.excerpt["values"][1:]}
+    with pytest.raises(ResultsError, match=rf"row {row}, col {col}"):
+        repro_script(_with(audit, FORWARD_FAIL, excerpt=shifted), FORWARD_FAIL)
+
+
+def test_describe_words_an_element_as_the_reasons_do(audit):
+    record = audit.record(FORWARD_FAIL)
+    assert record.metrics is not None and record.metrics.worst is not None
+    detail = describe(record.metrics.worst)
+    assert any(f"worst at {detail}" in reason for reason in record.reasons)
+    mismatch = Location(row=1, col=None, input=2.0, computed=math.nan, rounded_exact=1.5, exact="1.5")
+    assert describe(mismatch) == "row 1: max input 2.0, exact 1.5, computed nan"
