@@ -47,9 +47,17 @@ class ResultsDocument:
         hint = f"; did you mean {', '.join(near)}?" if near else "; ids are candidate/op/direction/dtype/case"
         raise ResultsError(f"no record {record_id!r} in {self.source or 'the results'}{hint}")
 
-    def counts(self) -> dict[str, int]:
+    @property
+    def baseline(self) -> str | None:
+        """The relative rule's baseline candidate: reported, but its FAILs do not set the exit code."""
+        return self.options.get("baseline")
+
+    def counts(self, gated_only: bool = False) -> dict[str, int]:
+        """Records per verdict; ``gated_only`` leaves out the baseline's (they do not gate)."""
         out = {"PASS": 0, "WARN": 0, "FAIL": 0, "SKIP": 0}
         for r in self.records:
+            if gated_only and r.candidate == self.baseline:
+                continue
             out[r.verdict] = out.get(r.verdict, 0) + 1
         return out
 

@@ -280,3 +280,25 @@ def test_md_code_is_one_code_span_of_the_text(text: str) -> None:
     assert GFM.render(md_code(text)) == f"<p><code>{text.replace('&', '&amp;')}</code></p>\n"
     assert _table_rows(f"| h |\n|---|\n| {md_code(text, in_table=True)} |") == [["h"], [text]]
     assert md_code("two\nlines") == "`two lines`"
+
+
+def test_the_relative_rules_baseline_is_reported_but_not_counted_as_failing():
+    """A baseline's FAILs do not set the exit code: the JUnit counts and the Markdown verdict agree."""
+    import xml.etree.ElementTree as ET
+
+    from softaudit.records import Record
+    from softaudit.reports.junit_report import render_junit
+    from softaudit.reports.markdown_report import render_markdown
+    from softaudit.results import ResultsDocument
+
+    def rec(candidate: str, verdict: str) -> Record:
+        return Record(candidate=candidate, target=candidate, op="softmax", dtype="float32", case="c", family="f",
+                      verdict=verdict, reasons=["bad"] if verdict == "FAIL" else [])
+
+    doc = ResultsDocument(records=[rec("builtin:torch", "FAIL"), rec("mine", "PASS")],
+                          options={"baseline": "builtin:torch"})
+    root = ET.fromstring(render_junit(doc))
+    assert root.get("failures") == "0" and root.find(".//failure") is None
+    assert "baseline of the relative rule, not gated" in root.find(".//system-out").text
+    head = render_markdown(doc).splitlines()[0]
+    assert "softaudit: PASS" in head and "baseline builtin:torch" in head and "1 of its records fail" in head

@@ -99,7 +99,11 @@ def _testcase(record: Record, doc: ResultsDocument) -> ET.Element:
     case = ET.Element("testcase", {"classname": xml_safe(classname(record)), "name": xml_safe(name),
                                    "time": _seconds(record.seconds)})
     first = _one_line(record.reasons[0] if record.reasons else record.error or record.verdict)
-    if record.verdict == FAIL:
+    if record.verdict == FAIL and record.candidate == doc.baseline:
+        # The relative rule's baseline: reported, not gated (its FAILs do not set the exit code).
+        ET.SubElement(case, "system-out").text = (f"FAIL (baseline of the relative rule, not gated): {first}\n\n"
+                                                  f"{_details(record, doc)}")
+    elif record.verdict == FAIL:
         failure = ET.SubElement(case, "failure", {"message": first, "type": failure_type(record, doc)})
         failure.text = _details(record, doc)
     elif record.verdict == SKIP:
@@ -124,8 +128,9 @@ def _properties(doc: ResultsDocument, target: str | None) -> ET.Element:
     return props
 
 
-def _counts(records: list[Record]) -> dict[str, str]:
-    return {"tests": str(len(records)), "failures": str(sum(r.verdict == FAIL for r in records)),
+def _counts(records: list[Record], baseline: str | None = None) -> dict[str, str]:
+    failures = sum(r.verdict == FAIL and r.candidate != baseline for r in records)
+    return {"tests": str(len(records)), "failures": str(failures),
             "errors": "0", "skipped": str(sum(r.verdict == SKIP for r in records)),
             "time": _seconds(sum(r.seconds for r in records))}
 
@@ -137,11 +142,11 @@ def render_junit(doc: ResultsDocument) -> str:
         by_candidate.setdefault(r.candidate, []).append(r)
     targets = {c.get("name", ""): c.get("target") for c in doc.candidates}
 
-    root = ET.Element("testsuites", {"name": "softaudit", **_counts(doc.records)})
+    root = ET.Element("testsuites", {"name": "softaudit", **_counts(doc.records, doc.baseline)})
     if doc.summary.get("seconds") is not None:
         root.set("time", _seconds(doc.summary["seconds"]))
     for candidate, records in by_candidate.items():
-        suite = ET.SubElement(root, "testsuite", {"name": xml_safe(candidate), **_counts(records)})
+        suite = ET.SubElement(root, "testsuite", {"name": xml_safe(candidate), **_counts(records, doc.baseline)})
         target = targets.get(candidate) or (records[0].target if records else None)
         suite.append(_properties(doc, target))
         for r in records:

@@ -101,7 +101,7 @@ def _status_line(doc: ResultsDocument) -> str:
     n = len(doc.records)
     if not n:
         return "**softaudit: no records**" + ("" if doc.complete else " — the audit was interrupted")
-    c = doc.counts()
+    c = doc.counts(gated_only=True)
     verdict = FAIL if c[FAIL] else WARN if c[WARN] else PASS
     if verdict == FAIL:
         text = f"{c[FAIL]} of {n} records fail" + (f", {c[WARN]} warn" if c[WARN] else "")
@@ -116,6 +116,10 @@ def _status_line(doc: ResultsDocument) -> str:
     if _dtypes(doc.records):
         scope += ", " + "/".join(_dtypes(doc.records))
     line = f"{_ICON[verdict]} **softaudit: {verdict}** — {text} ({scope})"
+    if doc.baseline is not None:
+        base_fails = doc.counts()[FAIL] - c[FAIL]
+        line += (f"; baseline {md_text(doc.baseline)} of the relative rule not gated"
+                 + (f" ({base_fails} of its records fail)" if base_fails else ""))
     if not doc.complete:
         line += " — **interrupted**: these are the records collected before the stop"
     return line
