@@ -91,6 +91,8 @@ _METRIC_KEYS = {f.name for f in fields(RecordMetrics)}
 
 def record_of_dict(d: dict) -> Record:
     """A record as ``json_report.record_dict`` wrote it, back as a Record (metrics when present)."""
+    if d.get("verdict") not in ("PASS", "WARN", "FAIL", "SKIP"):
+        raise ValueError(f"verdict {d.get('verdict')!r} is not PASS, WARN, FAIL or SKIP")
     metrics = None
     if "elements" in d:
         metrics = RecordMetrics(
