@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from softaudit.candidates import FUNCTION_NAMES, Candidate, CandidateError, _collect, _marks_of
 from softaudit.formats import Format, format_of_dtype, get_format
-from softaudit.ops import BACKWARD_FUNCTIONS, DIRECTIONS, OPS
+from softaudit.ops import DIRECTIONS, OPS
 
 if TYPE_CHECKING:
     from softaudit.records import Record
@@ -164,7 +164,7 @@ class AuditReport:
         return out
 
     def __str__(self) -> str:
-        from softaudit.reports.terminal import summary_rows
+        from softaudit.reports.terminal import short_number, summary_rows
 
         rows = summary_rows(self.records)
         several = len({row.candidate for row in rows}) > 1
@@ -177,8 +177,8 @@ class AuditReport:
                 skipped.setdefault(f"{who}{label}", _skip_reason(self.records, row))
                 continue
             worst = f"  worst case {_plain(row.worst_case)}" if row.worst_case != "-" else ""
-            lines.append(f"  {who}{label:<17} {row.dtype:<8} {row.verdict:<4}  max ulp {_short(row.max_ulp)}  "
-                         f"ratio {_short(row.max_ratio)}  P/W/F/S {row.tally}{worst}")
+            lines.append(f"  {who}{label:<17} {row.dtype:<8} {row.verdict:<4}  max ulp {short_number(row.max_ulp)}  "
+                         f"ratio {short_number(row.max_ratio)}  P/W/F/S {row.tally}{worst}")
         lines += [f"  {label}: not audited ({_plain(reason)})" for label, reason in skipped.items()]
         return "\n".join(lines)
 
@@ -399,11 +399,6 @@ def _plain(text: str) -> str:
     """Untrusted text (names, reasons from candidates' exceptions) safe for a terminal: control
     characters, ANSI escapes included, are shown escaped instead of acting."""
     return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in str(text))
-
-
-def _short(v: float | None) -> str:
-    """Three significant digits for the summary lines (the JSON keeps full values)."""
-    return "-" if v is None else f"{v:.3g}"
 
 
 __all__ = ["audit", "AuditReport", "MAX_LISTED_FINDINGS"]

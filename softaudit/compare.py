@@ -18,8 +18,8 @@ from rich.text import Text
 
 from softaudit.envelope import DEFAULT_RATIO_LIMIT
 from softaudit.records import Record
-from softaudit.reports.json_report import _num as json_number
-from softaudit.reports.terminal import _short as short_number
+from softaudit.reports.json_report import json_number
+from softaudit.reports.terminal import short_number
 from softaudit.results import ResultsDocument, ResultsError
 from softaudit.verdicts import DEFAULT_UNDEFINED_POLICY, FAIL, PASS, SEVERITY, SKIP, WARN
 

@@ -20,7 +20,7 @@ from softaudit.formats import FORMATS
 from softaudit.metrics import Location
 from softaudit.ops import DIRECTIONS, OPS
 from softaudit.records import Record
-from softaudit.reports.terminal import Row, summary_rows
+from softaudit.reports.terminal import Row, short_number, summary_rows
 from softaudit.results import ResultsDocument, repro_command, rerun_command
 from softaudit.verdicts import FAIL, PASS, SEVERITY, SKIP, WARN, fmt_num, fmt_value
 
@@ -105,16 +105,7 @@ def _audited(doc: ResultsDocument) -> list[Record]:
 
 
 def _short(v: float | None) -> str:
-    """Three significant digits, short exponents (1.6e3): for scanning; the JSON keeps full values."""
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "–"
-    if math.isinf(v):
-        return "inf" if v > 0 else "-inf"
-    text = f"{v:.3g}"
-    if "e" in text:
-        mantissa, exponent = text.split("e")
-        text = f"{mantissa}e{int(exponent)}"
-    return text
+    return short_number(v, missing="–")
 
 
 def _op_label(op: str, direction: str) -> str:

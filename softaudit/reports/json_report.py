@@ -20,7 +20,8 @@ from softaudit.runner import AuditResult
 SCHEMA_VERSION = 1
 
 
-def _num(v: float | None) -> Any:
+def json_number(v: float | None) -> Any:
+    """A float as JSON holds it: non-finite values as the strings "nan", "inf", "-inf"."""
     if v is None:
         return None
     if isinstance(v, float) and not math.isfinite(v):
@@ -31,7 +32,7 @@ def _num(v: float | None) -> Any:
 def _loc(loc: Location | None) -> dict | None:
     if loc is None:
         return None
-    return {k: _num(v) if isinstance(v, float) else v for k, v in asdict(loc).items()}
+    return {k: json_number(v) if isinstance(v, float) else v for k, v in asdict(loc).items()}
 
 
 def record_dict(r: Record) -> dict:
@@ -42,9 +43,9 @@ def record_dict(r: Record) -> dict:
         "verdict": r.verdict, "reasons": r.reasons,
         "error": r.error, "input_modified": r.input_modified, "output_dtype": r.output_dtype,
         "notes": r.notes, "seconds": r.seconds, "parameters": r.parameters,
-        "input_summary": {k: _num(v) for k, v in r.input_summary.items()},
+        "input_summary": {k: json_number(v) for k, v in r.input_summary.items()},
         "excerpt": None if r.excerpt is None else
-        {**r.excerpt, "values": [[c, _num(v)] for c, v in r.excerpt["values"]]},
+        {**r.excerpt, "values": [[c, json_number(v)] for c, v in r.excerpt["values"]]},
     }
     if r.speed is not None:
         out["speed"] = r.speed
@@ -53,8 +54,8 @@ def record_dict(r: Record) -> dict:
         out.update({
             "elements": m.elements, "judged": m.judged, "class_mismatches": m.class_mismatches,
             "mismatch_kinds": m.mismatch_kinds, "nan_out": m.nan_out, "inf_out": m.inf_out,
-            "max_ulp": _num(m.max_ulp), "median_ulp": _num(m.median_ulp), "p99_ulp": _num(m.p99_ulp),
-            "max_bits": _num(m.max_bits), "max_ratio": _num(m.max_ratio),
+            "max_ulp": json_number(m.max_ulp), "median_ulp": json_number(m.median_ulp), "p99_ulp": json_number(m.p99_ulp),
+            "max_bits": json_number(m.max_bits), "max_ratio": json_number(m.max_ratio),
             "above_envelope": m.above_envelope, "above_limit": m.above_limit,
             "worst": _loc(m.worst), "first_mismatch": _loc(m.first_mismatch),
             "undefined_rows": m.undefined_rows,

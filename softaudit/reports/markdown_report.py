@@ -13,7 +13,7 @@ from collections import Counter, defaultdict
 from softaudit.formats import FORMATS
 from softaudit.metrics import Location
 from softaudit.records import Record
-from softaudit.reports.terminal import Row, _badness, _short, summary_rows
+from softaudit.reports.terminal import Row, badness, short_number, summary_rows
 from softaudit.results import ResultsDocument, rerun_command
 from softaudit.verdicts import FAIL, PASS, SEVERITY, SKIP, WARN, fmt_num, fmt_value, where
 
@@ -131,7 +131,7 @@ _TABLE_HEAD = ("| candidate | op | direction | format | verdict | max ulp | max 
 
 def _table_row(row: Row) -> str:
     cells = [md_text(row.candidate), md_text(row.op), md_text(row.direction), md_text(row.dtype),
-             _BADGE.get(row.verdict, md_text(row.verdict)), _short(row.max_ulp), _short(row.max_ratio),
+             _BADGE.get(row.verdict, md_text(row.verdict)), short_number(row.max_ulp), short_number(row.max_ratio),
              row.nan_inf, md_text(row.worst_case), row.tally]
     return "| " + " | ".join(cells) + " |"
 
@@ -166,7 +166,7 @@ def worst_findings(rows: list[Row]) -> list[Record]:
     tier, one per candidate x op x direction first (the same case in another format is usually
     the same bug), taking the candidates in turn so one bad candidate does not hide the others."""
     ranked = sorted((r.worst for r in rows if r.worst is not None and r.worst.verdict in (FAIL, WARN)),
-                    key=_badness, reverse=True)
+                    key=badness, reverse=True)
     out: list[Record] = []
     for tier in (FAIL, WARN):
         seen: set[tuple[str, str, str]] = set()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 
@@ -50,7 +51,7 @@ def summary_rows(records: list[Record]) -> list[Row]:
         recs = groups[(cand, op, direction, dtype)]
         judged = [r for r in recs if r.verdict != SKIP]
         verdict = max((r.verdict for r in recs), key=SEVERITY.__getitem__)
-        worst = max(judged, key=_badness, default=None)
+        worst = max(judged, key=badness, default=None)
         with_m = [r for r in judged if r.metrics is not None]
         max_ulp = max((r.metrics.max_ulp for r in with_m if r.metrics.max_ulp is not None), default=None)  # type: ignore[union-attr]
         max_ratio = max((r.metrics.max_ratio for r in with_m if r.metrics.max_ratio is not None), default=None)  # type: ignore[union-attr]
@@ -80,7 +81,7 @@ def _table(candidate: str, rows: list[Row], wide: bool = True) -> Table:
         cells = [r.op if r.direction == "forward" else f"{r.op} bwd", r.dtype,
                  Text(r.verdict, style=STYLES[r.verdict])]
         cells += [r.worst_case] if wide else []
-        cells += [_short(r.max_ulp), _short(r.max_ratio), r.nan_inf, r.tally]
+        cells += [short_number(r.max_ulp), short_number(r.max_ratio), r.nan_inf, r.tally]
         table.add_row(*cells)
     return table
 
@@ -100,11 +101,13 @@ def _not_audited(skipped_rows: list[Row], records: list[Record]) -> list[str]:
     return lines
 
 
-def _short(v: float | None) -> str:
-    """Three significant digits, exponents written short (1.6e3): the table is for scanning;
-    the JSON keeps full values."""
-    if v is None:
-        return "-"
+def short_number(v: float | None, missing: str = "-") -> str:
+    """Three significant digits, exponents written short (1.6e3): tables are for scanning;
+    the JSON keeps full values. None and NaN are ``missing``."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return missing
+    if isinstance(v, float) and math.isinf(v):
+        return "inf" if v > 0 else "-inf"
     text = f"{v:.3g}"
     if "e" in text:
         mantissa, exponent = text.split("e")
@@ -112,7 +115,8 @@ def _short(v: float | None) -> str:
     return text
 
 
-def _badness(r: Record) -> tuple:
+def badness(r: Record) -> tuple:
+    """Sort key of findings, worst last: verdict, a crash, wrong classes, then the stability ratio."""
     m = r.metrics
     return (SEVERITY[r.verdict], r.error is not None, m.class_mismatches if m else 0,
             (m.max_ratio or 0.0) if m else 0.0)
@@ -130,7 +134,7 @@ def render(result: AuditResult, console: Console, max_findings: int = 10) -> Non
                 console.print(Text(line, style="dim"))
 
     findings = [r.worst for r in rows if r.worst is not None and r.worst.verdict in (FAIL, WARN)]
-    findings.sort(key=_badness, reverse=True)
+    findings.sort(key=badness, reverse=True)
     if findings:
         console.print()
         console.print(Text("Worst findings", style="bold"))
