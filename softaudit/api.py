@@ -55,8 +55,8 @@ def audit(
     name such as ``softmax`` or ``softmax_backward``), a mapping of contract names to callables,
     or a module defining them (or holding ``@candidate`` functions). ``ops``, ``directions``,
     ``dtypes`` and ``cases`` narrow the audit (default: everything ``impl`` defines, both
-    directions, all four formats, the whole case library); ``strict`` makes WARNs fail
-    ``assert_ok``. Bad arguments raise ValueError or TypeError with a one-line message.
+    directions, all four formats, the whole case library); ``strict`` judges as
+    ``softaudit run --strict`` does (a WARN is recorded as a FAIL, its reasons prefixed "strict:"). Bad arguments raise ValueError or TypeError with a one-line message.
     """
     from softaudit.envelope import DEFAULT_RATIO_LIMIT
     from softaudit.isolation import InProcessExecutor
@@ -80,7 +80,7 @@ def audit(
         ops=_names(ops, OPS, "op"), directions=_names(directions, DIRECTIONS, "direction"),
         formats=[_format(d) for d in _listed(dtypes)], case_patterns=_strings(cases, "cases"),
         cases_dirs=[Path(p) for p in _listed(cases_dirs)], seed=seed,
-        gate=Gate(ratio_limit=float(limit), undefined_policy=policy),
+        gate=Gate(ratio_limit=float(limit), undefined_policy=policy, strict=strict),
         cache_dir=Path(cache_dir).expanduser() if cache_dir is not None else None, rowwise=rowwise, isolated=False,
     )
     plan(options)  # unknown case patterns and malformed case files raise here, before any call

@@ -153,9 +153,13 @@ def test_strict_turns_a_warn_into_a_failure(warn_report, softaudit_cache_dir: Pa
     strict = softaudit.audit(softmax_in_input_format, op="softmax", dtypes="bfloat16", cases="confident-0.9",
                              directions="forward", strict=True, cache_dir=softaudit_cache_dir)
     assert not strict.passed and "FAILED (strict: WARN fails)" in str(strict)
+    # Judged as `softaudit run --strict`: the WARN is recorded as a FAIL, in the JSON too.
+    (rec,) = strict.records
+    assert rec.verdict == "FAIL" and rec.reasons[0].startswith("strict: ")
     with pytest.raises(AssertionError):
         strict.assert_ok()
-    strict.assert_ok(strict=False)
+    with pytest.raises(AssertionError):
+        strict.assert_ok(strict=False)
 
 
 def test_ratio_limit_decides_between_warn_and_fail(warn_report, softaudit_cache_dir: Path) -> None:
