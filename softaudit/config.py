@@ -8,7 +8,7 @@ Every key is documented in docs/ci-gate.md.
 
 from __future__ import annotations
 
-import tomllib
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,11 @@ from typing import Any
 from softaudit.formats import FORMATS
 from softaudit.ops import DIRECTIONS, OPS
 from softaudit.verdicts import UNDEFINED_POLICIES, Limits
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: the same parser, from PyPI (a dependency there)
+    import tomli as tomllib
 
 
 class ConfigError(ValueError):
