@@ -63,11 +63,8 @@ def find_config(start: Path) -> Path | None:
     for d in [start.resolve(), *start.resolve().parents]:
         candidate = d / "pyproject.toml"
         if candidate.is_file():
-            try:
-                data = _read(candidate)
-            except ConfigError:
-                raise
-            if "softaudit" in (data.get("tool") or {}):
+            data = _read(candidate)  # a malformed one is an error, not passed over silently
+            if isinstance(data.get("tool"), dict) and "softaudit" in data["tool"]:
                 return candidate
     return None
 
