@@ -27,7 +27,7 @@ from softaudit.ops import DIRECTIONS, OPS
 from softaudit.records import Record
 from softaudit.results import ResultsDocument, ResultsError, rerun_command
 from softaudit.runner import input_summary
-from softaudit.verdicts import SKIP, fmt_num, where
+from softaudit.verdicts import SKIP, describe
 
 EMBED_LIMIT = 4096
 """Inputs of at most this many elements are written into the script as well as regenerated."""
@@ -165,15 +165,6 @@ def _wrapped(text: str, indent: str = "") -> list[str]:
     lines = textwrap.wrap(text, width=92, initial_indent=indent, subsequent_indent=indent,
                           break_long_words=False, break_on_hyphens=False) or [indent]
     return [_doc_text(line) for line in lines]
-
-
-def describe(loc: Location) -> str:
-    """An element as the results' reasons word it: where, input, exact, computed, and the error."""
-    text = where(loc)
-    if math.isfinite(loc.err_ulp):
-        text += (f": {fmt_num(loc.err_ulp)} ulp against an envelope of {fmt_num(loc.envelope_ulp)} ulp "
-                 f"(ratio {fmt_num(loc.ratio)})")
-    return text
 
 
 def _short_hex(v: float) -> str:
@@ -342,7 +333,7 @@ class _Script:
                 lines.append("from softaudit.reference_loss import loss_gradient_reference, row_coefficients, "
                              "upstream_scale")
             lines.append("from softaudit.runner import input_excerpt")
-            lines.append("from softaudit.verdicts import fmt_num, fmt_value, where")
+            lines.append("from softaudit.verdicts import describe, fmt_num, fmt_value")
         return "\n".join(lines)
 
     def _constants(self) -> str:
@@ -669,15 +660,6 @@ def largest(values: np.ndarray) -> float:
 '''
 
 _SHOW_ELEMENT = '''
-def describe(loc: Location) -> str:
-    """The element as the results' reasons word it."""
-    text = where(loc)
-    if math.isfinite(loc.err_ulp):
-        text += (f": {fmt_num(loc.err_ulp)} ulp against an envelope of {fmt_num(loc.envelope_ulp)} ulp "
-                 f"(ratio {fmt_num(loc.ratio)})")
-    return text
-
-
 def show_element(x, located_input, y, ref, judged, at, exact) -> None:
     """Print the input around element ROW, COL, its exact, rounded and computed values, its error."""
     around = f"around col {COL}" if COL is not None else "first entries"

@@ -94,6 +94,16 @@ def where(loc: Location) -> str:
     return f"{pos}: {inp} {fmt_value(loc.input)}, exact {loc.exact}, computed {fmt_value(loc.computed)}"
 
 
+def describe(loc: Location) -> str:
+    """An element as findings word it: where, its input, exact and computed values, and (when
+    measured) its error against its envelope."""
+    text = where(loc)
+    if math.isfinite(loc.err_ulp):
+        text += (f": {fmt_num(loc.err_ulp)} ulp against an envelope of {fmt_num(loc.envelope_ulp)} ulp "
+                 f"(ratio {fmt_num(loc.ratio)})")
+    return text
+
+
 def _share(count: int, total: int) -> str:
     pct = 100.0 * count / total if total else 0.0
     return f"{count} / {total} elements ({pct:.1f}%)"
@@ -119,9 +129,7 @@ def decide(m: RecordMetrics, gate: Gate) -> tuple[str, list[str]]:
             fails.append(f"{rows} undefined row(s) (fully masked or +inf) returned {behaviour} values; "
                          f"policy '{gate.undefined_policy}' accepts {' or '.join(sorted(accepted))}")
     if m.worst is not None and m.max_ratio is not None and m.max_ratio > 1.0:
-        w = m.worst
-        detail = (f"worst at {where(w)}: {fmt_num(w.err_ulp)} ulp against an envelope of "
-                  f"{fmt_num(w.envelope_ulp)} ulp (ratio {fmt_num(w.ratio)})")
+        detail = f"worst at {describe(m.worst)}"
         if m.max_ratio > gate.ratio_limit:
             fails.append(f"{_share(m.above_limit, m.judged)} exceed {fmt_num(gate.ratio_limit)}x the stability "
                          f"envelope; {detail}")
