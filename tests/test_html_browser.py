@@ -18,17 +18,11 @@ from softaudit.reports.files import write_text
 from softaudit.reports.html_report import render_html
 from softaudit.results import document_of
 from softaudit.runner import AuditOptions, run_audit
+from test_html_report import HOSTILE, NAIVE_SOFTMAX
 
 CHROMIUM = shutil.which("chromium")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
 
-HOSTILE = "<img src=x onerror=alert(1)>"
-NAIVE_SOFTMAX = (
-    "import numpy as np\n\n\n"
-    "def softmax(x):\n"
-    "    e = np.exp(x)\n"
-    "    return e / e.sum(axis=-1, keepdims=True)\n"
-)
 
 
 def decode_png(data: bytes) -> np.ndarray:
