@@ -128,7 +128,8 @@ def run(
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for bad input."),
 ) -> None:
     """Audit TARGETS over the case library and print a verdict per candidate x op x format."""
-    from softaudit.reports.json_report import write_json
+    from softaudit.reports.files import write_text
+    from softaudit.reports.json_report import results_json
     from softaudit.reports.terminal import render
     from softaudit.runner import AuditOptions, run_audit
 
@@ -193,15 +194,16 @@ def run(
 
             with _signals_interrupt() as received:
                 result = run_audit(targets, options, progress=progress)
+    text = results_json(result) if any(outputs.values()) else ""
     if json_path is not None:
         try:
-            write_json(json_path, result)
+            write_text(json_path, text)
         except OSError as exc:
             _fatal(f"--json: cannot write {str(json_path)!r}: {exc.strerror or exc}")
     if any(v is not None for k, v in outputs.items() if k != "--json"):
         from softaudit.results import document_of
 
-        doc = document_of(result)
+        doc = document_of(result, text)
         doc.source = str(json_path) if json_path is not None else ""
         _write_reports(doc, html_path, md_path, md_full, junit_path)
     if not quiet:

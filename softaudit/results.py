@@ -167,12 +167,12 @@ def load_results(path: str | Path) -> ResultsDocument:
     return document_of_dict(data, str(p))
 
 
-def document_of(result: Any) -> ResultsDocument:
-    """The document of an audit just run (runner.AuditResult), exactly as its JSON would read back."""
-    from softaudit.reports.json_report import result_dict
+def document_of(result: Any, text: str | None = None) -> ResultsDocument:
+    """The document of an audit just run (runner.AuditResult), exactly as its JSON would read back;
+    ``text``: that JSON when already serialised (json_report.results_json), not made twice."""
+    from softaudit.reports.json_report import results_json
 
-    data = json.loads(json.dumps(result_dict(result), allow_nan=False))
-    return document_of_dict(data, "")
+    return document_of_dict(json.loads(text if text is not None else results_json(result)), "")
 
 
 def rerun_command(record: Record, document: ResultsDocument) -> str:

@@ -96,6 +96,11 @@ def result_dict(result: AuditResult) -> dict:
     }
 
 
+def results_json(result: AuditResult) -> str:
+    """The results file's text (what ``--json`` writes)."""
+    return json.dumps(result_dict(result), indent=2, allow_nan=False) + "\n"
+
+
 def write_json(path: Path, result: AuditResult) -> None:
     """Write the results document atomically (reports.files.write_text)."""
-    write_text(path, json.dumps(result_dict(result), indent=2, allow_nan=False) + "\n")
+    write_text(path, results_json(result))
