@@ -2,4 +2,5 @@
 
 from softaudit.cli import main
 
-main()
+if __name__ == "__main__":  # not when --jobs' worker processes (spawned) import this module
+    main()

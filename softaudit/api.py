@@ -82,6 +82,7 @@ def audit(
         cases_dirs=[Path(p) for p in _listed(cases_dirs)], seed=seed,
         gate=Gate(ratio_limit=float(limit), undefined_policy=policy, strict=strict),
         cache_dir=Path(cache_dir).expanduser() if cache_dir is not None else None, rowwise=rowwise, isolated=False,
+        jobs=1,  # in one process: --jobs' spawned workers would re-import a caller's unguarded script
     )
     plan(options)  # unknown case patterns and malformed case files raise here, before any call
 

@@ -123,6 +123,7 @@ def run(
     no_isolation: bool = typer.Option(False, "--no-isolation", help="Call candidates in softaudit's own process: a crash or hang then ends the audit."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Reference cache directory (default: $SOFTAUDIT_CACHE_DIR or ~/.cache/softaudit)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Compute every reference afresh and store nothing."),
+    jobs: Optional[int] = typer.Option(None, "--jobs", "-j", help="Processes to use: references are computed in JOBS - 1 worker processes while candidates are called. [default: the machine's cores]", show_default=False),
     findings: int = typer.Option(10, "--findings", help="How many worst findings to explain after the table."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no table; the exit code (and the files asked for) only."),
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for bad input."),
@@ -162,6 +163,9 @@ def run(
             raise UsageProblem("--findings must be 0 or more")
         if not 0 < timeout <= MAX_TIMEOUT:
             raise UsageProblem(f"--timeout must be between 0 and {MAX_TIMEOUT:g} seconds, got {timeout:g}")
+        jobs = _pick(jobs, cfg and cfg.jobs, None)
+        if jobs is not None and not 1 <= jobs <= 1024:
+            raise UsageProblem(f"--jobs must be between 1 and 1024, got {jobs}")
         if memory_limit is not None and not 0 < memory_limit <= 2**20:
             raise UsageProblem(f"--memory-limit must be a positive number of GiB (at most 2^20), got {memory_limit:g}")
         outputs = _check_outputs({"--json": json_path, "--html": html_path, "--md": md_path, "--junit": junit_path})
@@ -179,7 +183,7 @@ def run(
             case_patterns=list(case) or (cfg.cases if cfg else []), cases_dirs=cases_dirs, seed=seed, gate=gate,
             cache_dir=cache_dir, use_cache=not no_cache, rowwise=rowwise, isolated=not no_isolation,
             timeout=timeout, memory_limit=int(memory_limit * 2**30) if memory_limit is not None else None,
-            relative_to=relative_to, relative_factor=relative_factor, relative_slack=relative_slack,
+            relative_to=relative_to, relative_factor=relative_factor, relative_slack=relative_slack, jobs=jobs,
         )
         console = Console(stderr=True)
         if cfg is not None and not quiet:

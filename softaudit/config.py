@@ -44,6 +44,7 @@ class GateConfig:
     relative_to: str | None = None
     relative_factor: float | None = None
     relative_slack: float | None = None
+    jobs: int | None = None
     ratio: float | None = None
     """limits.ratio: the stability-ratio limit for every op and format."""
     max_ulp: float | None = None
@@ -54,7 +55,7 @@ class GateConfig:
 
 _LIST_KEYS = ("targets", "ops", "directions", "formats", "cases", "cases_dirs")
 _KEYS = (*_LIST_KEYS, "seed", "undefined", "strict", "relative_to", "relative_factor", "relative_slack",
-         "limits")
+         "jobs", "limits")
 _LIMIT_KEYS = ("ratio", "max_ulp")
 
 
@@ -131,6 +132,10 @@ def _parse(table: dict, path: Path, prefix: str) -> GateConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise bad(key, f"must be an integer 0 or more, got {value!r}")
             cfg.seed = value
+        elif key == "jobs":
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1024:
+                raise bad(key, f"must be an integer from 1 to 1024, got {value!r}")
+            cfg.jobs = value
         elif key == "undefined":
             if value not in UNDEFINED_POLICIES:
                 raise bad(key, f"unknown policy {value!r} (known: {', '.join(UNDEFINED_POLICIES)})")

@@ -30,9 +30,10 @@ from typing import Callable, Sequence
 import mpmath
 import numpy as np
 
+from softaudit import reference_fast
 from softaudit.formats import Format, round_mpf, ulp_exponent, ulp_units
 
-ENGINE_VERSION = "1"
+ENGINE_VERSION = "2"
 """Bump whenever a change could alter any stored reference: it invalidates the cache."""
 
 ROW_OPS = ("softmax", "log_softmax", "logsumexp")
@@ -140,6 +141,8 @@ class ReferenceSet:
     stats: RowStats
     uncertified: int
     """Elements whose rounding could not be certified within the precision cap (expected 0)."""
+    fallback: int = 0
+    """Elements the mpmath engine computed (all of them without the fast path); not cached."""
 
 
 def _certify(v: mpmath.mpf, err: float, fmt: Format) -> tuple[float, int, float, float, bool]:
@@ -153,9 +156,23 @@ def _certify(v: mpmath.mpf, err: float, fmt: Format) -> tuple[float, int, float,
         except OverflowError:
             ok = False
         # The interval's ends are formed exactly: rounded, they could land on a midpoint.
-        ok = ok and (round_mpf(_ctx.fsub(v, err, exact=True), fmt) == r
-                     and round_mpf(_ctx.fadd(v, err, exact=True), fmt) == r)
+        lo_end, hi_end = _ctx.fsub(v, err, exact=True), _ctx.fadd(v, err, exact=True)
+        r_lo, r_hi = round_mpf(lo_end, fmt), round_mpf(hi_end, fmt)
+        # The same value and binade (so ulp(exact) is known) at both ends. A zero's sign is not
+        # part of a reference (nothing judges it): an interval around 0 that rounds to zero passes.
+        ok = ok and r_lo == r == r_hi and ulp_exponent(lo_end, fmt) == ulp_exponent(hi_end, fmt)
     return r, k, hi, lo, ok
+
+
+def nudged_entry(a: mpmath.mpf, direction: int, fmt: Format) -> tuple[float, int, float, float]:
+    """The entry of an exact value a + direction * (an infinitesimal), a known exactly and the
+    perturbation far below 2^-60 ulp(a): rounded the way the perturbation points, ulp(exact)
+    taken on its side of a (the binade below a power of two approached toward zero), stored as a."""
+    w = _ctx.fadd(a, _ctx.ldexp(direction, ulp_exponent(a, fmt) - 70), exact=True)
+    k = ulp_exponent(w, fmt)
+    hi = float(_ctx.ldexp(a, -k))
+    lo = float(_ctx.fsub(_ctx.ldexp(a, -k), hi, exact=True))
+    return round_mpf(w, fmt), k, hi, lo
 
 
 @dataclass
@@ -293,10 +310,13 @@ def _row_reference(x: np.ndarray, fmt: Format, prec: int) -> tuple[dict, float, 
     cert = Certifier(fmt)
     sm_u: list = []
     ls_u: list = []
+    top = _max_probability(rt, fmt, cert.put)
     for di, ei in zip(rt.d, rt.e):
         if ei is None:
             # Far below the format's smallest subnormal: rounds to 0, |exact| < 2^-66 ulp(0).
             sm_u.append(cert.zero_entry)
+        elif di == 0 and top is not None:
+            sm_u.append(top)
         else:
             p = ei / rt.s
             sm_u.append(cert.put(p, 2 * abs(float(p)) * rt.rel_p))
@@ -312,6 +332,27 @@ def _row_reference(x: np.ndarray, fmt: Format, prec: int) -> tuple[dict, float, 
         sm[j] = sm_u[u]
         ls[j] = ls_u[u]
     return {"softmax": sm, "log_softmax": ls, "logsumexp": [lse_entry]}, rt.a, rt.big_l_f, cert.certified
+
+
+def _max_probability(rt: "RowTerms", fmt: Format, put) -> tuple[float, int, float, float] | None:
+    """softmax at the row's maxima as 1/k - delta, delta = t / (k s), for k a power of two
+    (None otherwise, or when no other entry is finite: p = 1/k exactly).
+
+    1/k is then a value of the format and p lies just below it: the quotient 1/s would round
+    onto 1/k whenever delta is under the working precision and lose the binade of the exact
+    value. delta negligible (under 2^-60 ulp): 1/k minus an infinitesimal; otherwise 1/k - delta
+    formed exactly. reference_fast.max_probability applies the same rule.
+    """
+    k = rt.k_ties
+    if k & (k - 1) or (rt.t_f == 0 and rt.tail == 0):
+        return None
+    inv_k = _ctx.ldexp(1, -(k.bit_length() - 1))
+    delta = rt.t / (k * rt.s)
+    err = 2 * (rt.err_t / (k * (rt.s_f - rt.err_s)) + abs(float(delta)) * (rt.err_s / rt.s_f + 2 * rt.eps))
+    below = nudged_entry(inv_k, -1, fmt)
+    if math.ldexp(float(delta) + err, -below[1]) < 2.0**-60:
+        return below
+    return put(_ctx.fsub(inv_k, delta, exact=True), err)
 
 
 def _log_softmax_entry(di, big_l, l_upper: float, err_l: float, eps: float, t_positive: float,
@@ -332,17 +373,23 @@ def _log_softmax_entry(di, big_l, l_upper: float, err_l: float, eps: float, t_po
     if not negligible:
         li = di - big_l
         return put(li, err_l + 2 * eps * abs(float(li)))
-    just_below = _ctx.fsub(di, _ctx.ldexp(1, k - 70), exact=True)
-    r = round_mpf(just_below, fmt)
-    _, k_d, hi, lo = put(di, 0.0)
-    return r, k_d, hi, lo
+    return nudged_entry(di, -1, fmt)
 
 
-def reference_rows(x: np.ndarray, fmt: Format) -> ReferenceSet:
+ENGINES = ("auto", "mpmath")
+"""auto: the certified fast path (reference_fast) where it applies, mpmath for what it cannot
+prove; mpmath: every element from the mpmath engine (the verification suite's referee)."""
+
+
+def reference_rows(x: np.ndarray, fmt: Format, engine: str = "auto") -> ReferenceSet:
     """Certified correctly-rounded references of every op for a 2-D input of format ``fmt``."""
     xs = np.asarray(x).astype(np.float64)
     if xs.ndim != 2:
         raise ValueError(f"reference_rows expects a 2-D array, got shape {xs.shape}")
+    if engine not in ENGINES:
+        raise ValueError(f"unknown reference engine {engine!r} (known: {', '.join(ENGINES)})")
+    if engine == "auto" and reference_fast.applies(fmt):
+        return _reference_rows_fast(xs, fmt)
     rows, n = xs.shape
     arrays = {op: {"rounded": [], "k": [], "hi": [], "lo": []} for op in ROW_OPS}
     undefined = np.zeros(rows, dtype=bool)
@@ -380,7 +427,44 @@ def reference_rows(x: np.ndarray, fmt: Format) -> ReferenceSet:
             lo=np.array(a_["lo"], dtype=np.float64).reshape(shape),
             undefined=undefined.copy() if op != "logsumexp" else np.zeros(rows, dtype=bool),
         )
-    return ReferenceSet(ops=refs, stats=RowStats(amax=amax, log_s=log_s, n=n), uncertified=uncertified)
+    return ReferenceSet(ops=refs, stats=RowStats(amax=amax, log_s=log_s, n=n), uncertified=uncertified,
+                        fallback=rows * (2 * n + 1))
+
+
+def _ziv_row(x_row: np.ndarray, fmt: Format) -> tuple[dict, bool]:
+    """_row_reference at doubling precisions until certified (or the cap)."""
+    prec = base_precision(fmt, x_row.size)
+    while True:
+        out, _, _, ok = _row_reference(x_row, fmt, prec)
+        if ok or prec >= _MAX_PREC:
+            return out, ok
+        prec *= 2
+
+
+def _reference_rows_fast(xs: np.ndarray, fmt: Format) -> ReferenceSet:
+    """reference_rows through the fast path; the elements it cannot prove come from mpmath."""
+    rows, n = xs.shape
+    ff = reference_fast.forward(xs, fmt)
+    uncertified = 0
+    fallback = 0
+    failed = {op: ~c.ok.reshape(rows, -1) for op, c in ff.ops.items()}
+    for i in np.flatnonzero(np.any([f.any(axis=1) for f in failed.values()], axis=0)).tolist():
+        out, ok = _ziv_row(xs[i], fmt)
+        for op, c in ff.ops.items():
+            cols = np.flatnonzero(failed[op][i])
+            fallback += cols.size
+            if not ok:
+                uncertified += cols.size
+            for j in cols.tolist():
+                entry = out[op][j]
+                at = (i, j) if op != "logsumexp" else (i,)
+                c.rounded[at], c.k[at], c.hi[at], c.lo[at] = entry
+    refs = {}
+    for op, c in ff.ops.items():
+        refs[op] = OpReference(op=op, rounded=c.rounded, k=c.k.astype(np.int32), hi=c.hi, lo=c.lo,
+                               undefined=ff.undefined.copy() if op != "logsumexp" else np.zeros(rows, dtype=bool))
+    return ReferenceSet(ops=refs, stats=RowStats(amax=ff.amax, log_s=ff.log_s, n=n), uncertified=uncertified,
+                        fallback=fallback)
 
 
 Entry = tuple[float, int, float, float]
@@ -421,6 +505,34 @@ def certified_rows(rows: int, base_prec: int,
             uncertified += len(entries or ())
         out.append(entries)
     return out, uncertified
+
+
+def fill_failed(op: str, fast: "reference_fast.Certified", whole_rows: np.ndarray,
+                row_fn: Callable[[int, int, np.ndarray | None], tuple[list[Entry] | None, bool]],
+                base_prec: int) -> tuple[OpReference, int]:
+    """Assemble a fast-path result, taking from ``row_fn(row, prec, cols)`` (the mpmath engine,
+    Ziv's loop; cols None for every column) each element the fast path could not prove, and
+    whole rows where ``whole_rows`` says so (rows whose answer may be undefined). Returns the
+    OpReference and the uncertified count."""
+    rows = fast.rounded.shape[0]
+    failed = ~fast.ok.reshape(rows, -1)
+    undefined = np.zeros(rows, dtype=bool)
+    uncertified = 0
+    for i in np.flatnonzero(failed.any(axis=1) | whole_rows).tolist():
+        cols = None if whole_rows[i] else np.flatnonzero(failed[i])
+        (entries,), unc = certified_rows(1, base_prec, lambda _, prec: row_fn(i, prec, cols))
+        if entries is None:
+            undefined[i] = True
+            fast.rounded[i], fast.k[i], fast.hi[i], fast.lo[i] = math.nan, 0, math.nan, 0.0
+            continue
+        wanted = np.arange(failed.shape[1]) if cols is None else cols
+        uncertified += min(unc, wanted.size)
+        for j in wanted.tolist():
+            at = (i, j) if fast.rounded.ndim == 2 else (i,)
+            fast.rounded[at], fast.k[at], fast.hi[at], fast.lo[at] = entries[j]
+    ref = OpReference(op=op, rounded=fast.rounded, k=fast.k.astype(np.int32), hi=fast.hi, lo=fast.lo,
+                      undefined=undefined)
+    return ref, uncertified
 
 
 def op_reference(op: str, per_row: Sequence[Sequence[Entry] | None], shape: tuple[int, ...]) -> OpReference:
@@ -506,6 +618,8 @@ class ReferenceCache:
         self.directory = directory
         self.hits = 0
         self.misses = 0
+        self.memory: dict[str, object] = {}
+        """Entries computed elsewhere (prefetch's worker processes) and handed over, by key."""
 
     @staticmethod
     def key(x: np.ndarray, fmt: Format) -> str:
@@ -514,16 +628,36 @@ class ReferenceCache:
         h.update(np.ascontiguousarray(x).view(np.uint8).tobytes())
         return h.hexdigest()
 
+    @staticmethod
+    def ops_key(kind: str, parts: Sequence[np.ndarray | str], fmt: Format) -> str:
+        """The key of get_or_compute_ops's entries."""
+        h = hashlib.sha256(f"softaudit-{kind}/{ENGINE_VERSION}/{fmt.name}".encode())
+        for part in parts:
+            if isinstance(part, str):
+                h.update(b"s" + part.encode() + b"\0")
+            else:
+                arr = np.ascontiguousarray(part)
+                h.update(f"a{arr.dtype.str}{arr.shape}".encode())
+                h.update(arr.view(np.uint8).tobytes())
+        return h.hexdigest()
+
+    def stored(self, key: str) -> bool:
+        """Whether the disk cache (or the memory layer) already holds ``key``."""
+        return key in self.memory or (self.directory is not None and self._path(key).exists())
+
     def _path(self, key: str) -> Path:
         assert self.directory is not None
         return self.directory / "references" / key[:2] / f"{key}.npz"
 
     def get_or_compute(self, x: np.ndarray, fmt: Format) -> ReferenceSet:
         """The cached ReferenceSet for x, computing and storing it on a miss."""
+        key = self.key(x, fmt)
+        if key in self.memory:
+            self.misses += 1  # computed for this run (by a worker): a miss of the disk cache
+            return self.memory.pop(key)  # type: ignore[return-value]
         if self.directory is None:
             self.misses += 1
             return reference_rows(x, fmt)
-        key = self.key(x, fmt)
         path = self._path(key)
         if path.exists():
             try:
@@ -546,18 +680,14 @@ class ReferenceCache:
                            ) -> tuple[dict[str, OpReference], int]:
         """Cached named OpReferences (gradients, losses) keyed by ``kind``, the format and ``parts``
         (arrays by dtype, shape and bytes; strings as they are); computed by ``compute`` on a miss."""
+        key = self.ops_key(kind, parts, fmt)
+        if key in self.memory:
+            self.misses += 1
+            return self.memory.pop(key)  # type: ignore[return-value]
         if self.directory is None:
             self.misses += 1
             return compute()
-        h = hashlib.sha256(f"softaudit-{kind}/{ENGINE_VERSION}/{fmt.name}".encode())
-        for part in parts:
-            if isinstance(part, str):
-                h.update(b"s" + part.encode() + b"\0")
-            else:
-                arr = np.ascontiguousarray(part)
-                h.update(f"a{arr.dtype.str}{arr.shape}".encode())
-                h.update(arr.view(np.uint8).tobytes())
-        path = self._path(h.hexdigest())
+        path = self._path(key)
         if path.exists():
             try:
                 with np.load(path) as z:

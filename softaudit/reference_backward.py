@@ -36,10 +36,13 @@ from softaudit.reference import (
     _ctx,
     base_precision,
     certified_rows,
+    fill_failed,
     mpf_of_fraction,
+    nudged_entry,
     op_reference,
     row_terms,
 )
+from softaudit import reference_fast
 
 _SAFETY = 2.0
 """Every error bound below is doubled: they are sums of first-order terms."""
@@ -55,6 +58,15 @@ def _special_row(x: np.ndarray, fmt: Format) -> tuple[list[Entry] | None, bool] 
 
 
 
+def _wanted(cols: np.ndarray | None, n: int) -> np.ndarray:
+    """A mask of the columns a row function must compute (every one when ``cols`` is None)."""
+    if cols is None:
+        return np.ones(n, dtype=bool)
+    want = np.zeros(n, dtype=bool)
+    want[cols] = True
+    return want
+
+
 def _group_sums(rt, dy_finite: np.ndarray) -> tuple[list, np.ndarray, list[Fraction]]:
     """Per distinct finite input value u: sum of dy over its entries (mpf), sum of |dy| (float
     upper bound) and the exact sum (Fraction)."""
@@ -65,8 +77,10 @@ def _group_sums(rt, dy_finite: np.ndarray) -> tuple[list, np.ndarray, list[Fract
     return as_mpf, abs_sum, exact
 
 
-def softmax_vjp_row(x: np.ndarray, dy: np.ndarray, fmt: Format, prec: int) -> tuple[list[Entry] | None, bool]:
-    """g_i = p_i (dy_i - c), c = sum_j p_j dy_j, for one row."""
+def softmax_vjp_row(x: np.ndarray, dy: np.ndarray, fmt: Format, prec: int,
+                    cols: np.ndarray | None = None) -> tuple[list[Entry] | None, bool]:
+    """g_i = p_i (dy_i - c), c = sum_j p_j dy_j, for one row (only the columns ``cols`` when given:
+    the others are left as zero entries)."""
     special = _special_row(x, fmt)
     if special is not None:
         return special
@@ -98,11 +112,19 @@ def softmax_vjp_row(x: np.ndarray, dy: np.ndarray, fmt: Format, prec: int) -> tu
 
     out: list[Entry] = [cert.zero_entry] * x.size  # masked entries: p_i = 0 exactly
     finite_idx = np.flatnonzero(rt.finite)
+    want = _wanted(cols, x.size)
     for j, u in zip(finite_idx.tolist(), rt.inverse.tolist()):
+        if not want[j]:
+            continue
         ei = rt.e[u]
-        if ei is None:
-            continue  # |g| < exp(d_cut) (|dy_j| + |c|): far below the smallest subnormal
         dyj = float(dy64[j])
+        if ei is None:
+            # |g| < exp(d_cut) (|dy_j| + |c|): far below the smallest subnormal, a zero (of dy_j - c's
+            # sign where that is certain; a zero's sign is not part of a reference).
+            h_f = dyj - c_f
+            if abs(h_f) > 2 * err_c:
+                out[j] = (math.copysign(0.0, h_f),) + cert.zero_entry[1:]
+            continue
         if common_mean is not None and Fraction(dyj) == common_mean:
             continue  # exactly 0
         h = _ctx.mpf(dyj) - c
@@ -113,8 +135,9 @@ def softmax_vjp_row(x: np.ndarray, dy: np.ndarray, fmt: Format, prec: int) -> tu
     return out, cert.certified
 
 
-def log_softmax_vjp_row(x: np.ndarray, dy: np.ndarray, fmt: Format, prec: int) -> tuple[list[Entry] | None, bool]:
-    """g_i = dy_i - p_i D, D = sum_j dy_j (over every entry), for one row."""
+def log_softmax_vjp_row(x: np.ndarray, dy: np.ndarray, fmt: Format, prec: int,
+                        cols: np.ndarray | None = None) -> tuple[list[Entry] | None, bool]:
+    """g_i = dy_i - p_i D, D = sum_j dy_j (over every entry), for one row (columns ``cols``)."""
     special = _special_row(x, fmt)
     if special is not None:
         return special
@@ -125,14 +148,12 @@ def log_softmax_vjp_row(x: np.ndarray, dy: np.ndarray, fmt: Format, prec: int) -
     cert = Certifier(fmt)
     eps = rt.eps
     d_m = mpf_of_fraction(d_exact)
-    d_f = float(d_exact)
     single_group = rt.uniq.size == 1  # every finite entry equal: p_i = 1/k exactly
     out: list[Entry] = [cert.zero_entry] * x.size
     finite_idx = np.flatnonzero(rt.finite)
     u_of = np.full(x.size, -1)
     u_of[finite_idx] = rt.inverse
-    tail_term = abs(d_f) * math.exp(rt.d_cut) * 2
-    for j in range(x.size):
+    for j in np.flatnonzero(_wanted(cols, x.size)).tolist():
         dyj = float(dy64[j])
         u = int(u_of[j])
         if u < 0:  # masked: p_j = 0, g_j = dy_j exactly
@@ -148,7 +169,11 @@ def log_softmax_vjp_row(x: np.ndarray, dy: np.ndarray, fmt: Format, prec: int) -
             continue  # exactly 0 (the only zero of a row with two distinct values or more)
         ei = rt.e[u]
         if ei is None:
-            out[j] = cert.put(_ctx.mpf(dyj), tail_term)  # dy_j minus a term far below ulp(0)
+            # dy_j minus p_j D, p_j far below ulp(0): dy_j itself, nudged against D's sign.
+            if d_exact == 0:
+                out[j] = cert.put(_ctx.mpf(dyj), 0.0) if dyj != 0 else cert.zero_entry
+            else:
+                out[j] = nudged_entry(_ctx.mpf(dyj), -1 if d_exact > 0 else 1, fmt)
             continue
         pd = ei * d_m / rt.s
         g = _ctx.mpf(dyj) - pd
@@ -157,7 +182,8 @@ def log_softmax_vjp_row(x: np.ndarray, dy: np.ndarray, fmt: Format, prec: int) -
     return out, cert.certified
 
 
-def logsumexp_vjp_row(x: np.ndarray, dy: float, fmt: Format, prec: int) -> tuple[list[Entry] | None, bool]:
+def logsumexp_vjp_row(x: np.ndarray, dy: float, fmt: Format, prec: int,
+                      cols: np.ndarray | None = None) -> tuple[list[Entry] | None, bool]:
     """g_i = dy p_i for one row (dy a scalar)."""
     special = _special_row(x, fmt)
     if special is not None:
@@ -168,9 +194,29 @@ def logsumexp_vjp_row(x: np.ndarray, dy: float, fmt: Format, prec: int) -> tuple
     rt = row_terms(x, fmt, prec, cut_margin=math.log(2 * abs(dy) + 2))
     dy_m = _ctx.mpf(float(dy))
     per_u: list[Entry] = []
-    for ei in rt.e:
-        if ei is None:
+    k = rt.k_ties
+    needed = np.zeros(len(rt.e), dtype=bool)
+    needed[rt.inverse[_wanted(cols, x.size)[rt.finite]]] = True
+    for di, ei, need in zip(rt.d, rt.e, needed.tolist()):
+        if not need:
             per_u.append(cert.zero_entry)
+            continue
+        if ei is None:
+            per_u.append((math.copysign(0.0, dy),) + cert.zero_entry[1:])  # far below ulp(0), dy's sign
+            continue
+        if di == 0 and not k & (k - 1) and (rt.t_f > 0 or rt.tail > 0):
+            # p = 1/k - delta at the maxima (reference._max_probability): dy/k nudged toward 0 when
+            # delta is negligible, else dy (1/k - delta) formed exactly.
+            inv_k = _ctx.ldexp(1, -(k.bit_length() - 1))
+            delta = rt.t / (k * rt.s)
+            err = 2 * abs(float(dy)) * (rt.err_t / (k * (rt.s_f - rt.err_s))
+                                        + abs(float(delta)) * (rt.err_s / rt.s_f + 2 * rt.eps))
+            a = _ctx.fmul(dy_m, inv_k, exact=True)
+            near = nudged_entry(a, -1 if dy > 0 else 1, fmt)
+            if math.ldexp(abs(float(dy)) * float(delta) + err, -near[1]) < 2.0**-60:
+                per_u.append(near)
+            else:
+                per_u.append(cert.put(_ctx.fmul(dy_m, _ctx.fsub(inv_k, delta, exact=True), exact=True), err))
             continue
         g = dy_m * ei / rt.s
         per_u.append(cert.put(g, _SAFETY * abs(float(g)) * (rt.rel_p + 2 * rt.eps)))
@@ -180,7 +226,8 @@ def logsumexp_vjp_row(x: np.ndarray, dy: float, fmt: Format, prec: int) -> tuple
     return out, cert.certified
 
 
-def backward_reference(op: str, x: np.ndarray, dy: np.ndarray, fmt: Format) -> tuple[OpReference, int]:
+def backward_reference(op: str, x: np.ndarray, dy: np.ndarray, fmt: Format,
+                       engine: str = "auto") -> tuple[OpReference, int]:
     """Certified VJP reference of ``op`` at ``x`` for upstream ``dy``; and the uncertified count.
 
     ``dy`` has the forward output's shape: (rows, n), or (rows,) for logsumexp.
@@ -191,6 +238,11 @@ def backward_reference(op: str, x: np.ndarray, dy: np.ndarray, fmt: Format) -> t
         raise ValueError("the upstream gradient must be finite")
     rows, n = xs.shape
     row_fn = {"softmax": softmax_vjp_row, "log_softmax": log_softmax_vjp_row, "logsumexp": logsumexp_vjp_row}[op]
+    if engine == "auto" and reference_fast.applies(fmt):
+        fast, covered = reference_fast.backward(op, xs, dys, fmt)
+        fast.ok[~covered] = False  # NaN and undefined rows: the row functions settle them without arithmetic
+        return fill_failed(f"{op}_backward", fast, ~covered,
+                           lambda i, prec, cols: row_fn(xs[i], dys[i], fmt, prec, cols), base_precision(fmt, n))
     per_row, uncertified = certified_rows(
         rows, base_precision(fmt, n), lambda i, prec: row_fn(xs[i], dys[i], fmt, prec))
     return op_reference(f"{op}_backward", per_row, (rows, n)), uncertified

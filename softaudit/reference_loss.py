@@ -34,7 +34,9 @@ from fractions import Fraction
 from typing import TYPE_CHECKING
 
 import numpy as np
+from mpmath.libmp import from_man_exp
 
+from softaudit import reference_fast
 from softaudit.formats import Format
 from softaudit.reference import (
     Certifier,
@@ -44,7 +46,9 @@ from softaudit.reference import (
     _MAX_PREC,
     base_precision,
     certified_rows,
+    fill_failed,
     mpf_of_fraction,
+    nudged_entry,
     op_reference,
     row_terms,
 )
@@ -171,12 +175,16 @@ def _row_loss(x: np.ndarray, rc: RowCoefficients, fmt: Format, prec: int) -> _Ro
     return _RowLoss("finite", value, err)
 
 
-def loss_reference(x: np.ndarray, loss: "LossInputs", fmt: Format) -> LossReference:
+def loss_reference(x: np.ndarray, loss: "LossInputs", fmt: Format, engine: str = "auto") -> LossReference:
     """Certified per-row, mean and sum references of cross-entropy for logits ``x``."""
     xs = np.asarray(x).astype(np.float64)
     rows, n = xs.shape
-    coefs = row_coefficients(loss, n)
     denom = mean_denominator(loss, rows)
+    if engine == "auto" and reference_fast.applies(fmt):
+        fast = _loss_reference_fast(xs, loss, fmt, denom)
+        if fast is not None:
+            return fast
+    coefs = row_coefficients(loss, n)
     prec = base_precision(fmt, n)
     while True:
         cert = Certifier(fmt)
@@ -188,6 +196,56 @@ def loss_reference(x: np.ndarray, loss: "LossInputs", fmt: Format) -> LossRefere
             break
         prec *= 2
     uncertified = 0 if cert.certified else rows + 2
+    return LossReference(
+        none=op_reference("cross_entropy", [[e] if e is not None else None for e in per_row], (rows,)),
+        mean=op_reference("cross_entropy", [mean], (1,)),
+        sum=op_reference("cross_entropy", [total], (1,)),
+        uncertified=uncertified,
+    )
+
+
+def _loss_reference_fast(xs: np.ndarray, loss: "LossInputs", fmt: Format, denom: Fraction) -> LossReference | None:
+    """loss_reference through reference_fast: rows it cannot prove come from _row_loss (Ziv's
+    loop); the reductions are summed in mpmath from the rows' values and bounds. None when a
+    reduction cannot be certified that way (the caller then runs the exact engine throughout)."""
+    rows, n = xs.shape
+    lc = reference_fast.loss_coefficients(loss, rows, n)
+    rl = reference_fast.row_losses(xs, lc, fmt)
+    finite = np.flatnonzero(rl.kind == "finite")
+    c = reference_fast.certify(rl.value[finite], rl.err[finite], fmt)
+    coefs: list[RowCoefficients] | None = None
+    cert = Certifier(fmt)
+    prec = base_precision(fmt, n)
+    _ctx.prec = prec
+    row_losses: list[_RowLoss] = [_RowLoss(str(kind)) for kind in rl.kind]
+    per_row: list[Entry | None] = [_entry(r, cert) if r.kind != "finite" else None for r in row_losses]
+    uncertified = 0
+    for pos, i in enumerate(finite.tolist()):
+        if c.ok[pos]:
+            v = rl.value[i]
+            hi = float(v)
+            lo = float(v - np.longdouble(hi))
+            row_losses[i] = _RowLoss("finite", _ctx.fadd(hi, lo, exact=True), float(rl.err[i]))
+            per_row[i] = (float(c.rounded[pos]), int(c.k[pos]), float(c.hi[pos]), float(c.lo[pos]))
+            continue
+        if coefs is None:
+            coefs = row_coefficients(loss, n)
+        p = prec
+        while True:
+            row_cert = Certifier(fmt)
+            r = _row_loss(xs[i], coefs[i], fmt, p)
+            entry = _entry(r, row_cert)
+            if row_cert.certified or p >= _MAX_PREC:
+                break
+            p *= 2
+        uncertified += 0 if row_cert.certified else 1
+        row_losses[i], per_row[i] = r, entry
+    _ctx.prec = prec
+    red_cert = Certifier(fmt)
+    total = _reduce(row_losses, Fraction(1), red_cert, rows, prec)
+    mean = _reduce(row_losses, denom, red_cert, rows, prec) if denom != 0 else None
+    if not red_cert.certified:
+        return None
     return LossReference(
         none=op_reference("cross_entropy", [[e] if e is not None else None for e in per_row], (rows,)),
         mean=op_reference("cross_entropy", [mean], (1,)),
@@ -247,7 +305,7 @@ def upstream_scale(loss: "LossInputs", dy: np.ndarray, rows: int) -> list[Fracti
 
 
 def _gradient_row(x: np.ndarray, rc: RowCoefficients, g: Fraction, fmt: Format,
-                  prec: int) -> tuple[list[Entry] | None, bool]:
+                  prec: int, cols: np.ndarray | None = None) -> tuple[list[Entry] | None, bool]:
     cert = Certifier(fmt)
     n = x.size
     special = np.isnan(x).any() or (x == np.inf).any() or (x == -np.inf).all()
@@ -283,13 +341,25 @@ def _gradient_row(x: np.ndarray, rc: RowCoefficients, g: Fraction, fmt: Format,
             out[j] = cache[cj]
         return out, True
     tail_p = math.exp(rt.d_cut)
+    want = np.ones(n, dtype=bool)
+    if cols is not None:
+        want[:] = False
+        want[cols] = True
     for j, u in zip(finite_idx.tolist(), rt.inverse.tolist()):
+        if not want[j]:
+            continue
         cj = rc.coef[j]
         ei = rt.e[u]
         if ei is None:
+            # |g A p_j| is far below the smallest subnormal: G = -g coef_j plus that (g's sign).
             if cj == 0:
-                continue  # |G| <= |g| A p_j: far below the smallest subnormal
-            v = -g_m * mpf_of_fraction(cj)
+                out[j] = (math.copysign(0.0, g_f),) + cert.zero_entry[1:]
+                continue
+            exact = -g * cj
+            if _dyadic(exact):
+                out[j] = nudged_entry(_dyadic_mpf(exact), 1 if g > 0 else -1, fmt)
+                continue
+            v = mpf_of_fraction(exact)
             out[j] = cert.put(v, _SAFETY * (abs(g_f) * a_f * tail_p + 3 * eps * abs(float(v))))
             continue
         p = ei / rt.s
@@ -302,6 +372,17 @@ def _gradient_row(x: np.ndarray, rc: RowCoefficients, g: Fraction, fmt: Format,
     return out, cert.certified
 
 
+def _dyadic(v: Fraction) -> bool:
+    """Whether v is m / 2^e (then a binary value: mpmath holds it exactly)."""
+    d = v.denominator
+    return d & (d - 1) == 0
+
+
+def _dyadic_mpf(v: Fraction):
+    """A dyadic Fraction as an mpf, exactly (no rounding to the working precision)."""
+    return _ctx.make_mpf(from_man_exp(v.numerator, -(v.denominator.bit_length() - 1)))
+
+
 def _exact(v: Fraction, cert: Certifier) -> Entry:
     """A rational value: one rounding to the working precision, certified like any other."""
     if v == 0:
@@ -311,16 +392,29 @@ def _exact(v: Fraction, cert: Certifier) -> Entry:
 
 
 def loss_gradient_reference(x: np.ndarray, loss: "LossInputs", dy: np.ndarray,
-                            fmt: Format) -> tuple[OpReference, int]:
+                            fmt: Format, engine: str = "auto") -> tuple[OpReference, int]:
     """Certified gradient of cross-entropy (reduction ``loss.reduction``) w.r.t. the logits, for
     upstream ``dy`` ((rows,) for reduction none, () otherwise); and the uncertified count."""
     xs = np.asarray(x).astype(np.float64)
     rows, n = xs.shape
-    coefs = row_coefficients(loss, n)
     scale = upstream_scale(loss, dy, rows)
     if loss.reduction == "mean" and mean_denominator(loss, rows) == 0:
         per_row: list = [None] * rows  # 0 / 0: every row ignored
         return op_reference("cross_entropy_backward", per_row, (rows, n)), 0
+    if engine == "auto" and reference_fast.applies(fmt):
+        lc = reference_fast.loss_coefficients(loss, rows, n)
+        g = reference_fast.fraction_to_w(scale)
+        fast, covered = reference_fast.loss_gradient(xs, lc, g, fmt)
+        fast.ok[~covered] = False
+        lazy: list = []
+
+        def row_fn(i: int, prec: int, cols: np.ndarray | None) -> tuple[list[Entry] | None, bool]:
+            if not lazy:
+                lazy.append(row_coefficients(loss, n))
+            return _gradient_row(xs[i], lazy[0][i], scale[i], fmt, prec, cols)
+
+        return fill_failed("cross_entropy_backward", fast, ~covered, row_fn, base_precision(fmt, n))
+    coefs = row_coefficients(loss, n)
     per_row, uncertified = certified_rows(
         rows, base_precision(fmt, n), lambda i, prec: _gradient_row(xs[i], coefs[i], scale[i], fmt, prec))
     return op_reference("cross_entropy_backward", per_row, (rows, n)), uncertified

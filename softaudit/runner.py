@@ -30,12 +30,14 @@ from softaudit.envelope import (
     logsumexp_backward_absolute,
     softmax_backward_absolute,
 )
-from softaudit.formats import FORMATS, Format, to_float64
+from softaudit.formats import FORMATS, Format, get_format, to_float64
 from softaudit.inputs import LossInputs, NotApplicable, generate, loss_inputs, upstream
 from softaudit.isolation import DEFAULT_TIMEOUT, CandidateInfo, Executor, LoadFailure, make_executor
 from softaudit.metrics import judge_elements, summarize
 from softaudit.ops import DIRECTIONS
 from softaudit.records import Record
+from softaudit.prefetch import Prefetcher, UnitNeeds, default_jobs
+from softaudit.reference_fast import loss_coefficients
 from softaudit.reference import OpReference, ReferenceCache, ReferenceSet, default_cache_dir
 from softaudit.reference_backward import backward_reference
 from softaudit.reference_loss import (
@@ -43,7 +45,6 @@ from softaudit.reference_loss import (
     loss_gradient_reference,
     loss_reference,
     mean_denominator,
-    row_coefficients,
     upstream_scale,
 )
 from softaudit.verdicts import FAIL, PASS, SKIP, Gate, apply_relative_rule, decide
@@ -83,6 +84,9 @@ class AuditOptions:
     rule, verdicts.apply_relative_rule); audited alongside, its own FAILs do not set the exit code."""
     relative_factor: float = DEFAULT_RELATIVE_FACTOR
     relative_slack: float = DEFAULT_RELATIVE_SLACK
+    jobs: int | None = None
+    """Processes for the audit: references of later units are computed in jobs - 1 worker
+    processes while the main loop calls candidates (prefetch.py); None: the machine's cores."""
 
 
 @dataclass
@@ -103,6 +107,8 @@ class AuditResult:
     worker_restarts: int = 0
     baseline: str | None = None
     """The relative rule's baseline candidate, whose own verdicts do not set the exit code."""
+    prefetched_units: int = 0
+    """(format, case) units whose references --jobs' worker processes computed."""
 
     @property
     def exit_code(self) -> int:
@@ -195,6 +201,7 @@ def run_audit(targets: Sequence[str], options: AuditOptions | None = None,
     uncertified = 0
     complete = True
     cache = ReferenceCache((options.cache_dir or default_cache_dir()) if options.use_cache else None)
+    prefetcher: Prefetcher | None = None
     baseline = None
     if options.relative_to is not None and options.relative_to not in targets:
         targets = [*targets, options.relative_to]
@@ -204,6 +211,11 @@ def run_audit(targets: Sequence[str], options: AuditOptions | None = None,
             baseline = _baseline(candidates, failures, options.relative_to)
         records.extend(_load_failure_record(f) for f in failures)
         units = [(fmt, case) for fmt in formats for case in cases]
+        jobs = options.jobs if options.jobs is not None else default_jobs()
+        prefetcher = Prefetcher(cache, jobs)
+        if jobs > 1:
+            prefetcher.start(_unit_needs(units, candidates, wanted_ops, options),
+                             lambda case, needs: not _cached(cache, case, needs))
         if not failures and not any(op in c.ops and case.applies_to(op, fmt.name)
                                     for fmt, case in units for c in candidates for op in wanted_ops):
             defined = sorted({op for c in candidates for op in c.ops})
@@ -224,6 +236,7 @@ def run_audit(targets: Sequence[str], options: AuditOptions | None = None,
             except NotApplicable as exc:
                 records.extend(_skip(c, op, d, fmt, case, exc.reason) for c, op in jobs for d in directions)
                 continue
+            prefetcher.wait(fmt, case)
             refs = cache.get_or_compute(x, fmt)
             uncertified += refs.uncertified
             unit = _Unit(case, fmt, x, refs, cache, options.seed)
@@ -238,6 +251,8 @@ def run_audit(targets: Sequence[str], options: AuditOptions | None = None,
     finally:
         restarts = getattr(executor, "restarts", 0)
         executor.close()
+        if prefetcher is not None:
+            prefetcher.close()
     if complete and records and all(r.verdict == SKIP for r in records):
         raise NothingToAudit(f"nothing to audit: every selected case was skipped ({records[0].reasons[0]})")
     if baseline is not None:
@@ -246,7 +261,34 @@ def run_audit(targets: Sequence[str], options: AuditOptions | None = None,
         records=records, candidates=candidates, options=options, environment=environment(options.seed),
         seconds=time.perf_counter() - started, cache_hits=cache.hits, cache_misses=cache.misses,
         uncertified=uncertified, complete=complete, worker_restarts=restarts, baseline=baseline,
+        prefetched_units=prefetcher.units_from_workers if prefetcher is not None else 0,
     )
+
+
+def _unit_needs(units: list[tuple[Format, Case]], candidates: list[CandidateInfo], wanted_ops: list[str],
+                options: AuditOptions) -> list[tuple[Format, Case, UnitNeeds, int]]:
+    """For prefetching: each unit's references as the main loop will ask for them, with its size."""
+    out = []
+    for fmt, case in units:
+        directions = [d for d in DIRECTIONS if d in case.directions
+                      and (not options.directions or d in options.directions)]
+        ops = [op for op in wanted_ops if case.applies_to(op, fmt.name) and any(op in c.ops for c in candidates)]
+        if not ops or not directions:
+            continue
+        backward = tuple(op for op in ops if "backward" in directions and any(op in c.backward for c in candidates))
+        needs = UnitNeeds(case.name, tuple(str(d) for d in options.cases_dirs), fmt.name, options.seed, backward,
+                          "cross_entropy" in ops and "forward" in directions)
+        out.append((fmt, case, needs, case.rows * case.n))
+    return out
+
+
+def _cached(cache: ReferenceCache, case: Case, needs: UnitNeeds) -> bool:
+    """Whether the unit's forward references are stored (then so, almost always, is the rest)."""
+    try:
+        x = generate(case, get_format(needs.fmt_name), seed=needs.seed)
+    except NotApplicable:
+        return True  # nothing to compute
+    return cache.stored(cache.key(x, get_format(needs.fmt_name)))
 
 
 def _baseline(candidates: list[CandidateInfo], failures: list[LoadFailure], target: str) -> str:
@@ -339,10 +381,9 @@ class _Unit:
         """coef_ic and A_i (reference_loss) as float64, zero on ignored and out-of-range rows,
         for the envelopes: the same for every candidate and reduction."""
         if self._coefficients is None:
-            coef = np.zeros(self.x.shape)
-            for i, rc in enumerate(row_coefficients(self.loss(), self.x.shape[1])):
-                if rc.coef is not None:
-                    coef[i] = [float(v) for v in rc.coef]
+            rows, n = self.x.shape
+            lc = loss_coefficients(self.loss(), rows, n)  # vectorised, within 2^-60 (envelopes need less)
+            coef = lc.coef.astype(np.float64)
             self._coefficients = coef, coef.sum(axis=-1)
         return self._coefficients
 

@@ -1,0 +1,187 @@
+"""Reference computation in worker processes (``--jobs N``), overlapping the audit's main loop.
+
+The audit's main loop (runner.run_audit) walks the (format, case) units in order: it
+generates a unit's input, calls every candidate on it (each in its isolated worker) and
+judges the outputs against the references. Before the loop starts, every unit whose
+references the cache lacks is submitted to a pool of N - 1 processes, last unit first,
+while the main loop works from the first: when it reaches a unit a worker has finished
+or is computing, it takes (or waits for) the result; a unit no worker has started it
+withdraws and computes itself. So with N jobs, N processes compute references and the
+main loop calls candidates and judges in between: on a cold cache the references are
+most of an audit's time.
+
+Workers compute exactly what the main loop would (the same runner._Unit methods, the
+same cache keys), store it in the disk cache when there is one, and hand it back; the
+main loop finds it in ReferenceCache.memory. With one job nothing is submitted and the
+main loop computes as before.
+"""
+
+from __future__ import annotations
+
+import functools
+import multiprocessing
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+from softaudit.cases import Case, load_cases
+from softaudit.formats import Format, get_format
+from softaudit.reference import ReferenceCache
+
+
+def default_jobs() -> int:
+    """The machine's cores (those this process may use, where the platform says)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+MIN_UNITS = 8
+"""Fewer units to compute than this and no worker starts: a spawned worker takes about a second
+to import numpy, mpmath and softaudit, more than a few units' references cost."""
+
+
+@dataclass(frozen=True)
+class UnitNeeds:
+    """What one unit's references are: the input's, and which ops need a gradient. The case
+    travels by name (with the case directories the audit loaded): Case objects do not pickle."""
+
+    case_name: str
+    cases_dirs: tuple[str, ...]
+    fmt_name: str
+    seed: int
+    backward_ops: tuple[str, ...]
+    loss_forward: bool
+
+
+@functools.lru_cache(maxsize=4)
+def _library(cases_dirs: tuple[str, ...]) -> dict[str, Case]:
+    return {c.name: c for c in load_cases([Path(d) for d in cases_dirs])}
+
+
+class _RecordingCache(ReferenceCache):
+    """A ReferenceCache that also remembers what it computed, to hand back to the main process."""
+
+    def __init__(self, directory: Path | None) -> None:
+        super().__init__(directory)
+        self.computed: list[tuple[str, object]] = []
+
+    def get_or_compute(self, x, fmt):  # type: ignore[no-untyped-def]
+        misses = self.misses
+        ref = super().get_or_compute(x, fmt)
+        if self.misses > misses:
+            self.computed.append((self.key(x, fmt), ref))
+        return ref
+
+    def get_or_compute_ops(self, kind, parts, fmt, compute):  # type: ignore[no-untyped-def]
+        misses = self.misses
+        value = super().get_or_compute_ops(kind, parts, fmt, compute)
+        if self.misses > misses:
+            self.computed.append((self.ops_key(kind, parts, fmt), value))
+        return value
+
+
+def unit_references(needs: UnitNeeds, cache_dir: str | None) -> list[tuple[str, object]]:
+    """Compute (and store) every reference of one unit, as the main loop would ask for them."""
+    from softaudit.inputs import generate, upstream
+    from softaudit.runner import _Unit
+
+    fmt = get_format(needs.fmt_name)
+    case = _library(needs.cases_dirs)[needs.case_name]
+    cache = _RecordingCache(Path(cache_dir) if cache_dir else None)
+    x = generate(case, fmt, seed=needs.seed)
+    unit = _Unit(case, fmt, x, cache.get_or_compute(x, fmt), cache, needs.seed)
+    rows, n = x.shape
+    if needs.loss_forward:
+        unit.loss_reference()
+    for op in needs.backward_ops:
+        if op == "cross_entropy":
+            loss = unit.loss()
+            if loss.out_of_range:
+                continue
+            shape: tuple[int, ...] = (rows,) if loss.reduction == "none" else ()
+            unit.gradient(op, upstream(case, fmt, shape, seed=needs.seed), loss)
+        else:
+            shape = (rows,) if op == "logsumexp" else (rows, n)
+            unit.gradient(op, upstream(case, fmt, shape, seed=needs.seed), None)
+    return cache.computed
+
+
+def _worker(todo: list[UnitNeeds], cache_dir: str | None, lock, front, back, results) -> None:  # noqa: ANN001
+    """Take units from the back of ``todo`` until it meets the main loop's front; send each
+    unit's (index, computed entries), or (index, None) when it raised."""
+    while True:
+        with lock:
+            j = back.value
+            if j < front.value:
+                return
+            back.value = j - 1
+        try:
+            results.put((j, unit_references(todo[j], cache_dir)))
+        except Exception:  # noqa: BLE001  (the main loop recomputes the unit and reports any error)
+            results.put((j, None))
+
+
+class Prefetcher:
+    """Computes the references of the units the cache lacks in worker processes, from the last
+    unit backward, while the main loop works forward; ``wait(unit)`` settles who computes a unit."""
+
+    def __init__(self, cache: ReferenceCache, jobs: int) -> None:
+        self.cache = cache
+        self.jobs = jobs
+        self._index: dict[tuple[str, str], int] = {}
+        self._done: dict[int, list | None] = {}
+        self._procs: list = []
+        self.units_from_workers = 0
+        """Units whose references a worker computed and handed over."""
+
+    def start(self, units: Sequence[tuple[Format, Case, UnitNeeds, int]],
+              missing: Callable[[Case, UnitNeeds], bool]) -> int:
+        """Start jobs - 1 workers on the units (format, case, needs, input size), in the main loop's
+        order, whose references ``missing`` says the cache lacks. Returns how many units that is."""
+        todo = [(fmt, case, needs) for fmt, case, needs, _ in units if missing(case, needs)]
+        if self.jobs <= 1 or len(todo) < MIN_UNITS:
+            return 0
+        ctx = multiprocessing.get_context("spawn")  # no fork of a process that may hold threads
+        self._lock = ctx.Lock()
+        self._front = ctx.Value("i", 0, lock=False)
+        self._back = ctx.Value("i", len(todo) - 1, lock=False)
+        self._results = ctx.Queue()
+        self._index = {(fmt.name, case.name): i for i, (fmt, case, _) in enumerate(todo)}
+        cache_dir = str(self.cache.directory) if self.cache.directory is not None else None
+        needs = [n for _, _, n in todo]
+        for _ in range(min(self.jobs - 1, len(todo))):
+            proc = ctx.Process(target=_worker, args=(needs, cache_dir, self._lock, self._front, self._back,
+                                                     self._results), daemon=True)
+            proc.start()
+            self._procs.append(proc)
+        return len(todo)
+
+    def wait(self, fmt: Format, case: Case) -> None:
+        """Before the main loop computes a unit: claim it when no worker has, else wait for the
+        worker's result and hand it to the cache. A worker's failure is not fatal: the main loop
+        then computes the unit itself (and reports any error there)."""
+        i = self._index.get((fmt.name, case.name))
+        if i is None:
+            return
+        with self._lock:
+            if i <= self._back.value:
+                self._front.value = max(self._front.value, i + 1)
+                return  # the main loop's
+        while i not in self._done:
+            j, items = self._results.get()
+            self._done[j] = items
+        items = self._done.pop(i)
+        if items is not None:
+            self.units_from_workers += 1
+        for key, value in items or ():
+            self.cache.memory[key] = value
+
+    def close(self) -> None:
+        for proc in self._procs:
+            proc.terminate()
+        for proc in self._procs:
+            proc.join()
+        self._procs = []

@@ -1,0 +1,68 @@
+"""--jobs: references computed in worker processes give the same audit as one process."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from softaudit.formats import FORMATS
+from softaudit.prefetch import Prefetcher, UnitNeeds, default_jobs, unit_references
+from softaudit.cases import load_cases
+from softaudit.reference import ReferenceCache
+from softaudit.runner import AuditOptions, run_audit
+
+CASES = ["gap-*", "mask-all-but-one", "confident-0.9", "ce-ignore-padding-mean", "ce-prob-masked", "vocab-50257"]
+
+
+def _summary(result):
+    return sorted((r.candidate, r.op, r.direction, r.dtype, r.case, r.verdict,
+                   None if r.metrics is None else r.metrics.max_ulp) for r in result.records)
+
+
+def test_two_jobs_give_the_same_records_as_one(tmp_path):
+    options = dict(formats=[FORMATS["float32"], FORMATS["bfloat16"]], case_patterns=CASES, isolated=False)
+    one = run_audit(["builtin:shifted"], AuditOptions(cache_dir=tmp_path / "one", jobs=1, **options))
+    two = run_audit(["builtin:shifted"], AuditOptions(cache_dir=tmp_path / "two", jobs=2, **options))
+    assert _summary(one) == _summary(two)
+    assert len(one.records) > 50
+    # Every reference was computed once in each run (by a worker or the main loop), none found cached.
+    assert two.cache_hits == one.cache_hits == 0
+    assert two.cache_misses == one.cache_misses
+    assert one.prefetched_units == 0 and two.prefetched_units >= 1  # a worker did take part
+    # The workers wrote the cache too: a third run finds everything.
+    again = run_audit(["builtin:shifted"], AuditOptions(cache_dir=tmp_path / "two", jobs=2, **options))
+    assert again.cache_misses == 0 and _summary(again) == _summary(one)
+
+
+def test_jobs_without_a_disk_cache_hand_references_over_in_memory(tmp_path):
+    options = dict(formats=[FORMATS["float16"]], case_patterns=CASES, isolated=False)
+    one = run_audit(["builtin:shifted"], AuditOptions(use_cache=False, jobs=1, **options))
+    two = run_audit(["builtin:shifted"], AuditOptions(use_cache=False, jobs=3, **options))
+    assert _summary(one) == _summary(two)
+
+
+def test_a_worker_computes_a_unit_as_the_main_loop_would(tmp_path):
+    case = next(c for c in load_cases() if c.name == "confident-0.9")
+    needs = UnitNeeds(case.name, (), "float32", 0, ("softmax", "cross_entropy"), True)
+    computed = unit_references(needs, str(tmp_path))
+    assert len(computed) == 4  # forward, loss, and two gradients
+    cache = ReferenceCache(tmp_path)
+    assert all(cache.stored(key) for key, _ in computed)
+
+
+def test_the_main_loop_takes_units_no_worker_has_started():
+    cache = ReferenceCache(None)
+    prefetcher = Prefetcher(cache, jobs=1)
+    assert prefetcher.start([], lambda case, needs: True) == 0  # one job: nothing in the background
+    assert default_jobs() >= 1
+
+
+def test_bad_jobs_is_a_usage_error(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "softaudit", "run", "builtin:shifted", "--jobs", "0", "--no-config"],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "--jobs must be between 1 and 1024" in proc.stderr
+    (tmp_path / "pyproject.toml").write_text("[tool.softaudit]\ntargets = ['builtin:shifted']\njobs = 'many'\n")
+    proc = subprocess.run([sys.executable, "-m", "softaudit", "run"], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "jobs" in proc.stderr and "Traceback" not in proc.stderr
