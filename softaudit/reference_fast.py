@@ -11,8 +11,8 @@ a bound on its absolute error, and accepted when
   format (so the class - zero, subnormal, infinity - is certain too; a zero's
   sign is not part of a reference), in the same binade (so ulp(exact) is
   certain), and
-* err <= 2^-20 ulp(v) (:data:`REQUIRED_ULP_ACCURACY`), so reported ulp
-  errors are exact to 6 digits (the mpmath engine keeps 2^-30).
+* err <= 2^-16 ulp(v) (:data:`REQUIRED_ULP_ACCURACY`), so reported ulp
+  errors are exact to 5 digits (the mpmath engine keeps 2^-30).
 
 Elements that fail either test are recomputed by the mpmath engine
 (:mod:`softaudit.reference`, :mod:`softaudit.reference_backward`,
@@ -63,14 +63,15 @@ _REL_LIBM = 2 * LIBM_ULPS * U_W
 MARGIN_BITS = 36
 """The fast path needs W_BITS >= p + MARGIN_BITS: its relative error bounds reach ~2^8 u
 (|x_i - max| to ~2^8 before the cut where a subtraction was inexact, doubled), and for
-elements to certify that must be under 2^-20 ulp, at least 2^-20 2^-p of the value: that
-leaves room for a cancellation of 2^8 (x86-64's 64 bits against float32's 24)."""
+elements to certify that must be under 2^-16 ulp, at least 2^-16 2^-p of the value: that
+leaves room for a cancellation of 2^12 (x86-64's 64 bits against float32's 24)."""
 
-REQUIRED_ULP_ACCURACY = 2.0**-20
-"""A value the fast path stores is known to this many ulps (1e-6: reported ulp errors are exact to
-6 digits; the mpmath engine keeps 2^-30). Tighter sends the elements whose computation cancels
-(a gradient dy_i - c with dy_i close to c: a few per 100k-wide row) to mpmath, which must then
-recompute the whole row, for digits no report shows; the rounding itself is proven either way."""
+REQUIRED_ULP_ACCURACY = 2.0**-16
+"""A value the fast path stores is known to this many ulps (1.5e-5: reported ulp errors, which
+reports print to 3 or 4 digits, are exact to 5; the mpmath engine keeps 2^-30). Tighter sends
+the elements whose computation cancels (a gradient dy_i - c with dy_i within ~1e-5 of c: one
+or two per 262,144-wide float32 row at 2^-20) to mpmath, which must then recompute the whole
+row (seconds), for digits no report shows; the rounding itself is proven either way."""
 
 _SAFETY = 2.0
 
@@ -314,9 +315,13 @@ def cut(fmt: Format, n: int, margin: float = 0.0) -> float:
     return (fmt.emin - fmt.p - 66) * math.log(2) - math.log(max(n, 1)) - margin
 
 
-def fast_terms(x: np.ndarray, fmt: Format, margin: float | np.ndarray = 0.0) -> FastTerms:
-    """Row terms of ``x`` (rows, n) float64, every row ordinary."""
-    rows, n = x.shape
+def fast_terms(x: np.ndarray, fmt: Format, margin: float | np.ndarray = 0.0,
+               counts: np.ndarray | None = None) -> FastTerms:
+    """Row terms of ``x`` (rows, n) float64, every row ordinary. With ``counts`` (rows, n), x holds
+    each row's distinct values and counts how often each occurs (the row length is the total):
+    every per-value quantity is computed once."""
+    rows, m = x.shape
+    n = m if counts is None else int(counts.sum(axis=1).max())
     a = x.max(axis=1)
     masked = x == -np.inf
     is_max = x == a[:, None]
@@ -337,13 +342,20 @@ def fast_terms(x: np.ndarray, fmt: Format, margin: float | np.ndarray = 0.0) -> 
         e[live] = np.exp(d[live])
     e[is_max] = 1
     rel_e = np.where(live, _REL_LIBM + d_err * (1 + 2 * d_err), 0.0)
-    depth = sum_depth(n)
-    k_ties = is_max.sum(axis=1)
-    t = pairwise_sum(np.where(is_max, W(0), e))
-    tail = tail_entries.sum(axis=1) * np.exp(d_cut_rows[:, 0]) * 2  # x2: d may sit just below the cut
+    depth = sum_depth(m)
+    if counts is None:
+        k_ties = is_max.sum(axis=1)
+        t = pairwise_sum(np.where(is_max, W(0), e))
+        tail = tail_entries.sum(axis=1) * np.exp(d_cut_rows[:, 0]) * 2  # x2: d may sit just below the cut
+        rel_terms = rel_e.max(axis=1, initial=0.0)
+    else:
+        k_ties = (is_max * counts).sum(axis=1)
+        t = pairwise_sum(np.where(is_max, W(0), e * counts.astype(W)))  # each product rounded once more
+        tail = (tail_entries * counts).sum(axis=1) * np.exp(d_cut_rows[:, 0]) * 2
+        rel_terms = rel_e.max(axis=1, initial=0.0) + U_W
     t64 = t.astype(np.float64)
     # First-order bounds here; each output's bound doubles their sum once (_SAFETY).
-    err_t = t64 * rel_e.max(axis=1, initial=0.0) + sum_error(t64, t64, n) + tail
+    err_t = t64 * rel_terms + sum_error(t64, t64, m) + tail
     s = k_ties.astype(W) + t
     s64 = s.astype(np.float64)
     exact_s = (t == 0) & (tail == 0)  # s = k_ties: an integer, exact
@@ -414,17 +426,48 @@ def forward(x: np.ndarray, fmt: Format) -> ForwardFast:
     lse.k[undefined] = zero_k
     lse.ok[undefined] = True
     ordinary = np.flatnonzero(~nan_rows & ~undefined)
+    if n >= GROUP_MIN_N and fmt.p <= 11:
+        # Long 16-bit rows hold a few thousand distinct values at most (65,536 at all): each
+        # row's outputs are computed once per distinct value and gathered.
+        for i in ordinary.tolist():
+            uniq, inverse, counts = _distinct_16_bit(x[i], fmt)
+            part = _forward_chunk(uniq[None, :], fmt, counts[None, :])
+            amax[i], log_s[i] = part.pop("amax")[0], part.pop("log_s")[0]
+            for op, c in part.items():
+                cols = inverse if op != "logsumexp" else 0
+                for name in ("rounded", "k", "hi", "lo", "ok"):
+                    getattr(ops[op], name)[i] = getattr(c, name)[0, cols] if op != "logsumexp" else getattr(c, name)[0]
+        return ForwardFast(ops, amax, log_s, undefined)
     for chunk in row_chunks(ordinary.size, n):
         idx = ordinary[chunk]
-        _forward_chunk(x[idx], fmt, idx, ops, amax, log_s)
+        part = _forward_chunk(x[idx], fmt)
+        amax[idx], log_s[idx] = part.pop("amax"), part.pop("log_s")
+        for op, c in part.items():
+            _store_rows(ops[op], idx, c)
     return ForwardFast(ops, amax, log_s, undefined)
 
 
-def _forward_chunk(x: np.ndarray, fmt: Format, idx: np.ndarray, ops: dict[str, Certified],
-                   amax: np.ndarray, log_s: np.ndarray) -> None:
-    ft = fast_terms(x, fmt)
-    amax[idx] = ft.a
-    log_s[idx] = ft.big_l.astype(np.float64)
+def _distinct_16_bit(row: np.ndarray, fmt: Format) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(distinct values, index of each entry's value, counts) of a row of a 16-bit format, by
+    counting bit patterns (no sort). +0 and -0 are counted apart (the same outputs)."""
+    bits = row.astype(fmt.np_dtype).view(np.uint16)  # exact: the row holds values of the format
+    counts = np.bincount(bits, minlength=1 << 16)
+    present = np.flatnonzero(counts)
+    position = np.zeros(1 << 16, dtype=np.int64)
+    position[present] = np.arange(present.size)
+    values = present.astype(np.uint16).view(fmt.np_dtype).astype(np.float64)
+    return values, position[bits], counts[present]
+
+
+GROUP_MIN_N = 4096
+"""16-bit rows at least this long are computed per distinct value (forward.)"""
+
+
+def _forward_chunk(x: np.ndarray, fmt: Format, counts: np.ndarray | None = None) -> dict:
+    """The three ops' entries for ordinary rows x (or, with ``counts``, for the distinct values of
+    one row: fast_terms); also "amax" and "log_s" per row."""
+    ft = fast_terms(x, fmt, counts=counts)
+    result: dict = {"amax": ft.a, "log_s": ft.big_l.astype(np.float64)}
     shape = x.shape
 
     # softmax: e / s; exactly 0 on masked entries; below the cut, 0 to within 2^-66 ulp(0).
@@ -438,7 +481,7 @@ def _forward_chunk(x: np.ndarray, fmt: Format, idx: np.ndarray, ops: dict[str, C
     put(sm, ft.masked | ft.tail_entries, zero_entry(fmt, shape))
     negligible, kept_apart, top_entry = max_probability(ft, fmt)
     put(sm, (negligible | kept_apart)[:, None] & ft.is_max, top_entry)
-    _store_rows(ops["softmax"], idx, sm)
+    result["softmax"] = sm
 
     # log_softmax: d - L; -inf on masked entries.
     l_upper = (ft.big_l.astype(np.float64) + ft.err_l)[:, None]
@@ -459,12 +502,13 @@ def _forward_chunk(x: np.ndarray, fmt: Format, idx: np.ndarray, ops: dict[str, C
     masked_entry = Certified(np.full(shape, -np.inf), np.full(shape, fmt.emin - fmt.p + 1, dtype=np.int64),
                              np.zeros(shape), np.zeros(shape), np.ones(shape, dtype=bool))
     put(ls, ft.masked, masked_entry)
-    _store_rows(ops["log_softmax"], idx, ls)
+    result["log_softmax"] = ls
 
     # logsumexp: max + L.
     lse_v = ft.a.astype(W) + ft.big_l
     lse_err = _SAFETY * (ft.err_l + U_W * np.abs(lse_v.astype(np.float64)))
-    _store_rows(ops["logsumexp"], idx, certify(lse_v, lse_err, fmt))
+    result["logsumexp"] = certify(lse_v, lse_err, fmt)
+    return result
 
 
 def max_probability(ft: FastTerms, fmt: Format) -> tuple[np.ndarray, Certified]:
