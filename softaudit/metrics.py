@@ -4,7 +4,8 @@
 * error in ulps of the exact value (DESIGN §4), from the reference's
   (k, hi, lo) form: |y * 2^-k - hi - lo|, with y * 2^-k exact (a power-of-two
   scaling) and the subtraction done by TwoSum, so the figure is exact to a
-  relative 2^-52 plus 2^-30 ulp (the reference's own certified accuracy);
+  relative 2^-52 plus the reference's own certified accuracy (2^-30 ulp from
+  the mpmath engine, 2^-16 ulp from the fast path: docs/references.md);
   values out of float64's reach go through mpmath;
 * bits of error (Herbie's convention) from integer ordinals of the format;
 * stability ratio = error / envelope (envelope.py).
