@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import multiprocessing
 import os
+import queue
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -171,13 +172,30 @@ class Prefetcher:
                 self._front.value = max(self._front.value, i + 1)
                 return  # the main loop's
         while i not in self._done:
-            j, items = self._results.get()
+            try:
+                j, items = self._results.get(timeout=0.5)
+            except queue.Empty:
+                if any(proc.is_alive() for proc in self._procs):
+                    continue
+                self._drain()
+                if i not in self._done:
+                    return  # the worker that took it died (killed, out of memory): computed here
+                continue
             self._done[j] = items
         items = self._done.pop(i)
         if items is not None:
             self.units_from_workers += 1
         for key, value in items or ():
             self.cache.memory[key] = value
+
+    def _drain(self) -> None:
+        """Read what exited workers left in the queue."""
+        while True:
+            try:
+                j, items = self._results.get(timeout=0.2)
+            except queue.Empty:
+                return
+            self._done[j] = items
 
     def close(self) -> None:
         for proc in self._procs:

@@ -66,3 +66,30 @@ def test_bad_jobs_is_a_usage_error(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "softaudit", "run"], capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 2
     assert "jobs" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_unit_whose_worker_died_is_computed_by_the_main_loop():
+    """A worker killed with a unit in hand must not hang the audit: the main loop takes it back."""
+    import time
+
+    from softaudit.formats import FORMATS as F
+
+    small = [c for c in load_cases() if c.name.startswith("gap-")][:7]
+    big = next(c for c in load_cases() if c.name == "vocab-128256")  # float64: tens of seconds in mpmath
+    cases = [*small, big]
+    units = [(F["float64"], c, UnitNeeds(c.name, (), "float64", 0, (), False), c.rows * c.n) for c in cases]
+    prefetcher = Prefetcher(ReferenceCache(None), jobs=2)
+    assert prefetcher.start(units, lambda case, needs: True) == 8
+    deadline = time.monotonic() + 60
+    while prefetcher._back.value == 7 and time.monotonic() < deadline:  # until the worker takes the big unit
+        time.sleep(0.05)
+    assert prefetcher._back.value < 7
+    for proc in prefetcher._procs:
+        proc.kill()
+        proc.join()
+    started = time.monotonic()
+    for fmt, case, _, _ in units:  # each returns: claimed by the main loop, or its worker found dead
+        prefetcher.wait(fmt, case)
+    assert time.monotonic() - started < 10
+    assert prefetcher.units_from_workers == 0  # nothing came back from the killed worker
+    prefetcher.close()
