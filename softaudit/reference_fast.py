@@ -89,7 +89,8 @@ def applies(fmt: Format) -> bool:
 
 
 def ulp_exponents(v: np.ndarray, fmt: Format) -> np.ndarray:
-    """k with ulp(v) = 2^k in fmt, per element (DESIGN §4; ulp(0) is the smallest subnormal)."""
+    """k with ulp(v) = 2^k in fmt, per element (DESIGN §4; ulp(0) is the smallest subnormal);
+    v long double or float64."""
     _, e2 = np.frexp(v)  # v = m 2^e2 with 0.5 <= |m| < 1: floor(log2 |v|) = e2 - 1
     k = np.maximum(e2.astype(np.int64) - 1, fmt.emin) - fmt.p + 1
     return np.where(v == 0, fmt.emin - fmt.p + 1, k)
@@ -105,7 +106,7 @@ def round_to_format(v: np.ndarray, fmt: Format, below: bool = False) -> np.ndarr
 
 
 def _round_at(v: np.ndarray, k: np.ndarray, fmt: Format, below: bool = False) -> np.ndarray:
-    """round_to_format with ulp(v) = 2^k already known."""
+    """round_to_format with ulp(v) = 2^k already known (v long double or float64)."""
     q = np.ldexp(v, -k)  # |q| < 2^(p+1) <= 2^64: exact, as are the rint and floor below
     n = np.rint(q)
     if below:
@@ -119,15 +120,6 @@ def _round_at(v: np.ndarray, k: np.ndarray, fmt: Format, below: bool = False) ->
     if below:
         out[v == 0] = -0.0
     return out
-
-
-def units(v: np.ndarray, fmt: Format) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(k, hi, lo): v / 2^k = hi + lo exactly (64 bits in two float64s), 2^k = ulp(v) in fmt."""
-    k = ulp_exponents(v, fmt)
-    w = np.ldexp(v, -k)
-    hi = w.astype(np.float64)
-    lo = (w - hi.astype(W)).astype(np.float64)
-    return k, hi, lo
 
 
 def nudged(a: np.ndarray, direction: np.ndarray, fmt: Format) -> "Certified":
@@ -188,30 +180,16 @@ def certify(v: np.ndarray, err: np.ndarray, fmt: Format) -> Certified:
         finite = np.isfinite(lo_end) & np.isfinite(hi_end) & (np.abs(v64) < 2.0**1000)
         lo_end = np.where(finite, lo_end, 0.0)
         hi_end = np.where(finite, hi_end, 0.0)
-        k = _exponents64(lo_end, fmt)
-        same_binade = k == _exponents64(hi_end, fmt)  # then v, between the ends, shares it
-        r_lo = _round64_at(lo_end, k, fmt)
-        same = r_lo == _round64_at(hi_end, k, fmt)  # a zero's sign is not part of a reference
+        k = ulp_exponents(lo_end, fmt)
+        same_binade = k == ulp_exponents(hi_end, fmt)  # then v, between the ends, shares it
+        r_lo = _round_at(lo_end, k, fmt)
+        same = r_lo == _round_at(hi_end, k, fmt)  # a zero's sign is not part of a reference
         r_lo = np.where(r_lo == 0, np.copysign(0.0, v64), r_lo)
         hi = np.ldexp(np.where(finite, v64, 0.0), -k)  # exact scalings by powers of two
         lo = np.ldexp(np.where(finite, r, 0.0), -k)
         accurate = np.ldexp(err, -k) <= REQUIRED_ULP_ACCURACY
     ok = finite & same & same_binade & accurate
     return Certified(r_lo, k, hi, lo, ok)
-
-
-def _exponents64(v: np.ndarray, fmt: Format) -> np.ndarray:
-    """ulp_exponents for float64 values."""
-    _, e2 = np.frexp(v)
-    k = np.maximum(e2.astype(np.int64) - 1, fmt.emin) - fmt.p + 1
-    return np.where(v == 0, fmt.emin - fmt.p + 1, k)
-
-
-def _round64_at(v: np.ndarray, k: np.ndarray, fmt: Format) -> np.ndarray:
-    """Round float64 values into fmt given 2^k = ulp(v): exact (|v / 2^k| < 2^(p+1))."""
-    out = np.ldexp(np.rint(np.ldexp(v, -k)), k)
-    big = np.abs(out) > fmt.max_finite
-    return np.where(big, np.copysign(np.inf, out), out)
 
 
 def zero_entry(fmt: Format, shape: tuple[int, ...]) -> Certified:
