@@ -138,11 +138,11 @@ class Prefetcher:
         self.units_from_workers = 0
         """Units whose references a worker computed and handed over."""
 
-    def start(self, units: Sequence[tuple[Format, Case, UnitNeeds, int]],
+    def start(self, units: Sequence[tuple[Format, Case, UnitNeeds]],
               missing: Callable[[Case, UnitNeeds], bool]) -> int:
-        """Start jobs - 1 workers on the units (format, case, needs, input size), in the main loop's
+        """Start jobs - 1 workers on the units (format, case, needs), in the main loop's
         order, whose references ``missing`` says the cache lacks. Returns how many units that is."""
-        todo = [(fmt, case, needs) for fmt, case, needs, _ in units if missing(case, needs)]
+        todo = [(fmt, case, needs) for fmt, case, needs in units if missing(case, needs)]
         if self.jobs <= 1 or len(todo) < MIN_UNITS:
             return 0
         ctx = multiprocessing.get_context("spawn")  # no fork of a process that may hold threads

@@ -396,14 +396,8 @@ def reference_rows(x: np.ndarray, fmt: Format, engine: str = "auto") -> Referenc
     amax = np.empty(rows)
     log_s = np.empty(rows)
     uncertified = 0
-    base_prec = fmt.p + 64 + max(1, n).bit_length()
     for i in range(rows):
-        prec = base_prec
-        while True:
-            out, a, ls, ok = _row_reference(xs[i], fmt, prec)
-            if ok or prec >= _MAX_PREC:
-                break
-            prec *= 2
+        out, a, ls, ok = _ziv_row(xs[i], fmt)
         if not ok:
             uncertified += n
         amax[i], log_s[i] = a, ls
@@ -431,13 +425,13 @@ def reference_rows(x: np.ndarray, fmt: Format, engine: str = "auto") -> Referenc
                         fallback=rows * (2 * n + 1))
 
 
-def _ziv_row(x_row: np.ndarray, fmt: Format) -> tuple[dict, bool]:
+def _ziv_row(x_row: np.ndarray, fmt: Format) -> tuple[dict, float, float, bool]:
     """_row_reference at doubling precisions until certified (or the cap)."""
     prec = base_precision(fmt, x_row.size)
     while True:
-        out, _, _, ok = _row_reference(x_row, fmt, prec)
+        out, a, ls, ok = _row_reference(x_row, fmt, prec)
         if ok or prec >= _MAX_PREC:
-            return out, ok
+            return out, a, ls, ok
         prec *= 2
 
 
@@ -449,7 +443,7 @@ def _reference_rows_fast(xs: np.ndarray, fmt: Format) -> ReferenceSet:
     fallback = 0
     failed = {op: ~c.ok.reshape(rows, -1) for op, c in ff.ops.items()}
     for i in np.flatnonzero(np.any([f.any(axis=1) for f in failed.values()], axis=0)).tolist():
-        out, ok = _ziv_row(xs[i], fmt)
+        out, _, _, ok = _ziv_row(xs[i], fmt)
         for op, c in ff.ops.items():
             cols = np.flatnonzero(failed[op][i])
             fallback += cols.size

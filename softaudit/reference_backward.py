@@ -240,7 +240,7 @@ def backward_reference(op: str, x: np.ndarray, dy: np.ndarray, fmt: Format,
     row_fn = {"softmax": softmax_vjp_row, "log_softmax": log_softmax_vjp_row, "logsumexp": logsumexp_vjp_row}[op]
     if engine == "auto" and reference_fast.applies(fmt):
         fast, covered = reference_fast.backward(op, xs, dys, fmt)
-        fast.ok[~covered] = False  # NaN and undefined rows: the row functions settle them without arithmetic
+        # NaN and undefined rows (not covered): the row functions settle them without arithmetic.
         return fill_failed(f"{op}_backward", fast, ~covered,
                            lambda i, prec, cols: row_fn(xs[i], dys[i], fmt, prec, cols), base_precision(fmt, n))
     per_row, uncertified = certified_rows(

@@ -405,7 +405,6 @@ def loss_gradient_reference(x: np.ndarray, loss: "LossInputs", dy: np.ndarray,
         lc = reference_fast.loss_coefficients(loss, rows, n)
         g = reference_fast.fraction_to_w(scale)
         fast, covered = reference_fast.loss_gradient(xs, lc, g, fmt)
-        fast.ok[~covered] = False
         lazy: list = []
 
         def row_fn(i: int, prec: int, cols: np.ndarray | None) -> tuple[list[Entry] | None, bool]:

@@ -266,8 +266,8 @@ def run_audit(targets: Sequence[str], options: AuditOptions | None = None,
 
 
 def _unit_needs(units: list[tuple[Format, Case]], candidates: list[CandidateInfo], wanted_ops: list[str],
-                options: AuditOptions) -> list[tuple[Format, Case, UnitNeeds, int]]:
-    """For prefetching: each unit's references as the main loop will ask for them, with its size."""
+                options: AuditOptions) -> list[tuple[Format, Case, UnitNeeds]]:
+    """For prefetching: each unit's references as the main loop will ask for them."""
     out = []
     for fmt, case in units:
         directions = [d for d in DIRECTIONS if d in case.directions
@@ -278,7 +278,7 @@ def _unit_needs(units: list[tuple[Format, Case]], candidates: list[CandidateInfo
         backward = tuple(op for op in ops if "backward" in directions and any(op in c.backward for c in candidates))
         needs = UnitNeeds(case.name, tuple(str(d) for d in options.cases_dirs), fmt.name, options.seed, backward,
                           "cross_entropy" in ops and "forward" in directions)
-        out.append((fmt, case, needs, case.rows * case.n))
+        out.append((fmt, case, needs))
     return out
 
 

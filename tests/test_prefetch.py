@@ -77,7 +77,7 @@ def test_a_unit_whose_worker_died_is_computed_by_the_main_loop():
     small = [c for c in load_cases() if c.name.startswith("gap-")][:7]
     big = next(c for c in load_cases() if c.name == "vocab-128256")  # float64: tens of seconds in mpmath
     cases = [*small, big]
-    units = [(F["float64"], c, UnitNeeds(c.name, (), "float64", 0, (), False), c.rows * c.n) for c in cases]
+    units = [(F["float64"], c, UnitNeeds(c.name, (), "float64", 0, (), False)) for c in cases]
     prefetcher = Prefetcher(ReferenceCache(None), jobs=2)
     assert prefetcher.start(units, lambda case, needs: True) == 8
     deadline = time.monotonic() + 60
@@ -88,7 +88,7 @@ def test_a_unit_whose_worker_died_is_computed_by_the_main_loop():
         proc.kill()
         proc.join()
     started = time.monotonic()
-    for fmt, case, _, _ in units:  # each returns: claimed by the main loop, or its worker found dead
+    for fmt, case, _ in units:  # each returns: claimed by the main loop, or its worker found dead
         prefetcher.wait(fmt, case)
     assert time.monotonic() - started < 10
     assert prefetcher.units_from_workers == 0  # nothing came back from the killed worker
