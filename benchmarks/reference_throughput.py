@@ -4,19 +4,19 @@ The reference is softaudit's referee and, on a cold cache, most of an audit's ti
 prints, for rows of each length and format, the elements/s of the forward references
 (softmax, log_softmax and logsumexp together, as the audit computes them: 2n + 1
 elements) and of softmax's gradient (one VJP: n elements), through the default engine
-(reference_fast where it applies, mpmath for what it cannot prove) and through the pure
-mpmath engine, and the ratio. float64 targets always take mpmath (the fast path's long
-double has no 36 bits to spare over float64), so they are left out unless asked for.
+(the format's certified fast path: long double for float32 and the 16-bit formats,
+double-double for float64; mpmath for what it cannot prove) and through the pure mpmath
+engine, and the ratio.
 Each measurement is one input as the audit passes it: max(1, 32768 // n) rows of n (a
 case's array; a single short row would time numpy's per-call overhead, not the engine).
 No cache is involved. Usage:
 
     python benchmarks/reference_throughput.py [--sizes 1000 32768 262144]
-        [--formats float32 float16 bfloat16] [--repeats N] [--skip-mpmath-above N]
+        [--formats float64 float32 float16 bfloat16] [--repeats N] [--skip-mpmath-above N]
 
 Figures are medians of N runs (default 3; 1 for the mpmath engine on rows of 100,000
 elements and more, which take tens of seconds each). The pure mpmath column takes
-about 5 minutes at the default sizes.
+about 7 minutes at the default sizes.
 """
 
 from __future__ import annotations
@@ -54,7 +54,8 @@ def _median_seconds(fn, repeats: int) -> float:  # type: ignore[no-untyped-def]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 32768, 262144])
-    parser.add_argument("--formats", nargs="+", default=["float32", "float16", "bfloat16"], choices=list(FORMATS))
+    parser.add_argument("--formats", nargs="+", default=["float64", "float32", "float16", "bfloat16"],
+                        choices=list(FORMATS))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip-mpmath-above", type=int, default=None, metavar="N",
                         help="leave the pure mpmath engine out for rows longer than N (its column shows -)")

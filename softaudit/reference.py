@@ -22,6 +22,7 @@ import hashlib
 import math
 import os
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -30,7 +31,7 @@ from typing import Callable, Sequence
 import mpmath
 import numpy as np
 
-from softaudit import reference_fast
+from softaudit import reference_double, reference_fast
 from softaudit.formats import Format, round_mpf, ulp_exponent, ulp_units
 
 ENGINE_VERSION = "2"
@@ -388,8 +389,9 @@ def reference_rows(x: np.ndarray, fmt: Format, engine: str = "auto") -> Referenc
         raise ValueError(f"reference_rows expects a 2-D array, got shape {xs.shape}")
     if engine not in ENGINES:
         raise ValueError(f"unknown reference engine {engine!r} (known: {', '.join(ENGINES)})")
-    if engine == "auto" and reference_fast.applies(fmt):
-        return _reference_rows_fast(xs, fmt)
+    fast_path = reference_double.fast_path(fmt) if engine == "auto" else None
+    if fast_path is not None:
+        return _reference_rows_fast(xs, fmt, fast_path)
     rows, n = xs.shape
     arrays = {op: {"rounded": [], "k": [], "hi": [], "lo": []} for op in ROW_OPS}
     undefined = np.zeros(rows, dtype=bool)
@@ -435,10 +437,10 @@ def _ziv_row(x_row: np.ndarray, fmt: Format) -> tuple[dict, float, float, bool]:
         prec *= 2
 
 
-def _reference_rows_fast(xs: np.ndarray, fmt: Format) -> ReferenceSet:
-    """reference_rows through the fast path; the elements it cannot prove come from mpmath."""
+def _reference_rows_fast(xs: np.ndarray, fmt: Format, fast_path) -> ReferenceSet:
+    """reference_rows through a fast path; the elements it cannot prove come from mpmath."""
     rows, n = xs.shape
-    ff = reference_fast.forward(xs, fmt)
+    ff = fast_path.forward(xs, fmt)
     uncertified = 0
     fallback = 0
     failed = {op: ~c.ok.reshape(rows, -1) for op, c in ff.ops.items()}
@@ -708,13 +710,23 @@ class ReferenceCache:
         return ops, uncertified
 
 
+CACHE_COMPRESSLEVEL = 1
+"""zlib level of the cache's .npz files. References compress 2.6x overall (10-600x on constant
+rows and masks); level 1 writes them 3x faster than numpy's default (6) for files 8% larger, and
+writing was a third of a cold audit's reference time."""
+
+
 def _write_npz(path: Path, data: dict[str, np.ndarray]) -> None:
-    """Write compressed arrays atomically: a temporary file renamed into place."""
+    """Write compressed arrays as an .npz (np.load reads it) atomically: a temporary file
+    renamed into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez_compressed(fh, **data)  # references compress ~10-600x (constant rows, masks)
+        with os.fdopen(fd, "wb") as fh, zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_DEFLATED,
+                                                         compresslevel=CACHE_COMPRESSLEVEL) as zf:
+            for name, value in data.items():
+                with zf.open(f"{name}.npy", "w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, np.asanyarray(value), allow_pickle=False)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

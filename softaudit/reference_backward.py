@@ -42,7 +42,7 @@ from softaudit.reference import (
     op_reference,
     row_terms,
 )
-from softaudit import reference_fast
+from softaudit import reference_double
 
 _SAFETY = 2.0
 """Every error bound below is doubled: they are sums of first-order terms."""
@@ -238,8 +238,9 @@ def backward_reference(op: str, x: np.ndarray, dy: np.ndarray, fmt: Format,
         raise ValueError("the upstream gradient must be finite")
     rows, n = xs.shape
     row_fn = {"softmax": softmax_vjp_row, "log_softmax": log_softmax_vjp_row, "logsumexp": logsumexp_vjp_row}[op]
-    if engine == "auto" and reference_fast.applies(fmt):
-        fast, covered = reference_fast.backward(op, xs, dys, fmt)
+    fast_path = reference_double.fast_path(fmt) if engine == "auto" else None
+    if fast_path is not None:
+        fast, covered = fast_path.backward(op, xs, dys, fmt)
         # NaN and undefined rows (not covered): the row functions settle them without arithmetic.
         return fill_failed(f"{op}_backward", fast, ~covered,
                            lambda i, prec, cols: row_fn(xs[i], dys[i], fmt, prec, cols), base_precision(fmt, n))

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from mpmath.libmp import from_man_exp
 
-from softaudit import reference_fast
+from softaudit import reference_double, reference_fast
 from softaudit.formats import Format
 from softaudit.reference import (
     Certifier,
@@ -180,8 +180,9 @@ def loss_reference(x: np.ndarray, loss: "LossInputs", fmt: Format, engine: str =
     xs = np.asarray(x).astype(np.float64)
     rows, n = xs.shape
     denom = mean_denominator(loss, rows)
-    if engine == "auto" and reference_fast.applies(fmt):
-        fast = _loss_reference_fast(xs, loss, fmt, denom)
+    fast_path = reference_double.fast_path(fmt) if engine == "auto" else None
+    if fast_path is not None:
+        fast = _loss_reference_fast(xs, loss, fmt, denom, fast_path)
         if fast is not None:
             return fast
     coefs = row_coefficients(loss, n)
@@ -204,15 +205,26 @@ def loss_reference(x: np.ndarray, loss: "LossInputs", fmt: Format, engine: str =
     )
 
 
-def _loss_reference_fast(xs: np.ndarray, loss: "LossInputs", fmt: Format, denom: Fraction) -> LossReference | None:
-    """loss_reference through reference_fast: rows it cannot prove come from _row_loss (Ziv's
-    loop); the reductions are summed in mpmath from the rows' values and bounds. None when a
-    reduction cannot be certified that way (the caller then runs the exact engine throughout)."""
+def _loss_reference_fast(xs: np.ndarray, loss: "LossInputs", fmt: Format, denom: Fraction,
+                         fast_path) -> LossReference | None:
+    """loss_reference through a fast path (reference_fast or reference_double): rows it cannot
+    prove come from _row_loss (Ziv's loop); the reductions are summed in mpmath from the rows'
+    values and bounds. None when a reduction cannot be certified that way (the caller then runs
+    the exact engine throughout)."""
     rows, n = xs.shape
     lc = reference_fast.loss_coefficients(loss, rows, n)
-    rl = reference_fast.row_losses(xs, lc, fmt)
-    finite = np.flatnonzero(rl.kind == "finite")
-    c = reference_fast.certify(rl.value[finite], rl.err[finite], fmt)
+    if fast_path is reference_fast:
+        rl = reference_fast.row_losses(xs, lc, fmt)
+        finite = np.flatnonzero(rl.kind == "finite")
+        c = reference_fast.certify(rl.value[finite], rl.err[finite], fmt)
+        hi_all = rl.value.astype(np.float64)
+        lo_all = (rl.value - hi_all.astype(np.longdouble)).astype(np.float64)  # exact
+    else:
+        rl = reference_double.row_losses(xs, loss, lc, fmt)
+        finite = np.flatnonzero(rl.kind == "finite")
+        c = reference_double.certify(rl.hi[finite], rl.lo[finite], rl.err[finite], fmt)
+        c.ok &= rl.ok[finite]
+        hi_all, lo_all = rl.hi, rl.lo
     coefs: list[RowCoefficients] | None = None
     cert = Certifier(fmt)
     prec = base_precision(fmt, n)
@@ -222,10 +234,8 @@ def _loss_reference_fast(xs: np.ndarray, loss: "LossInputs", fmt: Format, denom:
     uncertified = 0
     for pos, i in enumerate(finite.tolist()):
         if c.ok[pos]:
-            v = rl.value[i]
-            hi = float(v)
-            lo = float(v - np.longdouble(hi))
-            row_losses[i] = _RowLoss("finite", _ctx.fadd(hi, lo, exact=True), float(rl.err[i]))
+            row_losses[i] = _RowLoss("finite", _ctx.fadd(float(hi_all[i]), float(lo_all[i]), exact=True),
+                                     float(rl.err[i]))
             per_row[i] = (float(c.rounded[pos]), int(c.k[pos]), float(c.hi[pos]), float(c.lo[pos]))
             continue
         if coefs is None:
@@ -401,10 +411,13 @@ def loss_gradient_reference(x: np.ndarray, loss: "LossInputs", dy: np.ndarray,
     if loss.reduction == "mean" and mean_denominator(loss, rows) == 0:
         per_row: list = [None] * rows  # 0 / 0: every row ignored
         return op_reference("cross_entropy_backward", per_row, (rows, n)), 0
-    if engine == "auto" and reference_fast.applies(fmt):
+    fast_path = reference_double.fast_path(fmt) if engine == "auto" else None
+    if fast_path is not None:
         lc = reference_fast.loss_coefficients(loss, rows, n)
-        g = reference_fast.fraction_to_w(scale)
-        fast, covered = reference_fast.loss_gradient(xs, lc, g, fmt)
+        if fast_path is reference_fast:
+            fast, covered = reference_fast.loss_gradient(xs, lc, reference_fast.fraction_to_w(scale), fmt)
+        else:
+            fast, covered = reference_double.loss_gradient(xs, loss, lc, scale, fmt)
         lazy: list = []
 
         def row_fn(i: int, prec: int, cols: np.ndarray | None) -> tuple[list[Entry] | None, bool]:

@@ -1,4 +1,5 @@
-"""The certified fast path (reference_fast) against the pure mpmath engine: zero disagreements.
+"""The certified fast paths (reference_fast for float32/float16/bfloat16, reference_double for
+float64) against the pure mpmath engine: zero disagreements.
 
 Every reference element the default engine stores must match the mpmath engine's:
 the same correctly rounded value (a zero's sign aside: nothing judges it, and where
@@ -21,7 +22,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from softaudit import reference_double
 from softaudit import reference_fast as rf
+from softaudit.reference_double import fast_path
 from softaudit.cases import load_cases
 from softaudit.formats import BFLOAT16, FLOAT16, FLOAT32, FLOAT64, FORMATS, Format, round_float64_array, round_mpf
 from softaudit.inputs import LossInputs, NotApplicable, generate, loss_inputs, upstream
@@ -30,6 +33,8 @@ from softaudit.reference_backward import backward_reference
 from softaudit.reference_loss import loss_gradient_reference, loss_reference
 
 FAST_FORMATS = [f for f in (FLOAT32, FLOAT16, BFLOAT16) if rf.applies(f)]
+VERIFIED_FORMATS = FAST_FORMATS + [FLOAT64]
+"""Every format with a fast path here: long double's, and float64's double-double (any machine)."""
 needs_fast = pytest.mark.skipif(not FAST_FORMATS, reason="long double is no wider than double on this machine: "
                                                           "the fast path is off and every reference is mpmath's")
 TOLERANCE = rf.REQUIRED_ULP_ACCURACY + 2.0**-30
@@ -115,12 +120,16 @@ def test_long_double_libm_is_within_half_the_assumed_bound(name, fn, exact, draw
     assert worst <= rf.LIBM_ULPS / 2, f"{name}: {worst:.3f} ulp"
 
 
-def test_fast_path_covers_the_16_and_32_bit_formats_and_never_float64():
-    assert not rf.applies(FLOAT64)  # float64 targets always take the mpmath engine
+def test_each_format_has_a_fast_path_long_double_for_the_narrow_ones_double_double_for_float64():
+    assert not rf.applies(FLOAT64)  # 11 bits over float64: too few for the proof
     if rf.W_BITS >= 64:
         assert FAST_FORMATS == [FLOAT32, FLOAT16, BFLOAT16]
+    for fmt in FAST_FORMATS:
+        assert fast_path(fmt) is rf
+    assert fast_path(FLOAT64) is reference_double
     x = np.array([[0.0, -1.0, -2.5]])
-    assert reference_rows(x, FLOAT64).fallback == x.size * 2 + 1  # every element from mpmath
+    assert reference_rows(x, FLOAT64).fallback == 0  # every element proven by the double-double path
+    assert reference_rows(x, FLOAT64, engine="mpmath").fallback == x.size * 2 + 1
 
 
 @needs_fast
@@ -192,7 +201,7 @@ def test_a_dominant_maximum_keeps_its_binade():
 
 def _library_units(max_elements: int | None):
     for case in load_cases():
-        for fmt in FAST_FORMATS:
+        for fmt in VERIFIED_FORMATS:
             try:
                 x = generate(case, fmt, seed=0)
             except NotApplicable:
@@ -220,8 +229,7 @@ def _check_unit(case, fmt, x) -> list[str]:
     return [f"{case.name} {fmt.name}: {d}" for d in compare_all(x, fmt, dys, loss, loss_dy)]
 
 
-@needs_fast
-@pytest.mark.parametrize("fmt", FAST_FORMATS, ids=lambda f: f.name)
+@pytest.mark.parametrize("fmt", VERIFIED_FORMATS, ids=lambda f: f.name)
 def test_fast_path_agrees_with_mpmath_on_the_shipped_cases_up_to_2048_elements(fmt: Format):
     bad: list[str] = []
     checked = 0
@@ -229,12 +237,11 @@ def test_fast_path_agrees_with_mpmath_on_the_shipped_cases_up_to_2048_elements(f
         if f is fmt:
             bad += _check_unit(case, f, x)
             checked += 1
-    assert checked > 80  # (most of the library: 99 float32 cases today)
+    assert checked > 80  # (most of the library: 99 float32 and 99 float64 cases today)
     assert bad == []
 
 
 @pytest.mark.slow
-@needs_fast
 def test_fast_path_agrees_with_mpmath_on_the_whole_case_library():
     bad: list[str] = []
     for case, fmt, x in _library_units(None):
@@ -292,11 +299,10 @@ def _dy(draw, fmt: Format, shape) -> np.ndarray:
     return round_float64_array(v, fmt).astype(np.float64)
 
 
-@needs_fast
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=160, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_fast_path_agrees_with_mpmath_on_drawn_rows(data):
-    fmt = data.draw(st.sampled_from(FAST_FORMATS))
+    fmt = data.draw(st.sampled_from(VERIFIED_FORMATS))
     x = data.draw(rows_of(fmt))
     dys = {op: _dy(data.draw, fmt, (x.shape[0],) if op == "logsumexp" else x.shape)
            for op in ("softmax", "log_softmax", "logsumexp")}
