@@ -124,6 +124,8 @@ def run(
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Reference cache directory (default: $SOFTAUDIT_CACHE_DIR or ~/.cache/softaudit)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Compute every reference afresh and store nothing."),
     jobs: Optional[int] = typer.Option(None, "--jobs", "-j", help="Processes to use: references are computed in JOBS - 1 worker processes while candidates are called. [default: the machine's cores]", show_default=False),
+    bench: Optional[bool] = typer.Option(None, "--bench/--no-bench", help="Also time every candidate x op x direction x format at LLM-typical shapes (after the audit), against the copy bandwidth of the same device. [default: no]", show_default=False),
+    shape: list[str] = typer.Option([], "--shape", help="Shape ROWSxN to time at with --bench (repeatable). Default: 4096x1024, 1024x32000, 256x128256, 64x262144."),
     findings: int = typer.Option(10, "--findings", help="How many worst findings to explain after the table."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no table; the exit code (and the files asked for) only."),
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for bad input."),
@@ -168,6 +170,11 @@ def run(
             raise UsageProblem(f"--jobs must be between 1 and 1024, got {jobs}")
         if memory_limit is not None and not 0 < memory_limit <= 2**20:
             raise UsageProblem(f"--memory-limit must be a positive number of GiB (at most 2^20), got {memory_limit:g}")
+        bench = bool(_pick(bench, cfg and cfg.bench, False))
+        shapes = [_parse_shape(text) for text in shape] or (cfg.shapes if cfg else [])
+        if shape and not bench:
+            raise UsageProblem("--shape sets the shapes --bench times at: add --bench (or bench = true in "
+                               "[tool.softaudit])")
         outputs = _check_outputs({"--json": json_path, "--html": html_path, "--md": md_path, "--junit": junit_path})
         if md_full and md_path is None:
             raise UsageProblem("--md-full needs --md PATH")
@@ -184,6 +191,7 @@ def run(
             cache_dir=cache_dir, use_cache=not no_cache, rowwise=rowwise, isolated=not no_isolation,
             timeout=timeout, memory_limit=int(memory_limit * 2**30) if memory_limit is not None else None,
             relative_to=relative_to, relative_factor=relative_factor, relative_slack=relative_slack, jobs=jobs,
+            bench=bench, shapes=shapes,
         )
         console = Console(stderr=True)
         if cfg is not None and not quiet:
@@ -221,6 +229,15 @@ def run(
                                    f"{len(result.records)} records kept" + (f" in {json_path}" if json_path else ""))
         raise typer.Exit(128 + signum)
     raise typer.Exit(result.exit_code)
+
+
+def _parse_shape(text: str) -> tuple[int, int]:
+    from softaudit.timing import parse_shape
+
+    try:
+        return parse_shape(text)
+    except ValueError as exc:
+        raise UsageProblem(f"--shape: {exc}") from None
 
 
 def _pick(cli_value, config_value, default):  # type: ignore[no-untyped-def]

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.text import Text
 
 from softaudit.envelope import DEFAULT_RATIO_LIMIT
-from softaudit.records import Record
+from softaudit.records import Record, SpeedRecord
 from softaudit.reports.json_report import json_number
 from softaudit.reports.terminal import short_number
 from softaudit.results import ResultsDocument, ResultsError
@@ -31,7 +31,7 @@ IMPROVEMENT_ORDER = ("fixed", "nan-gone", "error-shrunk", "faster")
 LABELS = {"new-fail": "NEW FAIL", "nan-appeared": "NaN/Inf", "error-grown": "ERROR", "slower": "SLOWER",
           "missing": "MISSING", "fixed": "FIXED", "nan-gone": "NaN/Inf GONE", "error-shrunk": "ERROR",
           "faster": "FASTER", "verdict": "VERDICT", "ulp-grown": "ULP +", "ulp-shrunk": "ULP -",
-          "undefined-rows": "UNDEFINED", "added": "ADDED"}
+          "undefined-rows": "UNDEFINED", "added": "ADDED", "not-timed": "NOT TIMED"}
 
 Key = tuple[str, str, str, str, str]
 
@@ -84,8 +84,9 @@ class Change:
     """The record's id with the candidate name it was matched by (see ``matching_names``)."""
     kind: str
     """Regressions: new-fail, nan-appeared, error-grown, slower (and missing, on request). Improvements:
-    fixed, nan-gone, error-shrunk, faster. Informational: verdict, ulp-grown, ulp-shrunk, undefined-rows.
-    The added and removed lists: added, missing."""
+    fixed, nan-gone, error-shrunk, faster. Informational: verdict, ulp-grown, ulp-shrunk, undefined-rows,
+    not-timed. The added and removed lists: added, missing. slower, faster and not-timed are about
+    speed records (``softaudit run --bench``), the rest about case records."""
     metric: str
     """What ``base`` and ``new`` measure: verdict, class_mismatches, max_ulp, max_ratio, median_s,
     undefined_rows."""
@@ -214,11 +215,11 @@ def _seconds(s: float) -> str:
     return f"{s * 1e9:.3g} ns"
 
 
-def _median_s(r: Record) -> float | None:
-    v = (r.speed or {}).get("median_s")
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+def _median_s(s: SpeedRecord) -> float | None:
+    v = s.median_s
+    if v is None or not math.isfinite(v) or v <= 0:
         return None
-    return float(v)
+    return v
 
 
 def _kinds_text(kinds: dict[str, int]) -> str:
@@ -282,13 +283,6 @@ def _judge(b: Record, n: Record, options: CompareOptions) -> tuple[list[Change],
             info.append(Change("", "undefined-rows", "undefined_rows", before, after,
                                f"undefined rows (fully masked or +inf) returned {_rows_text(before)} → "
                                f"{_rows_text(after)}"))
-    bs, ns = _median_s(b), _median_s(n)
-    if bs is not None and ns is not None and ns > options.speed_factor * bs:
-        worse.append(Change("", "slower", "median_s", bs, ns, f"median time {_seconds(bs)} → {_seconds(ns)} "
-                                                              f"({_by(bs, ns)})", factor=ns / bs))
-    elif bs is not None and ns is not None and bs > options.speed_factor * ns:
-        better.append(Change("", "faster", "median_s", bs, ns, f"median time {_seconds(bs)} → {_seconds(ns)} "
-                                                               f"({_by(bs, ns)})", factor=ns / bs))
     said = worse and worse[0].kind == "new-fail" or better and better[0].kind == "fixed"
     if b.verdict != n.verdict and not said:
         # PASS -> WARN is said on the line of the error change that came with it; alone, on a line of its own
@@ -364,7 +358,6 @@ def compare(base: ResultsDocument, new: ResultsDocument, options: CompareOptions
     options.check()
     base_index, new_index = _index(base, "BASE"), _index(new, "NEW")
     c = Comparison([], [], [], [], [], 0, [], options, base.source, new.source)
-    speed_compared = False
     for key, (change_id, b) in base_index.items():
         if key not in new_index:
             c.removed.append(Change(change_id, "missing", "verdict", b.verdict, None,
@@ -372,7 +365,6 @@ def compare(base: ResultsDocument, new: ResultsDocument, options: CompareOptions
             continue
         n = new_index[key][1]
         c.matched += 1
-        speed_compared |= _median_s(b) is not None and _median_s(n) is not None
         worse, better, info = _judge(b, n, options)
         if worse:
             c.regressions.append(_merged(worse, change_id, b, n))
@@ -387,12 +379,51 @@ def compare(base: ResultsDocument, new: ResultsDocument, options: CompareOptions
         if n.verdict == FAIL:
             c.regressions.append(Change(change_id, "new-fail", "verdict", None, FAIL,
                                         f"added as FAIL: {_reason(n)}", new_id=n.id))
+    speed_compared = _compare_speed(base, new, options, c)
     if options.missing_is_regression:
         c.regressions.extend(c.removed)
     c.regressions.sort(key=_severity)
     c.improvements.sort(key=_severity)
     c.warnings = _warnings(base, new, c, speed_compared)
     return c
+
+
+def _compare_speed(base: ResultsDocument, new: ResultsDocument, options: CompareOptions, c: Comparison) -> bool:
+    """Speed records matched by candidate (as records are), op, direction, format and shape: NEW's
+    median time above speed_factor x BASE's is a regression ("slower"), below 1/speed_factor an
+    improvement ("faster"); a shape timed in BASE that NEW could not time is an informational change.
+    Returns whether any pair was compared."""
+    def index(document: ResultsDocument) -> dict[tuple, tuple[str, SpeedRecord]]:
+        names = matching_names([*document.records, *document.speed])  # type: ignore[list-item]
+        out = {}
+        for sp in document.speed:
+            name = names[sp.candidate]
+            shape = f"{sp.shape[0]}x{sp.shape[1]}"
+            out[(name, sp.op, sp.direction, sp.dtype, shape)] = (f"{name}/{sp.op}/{sp.direction}/{sp.dtype}/{shape}", sp)
+        return out
+
+    base_index, new_index = index(base), index(new)
+    compared = False
+    for key, (change_id, b) in base_index.items():
+        if key not in new_index:
+            continue
+        n = new_index[key][1]
+        bs, ns = _median_s(b), _median_s(n)
+        if bs is not None and ns is None and n.skipped:
+            c.changes.append(Change(change_id, "not-timed", "median_s", bs, None,
+                                    f"timed in BASE ({_seconds(bs)}), not in NEW: {_one_line(n.skipped)}",
+                                    base_id=b.id, new_id=n.id))
+        if bs is None or ns is None:
+            continue
+        compared = True
+        message = f"median time {_seconds(bs)} → {_seconds(ns)} ({_by(bs, ns)})"
+        if ns > options.speed_factor * bs:
+            c.regressions.append(Change(change_id, "slower", "median_s", bs, ns, message, factor=ns / bs,
+                                        base_id=b.id, new_id=n.id))
+        elif bs > options.speed_factor * ns:
+            c.improvements.append(Change(change_id, "faster", "median_s", bs, ns, message, factor=ns / bs,
+                                         base_id=b.id, new_id=n.id))
+    return compared
 
 
 # ---------------------------------------------------------------------------- output

@@ -15,6 +15,7 @@ from typing import Any
 
 from softaudit.formats import FORMATS
 from softaudit.ops import DIRECTIONS, OPS
+from softaudit.timing import parse_shape
 from softaudit.verdicts import UNDEFINED_POLICIES, Limits
 
 if sys.version_info >= (3, 11):
@@ -45,6 +46,9 @@ class GateConfig:
     relative_factor: float | None = None
     relative_slack: float | None = None
     jobs: int | None = None
+    bench: bool | None = None
+    shapes: list[tuple[int, int]] = field(default_factory=list)
+    """ROWSxN strings parsed (speed.parse_shape)."""
     ratio: float | None = None
     """limits.ratio: the stability-ratio limit for every op and format."""
     max_ulp: float | None = None
@@ -53,9 +57,9 @@ class GateConfig:
     """Per "op", "format" or "op.format" limits."""
 
 
-_LIST_KEYS = ("targets", "ops", "directions", "formats", "cases", "cases_dirs")
+_LIST_KEYS = ("targets", "ops", "directions", "formats", "cases", "cases_dirs", "shapes")
 _KEYS = (*_LIST_KEYS, "seed", "undefined", "strict", "relative_to", "relative_factor", "relative_slack",
-         "jobs", "limits")
+         "jobs", "bench", "limits")
 _LIMIT_KEYS = ("ratio", "max_ulp")
 
 
@@ -126,6 +130,11 @@ def _parse(table: dict, path: Path, prefix: str) -> GateConfig:
                 cfg.targets = [v if v.startswith("builtin:") else str(base / v) for v in value]
             elif key == "cases_dirs":
                 cfg.cases_dirs = [base / v for v in value]
+            elif key == "shapes":
+                try:
+                    cfg.shapes = [parse_shape(v) for v in value]
+                except ValueError as exc:
+                    raise bad(key, str(exc)) from None
             else:
                 setattr(cfg, key, list(value))
         elif key == "seed":
@@ -140,10 +149,10 @@ def _parse(table: dict, path: Path, prefix: str) -> GateConfig:
             if value not in UNDEFINED_POLICIES:
                 raise bad(key, f"unknown policy {value!r} (known: {', '.join(UNDEFINED_POLICIES)})")
             cfg.undefined = value
-        elif key == "strict":
+        elif key in ("strict", "bench"):
             if not isinstance(value, bool):
                 raise bad(key, f"must be true or false, got {value!r}")
-            cfg.strict = value
+            setattr(cfg, key, value)
         elif key == "relative_to":
             if not isinstance(value, str) or not value:
                 raise bad(key, "must be a target: a .py path or builtin:NAME")

@@ -122,6 +122,9 @@ class Executor(Protocol):
 
     def call(self, cand: CandidateInfo, request: CallRequest) -> CallResult: ...
 
+    def bench(self, cand: CandidateInfo, op: str, direction: str, fmt_name: str, rows: int, n: int,
+              seed: int) -> tuple[str, object]: ...
+
     def close(self) -> None: ...
 
 
@@ -136,6 +139,7 @@ class InProcessExecutor:
         self.rowwise = rowwise
         self._candidates: dict[tuple[str, str], Candidate] = {}
         self._preloaded: dict[str, list[Candidate]] = {}
+        self._meter = None  # a speed.SpeedMeter, made on the first bench (importing speed costs nothing else)
 
     def add(self, target: str, candidates: list[Candidate]) -> None:
         """Hold candidates built in this process (the Python API's callables) under ``target``."""
@@ -157,6 +161,15 @@ class InProcessExecutor:
 
     def call(self, cand: CandidateInfo, request: CallRequest) -> CallResult:
         return call(self._candidates[(cand.target, cand.loaded_name)], request)
+
+    def bench(self, cand: CandidateInfo, op: str, direction: str, fmt_name: str, rows: int, n: int,
+              seed: int) -> tuple[str, object]:
+        """A speed measurement (softaudit.speed.bench) in this process."""
+        from softaudit.speed import SpeedMeter, bench
+
+        self._meter = self._meter or SpeedMeter()
+        return bench(self._meter, self._candidates[(cand.target, cand.loaded_name)], op, direction, fmt_name,
+                     rows, n, seed)
 
     def close(self) -> None:
         self._candidates.clear()
@@ -313,6 +326,22 @@ class WorkerExecutor:
             return _failed_call(failure)
         kind, payload = reply
         return payload if kind == "result" else _failed_call(str(payload))
+
+    def bench(self, cand: CandidateInfo, op: str, direction: str, fmt_name: str, rows: int, n: int,
+              seed: int) -> tuple[str, object]:
+        """A speed measurement in the worker (softaudit.speed.bench): ("speed", figures) or
+        ("speed-skip", reason). It may take MIN_REPEATS + WARMUP_CALLS + 1 calls' timeouts."""
+        from softaudit import timing
+
+        self._ensure()
+        if cand.target in self._lost:
+            return "speed-skip", "could not be loaded again after a worker restart"
+        budget = self.timeout * (timing.MIN_REPEATS + timing.WARMUP_CALLS + 1)
+        reply, failure = self._request(("bench", cand.target, cand.loaded_name, op, direction, fmt_name, rows, n,
+                                        seed), budget)
+        if reply is None:
+            return "speed-skip", failure
+        return reply
 
     def close(self) -> None:
         if self._alive() and self._send_conn is not None:

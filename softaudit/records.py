@@ -1,4 +1,5 @@
-"""The unit of an audit's results: one candidate x op x direction x format x case."""
+"""The units of an audit's results: one candidate x op x direction x format x case (Record),
+and, with --bench, one candidate x op x direction x format x shape timed (SpeedRecord)."""
 
 from __future__ import annotations
 
@@ -44,11 +45,38 @@ class Record:
     """The input around the element a finding points at (the first class mismatch, else the
     worst): ``row``, ``n`` and ``values`` as [col, value] pairs (that column's neighbours
     and the row's largest entry). None when there is nothing to point at."""
-    speed: dict | None = None
-    """Timing figures when the audit measured speed: ``median_s`` (median seconds of one call) and
-    whatever else the timing harness records; None when speed was not measured."""
 
     @property
     def id(self) -> str:
         """Stable identifier: candidate/op/direction/dtype/case."""
         return f"{self.candidate}/{self.op}/{self.direction}/{self.dtype}/{self.case}"
+
+
+@dataclass
+class SpeedRecord:
+    """One candidate x op x direction x format timed at one shape (``softaudit run --bench``)."""
+
+    candidate: str
+    target: str
+    op: str
+    direction: str
+    dtype: str
+    shape: tuple[int, int]
+    """(rows, n)."""
+    figures: dict | None = None
+    """speed.SpeedMeter.measure's figures: median_s, iqr_s, repeats, copies, elements_per_s,
+    bytes, gb_per_s, copy_median_s, copy_gb_per_s, pct_copy_bandwidth, device; None when the
+    call could not be timed."""
+    skipped: str | None = None
+    """Why it was not timed (a numpy candidate without a backward function, a crash), else None."""
+
+    @property
+    def id(self) -> str:
+        """Stable identifier: candidate/op/direction/dtype/ROWSxN."""
+        return f"{self.candidate}/{self.op}/{self.direction}/{self.dtype}/{self.shape[0]}x{self.shape[1]}"
+
+    @property
+    def median_s(self) -> float | None:
+        """The median seconds of one call, when timed."""
+        v = (self.figures or {}).get("median_s")
+        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None

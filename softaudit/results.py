@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from softaudit.metrics import Location, RecordMetrics
-from softaudit.records import Record
+from softaudit.records import Record, SpeedRecord
 
 SUPPORTED_SCHEMA_VERSIONS = (1,)
 
@@ -29,6 +29,8 @@ class ResultsDocument:
 
     records: list[Record]
     environment: dict = field(default_factory=dict)
+    speed: list[SpeedRecord] = field(default_factory=list)
+    """With --bench: the speed measurements (one per candidate x op x direction x format x shape)."""
     options: dict = field(default_factory=dict)
     candidates: list[dict] = field(default_factory=list)
     summary: dict = field(default_factory=dict)
@@ -118,9 +120,28 @@ def record_of_dict(d: dict) -> Record:
         output_dtype=str(d.get("output_dtype", "")), notes=[str(x) for x in d.get("notes", [])],
         seconds=float(d.get("seconds", 0.0)), case_description=str(d.get("case_description", "")),
         parameters=dict(d.get("parameters") or {}), input_summary=summary, excerpt=excerpt,
-        speed=dict(d["speed"]) if d.get("speed") is not None else None,
     )
     return rec
+
+
+def speed_of_dict(d: dict) -> SpeedRecord:
+    """One entry of the document's "speed" list."""
+    shape = d["shape"]
+    if not (isinstance(shape, list) and len(shape) == 2 and all(isinstance(v, int) and v > 0 for v in shape)):
+        raise ValueError(f"shape {shape!r} is not [rows, n]")
+    figures = None
+    if d.get("median_s") is not None:
+        figures = {k: _float(d.get(k)) for k in ("median_s", "iqr_s", "elements_per_s", "gb_per_s", "copy_median_s",
+                                                 "copy_gb_per_s", "pct_copy_bandwidth")}
+        figures.update({k: None if d.get(k) is None else int(d[k]) for k in ("repeats", "copies", "bytes")})
+        figures["device"] = str(d.get("device") or "")
+        median = figures["median_s"]
+        if median is None or not (math.isfinite(median) and median > 0):
+            raise ValueError(f"median_s {d['median_s']!r} is not a positive number of seconds")
+    skipped = d.get("skipped")
+    return SpeedRecord(candidate=str(d["candidate"]), target=str(d["target"]), op=str(d["op"]),
+                       direction=str(d["direction"]), dtype=str(d["dtype"]), shape=(shape[0], shape[1]),
+                       figures=figures, skipped=None if skipped is None else str(skipped))
 
 
 def document_of_dict(data: Any, source: str = "") -> ResultsDocument:
@@ -141,8 +162,19 @@ def document_of_dict(data: Any, source: str = "") -> ResultsDocument:
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             what = f"missing key {exc}" if isinstance(exc, KeyError) else str(exc)
             raise ResultsError(f"{where}: record {i} is malformed ({what})") from None
+    speed = []
+    raw_speed = data.get("speed") or []
+    if not isinstance(raw_speed, list):
+        raise ResultsError(f"{where}: 'speed' is not a list")
+    for i, d in enumerate(raw_speed):
+        try:
+            speed.append(speed_of_dict(d))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            what = f"missing key {exc}" if isinstance(exc, KeyError) else str(exc)
+            raise ResultsError(f"{where}: speed entry {i} is malformed ({what})") from None
     return ResultsDocument(
-        records=records, environment=dict(data.get("environment") or {}), options=dict(data.get("options") or {}),
+        records=records, speed=speed, environment=dict(data.get("environment") or {}),
+        options=dict(data.get("options") or {}),
         candidates=list(data.get("candidates") or []), summary=dict(data.get("summary") or {}),
         complete=bool(data.get("complete", True)), softaudit_version=data.get("softaudit_version"),
         schema_version=int(version), source=source,

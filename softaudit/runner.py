@@ -35,7 +35,7 @@ from softaudit.inputs import LossInputs, NotApplicable, generate, loss_inputs, u
 from softaudit.isolation import DEFAULT_TIMEOUT, CandidateInfo, Executor, LoadFailure, make_executor
 from softaudit.metrics import judge_elements, summarize
 from softaudit.ops import DIRECTIONS
-from softaudit.records import Record
+from softaudit.records import Record, SpeedRecord
 from softaudit.prefetch import Prefetcher, UnitNeeds, default_jobs
 from softaudit.reference_fast import loss_coefficients
 from softaudit.reference import OpReference, ReferenceCache, ReferenceSet, default_cache_dir
@@ -47,6 +47,7 @@ from softaudit.reference_loss import (
     mean_denominator,
     upstream_scale,
 )
+from softaudit.timing import DEFAULT_SHAPES
 from softaudit.verdicts import FAIL, PASS, SKIP, Gate, apply_relative_rule, decide
 
 ProgressFn = Callable[[int, int, str], None]
@@ -87,6 +88,10 @@ class AuditOptions:
     jobs: int | None = None
     """Processes for the audit: references of later units are computed in jobs - 1 worker
     processes while the main loop calls candidates (prefetch.py); None: the machine's cores."""
+    bench: bool = False
+    """Also time every candidate x op x direction x format at ``shapes`` (speed.py), after the audit."""
+    shapes: Sequence[tuple[int, int]] = ()
+    """(rows, n) shapes to time at; empty means speed.DEFAULT_SHAPES."""
 
 
 @dataclass
@@ -109,6 +114,8 @@ class AuditResult:
     """The relative rule's baseline candidate, whose own verdicts do not set the exit code."""
     prefetched_units: int = 0
     """(format, case) units whose references --jobs' worker processes computed."""
+    speed: list[SpeedRecord] = field(default_factory=list)
+    """With ``bench``: one per candidate x op x direction x format x shape."""
 
     @property
     def exit_code(self) -> int:
@@ -197,6 +204,7 @@ def run_audit(targets: Sequence[str], options: AuditOptions | None = None,
     if executor is None:
         executor = make_executor(options.isolated, options.rowwise, options.timeout, options.memory_limit)
     records: list[Record] = []
+    speed: list[SpeedRecord] = []
     candidates: list[CandidateInfo] = []
     uncertified = 0
     complete = True
@@ -246,6 +254,8 @@ def run_audit(targets: Sequence[str], options: AuditOptions | None = None,
             uncertified += unit.uncertified
         if progress:
             progress(len(units), len(units), "done")
+        if options.bench:
+            _bench(executor, candidates, wanted_ops, formats, options, speed, progress)
     except KeyboardInterrupt:
         complete = False
     finally:
@@ -261,8 +271,33 @@ def run_audit(targets: Sequence[str], options: AuditOptions | None = None,
         records=records, candidates=candidates, options=options, environment=environment(options.seed),
         seconds=time.perf_counter() - started, cache_hits=cache.hits, cache_misses=cache.misses,
         uncertified=uncertified, complete=complete, worker_restarts=restarts, baseline=baseline,
-        prefetched_units=prefetcher.units_from_workers if prefetcher is not None else 0,
+        prefetched_units=prefetcher.units_from_workers if prefetcher is not None else 0, speed=speed,
     )
+
+
+def _bench(executor: Executor, candidates: list[CandidateInfo], wanted_ops: list[str], formats: list[Format],
+           options: AuditOptions, out: list[SpeedRecord], progress: ProgressFn | None) -> None:
+    """Time every candidate x op x direction x format x shape in the executor (the audit's own
+    worker), appending to ``out`` as it goes (an interrupt keeps what was measured)."""
+    shapes = list(options.shapes) or list(DEFAULT_SHAPES)
+    directions = [d for d in DIRECTIONS if not options.directions or d in options.directions]
+    todo = [(c, op, d, fmt, shape) for c in candidates for op in wanted_ops if op in c.ops
+            for d in directions for fmt in formats for shape in shapes]
+    for done, (c, op, d, fmt, (rows, n)) in enumerate(todo):
+        label = op if d == "forward" else f"{op} bwd"
+        if progress:
+            progress(done, len(todo), f"speed · {c.name} {label} {fmt.name} {rows}x{n}")
+        if d == "backward" and op not in c.backward:
+            reason = c.backward_missing.get(op, f"{op}'s backward pass cannot be timed")
+            out.append(SpeedRecord(c.name, c.target, op, d, fmt.name, (rows, n), None, reason))
+            continue
+        kind, payload = executor.bench(c, op, d, fmt.name, rows, n, options.seed)
+        if kind == "speed":
+            out.append(SpeedRecord(c.name, c.target, op, d, fmt.name, (rows, n), dict(payload)))  # type: ignore[arg-type]
+        else:
+            out.append(SpeedRecord(c.name, c.target, op, d, fmt.name, (rows, n), None, str(payload)))
+    if progress and todo:
+        progress(len(todo), len(todo), "done")
 
 
 def _unit_needs(units: list[tuple[Format, Case]], candidates: list[CandidateInfo], wanted_ops: list[str],

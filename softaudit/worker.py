@@ -1,8 +1,10 @@
 """The worker process that runs candidates: ``python -m softaudit.worker R W MEMORY ROWWISE``.
 
 It reads requests from pipe fd R and answers on pipe fd W (multiprocessing
-Connection framing): ("load", target, probe) and ("call", target, name,
-request), the request a candidates.CallRequest. It ignores Ctrl-C (the CLI
+Connection framing): ("load", target, probe), ("call", target, name,
+request), the request a candidates.CallRequest, and ("bench", target, name, op,
+direction, format, rows, n, seed): a speed measurement (softaudit.speed), so that
+timing runs in the process that runs the audit's calls. It ignores Ctrl-C (the CLI
 decides when to stop), limits its own address space, and sends what C code
 prints to /dev/null so that junk cannot garble the report; Python-level prints
 are captured and reported as notes.
@@ -30,6 +32,7 @@ from softaudit.candidates import (
     load_target,
 )
 from softaudit.isolation import CandidateInfo
+from softaudit.speed import SpeedMeter, bench
 
 
 def _serve(requests: Connection, conn: Connection, rowwise: bool, memory_limit: int) -> None:
@@ -39,6 +42,7 @@ def _serve(requests: Connection, conn: Connection, rowwise: bool, memory_limit: 
         resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
     _silence_fds()
     candidates: dict[tuple[str, str], Candidate] = {}
+    meter: SpeedMeter | None = None
     while True:
         try:
             message = requests.recv()
@@ -48,6 +52,10 @@ def _serve(requests: Connection, conn: Connection, rowwise: bool, memory_limit: 
             return
         if message[0] == "load":
             conn.send(_load(message[1], rowwise, message[2], candidates))
+        elif message[0] == "bench":
+            _, target, name, *spec = message
+            meter = meter or SpeedMeter()
+            conn.send(bench(meter, candidates[(target, name)], *spec))
         elif message[0] == "call":
             _, target, name, request = message
             label = request.op if request.direction == "forward" else f"{request.op} backward"

@@ -4,6 +4,8 @@
   cache in a pytest temporary directory, shared by the whole session, so
   references are computed once and the suite never writes to ~/.cache.
 * Tests marked ``slow`` (the whole case library) run only with ``--runslow``.
+* Tests marked ``gpu`` run only where torch sees a CUDA device; elsewhere they are
+  skipped with that reason.
 """
 
 from __future__ import annotations
@@ -19,12 +21,25 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if any("gpu" in item.keywords for item in items) and not _cuda_available():
+        skip_gpu = pytest.mark.skip(reason="gpu: needs a CUDA device (torch.cuda.is_available() is False here)")
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(skip_gpu)
     if config.getoption("--runslow"):
         return
     skip_slow = pytest.mark.skip(reason="slow: run with --runslow")
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip_slow)
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
 
 
 @pytest.fixture(scope="session", autouse=True)

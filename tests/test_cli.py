@@ -279,6 +279,8 @@ BAD_INPUTS = {
     "timeout-infinite": (lambda tmp: ["run", "builtin:shifted", "--timeout", "inf"], "--timeout"),
     "memory-limit-infinite": (lambda tmp: ["run", "builtin:shifted", "--memory-limit", "inf"], "--memory-limit"),
     "negative-seed": (lambda tmp: ["run", "builtin:shifted", "--seed", "-1"], "--seed"),
+    "bad-shape": (lambda tmp: ["run", "builtin:shifted", "--bench", "--shape", "1024"], "--shape"),
+    "shape-without-bench": (lambda tmp: ["run", "builtin:shifted", "--shape", "8x64"], "--bench"),
     "positional-only-dim": (lambda tmp: ["run", _write(tmp, "posdim.py", "def softmax(x, dim, /):\n    return x\n")],
                             "unexpected required parameter 'dim'"),
     "nothing-to-audit": (lambda tmp: ["run", REPO / "tests" / "fixtures" / "two_named.py", "--op", "log_softmax"],
@@ -552,3 +554,20 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def test_bench_prints_a_speed_table_and_writes_the_figures(cli, tmp_path):
+    out = tmp_path / "r.json"
+    p = cli("run", "builtin:shifted", "--op", "logsumexp", "--case", "offset-plus-1e3", "--dtype", "float32",
+            "--bench", "--shape", "4x64", "--shape", "2x256", "--json", out)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "speed: builtin:shifted" in p.stdout
+    speed_part = p.stdout.split("speed: builtin:shifted", 1)[1]
+    line = next(line for line in speed_part.splitlines() if line.strip().startswith("logsumexp bwd"))
+    assert re.search(r"\d% · [\d.]+ (ms|µs|ns|s)\s+[\d.e-]+% · [\d.]+ (ms|µs|ns|s)$", line.rstrip()), line
+    data = json.loads(out.read_text())
+    assert data["options"]["bench"] is True and data["options"]["shapes"] == [[4, 64], [2, 256]]
+    assert [s["id"] for s in data["speed"]] == [
+        "builtin:shifted/logsumexp/forward/float32/4x64", "builtin:shifted/logsumexp/forward/float32/2x256",
+        "builtin:shifted/logsumexp/backward/float32/4x64", "builtin:shifted/logsumexp/backward/float32/2x256"]
+    assert all(s["median_s"] > 0 and s["pct_copy_bandwidth"] > 0 and s["skipped"] is None for s in data["speed"])

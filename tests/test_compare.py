@@ -12,7 +12,7 @@ from rich.console import Console
 from softaudit.compare import CompareOptions, compare, comparison_dict, matching_names, render_comparison
 from softaudit.formats import get_format
 from softaudit.metrics import RecordMetrics
-from softaudit.records import Record
+from softaudit.records import Record, SpeedRecord
 from softaudit.reports.json_report import write_json
 from softaudit.results import ResultsDocument, ResultsError, document_of, load_results
 from softaudit.runner import AuditOptions, run_audit
@@ -21,7 +21,7 @@ from softaudit.verdicts import FAIL, PASS, SKIP, WARN
 
 def rec(case: str = "c1", *, candidate: str = "impl", target: str = "impl.py", op: str = "softmax",
         direction: str = "forward", verdict: str = PASS, max_ulp: float | None = 0.5, max_ratio: float | None = 0.1,
-        class_mismatches: int = 0, speed: dict | None = None, reasons: list[str] | None = None,
+        class_mismatches: int = 0, reasons: list[str] | None = None,
         undefined_rows: dict | None = None, metrics: bool = True) -> Record:
     """A hand-built record; metrics consistent enough for compare (which reads only these fields)."""
     m = RecordMetrics(elements=64, judged=64, class_mismatches=class_mismatches,
@@ -29,11 +29,20 @@ def rec(case: str = "c1", *, candidate: str = "impl", target: str = "impl.py", o
                       nan_out=class_mismatches, max_ulp=max_ulp, max_ratio=max_ratio,
                       undefined_rows=dict(undefined_rows or {})) if metrics else None
     return Record(candidate=candidate, target=target, op=op, direction=direction, dtype="float32", case=case,
-                  family="f", verdict=verdict, reasons=list(reasons or []), metrics=m, speed=speed)
+                  family="f", verdict=verdict, reasons=list(reasons or []), metrics=m)
 
 
-def doc(*records: Record, seed: int = 0, source: str = "", complete: bool = True) -> ResultsDocument:
-    return ResultsDocument(records=list(records), environment={"seed": seed, "machine": "x86_64", "platform": "p"},
+def sp(median_s: float | None, shape: tuple[int, int] = (1024, 32000), *, candidate: str = "impl",
+       skipped: str | None = None) -> SpeedRecord:
+    """A hand-built speed record (compare reads its median time)."""
+    figures = None if median_s is None else {"median_s": median_s, "pct_copy_bandwidth": 50.0}
+    return SpeedRecord(candidate, "impl.py", "softmax", "forward", "float32", shape, figures, skipped)
+
+
+def doc(*records: Record, seed: int = 0, source: str = "", complete: bool = True,
+        speed: list[SpeedRecord] | None = None) -> ResultsDocument:
+    return ResultsDocument(records=list(records), speed=list(speed or []),
+                           environment={"seed": seed, "machine": "x86_64", "platform": "p"},
                            options={"seed": seed, "ratio_limit": 4.0, "undefined_policy": "nan-or-zero"},
                            complete=complete, softaudit_version="0.1.0", source=source)
 
@@ -46,7 +55,7 @@ def test_identical_documents_have_no_change():
     base = doc(rec("a"), rec("b", verdict=FAIL, max_ulp=1e4, max_ratio=40.0, reasons=["ratio 40"]),
                rec("c", verdict=WARN, max_ratio=2.0, max_ulp=9.0), rec("d", verdict=SKIP, metrics=False),
                rec("-", op="import", verdict=FAIL, metrics=False, reasons=["import raised"]),
-               rec("e", speed={"median_s": 1e-4}))
+               rec("e"), speed=[sp(1e-4), sp(None, (8, 8), skipped="no backward")])
     c = compare(base, copy.deepcopy(base))
     assert (c.regressions, c.improvements, c.changes, c.added, c.removed, c.warnings) == ([], [], [], [], [], [])
     assert c.matched == 6 and c.exit_code == 0
@@ -120,14 +129,25 @@ def test_nan_on_undefined_rows_is_not_a_regression():
     assert c.changes[0].message == "undefined rows (fully masked or +inf) returned zero 2 → nan 2"
 
 
-def test_speed_is_compared_only_when_both_have_it():
-    fast, slow = {"median_s": 1e-3}, {"median_s": 2e-3}
-    c = compare(doc(rec(speed=fast)), doc(rec(speed=slow)))
+def test_speed_is_compared_per_shape_only_when_both_timed_it():
+    c = compare(doc(speed=[sp(1e-3)]), doc(speed=[sp(2e-3)]))
     assert kinds(c.regressions) == ["slower"] and c.regressions[0].message == "median time 1 ms → 2 ms (×2)"
-    assert compare(doc(rec(speed=None)), doc(rec(speed=slow))).regressions == []
-    assert compare(doc(rec(speed=fast)), doc(rec(speed={"median_s": 1.4e-3}))).regressions == []
-    assert kinds(compare(doc(rec(speed=slow)), doc(rec(speed=fast))).improvements) == ["faster"]
-    assert compare(doc(rec(speed=fast)), doc(rec(speed=slow)), CompareOptions(speed_factor=3)).regressions == []
+    assert c.regressions[0].id == "impl/softmax/forward/float32/1024x32000"
+    assert compare(doc(speed=[sp(1e-3)]), doc(speed=[sp(1.4e-3)])).regressions == []
+    assert kinds(compare(doc(speed=[sp(2e-3)]), doc(speed=[sp(1e-3)])).improvements) == ["faster"]
+    assert compare(doc(speed=[sp(1e-3)]), doc(speed=[sp(2e-3)]), CompareOptions(speed_factor=3)).regressions == []
+    # Another shape is another measurement; an audit without --bench compares no speed.
+    assert compare(doc(speed=[sp(1e-3, (64, 262144))]), doc(speed=[sp(9e-3)])).regressions == []
+    assert compare(doc(speed=[sp(1e-3)]), doc()).regressions == []
+    # Timed before, not now: said, not counted.
+    c = compare(doc(speed=[sp(1e-3)]), doc(speed=[sp(None, skipped="RuntimeError: boom")]))
+    assert c.exit_code == 0 and kinds(c.changes) == ["not-timed"]
+    assert c.changes[0].message == "timed in BASE (1 ms), not in NEW: RuntimeError: boom"
+    # Timings from two machines are compared, with a warning.
+    other = doc(speed=[sp(2e-3)])
+    other.environment["machine"] = "aarch64"
+    assert any("speed is compared across machines" in w for w in compare(doc(speed=[sp(1e-3)]), other).warnings)
+    assert compare(doc(speed=[sp(1e-3)]), doc(speed=[sp(2e-3)])).warnings == []
 
 
 def test_missing_records_are_listed_and_count_only_on_request():
@@ -177,11 +197,12 @@ def test_import_failures_match_by_candidate_name():
 
 
 def test_improvements_are_detected_and_ordered():
-    base = doc(rec("fast", speed={"median_s": 3e-3}), rec("shrunk", verdict=WARN, max_ulp=80.0, max_ratio=3.0),
+    base = doc(rec("shrunk", verdict=WARN, max_ulp=80.0, max_ratio=3.0),
                rec("nan", verdict=FAIL, max_ratio=9.0, class_mismatches=5, reasons=["5 nan"]),
-               rec("fixed", verdict=FAIL, max_ulp=900.0, max_ratio=30.0, reasons=["ratio 30"]))
-    new = doc(rec("fast", speed={"median_s": 1e-3}), rec("shrunk", verdict=WARN, max_ulp=8.0, max_ratio=1.2),
-              rec("nan", verdict=FAIL, max_ratio=9.0, reasons=["ratio 9"]), rec("fixed", max_ulp=3.0, max_ratio=0.4))
+               rec("fixed", verdict=FAIL, max_ulp=900.0, max_ratio=30.0, reasons=["ratio 30"]), speed=[sp(3e-3)])
+    new = doc(rec("shrunk", verdict=WARN, max_ulp=8.0, max_ratio=1.2),
+              rec("nan", verdict=FAIL, max_ratio=9.0, reasons=["ratio 9"]), rec("fixed", max_ulp=3.0, max_ratio=0.4),
+              speed=[sp(1e-3)])
     c = compare(base, new)
     assert c.exit_code == 0 and c.regressions == []
     assert kinds(c.improvements) == ["fixed", "nan-gone", "error-shrunk", "faster"]
@@ -199,14 +220,15 @@ def test_verdict_changes_are_informational():
 
 
 def test_regressions_sorted_by_severity():
-    base = doc(rec("slow", speed={"median_s": 1e-3}), rec("err3", max_ulp=10.0, max_ratio=0.9),
+    base = doc(rec("err3", max_ulp=10.0, max_ratio=0.9),
                rec("err100", max_ulp=10.0, max_ratio=0.9), rec("nan", verdict=FAIL, max_ratio=9.0),
-               rec("fail"))
-    new = doc(rec("slow", speed={"median_s": 9e-3}), rec("err3", verdict=WARN, max_ulp=30.0, max_ratio=3.0),
+               rec("fail"), speed=[sp(1e-3)])
+    new = doc(rec("err3", verdict=WARN, max_ulp=30.0, max_ratio=3.0),
               rec("err100", verdict=FAIL, max_ulp=1000.0, max_ratio=90.0, reasons=["ratio 90"]),
-              rec("nan", verdict=FAIL, max_ratio=9.0, class_mismatches=2), rec("fail", verdict=FAIL, reasons=["x"]))
+              rec("nan", verdict=FAIL, max_ratio=9.0, class_mismatches=2), rec("fail", verdict=FAIL, reasons=["x"]),
+              speed=[sp(9e-3)])
     c = compare(base, new)
-    assert [r.id.split("/")[-1] for r in c.regressions] == ["err100", "fail", "nan", "err3", "slow"]
+    assert [r.id.split("/")[-1] for r in c.regressions] == ["err100", "fail", "nan", "err3", "1024x32000"]
     assert kinds(c.regressions) == ["new-fail", "new-fail", "nan-appeared", "error-grown", "slower"]
     assert kinds(c.regressions[0].also) == ["error-grown"]
 

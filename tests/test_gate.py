@@ -123,6 +123,8 @@ def test_a_pyproject_without_the_table_is_passed_over(tmp_path):
     ('[tool.softaudit]\nundefined = "ignore"\n', "tool.softaudit.undefined: unknown policy 'ignore'"),
     ('[tool.softaudit]\nseed = -1\n', "tool.softaudit.seed: must be an integer 0 or more"),
     ('[tool.softaudit]\nstrict = "yes"\n', "tool.softaudit.strict: must be true or false"),
+    ('[tool.softaudit]\nbench = 1\n', "tool.softaudit.bench: must be true or false"),
+    ('[tool.softaudit]\nshapes = ["1024"]\n', "tool.softaudit.shapes: shape '1024' is not ROWSxN"),
     ('[tool.softaudit]\nrelative_factor = 0.5\n', "tool.softaudit.relative_factor: must be a number of at least 1"),
     ('[tool.softaudit.limits]\nratio = 1\n', "tool.softaudit.limits.ratio: must be a finite number greater than 1"),
     ('[tool.softaudit.limits.softmax]\nmaxulp = 3\n', "tool.softaudit.limits.softmax.maxulp: unknown key"),
@@ -138,6 +140,11 @@ def _escape(s: str) -> str:
     import re
 
     return re.escape(s)
+
+
+def test_bench_and_shapes_are_read(tmp_path):
+    cfg = load_config(_pyproject(tmp_path, '[tool.softaudit]\nbench = true\nshapes = ["64x262144", "8 x 100"]\n'))
+    assert cfg.bench is True and cfg.shapes == [(64, 262144), (8, 100)]
 
 
 def test_a_standalone_config_file_takes_top_level_keys(tmp_path):

@@ -18,7 +18,7 @@ import pytest
 
 from softaudit.formats import get_format
 from softaudit.metrics import Location, RecordMetrics
-from softaudit.records import Record
+from softaudit.records import Record, SpeedRecord
 from softaudit.reports.html_report import (
     LogScale,
     decade_label,
@@ -74,7 +74,7 @@ def _loc(ratio: float = 0.5, err: float = 1.0, col: int | None = 3) -> Location:
 def _rec(candidate: str = "cand", op: str = "softmax", dtype: str = "float32", case: str = "c1",
          family: str = "fam", verdict: str = "PASS", *, max_ulp: float | None = 1.0, ratio: float | None = 0.5,
          offset: float | None = 10.0, rng: float | None = 5.0, mismatches: int = 0, direction: str = "forward",
-         speed: dict | None = None, summary: bool = True, metrics: bool = True) -> Record:
+         summary: bool = True, metrics: bool = True) -> Record:
     """One record with just the fields the report reads."""
     m = None
     if metrics:
@@ -87,8 +87,7 @@ def _rec(candidate: str = "cand", op: str = "softmax", dtype: str = "float32", c
     return Record(candidate=candidate, target=f"{candidate}.py", op=op, dtype=dtype, case=case, family=family,
                   verdict=verdict, reasons=reasons, direction=direction, metrics=m, case_description=f"about {case}",
                   input_summary={"rows": 1, "n": 16, "offset": offset, "range": rng} if summary else {},
-                  excerpt={"row": 0, "n": 16, "values": [[2, 999.25], [3, 1000.5], [4, -7.0]]} if m else None,
-                  speed=speed)
+                  excerpt={"row": 0, "n": 16, "values": [[2, 999.25], [3, 1000.5], [4, -7.0]]} if m else None)
 
 
 
@@ -374,12 +373,17 @@ def test_findings_put_fail_before_warn_and_stop_at_the_limit():
 def test_speed_section_appears_only_with_speed_data(audited_html):
     assert "Speed was not measured in this run (softaudit run --bench)." in audited_html
     assert 'class="bars"' not in audited_html
-    timed = [_rec(case="a", speed={"median_s": 2e-3, "pct_copy_bandwidth": 40.0}),
-             _rec(case="b", speed={"median_s": 4e-3, "pct_copy_bandwidth": 60.0}),
-             _rec(op="logsumexp", speed={"median_s": 5e-6})]
-    speed = _section(render_html(_doc(timed)), "speed")
+    def sp(op: str, shape: tuple[int, int], figures: dict | None, skipped: str | None = None) -> SpeedRecord:
+        return SpeedRecord("cand", "cand.py", op, "forward", "float32", shape, figures, skipped)
+
+    timed = [sp("softmax", (8, 1024), {"median_s": 2e-3, "pct_copy_bandwidth": 40.0}),
+             sp("softmax", (4, 4096), {"median_s": 4e-3, "pct_copy_bandwidth": 60.0}),
+             sp("logsumexp", (8, 1024), {"median_s": 5e-6}),
+             sp("cross_entropy", (8, 1024), None, "not defined")]
+    speed = _section(render_html(_doc([_rec()], speed=timed)), "speed")
     assert "not measured" not in speed
     assert "3 ms" in speed and "5 µs" in speed  # the median of 2 ms and 4 ms
+    assert "cross_entropy" not in speed  # never timed: no row
     bars = [svg for svg in _svgs(speed) if svg.get("class") == "bars"]
     assert len(bars) == 1 and len(list(bars[0].iter("rect"))) == 2  # the frame and one bar (logsumexp has no %)
     assert "50% of copy bandwidth" in ET.tostring(bars[0], encoding="unicode")

@@ -19,7 +19,7 @@ from softaudit.envelope import DEFAULT_RATIO_LIMIT
 from softaudit.formats import FORMATS
 from softaudit.metrics import Location
 from softaudit.ops import DIRECTIONS, OPS
-from softaudit.records import Record
+from softaudit.records import Record, SpeedRecord
 from softaudit.reports.terminal import Row, short_number, summary_rows
 from softaudit.results import ResultsDocument, repro_command, rerun_command
 from softaudit.verdicts import FAIL, PASS, SEVERITY, SKIP, WARN, fmt_num, fmt_value
@@ -769,32 +769,32 @@ def _excerpt_table(excerpt: dict | None, at: Location | None) -> str:
 
 @dataclass
 class SpeedRow:
-    """Median timing of one candidate × op × direction × format over the cases it was timed on."""
+    """Timing of one candidate × op × direction × format: medians over the shapes it was timed at."""
 
     candidate: str
     op: str
     direction: str
     dtype: str
     median_s: float
-    cases: int
+    shapes: int
     pct_copy_bandwidth: float | None
 
 
-def speed_rows(records: list[Record]) -> list[SpeedRow]:
-    """Records with a ``speed["median_s"]``, grouped like the summary table (medians of the medians)."""
-    groups: dict[tuple[str, str, str, str], list[dict]] = defaultdict(list)
-    for r in records:
-        if isinstance(r.speed, dict) and isinstance(r.speed.get("median_s"), (int, float)):
-            groups[(r.candidate, r.op, r.direction, r.dtype)].append(r.speed)
-    first_seen = {c: i for i, c in enumerate(dict.fromkeys(r.candidate for r in records))}
+def speed_rows(speed: list[SpeedRecord]) -> list[SpeedRow]:
+    """Timed speed records grouped like the summary table (medians over the shapes)."""
+    groups: dict[tuple[str, str, str, str], list[SpeedRecord]] = defaultdict(list)
+    for sp in speed:
+        if sp.median_s is not None:
+            groups[(sp.candidate, sp.op, sp.direction, sp.dtype)].append(sp)
+    first_seen = {c: i for i, c in enumerate(dict.fromkeys(sp.candidate for sp in speed))}
     order = {name: i for i, name in enumerate((*OPS, *DIRECTIONS, *FORMATS))}
     out = []
-    for (cand, op, direction, dtype), speeds in sorted(groups.items(), key=lambda kv: (
+    for (cand, op, direction, dtype), timed in sorted(groups.items(), key=lambda kv: (
             first_seen[kv[0][0]], *(order.get(k, 99) for k in kv[0][1:]))):
-        pct = [float(s["pct_copy_bandwidth"]) for s in speeds
-               if isinstance(s.get("pct_copy_bandwidth"), (int, float))]
-        out.append(SpeedRow(cand, op, direction, dtype, _median([float(s["median_s"]) for s in speeds]),
-                            len(speeds), _median(pct) if pct else None))
+        pct = [float(sp.figures["pct_copy_bandwidth"]) for sp in timed  # type: ignore[index]
+               if isinstance((sp.figures or {}).get("pct_copy_bandwidth"), (int, float))]
+        out.append(SpeedRow(cand, op, direction, dtype, _median([sp.median_s for sp in timed]),  # type: ignore[misc]
+                            len(timed), _median(pct) if pct else None))
     return out
 
 
@@ -804,16 +804,16 @@ def _median(values: list[float]) -> float:
 
 
 def _speed_section(doc: ResultsDocument) -> str:
-    rows = speed_rows(_audited(doc))
+    rows = speed_rows(doc.speed)
     if not rows:
         return ('<section id="speed"><h2>Speed</h2><p>Speed was not measured in this run '
                 "(softaudit run --bench).</p></section>")
     lines = "".join(
         f"<tr><td><code>{esc(s.candidate)}</code></td><td>{esc(_op_label(s.op, s.direction))}</td>"
-        f'<td>{esc(s.dtype)}</td><td class="num">{esc(_seconds(s.median_s))}</td><td class="num">{s.cases}</td>'
+        f'<td>{esc(s.dtype)}</td><td class="num">{esc(_seconds(s.median_s))}</td><td class="num">{s.shapes}</td>'
         f'<td class="num">{esc(_short(s.pct_copy_bandwidth))}</td></tr>' for s in rows)
     table = ('<table class="plain"><thead><tr><th>candidate</th><th>op</th><th>format</th><th>median time</th>'
-             f"<th>cases timed</th><th>% of copy bandwidth</th></tr></thead><tbody>{lines}</tbody></table>")
+             f"<th>shapes timed</th><th>% of copy bandwidth</th></tr></thead><tbody>{lines}</tbody></table>")
     bars = [s for s in rows if s.pct_copy_bandwidth is not None]
     return (f'<section id="speed"><h2>Speed</h2>{table}'
             + (_bandwidth_svg(bars) if bars else "") + "</section>")
@@ -842,7 +842,7 @@ def _bandwidth_svg(rows: list[SpeedRow]) -> str:
                                                                                                 for s in rows))}
     out = [f'<svg class="bars" width="{width:.0f}" height="{box.bottom + 50:.0f}" '
            f'viewBox="0 0 {width:.0f} {box.bottom + 50:.0f}" role="img" aria-label="percent of copy bandwidth">',
-           svg_axes(box, xticks, [], "% of copy bandwidth (median over the cases timed)", "")]
+           svg_axes(box, xticks, [], "% of copy bandwidth (median over the shapes timed)", "")]
     for i, s in enumerate(rows):
         y = box.top + 2 + bar_h * i
         out.append(f'<text class="tl" x="{label_w - 8}" y="{y + 12:.1f}" text-anchor="end">{esc(labels[i])}</text>'

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from softaudit.metrics import Location
-from softaudit.records import Record
+from softaudit.records import Record, SpeedRecord
 from softaudit.reports.files import write_text
 from softaudit.runner import AuditResult
 
@@ -47,8 +47,6 @@ def record_dict(r: Record) -> dict:
         "excerpt": None if r.excerpt is None else
         {**r.excerpt, "values": [[c, json_number(v)] for c, v in r.excerpt["values"]]},
     }
-    if r.speed is not None:
-        out["speed"] = r.speed
     m = r.metrics
     if m is not None:
         out.update({
@@ -63,6 +61,21 @@ def record_dict(r: Record) -> dict:
     else:
         out.update({"max_ulp": None, "max_ratio": None, "worst": None})
     return out
+
+
+def speed_dict(s: SpeedRecord) -> dict:
+    """One speed measurement as a JSON object: the figures at top level (null when not timed)."""
+    out: dict[str, Any] = {"id": s.id, "candidate": s.candidate, "target": s.target, "op": s.op,
+                           "direction": s.direction, "dtype": s.dtype, "shape": list(s.shape), "skipped": s.skipped}
+    for key in SPEED_FIELDS:
+        value = (s.figures or {}).get(key)
+        out[key] = json_number(value) if isinstance(value, float) else value
+    return out
+
+
+SPEED_FIELDS = ("median_s", "iqr_s", "repeats", "copies", "elements_per_s", "bytes", "gb_per_s",
+                "copy_median_s", "copy_gb_per_s", "pct_copy_bandwidth", "device")
+"""The figures of a speed record, in the order the JSON writes them (docs/json-schema.md)."""
 
 
 def result_dict(result: AuditResult) -> dict:
@@ -83,10 +96,12 @@ def result_dict(result: AuditResult) -> dict:
             "limits": {key: {"ratio": lim.ratio, "max_ulp": lim.max_ulp} for key, lim in opts.gate.limits},
             "relative_to": opts.relative_to, "relative_factor": opts.relative_factor,
             "relative_slack": opts.relative_slack, "baseline": result.baseline,
+            "bench": opts.bench, "shapes": [list(shape) for shape in opts.shapes],
         },
         "candidates": [{"name": c.name, "target": c.target, "ops": sorted(c.ops), "backend": list(c.backends),
                         "description": c.description} for c in result.candidates],
         "results": [record_dict(r) for r in result.records],
+        "speed": [speed_dict(s) for s in result.speed],
         "summary": {
             "records": len(result.records), **{k.lower(): v for k, v in counts.items()},
             "exit_code": result.exit_code, "seconds": result.seconds,

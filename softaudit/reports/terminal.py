@@ -13,7 +13,7 @@ from rich.text import Text
 
 from softaudit.formats import FORMATS
 from softaudit.ops import DIRECTIONS, OPS
-from softaudit.records import Record
+from softaudit.records import Record, SpeedRecord
 from softaudit.runner import AuditResult
 from softaudit.verdicts import FAIL, PASS, SEVERITY, SKIP, WARN
 
@@ -86,6 +86,43 @@ def _table(candidate: str, rows: list[Row], wide: bool = True) -> Table:
     return table
 
 
+def speed_table(candidate: str, speed: list[SpeedRecord]) -> Table:
+    """One candidate's timings: a line per op x direction x format, a column per shape."""
+    table = Table(title=f"speed: {candidate}", title_justify="left", header_style="bold",
+                  box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    shapes = list(dict.fromkeys(sp.shape for sp in speed))
+    table.add_column("op", justify="left", no_wrap=True, min_width=17)
+    table.add_column("dtype", justify="left", no_wrap=True, min_width=8)
+    for rows, n in shapes:
+        table.add_column(f"{rows}x{n}", justify="right", no_wrap=True, min_width=14)
+    order = {name: i for i, name in enumerate((*OPS, *DIRECTIONS, *FORMATS))}
+    cells: dict[tuple[str, str, str], dict[tuple[int, int], SpeedRecord]] = defaultdict(dict)
+    for sp in speed:
+        cells[(sp.op, sp.direction, sp.dtype)][sp.shape] = sp
+    for op, direction, dtype in sorted(cells, key=lambda k: tuple(order.get(v, 99) for v in k)):
+        line = cells[(op, direction, dtype)]
+        if all(sp.median_s is None for sp in line.values()):
+            continue  # not timed at any shape (a numpy candidate's missing backward): said below the table
+        row = [op if direction == "forward" else f"{op} bwd", dtype]
+        for shape in shapes:
+            sp = line.get(shape)
+            if sp is None or sp.median_s is None:
+                row.append(Text("-" if sp is None else "not timed", style="dim"))
+                continue
+            pct = (sp.figures or {}).get("pct_copy_bandwidth")
+            row.append(f"{short_number(pct)}% · {seconds_text(sp.median_s)}")
+        table.add_row(*row)
+    return table
+
+
+def seconds_text(s: float) -> str:
+    """A duration in the unit that keeps it readable: 12.3 ms, 456 µs."""
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("µs", 1e-6)):
+        if s >= scale:
+            return f"{s / scale:.3g} {unit}"
+    return f"{s * 1e9:.3g} ns"
+
+
 def _not_audited(skipped_rows: list[Row], records: list[Record]) -> list[str]:
     """One line per op and direction that was skipped in every format and case, with the reason
     (a numpy candidate's missing backward, say), instead of a table line per format."""
@@ -132,6 +169,12 @@ def render(result: AuditResult, console: Console, max_findings: int = 10) -> Non
         if shown:
             for line in _not_audited([r for r in mine if r.verdict == SKIP], result.records):
                 console.print(Text(line, style="dim"))
+
+    for name in dict.fromkeys(sp.candidate for sp in result.speed):
+        console.print(speed_table(name, [sp for sp in result.speed if sp.candidate == name]))
+    if result.speed:
+        console.print(Text("  each cell: % of the copy bandwidth (a device copy of the same bytes, timed in the same "
+                           "run) · median time of one call; every figure is in --json", style="dim"))
 
     findings = [r.worst for r in rows if r.worst is not None and r.worst.verdict in (FAIL, WARN)]
     findings.sort(key=badness, reverse=True)

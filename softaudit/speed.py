@@ -1,0 +1,273 @@
+"""Speed: a candidate's ops timed at LLM-typical shapes, against a copy of the same bytes.
+
+Runs where the candidate's calls run (the isolation worker, or the CLI's process with
+``--no-isolation``): :func:`measure_call` builds the arguments of one op x direction x
+format x shape once (several independent copies when they fit in the last-level cache,
+:func:`softaudit.timing.rotation`), times the candidate's own call on them with
+:func:`softaudit.timing.measure`, and times a device copy of the bytes the op must move
+(:func:`softaudit.timing.bytes_moved`) the same way. Only the candidate's call is timed:
+the arrays are converted and placed on its device beforehand, and nothing is checked or
+copied back in between.
+
+Inputs are N(0, 2) logits rounded into the format (as ``torch.randn`` tests would use,
+wider), an N(0, 1) upstream gradient, and for cross-entropy uniformly drawn class indices
+with the loss's defaults (reduction "mean" where the function takes a ``reduction``).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Callable
+
+import numpy as np
+
+from softaudit import timing
+from softaudit.candidates import (
+    Candidate,
+    OpFunction,
+    _Arguments,
+    _calls,
+    _to_torch,
+    backward_mode,
+)
+from softaudit.formats import FORMATS, Format, round_float64_array
+
+class SpeedError(Exception):
+    """The call cannot be timed (a reason in one line, shown instead of figures)."""
+
+
+def bench_arrays(op: str, direction: str, fmt: Format, rows: int, n: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """The arrays of one timed call, as values of ``fmt`` (targets int64): ``x``, and for the
+    backward ``y`` (the forward output, computed in float64 and rounded) and ``dy``; for
+    cross-entropy ``target`` (and ``dy`` () for the backward of the mean)."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, rows, n, len(op)]))
+    x64 = rng.standard_normal((rows, n)) * 2.0
+    x = round_float64_array(x64, fmt)
+    out: dict[str, np.ndarray] = {"x": x}
+    if op == "cross_entropy":
+        out["target"] = rng.integers(0, n, rows).astype(np.int64)
+        if direction == "backward":
+            out["dy"] = round_float64_array(np.ones(()), fmt)
+        return out
+    if direction == "backward":
+        xs = x.astype(np.float64)
+        shifted = xs - xs.max(axis=1, keepdims=True)
+        lse = np.log(np.exp(shifted).sum(axis=1))
+        y = {"softmax": np.exp(shifted - lse[:, None]), "log_softmax": shifted - lse[:, None],
+             "logsumexp": lse + xs.max(axis=1)}[op]
+        out["y"] = round_float64_array(y, fmt)
+        out["dy"] = round_float64_array(rng.standard_normal(y.shape), fmt)
+    return out
+
+
+def prepare(cand: Candidate, op: str, direction: str, arrays: dict[str, np.ndarray],
+            copies: int) -> tuple[Callable[[int], Any], OpFunction]:
+    """``call(i)``: the candidate's own call on copy i of the arguments (i < copies), and the
+    function called. Raises SpeedError when the call cannot be made."""
+    if direction == "forward":
+        opfn = cand.ops.get(op)
+        if opfn is None:
+            raise SpeedError(f"{op} is not defined")
+        return _forward(opfn, arrays, copies), opfn
+    mode, reason = backward_mode(cand, op)
+    if mode is None:
+        raise SpeedError(reason)
+    if mode == "function":
+        opfn = cand.backward[op]
+        return _explicit_backward(opfn, op, arrays, copies), opfn
+    opfn = cand.ops[op]
+    return _autograd(opfn, arrays, copies), opfn
+
+
+def _kwargs(opfn: OpFunction, op: str) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {opfn.dim_kw: -1} if opfn.dim_kw else {}
+    if op == "cross_entropy" and "reduction" in opfn.keywords:
+        kwargs["reduction"] = "none" if opfn.rowwise else "mean"
+    return kwargs
+
+
+def _forward(opfn: OpFunction, arrays: dict[str, np.ndarray], copies: int) -> Callable[[int], Any]:
+    rows = arrays["x"].shape[0]
+    kwargs = _kwargs(opfn, opfn.op)
+    sets = []
+    for _ in range(copies):
+        args = _Arguments(opfn)
+        values = [(args.add("x", arrays["x"]), True)]
+        if "target" in arrays:
+            values.append((args.add("target", arrays["target"]), True))
+        sets.append(_calls(opfn, values, kwargs, rows))
+    fn = opfn.fn
+
+    def call(i: int) -> None:
+        for a, kw in sets[i]:
+            fn(*a, **kw)
+
+    return call
+
+
+def _explicit_backward(opfn: OpFunction, op: str, arrays: dict[str, np.ndarray], copies: int) -> Callable[[int], Any]:
+    rows = arrays["x"].shape[0]
+    kwargs = _kwargs(opfn, op)
+    if opfn.rowwise and op == "cross_entropy":
+        raise SpeedError("a row-by-row cross_entropy_backward cannot be timed on the mean over rows")
+    sets = []
+    for _ in range(copies):
+        args = _Arguments(opfn)
+        if op == "cross_entropy":
+            values = [(args.add("logits", arrays["x"]), True), (args.add("target", arrays["target"]), True),
+                      (args.add("dloss", arrays["dy"]), False)]
+        else:
+            values = [(args.add("y", arrays["y"]), True), (args.add("dy", arrays["dy"]), True)]
+            if op == "logsumexp":
+                values.insert(0, (args.add("x", arrays["x"]), True))
+        sets.append(_calls(opfn, values, kwargs, rows))
+    fn = opfn.fn
+
+    def call(i: int) -> None:
+        for a, kw in sets[i]:
+            fn(*a, **kw)
+
+    return call
+
+
+def _autograd(opfn: OpFunction, arrays: dict[str, np.ndarray], copies: int) -> Callable[[int], Any]:
+    """The backward pass alone: the forward runs once per copy while preparing; each timed call
+    is torch.autograd.grad(out, x, dy) with the graph retained (x.grad is not accumulated)."""
+    import torch
+
+    op = opfn.op
+    rows = arrays["x"].shape[0]
+    if opfn.rowwise and op == "cross_entropy":
+        raise SpeedError("a row-by-row cross_entropy cannot be differentiated through the mean over rows")
+    kwargs = _kwargs(opfn, op)
+    graphs = []
+    with torch.enable_grad():
+        for _ in range(copies):
+            args = _Arguments(opfn)
+            leaf = args.add("x", arrays["x"], leaf=True)
+            values = [(leaf, True)]
+            if "target" in arrays:
+                values.append((args.add("target", arrays["target"]), True))
+            outs = []
+            for a, kw in _calls(opfn, values, kwargs, rows):
+                out = opfn.fn(*a, **kw)
+                if not isinstance(out, torch.Tensor) or out.grad_fn is None:
+                    raise SpeedError("the output is not differentiable by autograd (no grad_fn)")
+                outs.append(out)
+            if op == "cross_entropy":
+                upstream = [torch.ones_like(o) for o in outs]
+            else:
+                dy = arrays["dy"]
+                dys = [dy[r] for r in range(rows)] if opfn.rowwise else [dy]
+                upstream = [_to_torch(np.array(g, copy=True), str(o.device)).to(o.dtype).reshape(o.shape)
+                            for g, o in zip(dys, outs)]
+            graphs.append((leaf, outs, upstream))
+
+    def call(i: int) -> None:
+        leaf, outs, upstream = graphs[i]
+        torch.autograd.grad(outs, leaf, upstream, retain_graph=True)
+
+    call.leaves = [g[0] for g in graphs]  # type: ignore[attr-defined]  (for tests: x.grad stays None)
+    return call
+
+
+def clock_for(opfn: OpFunction) -> timing.Clock:
+    """CUDA events for a function on a CUDA device, perf_counter otherwise."""
+    if opfn.backend == "torch" and opfn.device.startswith("cuda"):
+        import torch
+
+        return timing.cuda_clock(torch)
+    return timing.cpu_clock
+
+
+def copy_call(nbytes: int, device: str, copies: int) -> tuple[Callable[[int], Any], timing.Clock]:
+    """A device-to-device copy of nbytes / 2 bytes (nbytes read and written in all), on copies
+    independent buffers, and its clock. On a CPU the copy is torch's where torch is installed: it
+    uses every core, as torch's kernels do (numpy's copy uses one, and a multi-threaded op would
+    then beat "the limit"); numpy's otherwise."""
+    half = max(1, nbytes // 2)
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    if device == "cpu" and torch is None:
+        pairs = [(np.ones(half, dtype=np.uint8), np.empty(half, dtype=np.uint8)) for _ in range(copies)]
+
+        def call(i: int) -> None:
+            src, dst = pairs[i]
+            np.copyto(dst, src)
+
+        return call, timing.cpu_clock
+
+    tensors = [(torch.ones(half, dtype=torch.uint8, device=device), torch.empty(half, dtype=torch.uint8, device=device))
+               for _ in range(copies)]
+
+    def call_t(i: int) -> None:
+        src, dst = tensors[i]
+        dst.copy_(src)
+
+    return call_t, timing.cuda_clock(torch) if device.startswith("cuda") else timing.cpu_clock
+
+
+class SpeedMeter:
+    """Measures calls in one process, remembering the copy timings (one per device and size)."""
+
+    def __init__(self, cache_bytes: int | None = None) -> None:
+        self.cache_bytes = cache_bytes if cache_bytes is not None else timing.last_level_cache_bytes()
+        self._copies: dict[tuple[str, int], timing.Timing] = {}
+
+    def copy_timing(self, device: str, nbytes: int) -> timing.Timing:
+        """The copy of the same bytes on the same device, measured once per run."""
+        key = (device, nbytes)
+        if key not in self._copies:
+            copies = timing.rotation(nbytes, self.cache_bytes)
+            call, clock = copy_call(nbytes, device, copies)
+            self._copies[key] = timing.measure(call, clock=clock, copies=copies)
+        return self._copies[key]
+
+    def measure(self, cand: Candidate, op: str, direction: str, fmt_name: str, rows: int, n: int,
+                seed: int = 0) -> dict:
+        """The speed figures of one op x direction x format x shape (a dict for Record-like use:
+        JSON-ready); raises SpeedError when it cannot be timed."""
+        fmt = FORMATS[fmt_name]
+        arrays = bench_arrays(op, direction, fmt, rows, n, seed)
+        argument_bytes = sum(a.nbytes for a in arrays.values())
+        copies = timing.rotation(argument_bytes, self.cache_bytes)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                call, opfn = prepare(cand, op, direction, arrays, copies)
+                t = timing.measure(call, clock=clock_for(opfn), copies=copies)
+            except SpeedError:
+                raise
+            except Exception as exc:  # noqa: BLE001  (the candidate's own failure: reported, not raised)
+                raise SpeedError(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": "))
+        device = opfn.device if opfn.backend == "torch" else "cpu"
+        moved = timing.bytes_moved(op, direction, rows, n, np.dtype(fmt.np_dtype).itemsize)
+        copy = self.copy_timing(device, moved)
+        return {
+            "shape": [rows, n],
+            "device": device,
+            "median_s": t.median_s,
+            "iqr_s": t.iqr_s,
+            "repeats": t.repeats,
+            "copies": copies,
+            "elements_per_s": rows * n / t.median_s if t.median_s > 0 else None,
+            "bytes": moved,
+            "gb_per_s": moved / t.median_s / 1e9 if t.median_s > 0 else None,
+            "copy_median_s": copy.median_s,
+            "copy_gb_per_s": moved / copy.median_s / 1e9 if copy.median_s > 0 else None,
+            "pct_copy_bandwidth": 100.0 * copy.median_s / t.median_s if t.median_s > 0 else None,
+        }
+
+
+def bench(meter: SpeedMeter, cand: Candidate, op: str, direction: str, fmt_name: str, rows: int, n: int,
+          seed: int) -> tuple[str, object]:
+    """One measurement as the executors answer it: ("speed", figures) or ("speed-skip", reason)."""
+    label = op if direction == "forward" else f"{op} backward"
+    try:
+        return "speed", meter.measure(cand, op, direction, fmt_name, rows, n, seed)
+    except SpeedError as exc:
+        return "speed-skip", str(exc)
+    except MemoryError:
+        return "speed-skip", f"{label} at {rows}x{n}: out of memory"
