@@ -571,3 +571,11 @@ def test_bench_prints_a_speed_table_and_writes_the_figures(cli, tmp_path):
         "builtin:shifted/logsumexp/forward/float32/4x64", "builtin:shifted/logsumexp/forward/float32/2x256",
         "builtin:shifted/logsumexp/backward/float32/4x64", "builtin:shifted/logsumexp/backward/float32/2x256"]
     assert all(s["median_s"] > 0 and s["pct_copy_bandwidth"] > 0 and s["skipped"] is None for s in data["speed"])
+
+
+def test_findings_zero_prints_no_findings_section(cli):
+    p = cli("run", "builtin:naive", "--op", "softmax", "--case", "offset-plus-1e3", "--dtype", "float32",
+            "--findings", "0")
+    assert p.returncode == 1
+    assert "Worst findings" not in p.stdout and "more (all records are in --json)" not in p.stdout
+    assert "Result: FAIL (exit 1)" in p.stdout

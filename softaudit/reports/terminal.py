@@ -178,7 +178,7 @@ def render(result: AuditResult, console: Console, max_findings: int = 10) -> Non
 
     findings = [r.worst for r in rows if r.worst is not None and r.worst.verdict in (FAIL, WARN)]
     findings.sort(key=badness, reverse=True)
-    if findings:
+    if findings and max_findings > 0:  # --findings 0: none, and no heading either
         console.print()
         console.print(Text("Worst findings", style="bold"))
         for rec in findings[:max_findings]:
