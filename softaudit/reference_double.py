@@ -28,7 +28,7 @@ import numpy as np
 from softaudit import double_double as dd
 from softaudit import reference_fast
 from softaudit.formats import Format, exact_sum
-from softaudit.reference_fast import W, Certified, ForwardFast, cut, put, special_rows, zero_entry
+from softaudit.reference_fast import W, Certified, ForwardFast, cut, put, special_rows, unproven, zero_entry
 
 _SAFETY = 2.0
 """Each output's bound is doubled once, as in reference_fast (slack for second-order terms)."""
@@ -238,11 +238,6 @@ def row_chunks(rows: int, n: int) -> list[slice]:
     return [slice(i, min(rows, i + step)) for i in range(0, rows, step)]
 
 
-def _empty(shape: tuple[int, ...]) -> Certified:
-    return Certified(np.zeros(shape), np.zeros(shape, dtype=np.int64), np.zeros(shape), np.zeros(shape),
-                     np.zeros(shape, dtype=bool))
-
-
 def _store_rows(dst: Certified, idx: np.ndarray, src: Certified) -> None:
     for name in ("rounded", "k", "hi", "lo", "ok"):
         getattr(dst, name)[idx] = getattr(src, name)
@@ -257,31 +252,14 @@ def forward(x: np.ndarray, fmt: Format) -> ForwardFast:
     """softmax, log_softmax and logsumexp of every row, as reference.reference_rows stores them."""
     x = np.asarray(x, dtype=np.float64)
     rows, n = x.shape
-    zero_k = fmt.emin - fmt.p + 1
-    ops = {"softmax": _empty((rows, n)), "log_softmax": _empty((rows, n)), "logsumexp": _empty((rows,))}
-    amax = np.full(rows, np.nan)
-    log_s = np.full(rows, np.nan)
-    nan_rows, undefined = special_rows(x)
-    for op, c in ops.items():  # as reference_fast.forward
-        fill = nan_rows | undefined if op != "logsumexp" else nan_rows
-        c.rounded[fill] = np.nan
-        c.hi[fill] = np.nan
-        c.k[fill] = np.where(undefined[fill], 0, zero_k)[(...,) + (None,) * (c.k.ndim - 1)]
-        c.ok[fill] = True
-    lse = ops["logsumexp"]
-    with np.errstate(invalid="ignore"):
-        amax[undefined] = x[undefined].max(axis=1)
-    lse.rounded[undefined] = np.where((x[undefined] == np.inf).any(axis=1), np.inf, -np.inf)
-    lse.k[undefined] = zero_k
-    lse.ok[undefined] = True
-    ordinary = np.flatnonzero(~nan_rows & ~undefined)
+    ff, ordinary = reference_fast.forward_frame(x, fmt)
     for chunk in row_chunks(ordinary.size, n):
         idx = ordinary[chunk]
         part = _forward_chunk(x[idx], fmt)
-        amax[idx], log_s[idx] = part.pop("amax"), part.pop("log_s")
+        ff.amax[idx], ff.log_s[idx] = part.pop("amax"), part.pop("log_s")
         for op, c in part.items():
-            _store_rows(ops[op], idx, c)
-    return ForwardFast(ops, amax, log_s, undefined)
+            _store_rows(ff.ops[op], idx, c)
+    return ff
 
 
 def _delta(tm: Terms) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -388,7 +366,7 @@ def backward(op: str, x: np.ndarray, dy: np.ndarray, fmt: Format) -> tuple[Certi
     x = np.asarray(x, dtype=np.float64)
     dy = np.asarray(dy, dtype=np.float64)
     rows, n = x.shape
-    out = _empty((rows, n))
+    out = unproven((rows, n))
     nan_rows, undefined = special_rows(x)
     dy_rows = dy.reshape(rows, -1)
     ordinary = ~nan_rows & ~undefined

@@ -377,7 +377,8 @@ class ForwardFast:
     undefined: np.ndarray
 
 
-def _empty(shape: tuple[int, ...]) -> Certified:
+def unproven(shape: tuple[int, ...]) -> Certified:
+    """Entries of ``shape`` with nothing proven yet (every ok False)."""
     return Certified(np.zeros(shape), np.zeros(shape, dtype=np.int64), np.zeros(shape), np.zeros(shape),
                      np.zeros(shape, dtype=bool))
 
@@ -386,24 +387,8 @@ def forward(x: np.ndarray, fmt: Format) -> ForwardFast:
     """softmax, log_softmax and logsumexp of every row, as reference.reference_rows stores them."""
     x = np.asarray(x, dtype=np.float64)
     rows, n = x.shape
-    zero_k = fmt.emin - fmt.p + 1
-    ops = {"softmax": _empty((rows, n)), "log_softmax": _empty((rows, n)), "logsumexp": _empty((rows,))}
-    amax = np.full(rows, np.nan)
-    log_s = np.full(rows, np.nan)
-    nan_rows, undefined = special_rows(x)
-    for op, c in ops.items():  # NaN rows: NaN everywhere; undefined rows: NaN filler (the logsumexp below)
-        fill = nan_rows | undefined if op != "logsumexp" else nan_rows
-        c.rounded[fill] = np.nan
-        c.hi[fill] = np.nan
-        c.k[fill] = np.where(undefined[fill], 0, zero_k)[(...,) + (None,) * (c.k.ndim - 1)]
-        c.ok[fill] = True
-    lse = ops["logsumexp"]
-    with np.errstate(invalid="ignore"):
-        amax[undefined] = x[undefined].max(axis=1)
-    lse.rounded[undefined] = np.where((x[undefined] == np.inf).any(axis=1), np.inf, -np.inf)
-    lse.k[undefined] = zero_k
-    lse.ok[undefined] = True
-    ordinary = np.flatnonzero(~nan_rows & ~undefined)
+    ff, ordinary = forward_frame(x, fmt)
+    ops, amax, log_s, undefined = ff.ops, ff.amax, ff.log_s, ff.undefined
     if n >= GROUP_MIN_N and fmt.p <= 11:
         # Long 16-bit rows hold a few thousand distinct values at most (65,536 at all): each
         # row's outputs are computed once per distinct value and gathered.
@@ -425,6 +410,30 @@ def forward(x: np.ndarray, fmt: Format) -> ForwardFast:
         for op, c in part.items():
             _store_rows(ops[op], idx, c)
     return ForwardFast(ops, amax, log_s, undefined)
+
+
+def forward_frame(x: np.ndarray, fmt: Format) -> tuple[ForwardFast, np.ndarray]:
+    """The forward result with its special rows settled (no arithmetic) and every other entry
+    still unproven; and the ordinary rows' indices, for a fast path to fill."""
+    rows, n = x.shape
+    zero_k = fmt.emin - fmt.p + 1
+    ops = {"softmax": unproven((rows, n)), "log_softmax": unproven((rows, n)), "logsumexp": unproven((rows,))}
+    amax = np.full(rows, np.nan)
+    log_s = np.full(rows, np.nan)
+    nan_rows, undefined = special_rows(x)
+    for op, c in ops.items():  # NaN rows: NaN everywhere; undefined rows: NaN filler (the logsumexp below)
+        fill = nan_rows | undefined if op != "logsumexp" else nan_rows
+        c.rounded[fill] = np.nan
+        c.hi[fill] = np.nan
+        c.k[fill] = np.where(undefined[fill], 0, zero_k)[(...,) + (None,) * (c.k.ndim - 1)]
+        c.ok[fill] = True
+    lse = ops["logsumexp"]
+    with np.errstate(invalid="ignore"):
+        amax[undefined] = x[undefined].max(axis=1)
+    lse.rounded[undefined] = np.where((x[undefined] == np.inf).any(axis=1), np.inf, -np.inf)
+    lse.k[undefined] = zero_k
+    lse.ok[undefined] = True
+    return ForwardFast(ops, amax, log_s, undefined), np.flatnonzero(~nan_rows & ~undefined)
 
 
 def _distinct_16_bit(row: np.ndarray, fmt: Format) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -549,7 +558,7 @@ def backward(op: str, x: np.ndarray, dy: np.ndarray, fmt: Format) -> tuple[Certi
     x = np.asarray(x, dtype=np.float64)
     dy = np.asarray(dy, dtype=np.float64)
     rows, n = x.shape
-    out = _empty((rows, n))
+    out = unproven((rows, n))
     nan_rows, undefined = special_rows(x)
     ordinary = np.flatnonzero(~nan_rows & ~undefined)
     fn = {"softmax": _softmax_vjp, "log_softmax": _log_softmax_vjp, "logsumexp": _logsumexp_vjp}[op]

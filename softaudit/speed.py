@@ -96,6 +96,11 @@ def _forward(opfn: OpFunction, arrays: dict[str, np.ndarray], copies: int) -> Ca
         if "target" in arrays:
             values.append((args.add("target", arrays["target"]), True))
         sets.append(_calls(opfn, values, kwargs, rows))
+    return _calling(opfn, sets)
+
+
+def _calling(opfn: OpFunction, sets: list[list[tuple[tuple[Any, ...], dict[str, Any]]]]) -> Callable[[int], Any]:
+    """call(i): the function's call(s) on argument set i (one, or one per row)."""
     fn = opfn.fn
 
     def call(i: int) -> None:
@@ -121,13 +126,7 @@ def _explicit_backward(opfn: OpFunction, op: str, arrays: dict[str, np.ndarray],
             if op == "logsumexp":
                 values.insert(0, (args.add("x", arrays["x"]), True))
         sets.append(_calls(opfn, values, kwargs, rows))
-    fn = opfn.fn
-
-    def call(i: int) -> None:
-        for a, kw in sets[i]:
-            fn(*a, **kw)
-
-    return call
+    return _calling(opfn, sets)
 
 
 def _autograd(opfn: OpFunction, arrays: dict[str, np.ndarray], copies: int) -> Callable[[int], Any]:
