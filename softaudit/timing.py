@@ -41,7 +41,8 @@ def parse_shape(text: str) -> tuple[int, int]:
 
 
 WARMUP_CALLS = 2
-"""Untimed calls first: allocator, caches of the library (torch's kernels, numpy's buffers)."""
+"""Untimed calls first (and one on every copy of the arguments): allocator, caches of the
+library (torch's kernels, numpy's buffers), pages touched for the first time."""
 
 MIN_REPEATS = 5
 """Timed calls at least (a median of fewer is one noisy sample)."""
@@ -117,7 +118,7 @@ def measure(call: Callable[[int], Any], clock: Clock = cpu_clock, copies: int = 
     for long calls) add up to ``min_seconds`` and their IQR is within STABLE_IQR of the median, or
     10 x min_seconds have passed, or ``max_repeats`` calls were made."""
     i = 0
-    while i < warmup:
+    while i < max(warmup, copies):  # every copy once at least: its pages touched, its caches warm
         t = clock(lambda i=i: call(i % copies))
         i += 1
         if t >= LONG_CALL_S:

@@ -26,13 +26,13 @@ def _clock_of(durations: list[float]):
 
 def test_measure_warms_up_then_reports_median_and_quartiles_of_the_timed_calls():
     calls: list[int] = []
-    durations = [0.2, 0.2] + [0.1, 0.2, 0.3, 0.4, 0.5] + [0.3] * 100
+    durations = [0.2, 0.2, 0.2] + [0.1, 0.2, 0.3, 0.4, 0.5] + [0.3] * 100
     t = timing.measure(calls.append, clock=_clock_of(durations), copies=3, min_seconds=0.0, min_repeats=5)
-    assert calls[:2] == [0, 1]  # the warm-up calls, untimed
+    assert calls[:3] == [0, 1, 2]  # the warm-up calls, untimed: one on each copy
     assert t.repeats == 5
     assert t.median_s == pytest.approx(0.3)
     assert (t.q1_s, t.q3_s) == (pytest.approx(0.2), pytest.approx(0.4))
-    assert calls == [0, 1, 2, 0, 1, 2, 0]  # the argument copies taken in turn
+    assert calls == [0, 1, 2, 0, 1, 2, 0, 1]  # the argument copies taken in turn
 
 
 def test_measure_repeats_until_the_time_adds_up_and_stops_at_the_cap():
