@@ -20,6 +20,7 @@ uses the mpmath engine.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -28,7 +29,8 @@ import numpy as np
 from softaudit import double_double as dd
 from softaudit import reference_fast
 from softaudit.formats import Format, exact_sum
-from softaudit.reference_fast import W, Certified, ForwardFast, cut, put, special_rows, unproven, zero_entry
+from softaudit.reference_fast import (W, Certified, ForwardFast, cut, put, special_rows, store_rows, store_where,
+                                      unproven, zero_entry)
 
 _SAFETY = 2.0
 """Each output's bound is doubled once, as in reference_fast (slack for second-order terms)."""
@@ -58,7 +60,7 @@ def fast_path(fmt: Format):
     if reference_fast.applies(fmt):
         return reference_fast
     if applies(fmt):
-        return __import__(__name__, fromlist=["forward"])
+        return sys.modules[__name__]
     return None
 
 
@@ -238,11 +240,6 @@ def row_chunks(rows: int, n: int) -> list[slice]:
     return [slice(i, min(rows, i + step)) for i in range(0, rows, step)]
 
 
-def _store_rows(dst: Certified, idx: np.ndarray, src: Certified) -> None:
-    for name in ("rounded", "k", "hi", "lo", "ok"):
-        getattr(dst, name)[idx] = getattr(src, name)
-
-
 # --------------------------------------------------------------------------
 # Forward
 
@@ -258,7 +255,7 @@ def forward(x: np.ndarray, fmt: Format) -> ForwardFast:
         part = _forward_chunk(x[idx], fmt)
         ff.amax[idx], ff.log_s[idx] = part.pop("amax"), part.pop("log_s")
         for op, c in part.items():
-            _store_rows(ff.ops[op], idx, c)
+            store_rows(ff.ops[op], idx, c)
     return ff
 
 
@@ -374,7 +371,7 @@ def backward(op: str, x: np.ndarray, dy: np.ndarray, fmt: Format) -> tuple[Certi
     fn = {"softmax": _softmax_vjp, "log_softmax": _log_softmax_vjp, "logsumexp": _logsumexp_vjp}[op]
     for chunk in row_chunks(todo.size, n):
         idx = todo[chunk]
-        _store_rows(out, idx, fn(x[idx], dy[idx], fmt))
+        store_rows(out, idx, fn(x[idx], dy[idx], fmt))
     return out, ordinary
 
 
@@ -444,11 +441,6 @@ def exact_entry(v: Fraction, fmt: Format) -> tuple[float, int, float, float]:
     return float(v), k, hi, float(scaled - Fraction(hi))
 
 
-def _store_where(dst: Certified, row: int, cols: np.ndarray, src: Certified) -> None:
-    for name in ("rounded", "k", "hi", "lo", "ok"):
-        getattr(dst, name)[row, cols] = getattr(src, name)
-
-
 def _softmax_vjp(x: np.ndarray, dy: np.ndarray, fmt: Format) -> Certified:
     """g = p (dy - c), c = sum_j p_j dy_j."""
     shape = x.shape
@@ -489,7 +481,7 @@ def _softmax_vjp(x: np.ndarray, dy: np.ndarray, fmt: Format) -> Certified:
     for i in np.flatnonzero(np.all(tm.is_max | tm.masked, axis=1)).tolist():
         finite = ~tm.masked[i]
         k = int(tm.k_ties[i])
-        _store_where(out, i, finite, _dy_minus_rational(dy[i, finite], exact_sum(dy[i, finite]) / k, k, fmt))
+        store_where(out, i, finite, _dy_minus_rational(dy[i, finite], exact_sum(dy[i, finite]) / k, k, fmt))
     # Masked entries: 0. Rows whose finite entries share one dy: c = that dy, 0 everywhere.
     finite = ~tm.masked
     first = dy[np.arange(shape[0]), np.argmax(finite, axis=1)]
@@ -531,7 +523,7 @@ def _log_softmax_vjp(x: np.ndarray, dy: np.ndarray, fmt: Format) -> Certified:
     # Every finite entry equal: p = 1/k exactly and g = dy - D/k on them.
     for i in np.flatnonzero(np.all(tm.is_max | tm.masked, axis=1)).tolist():
         finite = ~tm.masked[i]
-        _store_where(out, i, finite, _dy_minus_rational(dy[i, finite], exact_sum(dy[i]) / int(tm.k_ties[i]), 1, fmt))
+        store_where(out, i, finite, _dy_minus_rational(dy[i, finite], exact_sum(dy[i]) / int(tm.k_ties[i]), 1, fmt))
     return out
 
 
@@ -624,7 +616,7 @@ def loss_gradient(x: np.ndarray, loss, lc: "reference_fast.LossCoefficients", sc
     todo = np.flatnonzero(covered & ~zero_rows & usable)
     for chunk in row_chunks(todo.size, n):
         idx = todo[chunk]
-        _store_rows(out, idx, _loss_gradient_rows(x[idx], ch[idx], cl[idx], lc.positive[idx],
+        store_rows(out, idx, _loss_gradient_rows(x[idx], ch[idx], cl[idx], lc.positive[idx],
                                                   [lc.totals[i] for i in idx.tolist()], ah[idx], al[idx],
                                                   err_asum[idx], gh[idx], gl[idx], fmt))
     return out, covered
@@ -690,7 +682,7 @@ def _loss_gradient_rows(x, ch, cl, positive, totals, ah, al, err_asum, gh, gl, f
         err_r = abs(gh[r]) * (e_d + abs(kh) * 2.0**-105 + np.abs(cf_h) * REL_COEF) + np.abs(rh) * (2.0**-105 + dd.U_DD)
         row = certify(rh, rl, _SAFETY * err_r * (1 + 2.0**-40), fmt)
         row.ok &= dd.in_range(dh_) & dd.in_range(rh)
-        _store_where(out, r, finite, row)
+        store_where(out, r, finite, row)
     return out
 
 

@@ -408,7 +408,7 @@ def forward(x: np.ndarray, fmt: Format) -> ForwardFast:
         part = _forward_chunk(x[idx], fmt)
         amax[idx], log_s[idx] = part.pop("amax"), part.pop("log_s")
         for op, c in part.items():
-            _store_rows(ops[op], idx, c)
+            store_rows(ops[op], idx, c)
     return ForwardFast(ops, amax, log_s, undefined)
 
 
@@ -540,7 +540,8 @@ def max_probability(ft: FastTerms, fmt: Format) -> tuple[np.ndarray, Certified]:
     return negligible, kept_apart, entry
 
 
-def _store_rows(dst: Certified, idx: np.ndarray, src: Certified) -> None:
+def store_rows(dst: Certified, idx: np.ndarray, src: Certified) -> None:
+    """dst[idx] = src, field by field (whole rows)."""
     for name in ("rounded", "k", "hi", "lo", "ok"):
         getattr(dst, name)[idx] = getattr(src, name)
 
@@ -564,7 +565,7 @@ def backward(op: str, x: np.ndarray, dy: np.ndarray, fmt: Format) -> tuple[Certi
     fn = {"softmax": _softmax_vjp, "log_softmax": _log_softmax_vjp, "logsumexp": _logsumexp_vjp}[op]
     for chunk in row_chunks(ordinary.size, n):
         idx = ordinary[chunk]
-        _store_rows(out, idx, fn(x[idx], dy[idx], fmt))
+        store_rows(out, idx, fn(x[idx], dy[idx], fmt))
     covered = np.zeros(rows, dtype=bool)
     covered[ordinary] = True
     return out, covered
@@ -636,7 +637,7 @@ def _softmax_vjp(x: np.ndarray, dy: np.ndarray, fmt: Format) -> Certified:
     for i in np.flatnonzero(np.all(ft.is_max | ft.masked, axis=1)).tolist():
         finite = ~ft.masked[i]
         k = int(ft.k_ties[i])
-        _store_where(out, i, finite, dy_minus_rational(dy[i, finite], exact_sum(dy[i, finite]) / k, k, fmt))
+        store_where(out, i, finite, dy_minus_rational(dy[i, finite], exact_sum(dy[i, finite]) / k, k, fmt))
     # Masked entries (p = 0): 0. A row whose finite entries share one dy has c = that dy exactly
     # (sum p = 1): 0 everywhere.
     finite = ~ft.masked
@@ -673,7 +674,7 @@ def _log_softmax_vjp(x: np.ndarray, dy: np.ndarray, fmt: Format) -> Certified:
     # Every finite entry equal: p = 1/k exactly and g = dy - D/k on them.
     for i in np.flatnonzero(np.all(ft.is_max | ft.masked, axis=1)).tolist():
         finite = ~ft.masked[i]
-        _store_where(out, i, finite, dy_minus_rational(dy[i, finite], exact_sum(dy[i]) / int(ft.k_ties[i]), 1, fmt))
+        store_where(out, i, finite, dy_minus_rational(dy[i, finite], exact_sum(dy[i]) / int(ft.k_ties[i]), 1, fmt))
     return out
 
 
@@ -704,7 +705,8 @@ def dy_minus_rational(dy: np.ndarray, q: Fraction, k: int, fmt: Format) -> Certi
     return out
 
 
-def _store_where(dst: Certified, row: int, cols: np.ndarray, src: Certified) -> None:
+def store_where(dst: Certified, row: int, cols: np.ndarray, src: Certified) -> None:
+    """dst[row, cols] = src, field by field."""
     for name in ("rounded", "k", "hi", "lo", "ok"):
         getattr(dst, name)[row, cols] = getattr(src, name)
 
@@ -939,6 +941,6 @@ def loss_gradient(x: np.ndarray, lc: LossCoefficients, g: np.ndarray, fmt: Forma
                       + U_W * np.abs(hr.astype(np.float64)) + 2.0**-125 * abs(float(hi)))
             row = certify(vr, _SAFETY * (abs(float(g64[idx[r]])) * err_hr + 2 * U_W * np.abs(vr.astype(np.float64))),
                           fmt)
-            _store_where(c, r, finite, row)
-        _store_rows(out, idx, c)
+            store_where(c, r, finite, row)
+        store_rows(out, idx, c)
     return out, covered
