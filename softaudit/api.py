@@ -22,7 +22,7 @@ from softaudit.formats import Format, format_of_dtype, get_format
 from softaudit.ops import DIRECTIONS, OPS
 
 if TYPE_CHECKING:
-    from softaudit.records import Record
+    from softaudit.records import Record, SpeedRecord
     from softaudit.runner import AuditResult
 
 MAX_LISTED_FINDINGS = 10
@@ -48,6 +48,9 @@ def audit(
     strict: bool = False,
     cache_dir: str | Path | None = None,
     rowwise: bool = False,
+    bench: bool = False,
+    shapes: Iterable[str | tuple[int, int]] = (),
+    device: str = "auto",
 ) -> AuditReport:
     """Audit ``impl`` in this process and return its report (call ``.assert_ok()`` in a test).
 
@@ -56,11 +59,16 @@ def audit(
     or a module defining them (or holding ``@candidate`` functions). ``ops``, ``directions``,
     ``dtypes`` and ``cases`` narrow the audit (default: everything ``impl`` defines, both
     directions, all four formats, the whole case library); ``strict`` judges as
-    ``softaudit run --strict`` does (a WARN is recorded as a FAIL, its reasons prefixed "strict:"). Bad arguments raise ValueError or TypeError with a one-line message.
+    ``softaudit run --strict`` does (a WARN is recorded as a FAIL, its reasons prefixed "strict:").
+    ``bench=True`` also times every op x direction x format at ``shapes`` ("ROWSxN" strings or
+    (rows, n) pairs; default timing.DEFAULT_SHAPES) as ``softaudit run --bench`` does; the figures
+    are in ``report.speed``. ``device`` ("auto", "cpu", "cuda", "cuda:N") places torch callables
+    that do not name a device with ``@candidate``: inputs are created there and outputs
+    brought back for judging. Bad arguments raise ValueError or TypeError with a one-line message.
     """
     from softaudit.envelope import DEFAULT_RATIO_LIMIT
     from softaudit.isolation import InProcessExecutor
-    from softaudit.runner import AuditOptions, plan, run_audit
+    from softaudit.runner import AuditOptions, check_device, plan, run_audit
     from softaudit.verdicts import DEFAULT_UNDEFINED_POLICY, UNDEFINED_POLICIES, Gate
 
     limit = DEFAULT_RATIO_LIMIT if ratio_limit is None else ratio_limit
@@ -73,6 +81,14 @@ def audit(
         raise ValueError(f"seed must be an int, 0 or more, got {seed!r}")
     if not isinstance(strict, bool) or not isinstance(rowwise, bool):
         raise TypeError("strict and rowwise must be True or False")
+    if not isinstance(device, str):
+        raise TypeError(f"device must be a string (auto, cpu, cuda or cuda:N), got {type(device).__name__}")
+    check_device(device)  # DeviceError is a ValueError
+    if not isinstance(bench, bool):
+        raise TypeError("bench must be True or False")
+    shape_list = _shapes(shapes)
+    if shape_list and not bench:
+        raise ValueError("shapes= sets what bench=True times; pass bench=True as well")
     if name is not None and (not isinstance(name, str) or not name.strip() or "/" in name):
         raise ValueError(f"name must be a non-empty string without '/' (it starts every record id), got {name!r}")
 
@@ -82,6 +98,7 @@ def audit(
         cases_dirs=[Path(p) for p in _listed(cases_dirs)], seed=seed,
         gate=Gate(ratio_limit=float(limit), undefined_policy=policy, strict=strict),
         cache_dir=Path(cache_dir).expanduser() if cache_dir is not None else None, rowwise=rowwise, isolated=False,
+        bench=bench, shapes=shape_list, device=device,
         jobs=1,  # in one process: --jobs' spawned workers would re-import a caller's unguarded script
     )
     plan(options)  # unknown case patterns and malformed case files raise here, before any call
@@ -90,13 +107,14 @@ def audit(
     candidate_name = name or default_name
     target = f"python:{candidate_name}"
     try:
-        candidates = _collect(module, target=target, default_name=candidate_name, rowwise=rowwise)
+        candidates = _collect(module, target=target, default_name=candidate_name, rowwise=rowwise,
+                              device=None if device == "auto" else device)
     except CandidateError as exc:
         raise ValueError(str(exc)) from None
     if name is not None and len(candidates) == 1:
         candidates = [_renamed(candidates[0], name)]
 
-    executor = InProcessExecutor(rowwise=rowwise)
+    executor = InProcessExecutor(rowwise=rowwise, device=None if device == "auto" else device)
     executor.add(target, candidates)
     try:
         result = run_audit([target], options, executor=executor)
@@ -132,6 +150,12 @@ class AuditReport:
     def warnings(self) -> list[Record]:
         """WARN records (above the envelope, within the ratio limit), worst first."""
         return _ordered([r for r in self.records if r.verdict == "WARN"])
+
+    @property
+    def speed(self) -> list[SpeedRecord]:
+        """With ``bench=True``: one SpeedRecord per op x direction x format x shape (``figures``
+        holds median_s, gb_per_s, pct_copy_bandwidth and the rest; ``skipped`` says why not)."""
+        return self.result.speed
 
     @property
     def passed(self) -> bool:
@@ -314,6 +338,24 @@ def _listed(value: Any) -> list[Any]:
     if isinstance(value, (str, Path, Format)) or not isinstance(value, Iterable):
         return [value]
     return list(value)
+
+
+def _shapes(value: Any) -> list[tuple[int, int]]:
+    """Timing shapes: "ROWSxN" strings or (rows, n) pairs, one or several."""
+    from softaudit.timing import parse_shape
+
+    if isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, int) for v in value):
+        value = [value]
+    out = []
+    for item in _listed(value):
+        if isinstance(item, str):
+            out.append(parse_shape(item))
+        elif (isinstance(item, (tuple, list)) and len(item) == 2
+              and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in item)):
+            out.append((int(item[0]), int(item[1])))
+        else:
+            raise ValueError(f"shapes must be 'ROWSxN' strings or (rows, n) pairs of positive ints, got {item!r}")
+    return out
 
 
 def _strings(value: Any, what: str) -> list[str]:

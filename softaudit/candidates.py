@@ -30,6 +30,7 @@ import importlib.util
 import inspect
 import itertools
 import os
+import re
 import sys
 import time
 import traceback
@@ -91,6 +92,11 @@ class CandidateImportError(CandidateError):
     That is a fault of the candidate, not of the command line: the audit records
     it as a FAIL and goes on with the other targets.
     """
+
+
+class CandidateUnavailable(CandidateError):
+    """The target needs an optional package that is not installed (triton): its records are
+    SKIPs with this reason, not a failure of the candidate or of the command line."""
 
 
 class NoOpsError(CandidateError):
@@ -216,6 +222,8 @@ class Candidate:
     """First line of its docstring (the functions' for decorated candidates, else the module's)."""
     backward: Mapping[str, OpFunction] = field(default_factory=_empty_mapping)
     """Its explicit backward functions, keyed by the *forward* op ("softmax" -> softmax_backward)."""
+    interpreted: bool = False
+    """Its Triton kernels run under Triton's CPU interpreter (cases are limited: INTERPRETED_MAX_ELEMENTS)."""
 
 
 @dataclass(frozen=True)
@@ -274,10 +282,12 @@ def builtin_names() -> list[str]:
 # Loading
 
 
-def load_target(target: str, rowwise: bool = False, probe: bool = True) -> list[Candidate]:
+def load_target(target: str, rowwise: bool = False, probe: bool = True, device: str | None = None) -> list[Candidate]:
     """Load the candidates of a ``.py`` file or of ``builtin:NAME``.
 
-    ``rowwise=True`` audits every op row by row. ``probe=False`` skips the probe
+    ``rowwise=True`` audits every op row by row. ``device`` ("cpu", "cuda", or None for auto:
+    CUDA when available) places torch candidates that do not name a device themselves; Triton
+    code without a CUDA device (or with device "cpu") runs under Triton's interpreter. ``probe=False`` skips the probe
     calls and keeps the static guesses (the worker's retry after a probe call
     crashed or hung, so that the fault is charged to the audit's own calls).
     Raises CandidateError with a one-line message when the target cannot be used.
@@ -299,15 +309,16 @@ def load_target(target: str, rowwise: bool = False, probe: bool = True) -> list[
         if path.suffix != ".py":
             raise CandidateError(f"{target}: not a .py file (give a .py path or builtin:NAME)")
         default_name = path.stem
-    module = _exec_file(path, target)
-    return _collect(module, target, default_name, rowwise, probe)
+    module, interpreted = _exec_file(path, target, device)
+    return _collect(module, target, default_name, rowwise, probe, device=device, interpreted=interpreted)
 
 
 _module_counter = itertools.count()
 
 
-def _exec_file(path: Path, display: str) -> types.ModuleType:
-    """Execute ``path`` as a fresh module (no bytecode cache written next to it).
+def _exec_file(path: Path, display: str, device: str | None = None) -> tuple[types.ModuleType, bool]:
+    """Execute ``path`` as a fresh module (no bytecode cache written next to it); also whether its
+    Triton kernels run interpreted (``triton_interpretation``).
 
     The file's directory is on sys.path while it runs, so it can import its
     siblings. Every failure becomes a CandidateError naming ``display``.
@@ -324,6 +335,7 @@ def _exec_file(path: Path, display: str) -> types.ModuleType:
     except ValueError as exc:  # e.g. null bytes in the source
         raise CandidateError(f"{display}: {_one_line(str(exc))}") from None
 
+    interpreted = triton_interpretation(source, device)
     stem = "".join(c if c.isalnum() else "_" for c in path.stem)
     modname = f"_softaudit_target_{next(_module_counter)}_{stem}"
     spec = importlib.util.spec_from_file_location(modname, filename)
@@ -337,6 +349,10 @@ def _exec_file(path: Path, display: str) -> types.ModuleType:
         exec(code, module.__dict__)
     except ModuleNotFoundError as exc:
         del sys.modules[modname]
+        if exc.name and exc.name.partition(".")[0] in OPTIONAL_PACKAGES:
+            package = exc.name.partition(".")[0]
+            raise CandidateUnavailable(f"{display} needs {package}, which is not installed "
+                                       f"({OPTIONAL_PACKAGES[package]})") from None
         if exc.name:
             raise CandidateError(f"{display} imports {exc.name!r}, which is not installed") from None
         raise CandidateError(f"{display}:{_line_in(exc, filename)}: {_describe(exc)}") from None
@@ -346,7 +362,77 @@ def _exec_file(path: Path, display: str) -> types.ModuleType:
     finally:
         if directory in sys.path:
             sys.path.remove(directory)
-    return module
+    return module, interpreted
+
+
+OPTIONAL_PACKAGES = {"triton": "pip install 'softaudit[triton]'", "cupy": "pip install cupy-cuda12x"}
+"""Packages whose absence skips a candidate (with this install hint) instead of stopping the run."""
+
+_TRITON_IMPORT = re.compile(rb"^[ \t]*(?:import|from)[ \t]+triton\b", re.MULTILINE)
+
+INTERPRETED_NOTE = "Triton kernels run by Triton's CPU interpreter (TRITON_INTERPRET=1)"
+
+
+def triton_interpretation(source: bytes, device: str | None = None) -> bool:
+    """For source that imports triton: set TRITON_INTERPRET=1 before its kernels are decorated
+    when there is no CUDA device (or ``device`` is "cpu"), so that they run on the CPU. Returns
+    whether they will run interpreted. A TRITON_INTERPRET the user set is left as it is."""
+    if not _TRITON_IMPORT.search(source):
+        return False
+    current = os.environ.get("TRITON_INTERPRET", "")
+    if current:
+        return current == "1"
+    if device != "cpu" and cuda_available():
+        return False
+    os.environ["TRITON_INTERPRET"] = "1"
+    correct_interpreter_bfloat16()
+    return True
+
+
+def correct_interpreter_bfloat16() -> bool:
+    """Make Triton's CPU interpreter convert float32 <-> bfloat16 correctly; True when it does.
+
+    Triton 3.9's interpreter converts float32 to bfloat16 by truncation (no round-to-nearest)
+    and mangles subnormals both ways (exp(-93.7) = 2.0e-41 stored as 8.9e-39), so an
+    interpreted kernel's bfloat16 output would be judged for the interpreter's errors, not the
+    kernel's. A GPU rounds to nearest (cvt.rn.bf16.f32); this replaces the interpreter's
+    conversion for that pair of formats with ml_dtypes' (nearest-even, subnormals exact),
+    leaving every other conversion, and explicit rounding modes, to Triton. Without
+    triton, or with an interpreter that no longer has the function, nothing is changed."""
+    try:
+        import triton.language as tl
+        from triton.runtime import interpreter
+    except Exception:  # noqa: BLE001  (no triton, or one that fails to import: the load will say)
+        return False
+    original = getattr(interpreter, "_convert_float", None)
+    if original is None:
+        return False
+    if getattr(original, "softaudit_corrected", False):
+        return True
+
+    def convert(data: Any, input_dtype: Any, output_dtype: Any, rounding_mode: Any) -> Any:
+        nearest = rounding_mode is None or "RTNE" in str(rounding_mode)
+        if nearest and input_dtype == tl.float32 and output_dtype == tl.bfloat16:
+            return np.asarray(data).view(np.float32).astype(ml_dtypes.bfloat16).view(np.uint16)
+        if input_dtype == tl.bfloat16 and output_dtype == tl.float32:
+            return np.asarray(data).view(np.uint16).view(ml_dtypes.bfloat16).astype(np.float32).view(np.uint32)
+        return original(data, input_dtype, output_dtype, rounding_mode)
+
+    convert.softaudit_corrected = True  # type: ignore[attr-defined]
+    interpreter._convert_float = convert
+    return True
+
+
+def cuda_available() -> bool:
+    """Whether torch is installed and sees a CUDA device."""
+    if not _torch_available():
+        return False
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except Exception:  # noqa: BLE001  (a broken torch install: no CUDA as far as we can tell)
+        return False
 
 
 def _line_in(exc: BaseException, filename: str) -> int | str:
@@ -356,8 +442,10 @@ def _line_in(exc: BaseException, filename: str) -> int | str:
 
 
 def _collect(module: types.ModuleType, target: str, default_name: str, rowwise: bool,
-             probe: bool = True) -> list[Candidate]:
-    """Group a loaded module's functions into candidates and resolve each one."""
+             probe: bool = True, device: str | None = None, interpreted: bool = False) -> list[Candidate]:
+    """Group a loaded module's functions into candidates and resolve each one (``device``: the
+    requested device for torch functions that name none; ``interpreted``: its Triton kernels
+    run under the CPU interpreter, said in every function's notes)."""
     module_doc = _first_line(module.__doc__)
     namespace = vars(module)
     marked: list[tuple[Any, _Mark]] = []
@@ -403,7 +491,7 @@ def _collect(module: types.ModuleType, target: str, default_name: str, rowwise: 
     candidates = []
     for name, group in groups.items():
         resolve = functools.partial(_resolve, module_roots=module_roots, force_rowwise=rowwise,
-                                    target=target, probe=probe)
+                                    target=target, probe=probe, requested_device=device)
         ops: dict[str, OpFunction] = {}
         loss_style = "none"
         for op in OPS:
@@ -416,10 +504,13 @@ def _collect(module: types.ModuleType, target: str, default_name: str, rowwise: 
             for op in OPS
             if backward_name(op) in group
         }
+        if interpreted:
+            ops = {op: dataclasses.replace(f, notes=(INTERPRETED_NOTE, *f.notes)) for op, f in ops.items()}
+            backward = {op: dataclasses.replace(f, notes=(INTERPRETED_NOTE, *f.notes)) for op, f in backward.items()}
         fn_docs = [_first_line(getattr(fn, "__doc__", None)) for fn, mark in group.values() if mark]
         description = next((d for d in fn_docs if d), module_doc)
         candidates.append(Candidate(name, target, types.MappingProxyType(ops), description,
-                                    types.MappingProxyType(backward)))
+                                    types.MappingProxyType(backward), interpreted))
     return candidates
 
 
@@ -725,6 +816,7 @@ def _resolve(
     target: str,
     probe: bool = True,
     loss_style: str = "none",
+    requested_device: str | None = None,
 ) -> tuple[OpFunction, tuple[int, ...] | None]:
     """Decide backend, device, keywords and row mode for one function.
 
@@ -755,7 +847,7 @@ def _resolve(
     dim_kw, signature_known = _dim_keyword(fn)
     keywords, keywords_known = _loss_keywords(fn, fname)
     if not probe:
-        dev = device or "cpu"
+        dev = _device_options(backend, device or requested_device, uses_triton)[0]
         return OpFunction(fname, fn, backend, dev, rowwise, dim_kw,
                           ("not probed: a probe call crashed or hung, so the backend is the static guess",),
                           keywords), None
@@ -769,7 +861,8 @@ def _resolve(
 
     request, expected = _probe_request(fname, keywords, loss_style)
     attempts: list[tuple[OpFunction, CallResult, int]] = []
-    options = ((be, dev, rw, kw) for be in backends for dev in _device_options(be, device, uses_triton)
+    options = ((be, dev, rw, kw) for be in backends
+               for dev in _device_options(be, device or requested_device, uses_triton)
                for rw in row_options for kw in dim_options)
     for be, dev, rw, kw in options:
         opfn = OpFunction(fname, fn, be, dev, rw, kw, (), keywords)
@@ -809,8 +902,8 @@ def _probe_loss(opfn: OpFunction, keywords_known: bool, loss_style: str) -> OpFu
 
 
 def _device_options(backend: str, device: str | None, uses_triton: bool) -> list[str]:
-    """Devices to try for a backend: the requested one, else CPU then CUDA
-    (CUDA first for triton code, unless TRITON_INTERPRET runs it on the CPU)."""
+    """Devices to try for a backend: the requested one, else CUDA then the CPU where a CUDA
+    device exists (the CPU first for Triton code that TRITON_INTERPRET runs there)."""
     if backend == "numpy":
         return ["cpu"]
     if device is not None:
@@ -823,9 +916,9 @@ def _device_options(backend: str, device: str | None, uses_triton: bool) -> list
         cuda = False
     if not cuda:
         return ["cpu"]
-    if uses_triton and os.environ.get("TRITON_INTERPRET") != "1":
-        return ["cuda", "cpu"]
-    return ["cpu", "cuda"]
+    if uses_triton and os.environ.get("TRITON_INTERPRET") == "1":
+        return ["cpu", "cuda"]
+    return ["cuda", "cpu"]
 
 
 def _with_notes(
@@ -953,7 +1046,7 @@ class _Unsupported(Exception):
     """The call cannot be audited (an autograd output without grad_fn); the message is the reason."""
 
 
-class _Arguments:
+class Arguments:
     """The arrays of one call as the candidate gets them (fresh copies: numpy
     arrays, or torch tensors on its device), with their bits as given, to find
     the ones it changes."""
@@ -966,7 +1059,7 @@ class _Arguments:
         """A fresh copy of ``arr`` for the candidate; ``leaf``: a torch leaf that requires grad."""
         value: Any = np.array(arr, copy=True, order="C")
         if self.opfn.backend == "torch":
-            value = _to_torch(value, self.opfn.device)
+            value = to_torch(value, self.opfn.device)
             if leaf:
                 value = value.clone().requires_grad_(True)
         self.track(name, value)
@@ -1035,8 +1128,8 @@ def _run(opfn: OpFunction, calls: list[tuple[tuple[Any, ...], dict[str, Any]]],
     return _Run(raw, error, raised, unsupported, seconds, _warning_notes(caught))
 
 
-def _calls(opfn: OpFunction, values: list[tuple[Any, bool]], kwargs: dict[str, Any],
-           rows: int) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
+def call_arguments(opfn: OpFunction, values: list[tuple[Any, bool]], kwargs: dict[str, Any],
+                   rows: int) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
     """The positional arguments of each call: whole arrays, or (row by row) row ``i`` of
     every argument marked per-row and the others whole."""
     if not opfn.rowwise:
@@ -1044,7 +1137,7 @@ def _calls(opfn: OpFunction, values: list[tuple[Any, bool]], kwargs: dict[str, A
     return [(tuple(v[i] if per_row else v for v, per_row in values), kwargs) for i in range(rows)]
 
 
-def _finish(opfn: OpFunction, run: _Run, args: _Arguments, fmt: Format, expected: tuple[int, ...],
+def _finish(opfn: OpFunction, run: _Run, args: Arguments, fmt: Format, expected: tuple[int, ...],
             allow: Iterable[tuple[int, ...]] = (), also: Iterable[tuple[int, ...]] = (),
             outputs: list[Any] | None = None, stack: bool = False, extra: Iterable[str] = ()) -> CallResult:
     """The CallResult of a run: input changes, errors, and the output(s) normalised into ``fmt``.
@@ -1134,7 +1227,7 @@ def _target(loss: LossInputs, fmt: Format, rows: int, n: int) -> np.ndarray:
     return t
 
 
-def _loss_keyword_args(opfn: OpFunction, loss: LossInputs, args: _Arguments, fmt: Format) -> dict[str, Any]:
+def _loss_keyword_args(opfn: OpFunction, loss: LossInputs, args: Arguments, fmt: Format) -> dict[str, Any]:
     """The case's keywords that the function accepts (weight converted like the logits); row by
     row, reduction="none" when it accepts reduction (each call sees one row)."""
     kwargs: dict[str, Any] = {}
@@ -1161,7 +1254,7 @@ def _call_forward(opfn: OpFunction, request: CallRequest, fmt: Format) -> CallRe
     """A forward op: fn(x) or, for cross_entropy, fn(logits, target, **accepted keywords)."""
     x = _logits(request, fmt)
     rows, n = x.shape
-    args = _Arguments(opfn)
+    args = Arguments(opfn)
     kwargs: dict[str, Any] = {opfn.dim_kw: -1} if opfn.dim_kw else {}
     try:
         if opfn.op == "cross_entropy":
@@ -1175,7 +1268,7 @@ def _call_forward(opfn: OpFunction, request: CallRequest, fmt: Format) -> CallRe
         raise
     except Exception as exc:  # noqa: BLE001  (an unusable device)
         return _placement_failure(opfn, exc)
-    run = _run(opfn, _calls(opfn, values, kwargs, rows))
+    run = _run(opfn, call_arguments(opfn, values, kwargs, rows))
     if opfn.op == "cross_entropy":
         if opfn.rowwise:
             return _finish(opfn, run, args, fmt, (), allow=[(1,)], stack=True)
@@ -1200,7 +1293,7 @@ def _call_backward(opfn: OpFunction, request: CallRequest, fmt: Format) -> CallR
     op = BACKWARD_FUNCTIONS[opfn.op]
     x = _logits(request, fmt)
     rows, n = x.shape
-    args = _Arguments(opfn)
+    args = Arguments(opfn)
     kwargs: dict[str, Any] = {opfn.dim_kw: -1} if opfn.dim_kw else {}
     loss = _loss(request) if op == "cross_entropy" else None
     row_shape = (rows,) if op in ("logsumexp", "cross_entropy") else (rows, n)
@@ -1223,7 +1316,7 @@ def _call_backward(opfn: OpFunction, request: CallRequest, fmt: Format) -> CallR
         raise
     except Exception as exc:  # noqa: BLE001  (an unusable device)
         return _placement_failure(opfn, exc)
-    run = _run(opfn, _calls(opfn, values, kwargs, rows))
+    run = _run(opfn, call_arguments(opfn, values, kwargs, rows))
     if opfn.rowwise:
         return _finish(opfn, run, args, fmt, (n,), stack=True)
     return _finish(opfn, run, args, fmt, (rows, n))
@@ -1246,7 +1339,7 @@ def _call_autograd(opfn: OpFunction, request: CallRequest, fmt: Format) -> CallR
     skip = _rowwise_mean(opfn, dy, loss)
     if skip is not None:
         return skip
-    args = _Arguments(opfn)
+    args = Arguments(opfn)
     kwargs: dict[str, Any] = {opfn.dim_kw: -1} if opfn.dim_kw else {}
     try:
         leaf = args.add("x", x, leaf=True)
@@ -1268,7 +1361,7 @@ def _call_autograd(opfn: OpFunction, request: CallRequest, fmt: Format) -> CallR
         g = dy[i] if opfn.rowwise and dy.ndim else dy
         if out.numel() != g.size:
             raise _OutputError(f"returned shape {tuple(out.shape)} but {g.shape} was expected")
-        upstream = _to_torch(np.array(g, copy=True), str(out.device)).to(out.dtype).reshape(out.shape)
+        upstream = to_torch(np.array(g, copy=True), str(out.device)).to(out.dtype).reshape(out.shape)
         if out.dtype != fmt.torch_dtype:
             note = f"autograd: the output is {out.dtype}, so dy was passed in {out.dtype}"
             if note not in extra:
@@ -1277,7 +1370,7 @@ def _call_autograd(opfn: OpFunction, request: CallRequest, fmt: Format) -> CallR
         out.backward(upstream)
 
     with torch.enable_grad():
-        run = _run(opfn, _calls(opfn, values, kwargs, rows), after=backward)
+        run = _run(opfn, call_arguments(opfn, values, kwargs, rows), after=backward)
     grad = leaf.grad
     if run.error is None and run.unsupported is None and grad is None:
         run.unsupported = f"the gradient did not reach the input (x.grad is None after backward); {define}"
@@ -1300,7 +1393,7 @@ def _as_format(x: np.ndarray, fmt: Format) -> np.ndarray:
     return round_float64_array(x.astype(np.float64), fmt)
 
 
-def _to_torch(x: np.ndarray, device: str) -> Any:
+def to_torch(x: np.ndarray, device: str) -> Any:
     """A torch tensor holding exactly the bits of ``x`` (bfloat16 through a uint16 view)."""
     import torch
 

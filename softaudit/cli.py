@@ -96,7 +96,7 @@ def _check_directions(directions: list[str]) -> list[str]:
 
 @app.command()
 def run(
-    targets: list[str] = typer.Argument(None, metavar="[TARGET]...", help="Candidate files (impl.py), directories of them, or built-ins (builtin:naive, builtin:shifted, builtin:shifted-f64, builtin:torch). Default: the targets of [tool.softaudit].", show_default=False),
+    targets: list[str] = typer.Argument(None, metavar="[TARGET]...", help="Candidate files (impl.py), directories of them, or built-ins (builtin:naive, builtin:shifted, builtin:shifted-f64, builtin:torch, builtin:triton-softmax, builtin:triton-online, builtin:triton-ce). Default: the targets of [tool.softaudit].", show_default=False),
     op: list[str] = typer.Option([], "--op", "-o", help="Op to audit (repeatable): softmax, log_softmax, logsumexp, cross_entropy. Default: every op the target defines."),
     direction: list[str] = typer.Option([], "--direction", help="forward (the op) or backward (its gradient), repeatable. Default: both, where the candidate has a backward pass."),
     dtype: list[str] = typer.Option([], "--dtype", "-d", help="Format (repeatable): float64, float32, float16, bfloat16. Default: all four."),
@@ -126,6 +126,7 @@ def run(
     jobs: Optional[int] = typer.Option(None, "--jobs", "-j", help="Processes to use: references are computed in JOBS - 1 worker processes while candidates are called. [default: the machine's cores]", show_default=False),
     bench: Optional[bool] = typer.Option(None, "--bench/--no-bench", help="Also time every candidate x op x direction x format at LLM-typical shapes (after the audit), against the copy bandwidth of the same device. [default: no]", show_default=False),
     shape: list[str] = typer.Option([], "--shape", help="Shape ROWSxN to time at with --bench (repeatable). Default: 4096x1024, 1024x32000, 256x128256, 64x262144."),
+    device: Optional[str] = typer.Option(None, "--device", help="Where torch and Triton candidates run: cpu, cuda (or cuda:N), or auto (CUDA when available). Without a GPU, Triton kernels run under Triton's CPU interpreter. [default: auto]", show_default=False),
     findings: int = typer.Option(10, "--findings", help="How many worst findings to explain after the table."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no table; the exit code (and the files asked for) only."),
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for bad input."),
@@ -134,7 +135,7 @@ def run(
     from softaudit.reports.files import write_text
     from softaudit.reports.json_report import results_json
     from softaudit.reports.terminal import render
-    from softaudit.runner import AuditOptions, run_audit
+    from softaudit.runner import AuditOptions, DeviceError, check_device, run_audit
 
     with _bad_input(debug):
         cfg = _gate_config(config, no_config)
@@ -175,6 +176,11 @@ def run(
         if shape and not bench:
             raise UsageProblem("--shape sets the shapes --bench times at: add --bench (or bench = true in "
                                "[tool.softaudit])")
+        device = _pick(device, cfg and cfg.device, "auto")
+        try:
+            check_device(device)
+        except DeviceError as exc:
+            raise UsageProblem(f"--device: {exc}") from None
         outputs = _check_outputs({"--json": json_path, "--html": html_path, "--md": md_path, "--junit": junit_path})
         if md_full and md_path is None:
             raise UsageProblem("--md-full needs --md PATH")
@@ -191,7 +197,7 @@ def run(
             cache_dir=cache_dir, use_cache=not no_cache, rowwise=rowwise, isolated=not no_isolation,
             timeout=timeout, memory_limit=int(memory_limit * 2**30) if memory_limit is not None else None,
             relative_to=relative_to, relative_factor=relative_factor, relative_slack=relative_slack, jobs=jobs,
-            bench=bench, shapes=shapes,
+            bench=bench, shapes=shapes, device=device,
         )
         console = Console(stderr=True)
         if cfg is not None and not quiet:

@@ -47,6 +47,8 @@ class GateConfig:
     relative_slack: float | None = None
     jobs: int | None = None
     bench: bool | None = None
+    device: str | None = None
+    """auto, cpu, cuda or cuda:N (runner.DEVICES); checked when the run starts."""
     shapes: list[tuple[int, int]] = field(default_factory=list)
     """ROWSxN strings parsed (speed.parse_shape)."""
     ratio: float | None = None
@@ -59,7 +61,7 @@ class GateConfig:
 
 _LIST_KEYS = ("targets", "ops", "directions", "formats", "cases", "cases_dirs", "shapes")
 _KEYS = (*_LIST_KEYS, "seed", "undefined", "strict", "relative_to", "relative_factor", "relative_slack",
-         "jobs", "bench", "limits")
+         "jobs", "bench", "device", "limits")
 _LIMIT_KEYS = ("ratio", "max_ulp")
 
 
@@ -153,6 +155,11 @@ def _parse(table: dict, path: Path, prefix: str) -> GateConfig:
             if not isinstance(value, bool):
                 raise bad(key, f"must be true or false, got {value!r}")
             setattr(cfg, key, value)
+        elif key == "device":
+            if not isinstance(value, str) or not (value in ("auto", "cpu", "cuda") or
+                                                  (value.startswith("cuda:") and value[5:].isdigit())):
+                raise bad(key, f"must be auto, cpu, cuda or cuda:N, got {value!r}")
+            cfg.device = value
         elif key == "relative_to":
             if not isinstance(value, str) or not value:
                 raise bad(key, "must be a target: a .py path or builtin:NAME")

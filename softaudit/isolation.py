@@ -26,6 +26,7 @@ from softaudit.candidates import (
     Candidate,
     CandidateError,
     CandidateImportError,
+    CandidateUnavailable,
     NoOpsError,
     accepted_keywords,
     backward_mode,
@@ -109,10 +110,12 @@ class CandidateInfo:
 
 @dataclass(frozen=True)
 class LoadFailure:
-    """A target whose module raised or crashed while loading: a FAIL record, not bad input."""
+    """A target whose module raised or crashed while loading: a FAIL record, not bad input; or
+    (``unavailable``) one that needs an optional package that is not installed: a SKIP record."""
 
     target: str
     reason: str
+    unavailable: bool = False
 
 
 class Executor(Protocol):
@@ -135,8 +138,9 @@ class Executor(Protocol):
 class InProcessExecutor:
     """Calls candidates directly: no protection, no overhead (``--no-isolation``)."""
 
-    def __init__(self, rowwise: bool = False) -> None:
+    def __init__(self, rowwise: bool = False, device: str | None = None) -> None:
         self.rowwise = rowwise
+        self.device = device
         self._candidates: dict[tuple[str, str], Candidate] = {}
         self._preloaded: dict[str, list[Candidate]] = {}
         self._meter = None  # a speed.SpeedMeter, made on the first bench (importing speed costs nothing else)
@@ -152,9 +156,11 @@ class InProcessExecutor:
                 self._candidates[(c.target, c.name)] = c
             return [CandidateInfo.of(c) for c in loaded]
         try:
-            loaded = load_target(target, rowwise=self.rowwise)
+            loaded = load_target(target, rowwise=self.rowwise, device=self.device)
         except CandidateImportError as exc:
             return LoadFailure(target, str(exc))
+        except CandidateUnavailable as exc:
+            return LoadFailure(target, str(exc), unavailable=True)
         for c in loaded:
             self._candidates[(c.target, c.name)] = c
         return [CandidateInfo.of(c) for c in loaded]
@@ -202,8 +208,9 @@ class WorkerExecutor:
     """One worker process serving many calls; restarted after a crash or a hang."""
 
     def __init__(self, rowwise: bool = False, timeout: float = DEFAULT_TIMEOUT,
-                 memory_limit: int | None = None) -> None:
+                 memory_limit: int | None = None, device: str | None = None) -> None:
         self.rowwise = rowwise
+        self.device = device
         self.timeout = timeout
         self.import_timeout = max(timeout, MIN_IMPORT_TIMEOUT)
         self.memory_limit = memory_limit if memory_limit is not None else default_memory_limit()
@@ -230,7 +237,7 @@ class WorkerExecutor:
         try:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "softaudit.worker", str(to_child_r), str(from_child_w),
-                 str(self.memory_limit), "1" if self.rowwise else "0"],
+                 str(self.memory_limit), "1" if self.rowwise else "0", self.device or "auto"],
                 pass_fds=(to_child_r, from_child_w), stdin=subprocess.DEVNULL, env=env,
                 start_new_session=True,  # Ctrl-C goes to softaudit, which decides what to stop
             )
@@ -314,6 +321,8 @@ class WorkerExecutor:
             return payload
         if kind == "import-failed":
             return LoadFailure(target, payload)
+        if kind == "unavailable":
+            return LoadFailure(target, payload, unavailable=True)
         exc_type = NoOpsError if kind == "no-ops" else CandidateError
         raise exc_type(payload)
 
@@ -350,9 +359,11 @@ class WorkerExecutor:
         self._kill(grace=2.0)
 
 
-def make_executor(isolated: bool, rowwise: bool, timeout: float, memory_limit: int | None) -> Executor:
-    """The executor an audit uses: a worker process unless isolation is turned off."""
+def make_executor(isolated: bool, rowwise: bool, timeout: float, memory_limit: int | None,
+                  device: str | None = None) -> Executor:
+    """The executor an audit uses: a worker process unless isolation is turned off (``device``:
+    "cpu", "cuda" or None for auto, for torch candidates that name no device)."""
     if isolated:
-        return WorkerExecutor(rowwise=rowwise, timeout=timeout, memory_limit=memory_limit)
-    return InProcessExecutor(rowwise=rowwise)
+        return WorkerExecutor(rowwise=rowwise, timeout=timeout, memory_limit=memory_limit, device=device)
+    return InProcessExecutor(rowwise=rowwise, device=device)
 

@@ -224,6 +224,9 @@ def rerun_command(record: Record, document: ResultsDocument) -> str:
         args += ["--seed", str(seed)]
     if document.options.get("rowwise"):
         args.append("--rowwise")
+    device = document.options.get("device")
+    if device and device != "auto":
+        args += ["--device", str(device)]
     return " ".join(shlex.quote(a) for a in args)
 
 

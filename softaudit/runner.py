@@ -92,6 +92,9 @@ class AuditOptions:
     """Also time every candidate x op x direction x format at ``shapes`` (speed.py), after the audit."""
     shapes: Sequence[tuple[int, int]] = ()
     """(rows, n) shapes to time at; empty means speed.DEFAULT_SHAPES."""
+    device: str = "auto"
+    """Where torch candidates that name no device run: "cpu", "cuda", or "auto" (CUDA when
+    available). Triton code runs under Triton's CPU interpreter when no CUDA device is used."""
 
 
 @dataclass
@@ -129,8 +132,36 @@ class AuditResult:
         return out
 
 
-def environment(seed: int) -> dict:
-    """Versions and machine facts recorded with every result."""
+DEVICES = ("auto", "cpu", "cuda")
+"""--device choices; "cuda:N" names one GPU of several."""
+
+
+class DeviceError(ValueError):
+    """The requested device is not a device, or is not usable here (one line)."""
+
+
+def check_device(device: str) -> str:
+    """``device`` as given when it is usable here; DeviceError otherwise. "cuda" needs torch
+    with a CUDA device (checked now: a run must not find out after loading every target)."""
+    if device not in DEVICES and not (device.startswith("cuda:") and device[5:].isdigit()):
+        raise DeviceError(f"unknown device {device!r} (choose auto, cpu, cuda or cuda:N)")
+    if device.startswith("cuda"):
+        from softaudit.candidates import cuda_available
+
+        if not cuda_available():
+            raise DeviceError(f"device {device!r}: no CUDA device is available here "
+                              "(torch is not installed, is a CPU build, or sees no GPU)")
+        import torch
+
+        index = int(device[5:]) if ":" in device else 0
+        if index >= torch.cuda.device_count():
+            raise DeviceError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
+def environment(seed: int, device: str = "auto") -> dict:
+    """Versions and machine facts recorded with every result: with a GPU in use, its name, the
+    driver, CUDA and Triton versions."""
     import ml_dtypes
     import mpmath
 
@@ -147,7 +178,54 @@ def environment(seed: int) -> dict:
         "seed": seed,
     }
     env["torch"] = _torch_version()
+    env["triton"] = _version_of("triton")
+    env.update(gpu_environment(device))
     return env
+
+
+def gpu_environment(device: str) -> dict:
+    """{"device": "cuda:0", "gpu": name, "gpu_driver": ..., "cuda": ...} when the audit used a GPU
+    (device cuda, or auto with one available), else {}."""
+    import shutil
+
+    if device == "cpu" or not (Path("/proc/driver/nvidia").exists() or shutil.which("nvidia-smi")):
+        return {}  # no NVIDIA driver: not worth importing torch to ask
+    from softaudit.candidates import cuda_available
+
+    if not cuda_available():
+        return {}
+    import torch
+
+    index = int(device[5:]) if device.startswith("cuda:") else 0
+    facts = {"device": f"cuda:{index}", "gpu": torch.cuda.get_device_name(index), "cuda": torch.version.cuda,
+             "gpu_driver": _nvidia_driver()}
+    capability = torch.cuda.get_device_capability(index)
+    facts["gpu_capability"] = f"{capability[0]}.{capability[1]}"
+    return facts
+
+
+def _nvidia_driver() -> str | None:
+    """The NVIDIA driver version from nvidia-smi, when it is on PATH."""
+    import shutil
+    import subprocess
+
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return None
+    try:
+        out = subprocess.run([smi, "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=10, check=False).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.strip().splitlines()[0] if out.strip() else None
+
+
+def _version_of(package: str) -> str | None:
+    """An installed package's version, without importing it."""
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def _torch_version() -> str | None:
@@ -202,7 +280,8 @@ def run_audit(targets: Sequence[str], options: AuditOptions | None = None,
     cases, formats = plan(options)
     wanted_ops = [op for op in OPS if not options.ops or op in options.ops]
     if executor is None:
-        executor = make_executor(options.isolated, options.rowwise, options.timeout, options.memory_limit)
+        executor = make_executor(options.isolated, options.rowwise, options.timeout, options.memory_limit,
+                                 None if options.device == "auto" else options.device)
     records: list[Record] = []
     speed: list[SpeedRecord] = []
     candidates: list[CandidateInfo] = []
@@ -268,7 +347,7 @@ def run_audit(targets: Sequence[str], options: AuditOptions | None = None,
     if baseline is not None:
         apply_relative_rule(records, baseline, options.relative_factor, options.relative_slack)
     return AuditResult(
-        records=records, candidates=candidates, options=options, environment=environment(options.seed),
+        records=records, candidates=candidates, options=options, environment=environment(options.seed, options.device),
         seconds=time.perf_counter() - started, cache_hits=cache.hits, cache_misses=cache.misses,
         uncertified=uncertified, complete=complete, worker_restarts=restarts, baseline=baseline,
         prefetched_units=prefetcher.units_from_workers if prefetcher is not None else 0, speed=speed,
@@ -278,24 +357,32 @@ def run_audit(targets: Sequence[str], options: AuditOptions | None = None,
 def _bench(executor: Executor, candidates: list[CandidateInfo], wanted_ops: list[str], formats: list[Format],
            options: AuditOptions, out: list[SpeedRecord], progress: ProgressFn | None) -> None:
     """Time every candidate x op x direction x format x shape in the executor (the audit's own
-    worker), appending to ``out`` as it goes (an interrupt keeps what was measured)."""
+    worker), adding to ``out`` what was measured, also when interrupted."""
     shapes = list(options.shapes) or list(DEFAULT_SHAPES)
     directions = [d for d in DIRECTIONS if not options.directions or d in options.directions]
-    todo = [(c, op, d, fmt, shape) for c in candidates for op in wanted_ops if op in c.ops
-            for d in directions for fmt in formats for shape in shapes]
-    for done, (c, op, d, fmt, (rows, n)) in enumerate(todo):
-        label = op if d == "forward" else f"{op} bwd"
-        if progress:
-            progress(done, len(todo), f"speed · {c.name} {label} {fmt.name} {rows}x{n}")
-        if d == "backward" and op not in c.backward:
-            reason = c.backward_missing.get(op, f"{op}'s backward pass cannot be timed")
-            out.append(SpeedRecord(c.name, c.target, op, d, fmt.name, (rows, n), None, reason))
-            continue
-        kind, payload = executor.bench(c, op, d, fmt.name, rows, n, options.seed)
-        if kind == "speed":
-            out.append(SpeedRecord(c.name, c.target, op, d, fmt.name, (rows, n), dict(payload)))  # type: ignore[arg-type]
-        else:
-            out.append(SpeedRecord(c.name, c.target, op, d, fmt.name, (rows, n), None, str(payload)))
+    # Measured with format and shape outermost (the worker draws one set of logits per format x
+    # shape and times every op and direction on it); listed in ``out`` candidate, op, direction,
+    # format, shape, as the reports read them.
+    todo = [(c, op, d, fmt, shape) for c in candidates for fmt in formats for shape in shapes
+            for op in wanted_ops if op in c.ops for d in directions]
+    listed = {(id(c), op, d, fmt.name, shape): i for i, (c, op, d, fmt, shape) in enumerate(
+        (c, op, d, fmt, shape) for c in candidates for op in wanted_ops if op in c.ops
+        for d in directions for fmt in formats for shape in shapes)}
+    measured: list[tuple[int, SpeedRecord]] = []
+    try:
+        for done, (c, op, d, fmt, (rows, n)) in enumerate(todo):
+            label = op if d == "forward" else f"{op} bwd"
+            if progress:
+                progress(done, len(todo), f"speed · {c.name} {label} {fmt.name} {rows}x{n}")
+            if d == "backward" and op not in c.backward:
+                figures, reason = None, c.backward_missing.get(op, f"{op}'s backward pass cannot be timed")
+            else:
+                kind, payload = executor.bench(c, op, d, fmt.name, rows, n, options.seed)
+                figures, reason = (dict(payload), None) if kind == "speed" else (None, str(payload))  # type: ignore[call-overload]
+            measured.append((listed[(id(c), op, d, fmt.name, (rows, n))],
+                             SpeedRecord(c.name, c.target, op, d, fmt.name, (rows, n), figures, reason)))
+    finally:  # an interrupt keeps what was measured
+        out.extend(sp for _, sp in sorted(measured, key=lambda pair: pair[0]))
     if progress and todo:
         progress(len(todo), len(todo), "done")
 
@@ -360,6 +447,9 @@ def _load_all(executor: Executor, targets: Sequence[str]) -> tuple[list[Candidat
 
 def _load_failure_record(f: LoadFailure) -> Record:
     name = Path(f.target).stem if not f.target.startswith("builtin:") else f.target
+    if f.unavailable:
+        return Record(candidate=name, target=f.target, op="import", dtype="-", case="-", family="-",
+                      verdict=SKIP, reasons=[f.reason])
     return Record(candidate=name, target=f.target, op="import", dtype="-", case="-", family="-",
                   verdict=FAIL, reasons=[f.reason], error=f.reason)
 

@@ -50,13 +50,19 @@ MIN_REPEATS = 5
 MAX_REPEATS = 50
 """Timed calls at most."""
 
-MIN_SECONDS = 0.3
+MIN_SECONDS = 1.0
 """Keep repeating (up to MAX_REPEATS) until the timed calls add up to this: short calls get
-many repetitions, long ones MIN_REPEATS."""
+many repetitions, long ones MIN_REPEATS. At 0.3 s, a burst of other work on a shared 2-core
+machine could cover every sample of a 100 ms call (benchmarks/timing_harness.py: ratios from
+0.72 to 3.2 over three runs); a second of samples dilutes bursts in the median. Calls of
+LONG_CALL_S or more stop at MIN_REPEATS_LONG regardless."""
 
 STABLE_IQR = 0.1
-"""Stop early (after MIN_SECONDS) once the interquartile range is within this fraction of the
-median; otherwise repeat to MAX_REPEATS or 10 x MIN_SECONDS, whichever comes first."""
+"""Stop (after MIN_SECONDS) once the interquartile range is within this fraction of the
+median; otherwise repeat to MAX_REPEATS or MAX_SECONDS_FACTOR x MIN_SECONDS, whichever comes first."""
+
+MAX_SECONDS_FACTOR = 3.0
+"""An unstable call is timed for at most this many times MIN_SECONDS (3 s)."""
 
 LONG_CALL_S = 0.25
 """A call at least this long is its own warm-up after one untimed call, and needs only
@@ -114,9 +120,9 @@ def measure(call: Callable[[int], Any], clock: Clock = cpu_clock, copies: int = 
             warmup: int = WARMUP_CALLS, min_repeats: int = MIN_REPEATS, max_repeats: int = MAX_REPEATS,
             min_seconds: float = MIN_SECONDS) -> Timing:
     """Time ``call(i)`` (i: which copy of the arguments to use, cycling through ``copies``): ``warmup``
-    untimed calls (one for a long call), then timed ones until ``min_repeats`` of them (MIN_REPEATS_LONG
-    for long calls) add up to ``min_seconds`` and their IQR is within STABLE_IQR of the median, or
-    10 x min_seconds have passed, or ``max_repeats`` calls were made."""
+    untimed calls (one for a long call), then timed ones until ``min_repeats`` of them add up to
+    ``min_seconds`` and their IQR is within STABLE_IQR of the median, or MAX_SECONDS_FACTOR x
+    min_seconds have passed, or ``max_repeats`` calls were made; a long call gets MIN_REPEATS_LONG."""
     i = 0
     while i < max(warmup, copies):  # every copy once at least: its pages touched, its caches warm
         t = clock(lambda i=i: call(i % copies))
@@ -130,11 +136,14 @@ def measure(call: Callable[[int], Any], clock: Clock = cpu_clock, copies: int = 
         samples.append(t)
         total += t
         i += 1
-        least = min(min_repeats, MIN_REPEATS_LONG) if samples[0] >= LONG_CALL_S else min_repeats
-        if len(samples) < least or total < min_seconds:
+        if samples[0] >= LONG_CALL_S:  # a long call: a few samples, whatever they add up to
+            if len(samples) >= min(min_repeats, MIN_REPEATS_LONG):
+                break
+            continue
+        if len(samples) < min_repeats or total < min_seconds:
             continue
         q1, med, q3 = _quartiles(samples)
-        if q3 - q1 <= STABLE_IQR * med or total >= 10 * min_seconds:
+        if q3 - q1 <= STABLE_IQR * med or total >= MAX_SECONDS_FACTOR * min_seconds:
             break
     q1, med, q3 = _quartiles(samples)
     return Timing(med, q1, q3, len(samples))

@@ -27,6 +27,7 @@ from softaudit.candidates import (
     Candidate,
     CandidateError,
     CandidateImportError,
+    CandidateUnavailable,
     NoOpsError,
     call,
     load_target,
@@ -35,7 +36,8 @@ from softaudit.isolation import CandidateInfo
 from softaudit.speed import SpeedMeter, bench
 
 
-def _serve(requests: Connection, conn: Connection, rowwise: bool, memory_limit: int) -> None:
+def _serve(requests: Connection, conn: Connection, rowwise: bool, memory_limit: int,
+           device: str | None = None) -> None:
     """The worker's loop: load targets, answer calls, until told to stop or killed."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the CLI decides when to stop, not Ctrl-C
     with contextlib.suppress(ValueError, OSError):
@@ -51,7 +53,7 @@ def _serve(requests: Connection, conn: Connection, rowwise: bool, memory_limit: 
         if message[0] == "stop":
             return
         if message[0] == "load":
-            conn.send(_load(message[1], rowwise, message[2], candidates))
+            conn.send(_load(message[1], rowwise, message[2], candidates, device))
         elif message[0] == "bench":
             _, target, name, *spec = message
             meter = meter or SpeedMeter()
@@ -75,12 +77,14 @@ def _serve(requests: Connection, conn: Connection, rowwise: bool, memory_limit: 
 
 
 def _load(target: str, rowwise: bool, probe: bool,
-          candidates: dict[tuple[str, str], Candidate]) -> tuple[str, Any]:
+          candidates: dict[tuple[str, str], Candidate], device: str | None = None) -> tuple[str, Any]:
     try:
         with _captured_output():
-            loaded = load_target(target, rowwise=rowwise, probe=probe)
+            loaded = load_target(target, rowwise=rowwise, probe=probe, device=device)
     except CandidateImportError as exc:
         return "import-failed", str(exc)
+    except CandidateUnavailable as exc:
+        return "unavailable", str(exc)
     except NoOpsError as exc:
         return "no-ops", str(exc)
     except CandidateError as exc:
@@ -128,7 +132,9 @@ def _with_note(result: CallResult, note: str) -> CallResult:
 
 def main() -> None:
     read_fd, write_fd, memory_limit, rowwise = (int(a) for a in sys.argv[1:5])
-    _serve(Connection(read_fd, writable=False), Connection(write_fd, readable=False), bool(rowwise), memory_limit)
+    device = sys.argv[5] if len(sys.argv) > 5 and sys.argv[5] != "auto" else None
+    _serve(Connection(read_fd, writable=False), Connection(write_fd, readable=False), bool(rowwise), memory_limit,
+           device)
 
 
 if __name__ == "__main__":

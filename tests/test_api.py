@@ -96,6 +96,17 @@ def test_a_passing_audit_says_so(softaudit_cache_dir: Path) -> None:
     assert "softmax bwd: not audited (numpy candidate without softmax_backward" in text
 
 
+def test_bench_times_the_forward_and_its_backward_at_the_shapes_given(softaudit_cache_dir: Path) -> None:
+    report = softaudit.audit({"softmax": softmax, "softmax_backward": softmax_backward}, dtypes="float32",
+                             cases="offset-plus-1e3", bench=True, shapes=["8x64", (4, 32)],
+                             cache_dir=softaudit_cache_dir)
+    timed = {(s.direction, s.shape): s for s in report.speed}
+    assert set(timed) == {("forward", (8, 64)), ("forward", (4, 32)), ("backward", (8, 64)), ("backward", (4, 32))}
+    for s in timed.values():
+        assert s.skipped is None and s.figures["median_s"] > 0 and s.figures["pct_copy_bandwidth"] > 0
+    assert timed[("backward", (8, 64))].figures["bytes"] == 3 * 8 * 64 * 4  # read y and dy, write dx
+
+
 def test_a_mapping_audits_the_forward_function_and_its_explicit_backward(softaudit_cache_dir: Path) -> None:
     report = softaudit.audit({"softmax": softmax, "softmax_backward": softmax_backward},
                              dtypes=["float32"], cases=["mask-prefix"], name="mine", cache_dir=softaudit_cache_dir)
@@ -226,6 +237,10 @@ def test_the_message_lists_ten_findings_fails_first_each_group_leading_and_escap
     (({"softmax_backward": softmax_backward},), {}, ValueError, "defines softmax_backward but not softmax"),
     ((types.ModuleType("empty"),), {}, ValueError, "defines none of softmax"),
     ((types.ModuleType("empty"), "softmax"), {}, ValueError, "op= names a single callable's role"),
+    ((softmax,), {"bench": "yes"}, TypeError, "bench must be True or False"),
+    ((softmax,), {"shapes": "8x16"}, ValueError, "pass bench=True as well"),
+    ((softmax,), {"bench": True, "shapes": "8by16"}, ValueError, "is not ROWSxN"),
+    ((softmax,), {"bench": True, "shapes": [(8, 0)]}, ValueError, "pairs of positive ints"),
 ])
 def test_bad_arguments_raise_with_one_line(args, kwargs, error, words, softaudit_cache_dir: Path) -> None:
     with pytest.raises(error) as raised:

@@ -271,7 +271,8 @@ def test_missing_file_and_unknown_builtin() -> None:
     assert str(info.value) == "examples/does_not_exist.py: no such file"
     with pytest.raises(CandidateError) as info:
         load_target("builtin:foo")
-    assert str(info.value) == "unknown built-in 'builtin:foo' (known: naive, shifted, shifted-f64, torch)"
+    assert str(info.value) == ("unknown built-in 'builtin:foo' (known: naive, shifted, shifted-f64, torch, "
+                               "triton-softmax, triton-online, triton-ce)")
 
 
 @pytest.mark.parametrize("name", ["seed_numpy", "torch_impl", "naive_numpy", "decorated", "rowwise_1d"])
@@ -377,7 +378,8 @@ def test_logsumexp_column_and_scalar_outputs_accepted() -> None:
 
 
 def test_builtin_names() -> None:
-    assert builtin_names() == ["naive", "shifted", "shifted-f64", "torch"]
+    assert builtin_names() == ["naive", "shifted", "shifted-f64", "torch", "triton-softmax", "triton-online",
+                               "triton-ce"]
 
 
 @pytest.mark.parametrize("name", ["naive", "shifted", "shifted-f64", "torch"])

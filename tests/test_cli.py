@@ -7,6 +7,7 @@ formats are limited with --case/--dtype so the file runs in seconds.
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import json
 import math
@@ -249,6 +250,12 @@ def _not_a_dir(tmp: Path) -> list:
     return ["run", "builtin:shifted", "--cases-dir", tmp / "plain-file"]
 
 
+def _cuda_available() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
 def _write(tmp: Path, name: str, text: str) -> Path:
     path = tmp / name
     path.write_text(text)
@@ -271,8 +278,9 @@ BAD_INPUTS = {
     "limit-not-above-1": (lambda tmp: ["run", "builtin:shifted", "--limit", "1"], "--limit"),
     "unknown-option": (lambda tmp: ["run", "builtin:shifted", "--bogus"], "--bogus"),
     "option-value-type": (lambda tmp: ["run", "builtin:shifted", "--seed", "abc"], "--seed"),
-    "missing-module": (lambda tmp: ["run", _write(tmp, "needs_cupy.py", "import cupy\ndef softmax(x):\n    return x\n")],
-                       "'cupy', which is not installed"),
+    "missing-module": (lambda tmp: ["run", _write(tmp, "needs_x.py", "import no_such_pkg_xyz\ndef softmax(x):\n    return x\n")],
+                       "'no_such_pkg_xyz', which is not installed"),
+    "unknown-device": (lambda tmp: ["run", "builtin:shifted", "--device", "tpu"], "--device"),
     "uncallable-signature": (lambda tmp: ["run", _write(tmp, "temp.py", "def softmax(x, temperature):\n    return x\n")],
                              "unexpected required parameter 'temperature'"),
     "limit-infinite": (lambda tmp: ["run", "builtin:shifted", "--limit", "inf"], "--limit"),
@@ -286,6 +294,14 @@ BAD_INPUTS = {
     "nothing-to-audit": (lambda tmp: ["run", REPO / "tests" / "fixtures" / "two_named.py", "--op", "log_softmax"],
                          "nothing to audit"),
 }
+if importlib.util.find_spec("cupy") is None:
+    # An optional package (triton, cupy) missing: the target is a SKIP with the install hint, and
+    # with nothing else to audit that is "nothing to audit".
+    BAD_INPUTS["missing-optional-package"] = (
+        lambda tmp: ["run", _write(tmp, "needs_cupy.py", "import cupy\ndef softmax(x):\n    return x\n")],
+        "needs cupy, which is not installed")
+if not _cuda_available():
+    BAD_INPUTS["cuda-without-a-gpu"] = (lambda tmp: ["run", "builtin:torch", "--device", "cuda"], "no CUDA device")
 
 
 def assert_bad_input(p: subprocess.CompletedProcess, must_name: str) -> str:

@@ -302,3 +302,47 @@ def test_the_relative_rules_baseline_is_reported_but_not_counted_as_failing():
     assert "baseline of the relative rule, not gated" in root.find(".//system-out").text
     head = render_markdown(doc).splitlines()[0]
     assert "softaudit: PASS" in head and "baseline builtin:torch" in head and "1 of its records fail" in head
+
+
+def _speed_doc() -> ResultsDocument:
+    """Speed for two candidates: "fast" timed at two shapes (one line not timed at one shape),
+    "hostile" timed nowhere but named with markup."""
+    from softaudit.records import SpeedRecord
+
+    def sp(cand: str, op: str, direction: str, shape: tuple[int, int], median: float | None,
+           pct: float | None = None) -> SpeedRecord:
+        figures = None if median is None else {"median_s": median, "pct_copy_bandwidth": pct}
+        return SpeedRecord(cand, f"{cand}.py", op, direction, "float32", shape, figures,
+                           None if median is not None else "softmax_backward is not defined")
+
+    doc = _doc([_record("fast"), _record(HOSTILE)])
+    doc.speed = [sp("fast", "softmax", "forward", (8, 1024), 2e-3, 41.5), sp("fast", "softmax", "forward", (4, 4096), 3e-6, 7.0),
+                 sp("fast", "softmax", "backward", (8, 1024), 5e-3, 88.0), sp("fast", "softmax", "backward", (4, 4096), None),
+                 sp(HOSTILE, "softmax", "backward", (8, 1024), None)]
+    return doc
+
+
+def test_markdown_speed_is_a_folded_table_per_candidate_and_absent_without_bench() -> None:
+    assert "Speed" not in render_markdown(_doc([_record()]))
+    text = render_markdown(_speed_doc())
+    html_out = GFM.render(text)
+    assert "<summary>Speed: 3 measurements (% of copy bandwidth · median time)</summary>" in text
+    assert "| softmax | float32 | 41.5% · 2 ms | 7% · 3 µs |" in text
+    assert "| softmax bwd | float32 | 88% · 5 ms | not timed |" in text
+    assert "**" + md_text(HOSTILE) + "**: nothing could be timed." in text
+    assert "_2 measurements not timed; their reasons are in the JSON._" in text
+    assert "<img" not in html_out  # the hostile name stays text
+    assert "<summary>Speed: 3 measurements" in render_markdown(_speed_doc(), complete=True)
+
+
+def test_junit_speed_is_the_suites_system_out_and_never_a_test_case() -> None:
+    root = ET.fromstring(render_junit(_speed_doc()))
+    suites = {s.get("name"): s for s in root.iter("testsuite")}
+    out = suites["fast"].find("system-out")
+    assert out is not None and suites[HOSTILE].find("system-out") is None
+    lines = out.text.splitlines()
+    assert lines[0].startswith("speed (each cell: % of the copy bandwidth")
+    assert lines[1].split() == ["op", "dtype", "8x1024", "4x4096"]
+    assert " ".join(lines[2].split()) == "softmax float32 41.5% · 2 ms 7% · 3 µs"
+    assert " ".join(lines[3].split()) == "softmax bwd float32 88% · 5 ms not timed"
+    assert root.get("tests") == "2"  # the two records; speed adds none

@@ -9,6 +9,11 @@ what differs from the others and why:
 - ``shifted``: the textbook max-shifted algorithm in working precision.
 - ``shifted-f64``: the same in float64 (long double for float64 input), rounded once.
 - ``torch``: torch.softmax / log_softmax / logsumexp as the framework ships them.
+- ``triton-softmax``: a Triton kernel per row, the whole row in registers.
+- ``triton-online``: a Triton online softmax over tiles (rows of any length).
+- ``triton-ce``: a fused Triton cross-entropy, forward and backward, over vocabulary tiles.
+
+The Triton built-ins need the ``triton`` extra; ``triton_math`` holds what they share.
 
 This package does not import its modules (``torch`` needs torch): the loader
 executes them from their files.
@@ -23,6 +28,9 @@ BUILTINS: dict[str, str] = {
     "shifted": "shifted",
     "shifted-f64": "shifted_f64",
     "torch": "torch_ops",
+    "triton-softmax": "triton_softmax",
+    "triton-online": "triton_online",
+    "triton-ce": "triton_ce",
 }
 """Name as typed after ``builtin:`` -> module file stem in this package."""
 

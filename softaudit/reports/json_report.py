@@ -96,7 +96,7 @@ def result_dict(result: AuditResult) -> dict:
             "limits": {key: {"ratio": lim.ratio, "max_ulp": lim.max_ulp} for key, lim in opts.gate.limits},
             "relative_to": opts.relative_to, "relative_factor": opts.relative_factor,
             "relative_slack": opts.relative_slack, "baseline": result.baseline,
-            "bench": opts.bench, "shapes": [list(shape) for shape in opts.shapes],
+            "bench": opts.bench, "shapes": [list(shape) for shape in opts.shapes], "device": opts.device,
         },
         "candidates": [{"name": c.name, "target": c.target, "ops": sorted(c.ops), "backend": list(c.backends),
                         "description": c.description} for c in result.candidates],

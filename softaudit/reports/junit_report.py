@@ -13,6 +13,8 @@ Mapping, chosen so CI counts what softaudit counts:
   and the command that reruns the record. No ``<error>`` element is ever written.
 * SKIP: ``<skipped message="reason"/>``.
 * A target whose module failed to import (op "import"): a test case named "import" with a failure.
+* With --bench, a suite's ``<system-out>`` holds the candidate's speed table as text (speed is a
+  measurement, not a test: it is never a test case and never fails one).
 
 Built with ElementTree, so markup in names is escaped; characters XML 1.0 forbids (control
 characters other than tab, newline and carriage return, lone surrogates, U+FFFE, U+FFFF) are
@@ -26,7 +28,9 @@ import re
 import xml.etree.ElementTree as ET
 
 from softaudit.records import Record
+from softaudit.records import SpeedRecord
 from softaudit.reports.markdown_report import describe_element
+from softaudit.reports.terminal import SPEED_LEGEND, speed_grid
 from softaudit.results import ResultsDocument, rerun_command
 from softaudit.verdicts import FAIL, SKIP, UNDEFINED_POLICIES, WARN
 
@@ -135,6 +139,20 @@ def _counts(records: list[Record], baseline: str | None = None) -> dict[str, str
             "time": _seconds(sum(r.seconds for r in records))}
 
 
+def speed_text(speed: list[SpeedRecord]) -> str:
+    """One candidate's timings as aligned plain text (the terminal's speed table), or ""."""
+    shapes, lines = speed_grid(speed)
+    if not lines:
+        return ""
+    head = ["op", "dtype", *(f"{r}x{n}" for r, n in shapes)]
+    table = [head] + [[label, dtype, *(c or "-" for c in cells)] for label, dtype, cells in lines]
+    widths = [max(len(row[i]) for row in table) for i in range(len(head))]
+    text = ["speed (" + SPEED_LEGEND + ")"]
+    text += ["  ".join(cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+             for row in table]
+    return "\n".join(text) + "\n"
+
+
 def render_junit(doc: ResultsDocument) -> str:
     """The document as JUnit XML: <testsuites>, a <testsuite> per candidate, a <testcase> per record."""
     by_candidate: dict[str, list[Record]] = {c.get("name", ""): [] for c in doc.candidates}
@@ -151,5 +169,8 @@ def render_junit(doc: ResultsDocument) -> str:
         suite.append(_properties(doc, target))
         for r in records:
             suite.append(_testcase(r, doc))
+        speed = speed_text([sp for sp in doc.speed if sp.candidate == candidate])
+        if speed:
+            ET.SubElement(suite, "system-out").text = xml_safe(speed)
     ET.indent(root)
     return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"

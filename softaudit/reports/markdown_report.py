@@ -13,7 +13,7 @@ from collections import Counter, defaultdict
 from softaudit.formats import FORMATS
 from softaudit.metrics import Location
 from softaudit.records import Record
-from softaudit.reports.terminal import Row, badness, short_number, summary_rows
+from softaudit.reports.terminal import SPEED_LEGEND, Row, badness, short_number, speed_grid, summary_rows
 from softaudit.results import ResultsDocument, rerun_command
 from softaudit.verdicts import FAIL, PASS, SEVERITY, SKIP, WARN, fmt_num, fmt_value, where
 
@@ -216,6 +216,32 @@ def _details(summary: str, body: list[str], open_: bool = False) -> list[str]:
     return [f"<details{' open' if open_ else ''}>", f"<summary>{summary}</summary>", "", *body, "", "</details>"]
 
 
+def speed_section(doc: ResultsDocument) -> list[str]:
+    """With --bench: a table per candidate (a line per op x direction x format, a column per
+    shape), folded in a collapsible block: a full bench is a hundred lines."""
+    if not doc.speed:
+        return []
+    body: list[str] = [f"_{SPEED_LEGEND}._", ""]
+    untimed = 0
+    for name in dict.fromkeys(sp.candidate for sp in doc.speed):
+        mine = [sp for sp in doc.speed if sp.candidate == name]
+        untimed += sum(sp.median_s is None for sp in mine)
+        shapes, lines = speed_grid(mine)
+        if not lines:
+            body += [f"**{md_text(name)}**: nothing could be timed.", ""]
+            continue
+        body += [f"**{md_text(name)}**", "",
+                 "| op | dtype | " + " | ".join(f"{r}×{n}" for r, n in shapes) + " |",
+                 "|---|---|" + "--:|" * len(shapes)]
+        body += [f"| {md_text(label)} | {md_text(dtype)} | " + " | ".join(md_text(c or "-") for c in cells) + " |"
+                 for label, dtype, cells in lines]
+        body.append("")
+    if untimed:
+        body.append(f"_{untimed} measurements not timed; their reasons are in the JSON._")
+    timed = len(doc.speed) - untimed
+    return _details(f"Speed: {timed} measurements (% of copy bandwidth · median time)", body)
+
+
 def _skip_reasons(skipped: list[Record]) -> list[str]:
     """The skipped records as a table: candidate, reason, how many (most frequent first)."""
     counts = Counter((r.candidate, r.reasons[0] if r.reasons else "skipped") for r in skipped)
@@ -293,6 +319,10 @@ def render_markdown(doc: ResultsDocument, complete: bool = False, max_findings: 
         if not complete and bad_records > len(shown):
             out += ["", f"_{len(shown)} of {bad_records} FAIL/WARN records shown; `--md-full` lists them all._"]
         out.append("")
+
+    speed = speed_section(doc)
+    if speed:
+        out += speed + [""]
 
     if complete:
         skipped = [r for r in doc.records if r.verdict == SKIP]

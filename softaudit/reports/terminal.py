@@ -86,32 +86,48 @@ def _table(candidate: str, rows: list[Row], wide: bool = True) -> Table:
     return table
 
 
-def speed_table(candidate: str, speed: list[SpeedRecord]) -> Table:
-    """One candidate's timings: a line per op x direction x format, a column per shape."""
-    table = Table(title=f"speed: {candidate}", title_justify="left", header_style="bold",
-                  box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+def speed_grid(speed: list[SpeedRecord]) -> tuple[list[tuple[int, int]], list[tuple[str, str, list[str | None]]]]:
+    """Timings as a grid: the shapes (columns), and a line per op x direction x format timed at
+    some shape: (op label, dtype, a cell per shape: "% · time", "not timed", or None where that
+    shape was not asked for). The terminal, Markdown and JUnit reports print it."""
     shapes = list(dict.fromkeys(sp.shape for sp in speed))
-    table.add_column("op", justify="left", no_wrap=True, min_width=17)
-    table.add_column("dtype", justify="left", no_wrap=True, min_width=8)
-    for rows, n in shapes:
-        table.add_column(f"{rows}x{n}", justify="right", no_wrap=True, min_width=14)
     order = {name: i for i, name in enumerate((*OPS, *DIRECTIONS, *FORMATS))}
     cells: dict[tuple[str, str, str], dict[tuple[int, int], SpeedRecord]] = defaultdict(dict)
     for sp in speed:
         cells[(sp.op, sp.direction, sp.dtype)][sp.shape] = sp
+    lines: list[tuple[str, str, list[str | None]]] = []
     for op, direction, dtype in sorted(cells, key=lambda k: tuple(order.get(v, 99) for v in k)):
         line = cells[(op, direction, dtype)]
         if all(sp.median_s is None for sp in line.values()):
-            continue  # not timed at any shape (a numpy candidate's missing backward): said below the table
-        row = [op if direction == "forward" else f"{op} bwd", dtype]
+            continue  # not timed at any shape (a numpy candidate's missing backward): said elsewhere
+        row: list[str | None] = []
         for shape in shapes:
             sp = line.get(shape)
             if sp is None or sp.median_s is None:
-                row.append(Text("-" if sp is None else "not timed", style="dim"))
+                row.append(None if sp is None else "not timed")
                 continue
             pct = (sp.figures or {}).get("pct_copy_bandwidth")
             row.append(f"{short_number(pct)}% · {seconds_text(sp.median_s)}")
-        table.add_row(*row)
+        lines.append((op if direction == "forward" else f"{op} bwd", dtype, row))
+    return shapes, lines
+
+
+SPEED_LEGEND = ("each cell: % of the copy bandwidth (a device copy of the same bytes, timed in the same run) "
+                "· median time of one call")
+
+
+def speed_table(candidate: str, speed: list[SpeedRecord]) -> Table:
+    """One candidate's timings: a line per op x direction x format, a column per shape."""
+    table = Table(title=f"speed: {candidate}", title_justify="left", header_style="bold",
+                  box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    shapes, lines = speed_grid(speed)
+    table.add_column("op", justify="left", no_wrap=True, min_width=17)
+    table.add_column("dtype", justify="left", no_wrap=True, min_width=8)
+    for rows, n in shapes:  # a narrow console (a CI log: 80 columns) wraps a cell at " · ", never cuts it
+        table.add_column(f"{rows}x{n}", justify="right", overflow="fold")
+    for label, dtype, row in lines:
+        table.add_row(label, dtype, *(cell if cell is not None and cell != "not timed"
+                                      else Text(cell or "-", style="dim") for cell in row))
     return table
 
 
@@ -173,8 +189,7 @@ def render(result: AuditResult, console: Console, max_findings: int = 10) -> Non
     for name in dict.fromkeys(sp.candidate for sp in result.speed):
         console.print(speed_table(name, [sp for sp in result.speed if sp.candidate == name]))
     if result.speed:
-        console.print(Text("  each cell: % of the copy bandwidth (a device copy of the same bytes, timed in the same "
-                           "run) · median time of one call; every figure is in --json", style="dim"))
+        console.print(Text(f"  {SPEED_LEGEND}; every figure is in --json", style="dim"))
 
     findings = [r.worst for r in rows if r.worst is not None and r.worst.verdict in (FAIL, WARN)]
     findings.sort(key=badness, reverse=True)

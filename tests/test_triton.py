@@ -1,0 +1,190 @@
+"""Triton candidates: the built-in kernels under Triton's CPU interpreter, the buggy online
+softmax the audit must catch, devices, and a missing triton. GPU-only checks are marked ``gpu``.
+
+Interpreted Triton is slow (every program is Python over numpy), so the interpreted audits here
+use a selection of cases that covers each kernel's traps in every format; the whole default
+library, as `softaudit run builtin:triton-softmax builtin:triton-online builtin:triton-ce`
+runs it, is the ``slow`` test at the end (--runslow).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from softaudit.candidates import INTERPRETED_NOTE, load_target, triton_interpretation
+from softaudit.formats import FORMATS
+from softaudit.runner import AuditOptions, run_audit
+
+pytest.importorskip("triton", reason="triton is not installed (pip install 'softaudit[triton]')")
+
+REPO = Path(__file__).resolve().parents[1]
+_INTERPRET_AT_IMPORT = os.environ.get("TRITON_INTERPRET")
+TRITON_BUILTINS = ["builtin:triton-softmax", "builtin:triton-online", "builtin:triton-ce"]
+
+TRAPS = [
+    "offset-plus-1e3", "offset-minus-1e10",       # huge offsets: the max shift
+    "confident-0.999", "gap-87.3", "gap-11.09",   # exp's range, tiny probabilities
+    "mask-prefix-long", "mask-fully-masked-rows",  # -inf tiles and rows: the online guard
+    "mask-neg-1e4-add-fully-masked",              # a first finite max of -1e4: the empty-sum rescale
+    "mask-nan-in-fully-masked-row", "posinf-one",  # NaN and +inf
+    "long-zeros-65536", "vocab-50257",            # long rows: many tiles, float32 sums
+    "ce-smoothing-0.1-ignore-weights-mean", "ce-smoothing-0.9-ignore-weights-none",  # cross-entropy options
+    "ce-smoothing-0.1-finfo-min-mask", "ce-target-below-max-100", "ce-all-ignored-none",
+]
+"""Cases that exercise what the Triton kernels must get right (the selection for CI time)."""
+
+
+def _audit(targets: list[str], cases: list[str], formats: list[str], **kw) -> object:
+    options = AuditOptions(case_patterns=cases, formats=[FORMATS[f] for f in formats], jobs=1, **kw)
+    return run_audit(targets, options)
+
+
+@pytest.fixture(scope="module")
+def interpreted_audit():
+    """The three built-ins over TRAPS in every format, in the audit's worker (as `softaudit run`)."""
+    return _audit(TRITON_BUILTINS, TRAPS, list(FORMATS))
+
+
+def test_the_triton_builtins_pass_interpreted_in_every_format(interpreted_audit):
+    result = interpreted_audit
+    bad = [f"{r.id}: {r.reasons[0]}" for r in result.records if r.verdict in ("FAIL", "WARN")]
+    assert bad == []
+    audited = {(r.candidate, r.op, r.direction, r.dtype) for r in result.records if r.verdict == "PASS"}
+    for name, ops in (("builtin:triton-softmax", ("softmax", "log_softmax", "logsumexp")),
+                      ("builtin:triton-online", ("softmax", "log_softmax", "logsumexp")),
+                      ("builtin:triton-ce", ("cross_entropy",))):
+        for op in ops:
+            for direction in ("forward", "backward"):
+                for fmt in FORMATS:
+                    assert (name, op, direction, fmt) in audited, (name, op, direction, fmt)
+
+
+def test_interpreted_candidates_say_so_and_nothing_leaks_into_this_process(interpreted_audit):
+    for info in interpreted_audit.candidates:
+        assert all(notes[0] == INTERPRETED_NOTE for notes in info.notes.values()), info.notes
+    assert os.environ.get("TRITON_INTERPRET") == _INTERPRET_AT_IMPORT  # set in the worker, not here
+
+
+def test_the_tiled_kernels_cover_rows_longer_than_a_tile(interpreted_audit):
+    long_rows = [r for r in interpreted_audit.records if r.case in ("long-zeros-65536", "vocab-50257")
+                 and r.candidate in ("builtin:triton-online", "builtin:triton-ce")]
+    assert long_rows and all(r.verdict == "PASS" for r in long_rows)
+
+
+def test_the_buggy_online_softmax_fails_on_the_long_masked_prefix_and_passes_elsewhere():
+    result = _audit([str(REPO / "examples" / "buggy_online_softmax.py")],
+                    ["mask-prefix-long", "mask-fully-masked-single", "offset-plus-1e3", "confident-0.99"],
+                    ["float32"])
+    verdicts = {(r.op, r.case): r for r in result.records if r.direction == "forward"}
+    prefix = verdicts[("softmax", "mask-prefix-long")]
+    assert prefix.verdict == "FAIL"
+    assert "nan where the exact value is finite" in prefix.reasons[0]
+    assert verdicts[("logsumexp", "mask-fully-masked-single")].verdict == "FAIL"  # NaN where -inf is exact
+    assert "-inf" in verdicts[("logsumexp", "mask-fully-masked-single")].reasons[0]
+    for case in ("offset-plus-1e3", "confident-0.99"):  # what torch.randn-style tests see: fine
+        assert all(verdicts[(op, case)].verdict == "PASS" for op in ("softmax", "log_softmax", "logsumexp"))
+
+
+def test_a_missing_triton_skips_its_candidates_with_the_install_hint(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "")  # restored (unset) afterwards: loading in-process sets it
+    monkeypatch.setitem(sys.modules, "triton", None)  # "import triton" now raises ModuleNotFoundError
+    result = _audit(["builtin:triton-softmax", "builtin:shifted"], ["offset-plus-1e3"], ["float32"], isolated=False)
+    skipped = [r for r in result.records if r.candidate == "builtin:triton-softmax"]
+    assert [(r.op, r.verdict) for r in skipped] == [("import", "SKIP")]
+    assert skipped[0].reasons == ["builtin:triton-softmax needs triton, which is not installed "
+                                  "(pip install 'softaudit[triton]')"]
+    assert result.exit_code == 0  # builtin:shifted passes; a skip fails nothing
+
+
+def test_interpretation_is_set_only_for_triton_code_and_never_over_the_users_choice(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "")  # empty counts as unset; restored afterwards
+    assert triton_interpretation(b"import numpy as np\n") is False
+    assert os.environ["TRITON_INTERPRET"] == ""
+    assert triton_interpretation(b"# uses triton\nimport triton.language as tl\n") is True
+    assert os.environ["TRITON_INTERPRET"] == "1"
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert triton_interpretation(b"import triton\n") is False
+    assert os.environ["TRITON_INTERPRET"] == "0"
+
+
+def test_the_interpreters_bfloat16_conversion_is_corrected_to_round_to_nearest(monkeypatch):
+    """Triton 3.9's interpreter truncates float32 -> bfloat16 and mangles subnormals (2.0e-41 came
+    out 8.9e-39); a GPU rounds to nearest. softaudit corrects it for interpreted candidates."""
+    import torch
+    from triton.runtime import interpreter
+
+    from softaudit.candidates import correct_interpreter_bfloat16
+
+    monkeypatch.setattr(interpreter, "_convert_float", interpreter._convert_float)  # restored afterwards
+    assert correct_interpreter_bfloat16() and correct_interpreter_bfloat16()  # idempotent
+    import triton.language as tl
+
+    x = torch.tensor([-93.7, -90.0, 0.123456, 1 / 3, 1.0 + 2 ** -8, -1e-39, 3.0e38, 0.0], dtype=torch.float32)
+    handle = interpreter.TensorHandle(x.numpy().copy(), tl.float32)
+    down = interpreter.interpreter_builder.cast_impl(handle, tl.bfloat16)
+    expected = torch.exp(x[:2]).to(torch.bfloat16)  # subnormal results, rounded by torch (correct)
+    handle_exp = interpreter.TensorHandle(torch.exp(x).numpy(), tl.float32)
+    got = torch.from_numpy(interpreter.interpreter_builder.cast_impl(handle_exp, tl.bfloat16).data.view("int16"))
+    assert torch.equal(got.view(torch.bfloat16)[:2], expected)
+    assert torch.equal(torch.from_numpy(down.data.view("int16")).view(torch.bfloat16), x.to(torch.bfloat16))
+    up = interpreter.interpreter_builder.cast_impl(down, tl.float32)
+    assert torch.equal(torch.from_numpy(up.data.view("float32")), x.to(torch.bfloat16).float())
+
+
+def test_out_of_range_targets_raise_before_the_launch(monkeypatch):
+    import torch
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # loading in this process: keep the setting to this test
+
+    ce = load_target("builtin:triton-ce", probe=False)[0].ops["cross_entropy"].fn
+    with pytest.raises(IndexError, match="row 1: target 7 is out of bounds for 4 classes"):
+        ce(torch.zeros(2, 4), torch.tensor([0, 7]))
+    with pytest.raises(TypeError, match="class-index targets only"):
+        ce(torch.zeros(2, 4), torch.zeros(2, 4))
+
+
+# --------------------------------------------------------------------------
+# The whole library (the issue's CI command), and the GPU
+
+
+@pytest.mark.slow
+def test_the_triton_builtins_pass_the_whole_default_library_interpreted():
+    result = _audit(TRITON_BUILTINS, [], list(FORMATS))
+    assert [r.id for r in result.records if r.verdict in ("FAIL", "WARN")] == []
+
+
+@pytest.mark.gpu
+def test_on_a_gpu_the_triton_builtins_compile_and_pass(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    result = _audit(TRITON_BUILTINS, [], list(FORMATS), device="cuda")
+    assert all(INTERPRETED_NOTE not in n for info in result.candidates for notes in info.notes.values() for n in notes)
+    assert [r.id for r in result.records if r.verdict in ("FAIL", "WARN")] == []
+    assert result.environment["device"] == "cuda:0" and result.environment["gpu"]
+
+
+@pytest.mark.gpu
+def test_on_a_gpu_torch_runs_its_cuda_kernels_and_bench_uses_cuda_events():
+    result = _audit(["builtin:torch"], ["offset-plus-1e3", "mask-prefix", "confident-0.999"], ["float32", "bfloat16"],
+                    device="cuda", bench=True, shapes=[(256, 32000)])
+    assert all(r.verdict == "PASS" for r in result.records), [r.id for r in result.records if r.verdict != "PASS"]
+    assert {s.figures["device"] for s in result.speed if s.figures} == {"cuda"}
+
+
+@pytest.mark.gpu
+def test_on_a_gpu_a_load_inline_cuda_kernel_is_audited():
+    result = _audit([str(REPO / "examples" / "cuda_softmax_inline.py")],
+                    ["offset-plus-1e3", "mask-prefix", "mask-fully-masked-rows", "long-zeros-65536"], list(FORMATS),
+                    timeout=600)
+    forward = [r for r in result.records if r.direction == "forward"]
+    assert forward and all(r.verdict == "PASS" for r in forward), [r.id for r in forward if r.verdict != "PASS"]
+
+
+@pytest.mark.gpu
+def test_on_a_gpu_a_torch_compiled_candidate_is_audited_through_inductor():
+    result = _audit([str(REPO / "examples" / "torch_compile_softmax.py")], ["offset-plus-1e3", "mask-prefix"],
+                    ["float32", "bfloat16"], device="cuda", timeout=600)
+    assert all(r.verdict == "PASS" for r in result.records), [r.id for r in result.records if r.verdict != "PASS"]
