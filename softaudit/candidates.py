@@ -223,7 +223,7 @@ class Candidate:
     backward: Mapping[str, OpFunction] = field(default_factory=_empty_mapping)
     """Its explicit backward functions, keyed by the *forward* op ("softmax" -> softmax_backward)."""
     interpreted: bool = False
-    """Its Triton kernels run under Triton's CPU interpreter (cases are limited: INTERPRETED_MAX_ELEMENTS)."""
+    """Its Triton kernels run under Triton's CPU interpreter (TRITON_INTERPRET=1)."""
 
 
 @dataclass(frozen=True)
@@ -380,11 +380,12 @@ def triton_interpretation(source: bytes, device: str | None = None) -> bool:
     if not _TRITON_IMPORT.search(source):
         return False
     current = os.environ.get("TRITON_INTERPRET", "")
-    if current:
-        return current == "1"
-    if device != "cpu" and cuda_available():
+    if current and current != "1":
         return False
-    os.environ["TRITON_INTERPRET"] = "1"
+    if not current:
+        if device != "cpu" and cuda_available():
+            return False
+        os.environ["TRITON_INTERPRET"] = "1"
     correct_interpreter_bfloat16()
     return True
 

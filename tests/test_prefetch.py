@@ -19,10 +19,23 @@ def _summary(result):
                    None if r.metrics is None else r.metrics.max_ulp) for r in result.records)
 
 
+SLOW_SOFTMAX = """import time
+import numpy as np
+
+def softmax(x):
+    time.sleep(0.05)  # a slow kernel: the main loop lags, so a prefetching worker surely gets ahead
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+"""
+
+
 def test_two_jobs_give_the_same_records_as_one(tmp_path):
+    slow = tmp_path / "slow_softmax.py"
+    slow.write_text(SLOW_SOFTMAX)
+    targets = ["builtin:shifted", str(slow)]
     options = dict(formats=[FORMATS["float32"], FORMATS["bfloat16"]], case_patterns=CASES, isolated=False)
-    one = run_audit(["builtin:shifted"], AuditOptions(cache_dir=tmp_path / "one", jobs=1, **options))
-    two = run_audit(["builtin:shifted"], AuditOptions(cache_dir=tmp_path / "two", jobs=2, **options))
+    one = run_audit(targets, AuditOptions(cache_dir=tmp_path / "one", jobs=1, **options))
+    two = run_audit(targets, AuditOptions(cache_dir=tmp_path / "two", jobs=2, **options))
     assert _summary(one) == _summary(two)
     assert len(one.records) > 50
     # Every reference was computed once in each run (by a worker or the main loop), none found cached.
@@ -30,7 +43,7 @@ def test_two_jobs_give_the_same_records_as_one(tmp_path):
     assert two.cache_misses == one.cache_misses
     assert one.prefetched_units == 0 and two.prefetched_units >= 1  # a worker did take part
     # The workers wrote the cache too: a third run finds everything.
-    again = run_audit(["builtin:shifted"], AuditOptions(cache_dir=tmp_path / "two", jobs=2, **options))
+    again = run_audit(targets, AuditOptions(cache_dir=tmp_path / "two", jobs=2, **options))
     assert again.cache_misses == 0 and _summary(again) == _summary(one)
 
 
