@@ -185,6 +185,25 @@ def test_on_a_gpu_a_load_inline_cuda_kernel_is_audited():
 
 @pytest.mark.gpu
 def test_on_a_gpu_a_torch_compiled_candidate_is_audited_through_inductor():
+    """Audited, not necessarily passing: Inductor's generated exp is its own (on the CPU it FAILs
+    confident-0.999 in float32, docs/devices.md); the audit must run it on the GPU and judge it."""
     result = _audit([str(REPO / "examples" / "torch_compile_softmax.py")], ["offset-plus-1e3", "mask-prefix"],
                     ["float32", "bfloat16"], device="cuda", timeout=600)
-    assert all(r.verdict == "PASS" for r in result.records), [r.id for r in result.records if r.verdict != "PASS"]
+    forward = [r for r in result.records if r.direction == "forward"]
+    assert len(forward) == 8 and all(r.error is None and r.metrics is not None for r in forward)
+    assert all(r.verdict == "PASS" for r in forward if r.case == "offset-plus-1e3")
+
+
+def test_a_torch_compiled_candidate_is_audited_on_the_cpu_and_its_exp_is_caught():
+    """Inductor's C++ on this CPU: plain rows pass, but float32 softmax on a confident row loses
+    ~70 ulps where the envelope allows 13 (ratio 5.4, measured 2026-12-02) - eager torch passes."""
+    pytest.importorskip("torch._inductor", reason="torch without Inductor")
+    import shutil
+
+    if shutil.which("c++") is None and shutil.which("g++") is None:
+        pytest.skip("torch.compile on the CPU needs a C++ compiler (none on PATH)")
+    result = _audit([str(REPO / "examples" / "torch_compile_softmax.py")], ["offset-plus-1e3", "confident-0.999"],
+                    ["float32"], device="cpu", timeout=600, directions=["forward"])
+    verdicts = {(r.op, r.case): r.verdict for r in result.records}
+    assert verdicts[("softmax", "offset-plus-1e3")] == "PASS"
+    assert verdicts[("softmax", "confident-0.999")] == "FAIL"
