@@ -16,6 +16,7 @@ float64 (``WIDE``); one rounding back into the input's format on the store.
 """
 
 import os
+from typing import Any
 
 import numpy as np
 import torch
@@ -137,6 +138,43 @@ def wide(x: torch.Tensor) -> bool:
 def precise(x: torch.Tensor) -> bool:
     """Use libdevice (compiled for a GPU) rather than numpy's functions (the CPU interpreter)."""
     return x.device.type != "cpu" and os.environ.get("TRITON_INTERPRET") != "1"
+
+
+SOFTMAX, LOG_SOFTMAX, LOGSUMEXP = 0, 1, 2
+"""The row kernels' OP: which op a launch computes."""
+
+
+def forward(kernel: Any, x: torch.Tensor, op: int, tiled: bool) -> torch.Tensor:
+    """Launch a forward row kernel ``kernel(x, out, rows, n, stride, OP, ROWS, BLOCK or TILE, WIDE,
+    PRECISE)`` over x (rows x n) and return its output: a row like x, or a value per row."""
+    x = rows_of(x)
+    rows, n = x.shape
+    out = torch.empty(rows, dtype=x.dtype, device=x.device) if op == LOGSUMEXP else torch.empty_like(x)
+    _launch(kernel, (x, out), x, op, tiled)
+    return out
+
+
+def backward(kernel: Any, a: torch.Tensor, dy: torch.Tensor, op: int, tiled: bool) -> torch.Tensor:
+    """Launch a backward row kernel ``kernel(a, dy, dx, rows, n, stride, OP, ...)`` (a: y, or x for
+    logsumexp) and return dx."""
+    a = rows_of(a)
+    dx = torch.empty_like(a)
+    _launch(kernel, (a, dy.contiguous(), dx), a, op, tiled)
+    return dx
+
+
+def _launch(kernel: Any, tensors: tuple, x: torch.Tensor, op: int, tiled: bool) -> None:
+    """One launch: a whole row per block (``BLOCK``), or tiles of up to TILE (``TILE``); short
+    rows several to a program."""
+    rows, n = x.shape
+    if not rows:
+        return
+    width = tile_for(n) if tiled else block_for(n)
+    per = rows_per_program(rows, width)
+    size = {"TILE" if tiled else "BLOCK": width}
+    with quiet():
+        kernel[grid(rows, per)](*tensors, rows, n, x.stride(0), OP=op, ROWS=per, WIDE=wide(x), PRECISE=precise(x),
+                                **size)
 
 
 def block_for(n: int) -> int:

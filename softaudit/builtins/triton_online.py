@@ -33,9 +33,6 @@ import triton.language as tl
 
 from softaudit.builtins import triton_math as tm
 
-SOFTMAX, LOG_SOFTMAX, LOGSUMEXP = 0, 1, 2
-
-
 @triton.jit
 def _load(ptr, r, cols, rows, n, stride, other, WIDE: tl.constexpr):
     """A [ROWS, TILE] tile of rows r, in the working precision; lanes past the end read ``other``."""
@@ -132,52 +129,25 @@ def _backward_rows(a_ptr, dy_ptr, dx_ptr, rows, n, stride, OP: tl.constexpr, ROW
         tl.store(dx_ptr + r[:, None] * stride + cols[None, :], dx.to(dx_ptr.dtype.element_ty), mask=inside)
 
 
-def _forward(x: torch.Tensor, op: int) -> torch.Tensor:
-    x = tm.rows_of(x)
-    rows, n = x.shape
-    out = torch.empty(rows, dtype=x.dtype, device=x.device) if op == LOGSUMEXP else torch.empty_like(x)
-    if rows:
-        tile = tm.tile_for(n)
-        per = tm.rows_per_program(rows, tile)
-        with tm.quiet():
-            _forward_rows[tm.grid(rows, per)](x, out, rows, n, x.stride(0), OP=op, ROWS=per, TILE=tile,
-                                              WIDE=tm.wide(x), PRECISE=tm.precise(x))
-    return out
-
-
-def _backward(a: torch.Tensor, dy: torch.Tensor, op: int) -> torch.Tensor:
-    a = tm.rows_of(a)
-    rows, n = a.shape
-    dy = dy.contiguous()
-    dx = torch.empty_like(a)
-    if rows:
-        tile = tm.tile_for(n)
-        per = tm.rows_per_program(rows, tile)
-        with tm.quiet():
-            _backward_rows[tm.grid(rows, per)](a, dy, dx, rows, n, a.stride(0), OP=op, ROWS=per, TILE=tile,
-                                               WIDE=tm.wide(a), PRECISE=tm.precise(a))
-    return dx
-
-
 def softmax(x: torch.Tensor) -> torch.Tensor:
-    return _forward(x, SOFTMAX)
+    return tm.forward(_forward_rows, x, tm.SOFTMAX, tiled=True)
 
 
 def log_softmax(x: torch.Tensor) -> torch.Tensor:
-    return _forward(x, LOG_SOFTMAX)
+    return tm.forward(_forward_rows, x, tm.LOG_SOFTMAX, tiled=True)
 
 
 def logsumexp(x: torch.Tensor) -> torch.Tensor:
-    return _forward(x, LOGSUMEXP)
+    return tm.forward(_forward_rows, x, tm.LOGSUMEXP, tiled=True)
 
 
 def softmax_backward(y: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
-    return _backward(y, dy, SOFTMAX)
+    return tm.backward(_backward_rows, y, dy, tm.SOFTMAX, tiled=True)
 
 
 def log_softmax_backward(y: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
-    return _backward(y, dy, LOG_SOFTMAX)
+    return tm.backward(_backward_rows, y, dy, tm.LOG_SOFTMAX, tiled=True)
 
 
 def logsumexp_backward(x: torch.Tensor, y: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
-    return _backward(x, dy, LOGSUMEXP)
+    return tm.backward(_backward_rows, x, dy, tm.LOGSUMEXP, tiled=True)
