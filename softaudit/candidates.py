@@ -222,8 +222,6 @@ class Candidate:
     """First line of its docstring (the functions' for decorated candidates, else the module's)."""
     backward: Mapping[str, OpFunction] = field(default_factory=_empty_mapping)
     """Its explicit backward functions, keyed by the *forward* op ("softmax" -> softmax_backward)."""
-    interpreted: bool = False
-    """Its Triton kernels run under Triton's CPU interpreter (TRITON_INTERPRET=1)."""
 
 
 @dataclass(frozen=True)
@@ -511,7 +509,7 @@ def _collect(module: types.ModuleType, target: str, default_name: str, rowwise: 
         fn_docs = [_first_line(getattr(fn, "__doc__", None)) for fn, mark in group.values() if mark]
         description = next((d for d in fn_docs if d), module_doc)
         candidates.append(Candidate(name, target, types.MappingProxyType(ops), description,
-                                    types.MappingProxyType(backward), interpreted))
+                                    types.MappingProxyType(backward)))
     return candidates
 
 
