@@ -41,6 +41,7 @@ def audit(
     dtypes: str | Format | Iterable[Any] | None = None,
     cases: str | Iterable[str] | None = None,
     cases_dirs: str | Path | Iterable[str | Path] = (),
+    corpus: str | Path | None = None,
     name: str | None = None,
     seed: int = 0,
     ratio_limit: float | None = None,
@@ -62,7 +63,8 @@ def audit(
     ``softaudit run --strict`` does (a WARN is recorded as a FAIL, its reasons prefixed "strict:").
     ``bench=True`` also times every op x direction x format at ``shapes`` ("ROWSxN" strings or
     (rows, n) pairs; default timing.DEFAULT_SHAPES) as ``softaudit run --bench`` does; the figures
-    are in ``report.speed``. ``device`` ("auto", "cpu", "cuda", "cuda:N") places torch callables
+    are in ``report.speed``. ``corpus`` adds a directory of cases ``softaudit search`` found
+    (docs/search.md) when it holds any, as ``softaudit run`` adds the project's. ``device`` ("auto", "cpu", "cuda", "cuda:N") places torch callables
     that do not name a device with ``@candidate``: inputs are created there and outputs
     brought back for judging. Bad arguments raise ValueError or TypeError with a one-line message.
     """
@@ -95,7 +97,8 @@ def audit(
     options = AuditOptions(
         ops=_names(ops, OPS, "op"), directions=_names(directions, DIRECTIONS, "direction"),
         formats=[_format(d) for d in _listed(dtypes)], case_patterns=_strings(cases, "cases"),
-        cases_dirs=[Path(p) for p in _listed(cases_dirs)], seed=seed,
+        cases_dirs=[Path(p) for p in _listed(cases_dirs)], corpus_dir=Path(corpus) if corpus is not None else None,
+        seed=seed,
         gate=Gate(ratio_limit=float(limit), undefined_policy=policy, strict=strict),
         cache_dir=Path(cache_dir).expanduser() if cache_dir is not None else None, rowwise=rowwise, isolated=False,
         bench=bench, shapes=shape_list, device=device,

@@ -658,3 +658,9 @@ class _CaseReader:
         both = sorted(oor_rows & set(range(rows) if ignored == "all" else ignored or ()))
         if both:
             self.fail("out_of_range_rows", f"row {both[0]} is also one of ignored_rows")
+
+
+def case_from_table(table: Mapping[str, Any], source: str = "<search>") -> Case:
+    """One ``[[case]]`` table (as TOML would parse it) checked and read into a Case, exactly as a
+    case file's would be: the search builds its inputs this way, so what it saves is what it judged."""
+    return _CaseReader(Path(source), 0, dict(table)).read()

@@ -26,8 +26,10 @@ from softaudit.envelope import DEFAULT_RATIO_LIMIT, DEFAULT_RELATIVE_FACTOR, DEF
 from softaudit.formats import FORMATS, FormatError, get_format
 from softaudit.isolation import DEFAULT_TIMEOUT, MAX_TIMEOUT
 from softaudit.config import ConfigError
+from softaudit.corpus import corpus_cases_dir
 from softaudit.results import ResultsError
 from softaudit.runner import NothingToAudit
+from softaudit.search import SearchError
 from softaudit.verdicts import DEFAULT_UNDEFINED_POLICY, UNDEFINED_POLICIES, Gate
 
 app = typer.Typer(
@@ -38,7 +40,7 @@ app = typer.Typer(
 )
 
 EXIT_BAD_INPUT = 2
-BAD_INPUT_ERRORS = (CandidateError, CaseError, FormatError, NothingToAudit, ResultsError, ConfigError)
+BAD_INPUT_ERRORS = (CandidateError, CaseError, FormatError, NothingToAudit, ResultsError, ConfigError, SearchError)
 
 
 class UsageProblem(ValueError):
@@ -102,6 +104,8 @@ def run(
     dtype: list[str] = typer.Option([], "--dtype", "-d", help="Format (repeatable): float64, float32, float16, bfloat16. Default: all four."),
     case: list[str] = typer.Option([], "--case", "-c", help="Case name or family pattern, fnmatch style (repeatable). Default: the whole library."),
     cases_dir: list[Path] = typer.Option([], "--cases-dir", help="Extra directory of case files, added to the shipped library (repeatable)."),
+    corpus: Optional[Path] = typer.Option(None, "--corpus", help="Directory of cases softaudit search found, added to the library when it holds any. [default: .softaudit/corpus at the project's root]", show_default=False),
+    no_corpus: bool = typer.Option(False, "--no-corpus", help="Leave the corpus of found cases out."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write every record to this JSON file (schema: docs/json-schema.md)."),
     html_path: Optional[Path] = typer.Option(None, "--html", help="Write the stability report as one self-contained HTML file (docs/report.md)."),
     md_path: Optional[Path] = typer.Option(None, "--md", help="Write a Markdown summary for a pull-request comment (short; --md-full for everything)."),
@@ -186,6 +190,7 @@ def run(
             raise UsageProblem("--md-full needs --md PATH")
         cases_dirs = list(cases_dir) or (cfg.cases_dirs if cfg else [])
         _check_cases_dirs(cases_dirs)
+        corpus_dir = _corpus(corpus, no_corpus, cfg)
         limits = tuple(cfg.limits.items()) if cfg else ()
         gate = Gate(ratio_limit=limit, undefined_policy=undefined, max_ulp=max_ulp,
                     strict=bool(_pick(strict, cfg and cfg.strict, False)), limits=limits)
@@ -193,7 +198,8 @@ def run(
             ops=_check_ops(list(op) or (cfg.ops if cfg else [])),
             directions=_check_directions(list(direction) or (cfg.directions if cfg else [])),
             formats=[get_format(d) for d in (list(dtype) or (cfg.formats if cfg else []))],
-            case_patterns=list(case) or (cfg.cases if cfg else []), cases_dirs=cases_dirs, seed=seed, gate=gate,
+            case_patterns=list(case) or (cfg.cases if cfg else []), cases_dirs=cases_dirs, corpus_dir=corpus_dir,
+            seed=seed, gate=gate,
             cache_dir=cache_dir, use_cache=not no_cache, rowwise=rowwise, isolated=not no_isolation,
             timeout=timeout, memory_limit=int(memory_limit * 2**30) if memory_limit is not None else None,
             relative_to=relative_to, relative_factor=relative_factor, relative_slack=relative_slack, jobs=jobs,
@@ -202,6 +208,12 @@ def run(
         console = Console(stderr=True)
         if cfg is not None and not quiet:
             console.print(f"softaudit: gate configuration from {cfg.source}", highlight=False)
+        found = corpus_cases_dir(corpus_dir)
+        if found is not None and not quiet:
+            from softaudit.reports.search_report import display_path
+
+            console.print(f"softaudit: adding the {len(list(found.glob('*.toml')))} case file(s) of the corpus "
+                          f"{display_path(found)} (--no-corpus leaves them out)", highlight=False)
         with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), console=console, transient=True,
                       disable=quiet or not console.is_terminal) as bar:
@@ -235,6 +247,22 @@ def run(
                                    f"{len(result.records)} records kept" + (f" in {json_path}" if json_path else ""))
         raise typer.Exit(128 + signum)
     raise typer.Exit(result.exit_code)
+
+
+def _corpus(path: Optional[Path], off: bool, cfg) -> Optional[Path]:  # type: ignore[no-untyped-def]
+    """The corpus directory in force: --corpus, else [tool.softaudit] corpus, else the project's
+    .softaudit/corpus; None with --no-corpus."""
+    from softaudit.corpus import default_corpus_dir
+
+    if off:
+        if path is not None:
+            raise UsageProblem("--corpus and --no-corpus contradict each other")
+        return None
+    if path is not None:
+        if path.exists() and not path.is_dir():
+            raise UsageProblem(f"--corpus: {str(path)!r} is not a directory")
+        return path
+    return cfg.corpus if cfg is not None and cfg.corpus is not None else default_corpus_dir()
 
 
 def _parse_shape(text: str) -> tuple[int, int]:
@@ -364,6 +392,121 @@ def repro(
     Console(stderr=True).print(f"Written: {output} (run it with: python {output})", highlight=False)
 
 
+@app.command("search")
+def search_command(
+    target: str = typer.Argument(..., metavar="TARGET", help="The candidate: a file (impl.py) or a built-in (builtin:NAME).", show_default=False),
+    op: str = typer.Option(..., "--op", "-o", help="The op to search: softmax, log_softmax, logsumexp or cross_entropy.", show_default=False),
+    dtype: str = typer.Option("float32", "--dtype", "-d", help="Format: float64, float32, float16 or bfloat16."),
+    direction: str = typer.Option("forward", "--direction", help="forward (the op) or backward (its gradient)."),
+    budget: float = typer.Option(60.0, "--budget", help="Seconds to explore; shrinking a failure then takes at most as long again (usually seconds)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the search's random choices: the same seed explores the same inputs in the same order."),
+    candidate_name: Optional[str] = typer.Option(None, "--candidate", help="Which candidate, when TARGET defines several.", show_default=False),
+    save_to: Optional[Path] = typer.Option(None, "--save-to", help="Corpus directory the shrunk failing input is saved into, as a case file that softaudit run picks up. [default: .softaudit/corpus at the project's root]", show_default=False),
+    cases_dir: list[Path] = typer.Option([], "--cases-dir", help="Extra directory of case files to start from, besides the shipped library and the corpus (repeatable)."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the result (minimal input, error, ratio, failure class, saved case) to this JSON file (docs/search.md)."),
+    repro_path: Optional[Path] = typer.Option(None, "--repro", help="Write the reproducer script here instead of printing it (an existing file is left alone).", show_default=False),
+    limit: Optional[float] = typer.Option(None, "--limit", help=f"Stability-ratio limit: an input fails above it. [default: {DEFAULT_RATIO_LIMIT:g}]", show_default=False),
+    max_ulp: Optional[float] = typer.Option(None, "--max-ulp", help="Also fail inputs whose max error exceeds this many ulps. [default: no such limit]", show_default=False),
+    undefined: Optional[str] = typer.Option(None, "--undefined", help=f"Accepted output on undefined rows: nan-or-zero, nan, zero, any. [default: {DEFAULT_UNDEFINED_POLICY}]", show_default=False),
+    config: Optional[Path] = typer.Option(None, "--config", help="Gate configuration file (limits, undefined, device, corpus from [tool.softaudit]). Default: the nearest pyproject.toml with [tool.softaudit].", show_default=False),
+    no_config: bool = typer.Option(False, "--no-config", help="Ignore any [tool.softaudit] configuration."),
+    rowwise: bool = typer.Option(False, "--rowwise", help="Call the op one row (1-D vector) at a time."),
+    timeout: float = typer.Option(DEFAULT_TIMEOUT, "--timeout", help="Seconds one call may take; past it the input fails as hung."),
+    memory_limit: Optional[float] = typer.Option(None, "--memory-limit", help="GiB of address space the candidate's worker may use (default: half the machine's memory)."),
+    no_isolation: bool = typer.Option(False, "--no-isolation", help="Call the candidate in softaudit's own process: a crash or hang then ends the search."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Reference cache directory, for the library cases and the saved case (default: $SOFTAUDIT_CACHE_DIR or ~/.cache/softaudit)."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Compute every reference afresh and store nothing."),
+    device: Optional[str] = typer.Option(None, "--device", help="Where torch and Triton candidates run: cpu, cuda (or cuda:N), or auto. [default: auto]", show_default=False),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress and no summary; the exit code (and the files asked for) only."),
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for bad input."),
+) -> None:
+    """Hunt for inputs on which TARGET's op fails, shrink the worst to a minimal one and save it as a case.
+
+    Exit 1 when a failing input was found (and saved), 0 when none was within the budget, 2 on bad input.
+    """
+    from softaudit.reports.files import write_text
+    from softaudit.reports.search_report import render_search, search_json
+    from softaudit.runner import DeviceError, check_device
+    from softaudit.search import SearchOptions, search
+
+    with _bad_input(debug):
+        cfg = _gate_config(config, no_config)
+        if op not in OPS:
+            raise UsageProblem(f"unknown op {op!r} (known: {', '.join(OPS)})")
+        _check_directions([direction])
+        fmt = get_format(dtype)
+        if not (budget > 0 and math.isfinite(budget)):
+            raise UsageProblem(f"--budget must be a positive number of seconds, got {budget:g}")
+        if seed < 0:
+            raise UsageProblem(f"--seed must be 0 or more, got {seed}")
+        undefined = _pick(undefined, cfg and cfg.undefined, DEFAULT_UNDEFINED_POLICY)
+        if undefined not in UNDEFINED_POLICIES:
+            raise UsageProblem(f"unknown --undefined policy {undefined!r} (known: {', '.join(UNDEFINED_POLICIES)})")
+        limit = _pick(limit, cfg and cfg.ratio, DEFAULT_RATIO_LIMIT)
+        if not (limit > 1.0 and math.isfinite(limit)):
+            raise UsageProblem(f"--limit must be a finite number greater than 1 (the envelope itself), got {limit}")
+        max_ulp = _pick(max_ulp, cfg and cfg.max_ulp, None)
+        if max_ulp is not None and not (max_ulp >= 0 and math.isfinite(max_ulp)):
+            raise UsageProblem(f"--max-ulp must be a finite number of ulps, 0 or more, got {max_ulp}")
+        if not 0 < timeout <= MAX_TIMEOUT:
+            raise UsageProblem(f"--timeout must be between 0 and {MAX_TIMEOUT:g} seconds, got {timeout:g}")
+        if memory_limit is not None and not 0 < memory_limit <= 2**20:
+            raise UsageProblem(f"--memory-limit must be a positive number of GiB (at most 2^20), got {memory_limit:g}")
+        device = _pick(device, cfg and cfg.device, "auto")
+        try:
+            check_device(device)
+        except DeviceError as exc:
+            raise UsageProblem(f"--device: {exc}") from None
+        _check_cases_dirs(list(cases_dir))
+        if save_to is not None and save_to.exists() and not save_to.is_dir():
+            raise UsageProblem(f"--save-to: {str(save_to)!r} is not a directory")
+        _check_outputs({"--json": json_path, "--repro": repro_path})
+        if repro_path is not None and repro_path.exists():
+            raise UsageProblem(f"--repro: {str(repro_path)!r} exists (softaudit never overwrites it; choose another path)")
+        corpus_dir = save_to or _corpus(None, False, cfg)
+        gate = Gate(ratio_limit=limit, undefined_policy=undefined, max_ulp=max_ulp,
+                    limits=tuple(cfg.limits.items()) if cfg else ())
+        options = SearchOptions(
+            op=op, direction=direction, format=fmt, budget=budget, seed=seed, gate=gate, candidate=candidate_name,
+            save_to=corpus_dir, cases_dirs=list(cases_dir), cache_dir=cache_dir, use_cache=not no_cache,
+            isolated=not no_isolation, timeout=timeout,
+            memory_limit=int(memory_limit * 2**30) if memory_limit is not None else None, rowwise=rowwise,
+            device=device,
+        )
+        console = Console(stderr=True)
+        with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), TimeElapsedColumn(),
+                      console=console, transient=True, disable=quiet or not console.is_terminal) as bar:
+            tasks: dict[str, int] = {}
+
+            def progress(phase: str, elapsed: float, total: float, best: str) -> None:
+                if phase not in tasks:
+                    tasks[phase] = bar.add_task(phase, total=total)
+                word = "exploring" if phase == "explore" else "shrinking"
+                bar.update(tasks[phase], completed=min(elapsed, total), description=f"{word} · {best}")
+
+            with _signals_interrupt() as received:
+                result = search(target, options, progress=progress)
+    if json_path is not None:
+        try:
+            write_text(json_path, search_json(result))
+        except OSError as exc:
+            _fatal(f"--json: cannot write {str(json_path)!r}: {exc.strerror or exc}")
+    if repro_path is not None and result.reproducer:
+        try:
+            write_text(repro_path, result.reproducer)
+        except OSError as exc:
+            _fatal(f"--repro: cannot write {str(repro_path)!r}: {exc.strerror or exc}")
+    if not quiet:
+        render_search(result, Console(), show_reproducer=repro_path is None)
+        written = [str(p) for p in (json_path, repro_path if result.reproducer else None) if p is not None]
+        if written:
+            Console().print(f"Written: {', '.join(written)}", highlight=False)
+    if not result.complete:
+        signum = received[0] if received else signal.SIGINT
+        raise typer.Exit(128 + signum)
+    raise typer.Exit(result.exit_code)
+
+
 @app.command("compare")
 def compare_results(
     base: Path = typer.Argument(..., metavar="BASE.json", help="The results to compare against (e.g. the main branch's).", show_default=False),
@@ -429,12 +572,17 @@ def _signals_interrupt():  # type: ignore[no-untyped-def]
 def list_cases(
     case: list[str] = typer.Option([], "--case", "-c", help="Only cases whose name or family matches (repeatable)."),
     cases_dir: list[Path] = typer.Option([], "--cases-dir", help="Extra directory of case files (repeatable)."),
+    corpus: Optional[Path] = typer.Option(None, "--corpus", help="Directory of cases softaudit search found, listed when it holds any. [default: .softaudit/corpus at the project's root]", show_default=False),
+    no_corpus: bool = typer.Option(False, "--no-corpus", help="Leave the corpus of found cases out."),
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for bad input."),
 ) -> None:
     """List the case library: name, family, ops, formats, shape and the failure each provokes."""
     with _bad_input(debug):
         _check_cases_dirs(cases_dir)
-        cases = select_cases(load_cases(list(cases_dir)), case)
+        found = corpus_cases_dir(_corpus(corpus, no_corpus, _gate_config(None, False)))
+        dirs = list(cases_dir) + ([found] if found is not None and found.resolve() not in
+                                  [d.resolve() for d in cases_dir] else [])
+        cases = select_cases(load_cases(dirs), case)
     console = Console()
     console.print(f"[bold]{len(cases)} cases[/] (softaudit run --case NAME_OR_FAMILY selects them)")
     family = None

@@ -1,7 +1,7 @@
 """The CI gate's configuration: ``[tool.softaudit]`` in pyproject.toml, or a file given with --config.
 
 Found from the current directory upward: the nearest pyproject.toml that has a ``[tool.softaudit]``
-table. Paths in it (targets, cases_dirs) are relative to that file's directory. Command-line options
+table. Paths in it (targets, cases_dirs, corpus) are relative to that file's directory. Command-line options
 override it. Unknown keys and bad values raise ConfigError naming the key (bad input, exit 2).
 Every key is documented in docs/ci-gate.md.
 """
@@ -49,6 +49,8 @@ class GateConfig:
     bench: bool | None = None
     device: str | None = None
     """auto, cpu, cuda or cuda:N (runner.DEVICES); checked when the run starts."""
+    corpus: Path | None = None
+    """The corpus directory of found cases (search --save-to's default, run's --corpus)."""
     shapes: list[tuple[int, int]] = field(default_factory=list)
     """ROWSxN strings parsed (speed.parse_shape)."""
     ratio: float | None = None
@@ -61,7 +63,7 @@ class GateConfig:
 
 _LIST_KEYS = ("targets", "ops", "directions", "formats", "cases", "cases_dirs", "shapes")
 _KEYS = (*_LIST_KEYS, "seed", "undefined", "strict", "relative_to", "relative_factor", "relative_slack",
-         "jobs", "bench", "device", "limits")
+         "jobs", "bench", "device", "corpus", "limits")
 _LIMIT_KEYS = ("ratio", "max_ulp")
 
 
@@ -160,6 +162,10 @@ def _parse(table: dict, path: Path, prefix: str) -> GateConfig:
                                                   (value.startswith("cuda:") and value[5:].isdigit())):
                 raise bad(key, f"must be auto, cpu, cuda or cuda:N, got {value!r}")
             cfg.device = value
+        elif key == "corpus":
+            if not isinstance(value, str) or not value:
+                raise bad(key, "must be a directory path (relative to this file)")
+            cfg.corpus = base / value
         elif key == "relative_to":
             if not isinstance(value, str) or not value:
                 raise bad(key, "must be a target: a .py path or builtin:NAME")

@@ -20,6 +20,7 @@ import numpy as np
 import softaudit
 from softaudit.candidates import CallRequest, CandidateError, NoOpsError
 from softaudit.cases import OPS, Case, load_cases, select_cases
+from softaudit.corpus import corpus_cases_dir
 from softaudit.envelope import (
     DEFAULT_RELATIVE_FACTOR,
     DEFAULT_RELATIVE_SLACK,
@@ -68,6 +69,9 @@ class AuditOptions:
     """fnmatch patterns on case name or family; empty means the whole library."""
     cases_dirs: Sequence[Path] = ()
     """Extra case directories, added to the shipped library."""
+    corpus_dir: Path | None = None
+    """A corpus of cases ``softaudit search`` found (corpus.py): added to ``cases_dirs`` when it
+    holds case files. None: no corpus."""
     seed: int = 0
     gate: Gate = field(default_factory=Gate)
     cache_dir: Path | None = None
@@ -238,9 +242,18 @@ def _torch_version() -> str | None:
         return None
 
 
+def with_corpus(options: AuditOptions) -> AuditOptions:
+    """``options`` with the corpus directory among its case directories when it holds cases (so the
+    results, their rerun commands and --jobs' workers all see it)."""
+    corpus = corpus_cases_dir(options.corpus_dir)
+    if corpus is None or any(Path(d).resolve() == corpus.resolve() for d in options.cases_dirs):
+        return options
+    return dataclasses.replace(options, cases_dirs=[*options.cases_dirs, corpus])
+
+
 def plan(options: AuditOptions) -> tuple[list[Case], list[Format]]:
     """The cases and formats an audit will cover (raises CaseError / FormatError on bad options)."""
-    cases = select_cases(load_cases(list(options.cases_dirs)), list(options.case_patterns))
+    cases = select_cases(load_cases(list(with_corpus(options).cases_dirs)), list(options.case_patterns))
     formats = list(options.formats) or list(FORMATS.values())
     return cases, formats
 
@@ -275,7 +288,7 @@ def run_audit(targets: Sequence[str], options: AuditOptions | None = None,
     (KeyboardInterrupt) end the audit early with ``complete=False``. ``executor`` replaces the one
     the options would make (the Python API passes an in-process one holding its callables).
     """
-    options = options or AuditOptions()
+    options = with_corpus(options or AuditOptions())
     started = time.perf_counter()
     cases, formats = plan(options)
     wanted_ops = [op for op in OPS if not options.ops or op in options.ops]
@@ -303,7 +316,8 @@ def run_audit(targets: Sequence[str], options: AuditOptions | None = None,
         if jobs > 1:
             prefetcher.start(_unit_needs(units, candidates, wanted_ops, options),
                              lambda case, needs: not _cached(cache, case, needs))
-        if not failures and not any(op in c.ops and case.applies_to(op, fmt.name)
+        wanted_directions = [d for d in DIRECTIONS if not options.directions or d in options.directions]
+        if not failures and not any(op in c.ops and any(case.applies_to(op, fmt.name, d) for d in wanted_directions)
                                     for fmt, case in units for c in candidates for op in wanted_ops):
             defined = sorted({op for c in candidates for op in c.ops})
             raise NothingToAudit(
@@ -315,7 +329,7 @@ def run_audit(targets: Sequence[str], options: AuditOptions | None = None,
             directions = [d for d in DIRECTIONS if d in case.directions
                           and (not options.directions or d in options.directions)]
             jobs = [(c, op) for c in candidates for op in wanted_ops
-                    if op in c.ops and case.applies_to(op, fmt.name)] if directions else []
+                    if op in c.ops and op in case.ops and case.applies_to_format(fmt.name)] if directions else []
             if not jobs:
                 continue
             try:
@@ -394,7 +408,8 @@ def _unit_needs(units: list[tuple[Format, Case]], candidates: list[CandidateInfo
     for fmt, case in units:
         directions = [d for d in DIRECTIONS if d in case.directions
                       and (not options.directions or d in options.directions)]
-        ops = [op for op in wanted_ops if case.applies_to(op, fmt.name) and any(op in c.ops for c in candidates)]
+        ops = [op for op in wanted_ops if op in case.ops and case.applies_to_format(fmt.name)
+               and any(op in c.ops for c in candidates)]
         if not ops or not directions:
             continue
         backward = tuple(op for op in ops if "backward" in directions and any(op in c.backward for c in candidates))

@@ -2,7 +2,9 @@
 
 * Every test (in-process code and the CLI subprocesses alike) uses one reference
   cache in a pytest temporary directory, shared by the whole session, so
-  references are computed once and the suite never writes to ~/.cache.
+  references are computed once and the suite never writes to ~/.cache; and a
+  corpus directory that does not exist (SOFTAUDIT_CORPUS_DIR), so no found case
+  of the developer's changes what `softaudit run` audits.
 * Tests marked ``slow`` (the whole case library) run only with ``--runslow``.
 * Tests marked ``gpu`` run only where torch sees a CUDA device; elsewhere they are
   skipped with that reason.
@@ -49,4 +51,7 @@ def softaudit_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("softaudit-cache")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SOFTAUDIT_CACHE_DIR", str(path))
+        # A corpus no test writes to unless it says so: a developer's own .softaudit/corpus in the
+        # checkout must not change what `softaudit run` audits in the tests.
+        mp.setenv("SOFTAUDIT_CORPUS_DIR", str(path / "no-corpus"))
         yield path

@@ -153,7 +153,11 @@ def test_a_hung_candidate_leaves_no_process_behind(tmp_path):
     impl = tmp_path / "spawner.py"
     impl.write_text(
         "import subprocess, sys, time\n"
+        "import numpy as np\n"
         "def softmax(x):\n"
+        "    if x.shape[-1] <= 3:  # the loader's probe: answer it, so the hang is the audit's call's\n"
+        "        e = np.exp(x - x.max(axis=-1, keepdims=True))\n"
+        "        return e / e.sum(axis=-1, keepdims=True)\n"
         f"    subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)', '{token}'])\n"
         "    time.sleep(3600)\n"
     )

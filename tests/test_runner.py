@@ -46,3 +46,11 @@ def test_seed_changes_random_inputs_and_is_reproducible():
                                                   ops=["softmax"], seed=7)).records[0].metrics
     assert a.worst.input == b.worst.input and a.max_ulp == b.max_ulp
     assert c.worst.input != a.worst.input
+
+
+def test_backward_only_cases_alone_are_audited_not_nothing_to_audit():
+    """The "nothing to audit" check counts a case by the directions asked for: the backward-only
+    gradients family, selected alone, is audited (it once raised NothingToAudit)."""
+    result = run_audit(["builtin:naive"], AuditOptions(ops=["log_softmax"], formats=[FORMATS["float32"]],
+                                                       case_patterns=["gradients"], isolated=False, jobs=1))
+    assert result.records and {r.direction for r in result.records} == {"backward"}

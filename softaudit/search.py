@@ -1,0 +1,528 @@
+"""``softaudit search``: hunt for the input on which one candidate's op fails, then make it small.
+
+The search starts from the case library (every case that applies to the op, direction and format,
+smallest first) and from random inputs, and explores by mutating the worst inputs found so far
+(mutations.py): a small population, each child judged like any audited case and kept when it is
+worse than the best ones. "Worse" is the reference engine's verdict, never float arithmetic: a
+hard failure (wrong class, crash, input modified, an undefined row's policy broken) beats any
+ratio, and otherwise the stability ratio (error over the envelope) is climbed.
+
+When something fails, the worst input is shrunk (shrink.py) while it still fails the same way,
+written into the corpus as a case file (corpus.py), judged once more from that file (so the saved
+case is known to reproduce it), and turned into a ``softaudit repro`` script.
+
+Numbers that steer the search live here and in mutations.py / shrink.py, each with its reason.
+docs/search.md documents the command.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from softaudit.candidates import CandidateError
+from softaudit.cases import Case, case_from_table, load_cases
+from softaudit.corpus import FAMILY, content_digest, default_corpus_dir, save_case
+from softaudit.formats import FORMATS, Format
+from softaudit.inputs import NotApplicable, generate, loss_inputs
+from softaudit.isolation import DEFAULT_TIMEOUT, CandidateInfo, Executor, make_executor
+from softaudit.mutations import Trial, mutate, random_trial
+from softaudit.ops import DIRECTIONS, OPS
+from softaudit.records import Record
+from softaudit.reference import ReferenceCache, default_cache_dir
+from softaudit.runner import _audit, _load_all, _Unit, check_device, environment
+from softaudit.shrink import ShrinkStats, shrink
+from softaudit.verdicts import FAIL, SKIP, UNDEFINED_POLICIES, Gate
+
+DEFAULT_BUDGET = 60.0
+"""Seconds of exploring by default: enough for a few hundred to a few thousand inputs on a CPU."""
+
+MAX_ELEMENTS = 1 << 16
+"""Random starts and mutants stay within this many elements, so each costs milliseconds to judge.
+Library cases larger than this are still used as starting points (not mutated into larger ones)."""
+
+POPULATION = 8
+"""Inputs kept as parents: the worst found so far (by score)."""
+
+PATIENCE = 300
+"""After a failure is found, exploring stops when this many inputs in a row made the worst found
+no worse by at least IMPROVEMENT (it is unlikely to climb further within the budget)."""
+
+IMPROVEMENT = 1.1
+"""A new worst must beat the old one's stability ratio by this factor to count as progress."""
+
+LIBRARY_SHARE = 0.3
+RANDOM_SHARE = 0.2
+"""Of each step, the chance of judging the next library case and of a random start (while the
+library lasts); the rest mutate a parent."""
+
+RATIO_CLASS = "ratio"
+MAX_ULP_CLASS = "max-ulp"
+SOFT_CLASSES = (RATIO_CLASS, MAX_ULP_CLASS)
+"""Failure classes that are a size of error rather than a wrong kind of answer."""
+
+ProgressFn = Callable[[str, float, float, str], None]
+"""progress(phase, elapsed seconds, budget seconds, best so far in words); phase is "explore"
+or "shrink"."""
+
+
+class SearchError(ValueError):
+    """Bad input for a search (one line): an unknown op, a target that lacks it, a broken file."""
+
+
+@dataclass
+class SearchOptions:
+    """Everything that shapes a search besides its target."""
+
+    op: str
+    direction: str = "forward"
+    format: Format = FORMATS["float32"]
+    budget: float = DEFAULT_BUDGET
+    """Seconds of exploring; shrinking then takes at most as long again."""
+    seed: int = 0
+    gate: Gate = field(default_factory=Gate)
+    candidate: str | None = None
+    """Which candidate, when the target file defines several."""
+    save_to: Path | None = None
+    """The corpus directory; None: corpus.default_corpus_dir()."""
+    cases_dirs: Sequence[Path] = ()
+    """Extra case directories whose cases are starting points too (the corpus is always one)."""
+    cache_dir: Path | None = None
+    use_cache: bool = True
+    isolated: bool = True
+    timeout: float = DEFAULT_TIMEOUT
+    memory_limit: int | None = None
+    rowwise: bool = False
+    device: str = "auto"
+    max_elements: int = MAX_ELEMENTS
+
+
+@dataclass
+class Evaluation:
+    """One judged input: its record, failure classes (most serious first) and score."""
+
+    trial: Trial
+    record: Record
+    classes: tuple[str, ...]
+    score: float
+    """inf for a hard failure; else the stability ratio (0 when nothing could be measured)."""
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.classes)
+
+    @property
+    def hard(self) -> bool:
+        return any(c not in SOFT_CLASSES for c in self.classes)
+
+
+@dataclass
+class SearchResult:
+    """What a search found: the worst input, and when it failed its shrunk form and saved case."""
+
+    target: str
+    candidate: str
+    options: SearchOptions
+    evaluations: int
+    explore_seconds: float
+    library_starts: int
+    random_starts: int
+    worst: Evaluation | None
+    """The worst input explored (before shrinking); None when nothing could be judged."""
+    minimal: Evaluation | None = None
+    """The shrunk failing input, judged from its saved case file; None when nothing failed."""
+    failure: str | None = None
+    """The failure class kept while shrinking (e.g. "finite->nan", "ratio")."""
+    shrink_stats: ShrinkStats | None = None
+    case_path: Path | None = None
+    case_name: str | None = None
+    case_new: bool = False
+    """False when the corpus already held this case (found again)."""
+    reproducer: str = ""
+    """The ``softaudit repro`` script of the minimal input's record."""
+    environment: dict = field(default_factory=dict)
+    complete: bool = True
+    """False when interrupted (Ctrl-C): what was found so far is reported, nothing is saved."""
+
+    @property
+    def found(self) -> bool:
+        return self.minimal is not None
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.found else 0
+
+
+# --------------------------------------------------------------------------
+# Failure classes
+
+
+def failure_classes(rec: Record, gate: Gate) -> tuple[str, ...]:
+    """Why a record FAILed, as classes (most serious first): "error", "input-modified", the class
+    mismatches "expected->got" by count, "undefined->BEHAVIOUR", "ratio", "max-ulp"."""
+    if rec.verdict != FAIL:
+        return ()
+    out: list[str] = []
+    if rec.error is not None:
+        out.append("timeout" if "timed out" in rec.error else "error")
+    if rec.input_modified:
+        out.append("input-modified")
+    m = rec.metrics
+    if m is not None:
+        out += [k for k, _ in sorted(m.mismatch_kinds.items(), key=lambda kv: (-kv[1], kv[0]))]
+        accepted = UNDEFINED_POLICIES[gate.undefined_policy]
+        if accepted is not None:
+            out += [f"undefined->{b}" for b in sorted(m.undefined_rows) if b not in accepted]
+        if m.max_ratio is not None and m.max_ratio > gate.ratio_limit:
+            out.append(RATIO_CLASS)
+        if gate.max_ulp is not None and m.max_ulp is not None and m.max_ulp > gate.max_ulp:
+            out.append(MAX_ULP_CLASS)
+    return tuple(out) or ("fail",)
+
+
+def describe_class(cls: str) -> str:
+    """A failure class in words."""
+    if "->" in cls and not cls.startswith("undefined"):
+        expected, got = cls.split("->")
+        return f"{got.replace('nan', 'NaN')} where the exact value is {expected}"
+    if cls.startswith("undefined->"):
+        return f"{cls.split('->')[1]} values on an undefined row, which the policy rejects"
+    return {"error": "the call raised or crashed", "timeout": "the call timed out",
+            "input-modified": "the input was modified", RATIO_CLASS: "error above the stability-ratio limit",
+            MAX_ULP_CLASS: "error above the --max-ulp limit"}.get(cls, cls)
+
+
+def _score(rec: Record, classes: tuple[str, ...]) -> float:
+    if rec.verdict == SKIP:
+        return -math.inf
+    if any(c not in SOFT_CLASSES for c in classes):
+        return math.inf
+    m = rec.metrics
+    return float(m.max_ratio) if m is not None and m.max_ratio is not None else 0.0
+
+
+# --------------------------------------------------------------------------
+# Trials as cases
+
+
+def case_table(t: Trial, op: str, direction: str, fmt: Format, name: str, description: str,
+               seen_in: str = "") -> dict:
+    """The ``[[case]]`` table of a trial: explicit values, explicit targets, upstream of ones, a
+    fixed seed; nothing random is left, so it judges the same under any ``--seed``."""
+    table: dict = {"name": name, "family": FAMILY, "description": description}
+    if seen_in:
+        table["seen_in"] = seen_in
+    table.update({"ops": [op], "directions": [direction], "formats": [fmt.name], "seed": 0,
+                  "values": "explicit", "data": [[float(v) for v in row] for row in t.x]})
+    if len(t.x) == 1:
+        table["rows"] = 1
+    if op == "cross_entropy":
+        assert t.target is not None
+        table["target"] = [int(v) for v in t.target]
+        if t.label_smoothing:
+            table["label_smoothing"] = float(t.label_smoothing)
+        if t.ignore_index is not None:
+            table["ignore_index"] = int(t.ignore_index)
+        if t.weight is not None:
+            table["weight"] = [float(v) for v in t.weight]
+        if t.reduction != "none":
+            table["reduction"] = t.reduction
+    if direction == "backward":
+        table["upstream"] = "ones"
+    return table
+
+
+def case_name(table: dict, op: str, direction: str, fmt: Format) -> str:
+    """``found-OP[-bwd]-FORMAT-HASH``: the content hash makes one name per distinct input."""
+    digest = content_digest(table)[:12]
+    return f"found-{op.replace('_', '-')}{'-bwd' if direction == 'backward' else ''}-{fmt.name}-{digest}"
+
+
+def trial_of_case(case: Case, fmt: Format, seed: int, op: str) -> Trial | None:
+    """A library case's input (and loss inputs) as a trial; None when it does not apply or its
+    loss inputs cannot be written as a case of explicit values (probability targets)."""
+    try:
+        x = generate(case, fmt, seed=seed)
+    except NotApplicable:
+        return None
+    t = Trial(np.asarray(x, dtype=np.float64), origin=f"library case {case.name}")
+    if op != "cross_entropy":
+        return t
+    try:
+        loss = loss_inputs(case, fmt, x, seed=seed)
+    except NotApplicable:
+        return None
+    if loss.target_kind != "index" or loss.out_of_range:
+        return None
+    weight = None if loss.weight is None else tuple(float(v) for v in np.asarray(loss.weight, dtype=np.float64))
+    return replace(t, target=tuple(int(v) for v in loss.target), label_smoothing=float(loss.label_smoothing),
+                   ignore_index=loss.ignore_index, reduction=loss.reduction, weight=weight)
+
+
+# --------------------------------------------------------------------------
+# Judging
+
+
+class Judge:
+    """Judges trials with the audit's own machinery: the candidate called in the executor (a worker
+    process unless isolation is off), the exact reference, the envelope and the verdict rules.
+
+    References of mutants are computed in memory (thousands of throwaway inputs would swamp the
+    disk cache); library cases and the saved case use the reference cache like any run.
+    """
+
+    def __init__(self, executor: Executor, candidate: CandidateInfo, options: SearchOptions) -> None:
+        self.executor = executor
+        self.candidate = candidate
+        self.options = options
+        self.gate = options.gate.for_record(options.op, options.format.name)
+        directory = (options.cache_dir or default_cache_dir()) if options.use_cache else None
+        self.disk = ReferenceCache(directory)
+        self.memory = ReferenceCache(None)
+        self.seen: dict[str, tuple[tuple[str, ...], float]] = {}
+        self.count = 0
+
+    def key(self, t: Trial) -> str:
+        h = hashlib.sha256(np.ascontiguousarray(t.x).tobytes() + repr(t.shape).encode())
+        h.update(repr((t.target, t.label_smoothing, t.ignore_index, t.reduction, t.weight)).encode())
+        return h.hexdigest()
+
+    def case(self, t: Trial, name: str = "search-input") -> Case | None:
+        o = self.options
+        try:
+            return case_from_table(case_table(t, o.op, o.direction, o.format, name, "an input the search judged"))
+        except Exception:  # noqa: BLE001  (a move produced loss inputs no case may hold)
+            return None
+
+    def judge_case(self, case: Case, t: Trial, persistent: bool) -> Evaluation | None:
+        o = self.options
+        try:
+            x = generate(case, o.format, seed=0)
+        except NotApplicable:
+            return None
+        refs = (self.disk if persistent else self.memory).get_or_compute(x, o.format)
+        unit = _Unit(case, o.format, x, refs, self.disk if persistent else self.memory, 0)
+        rec = _audit(self.executor, self.candidate, o.op, o.direction, unit, self.gate)
+        self.count += 1
+        classes = failure_classes(rec, self.gate)
+        score = _score(rec, classes)
+        if score == -math.inf:
+            return None
+        return Evaluation(t, rec, classes, score)
+
+    def __call__(self, t: Trial, persistent: bool = False) -> Evaluation | None:
+        """The evaluation of ``t``; None when it cannot be judged (the candidate skips it) or was
+        judged before (a move that led back to a known input teaches nothing new)."""
+        if self.key(t) in self.seen:
+            return None
+        case = self.case(t)
+        if case is None:
+            return None
+        ev = self.judge_case(case, t, persistent)
+        self.seen[self.key(t)] = (ev.classes, ev.score) if ev is not None else ((), -math.inf)
+        return ev
+
+    def verdict(self, t: Trial) -> tuple[tuple[str, ...], float]:
+        """(classes, score) of ``t``, from the memo when it was judged before."""
+        k = self.key(t)
+        if k not in self.seen:
+            self(t)
+        return self.seen[k]
+
+
+# --------------------------------------------------------------------------
+# The search
+
+
+def _check(options: SearchOptions) -> None:
+    if options.op not in OPS:
+        raise SearchError(f"unknown op {options.op!r} (known: {', '.join(OPS)})")
+    if options.direction not in DIRECTIONS:
+        raise SearchError(f"unknown direction {options.direction!r} (known: {', '.join(DIRECTIONS)})")
+    if not (options.budget > 0 and math.isfinite(options.budget)):
+        raise SearchError(f"the budget must be a positive number of seconds, got {options.budget}")
+
+
+def _pick_candidate(candidates: list[CandidateInfo], options: SearchOptions, target: str) -> CandidateInfo:
+    if options.candidate is not None:
+        chosen = [c for c in candidates if c.name == options.candidate]
+        if not chosen:
+            raise SearchError(f"{target} defines no candidate named {options.candidate!r} "
+                              f"(it defines {', '.join(c.name for c in candidates)})")
+        candidates = chosen
+    with_op = [c for c in candidates if options.op in c.ops]
+    if not with_op:
+        defined = sorted({op for c in candidates for op in c.ops})
+        raise SearchError(f"{target} defines no {options.op} (it defines {', '.join(defined) or 'no op'})")
+    if len(with_op) > 1:
+        raise SearchError(f"{target} defines {len(with_op)} candidates with {options.op} "
+                          f"({', '.join(c.name for c in with_op)}): choose one with --candidate NAME")
+    c = with_op[0]
+    if options.direction == "backward" and options.op not in c.backward:
+        raise SearchError(f"{c.name}: {c.backward_missing.get(options.op, 'no backward pass')}")
+    return c
+
+
+def library_trials(options: SearchOptions, corpus: Path | None) -> list[tuple[Case, int]]:
+    """The library's cases that apply (and the corpus's), smallest first: (case, elements)."""
+    dirs = [*options.cases_dirs]
+    if corpus is not None and corpus.is_dir() and any(corpus.glob("*.toml")):
+        dirs.append(corpus)
+    cases = load_cases(dirs)
+    out = [(c, c.elements) for c in cases if c.applies_to(options.op, options.format.name, options.direction)]
+    return sorted(out, key=lambda ce: (ce[1], ce[0].name))
+
+
+def search(target: str, options: SearchOptions, progress: ProgressFn | None = None,
+           executor: Executor | None = None) -> SearchResult:
+    """Explore for ``options.budget`` seconds, shrink the worst failing input, save it to the corpus.
+
+    Bad input (unknown op, a target without it, a broken file, several candidates and none chosen)
+    raises SearchError, CandidateError or CaseError before anything is judged. Ctrl-C ends the
+    search early: the result says so and nothing is saved.
+    """
+    _check(options)
+    if options.device != "auto":
+        check_device(options.device)
+    corpus = options.save_to or default_corpus_dir()
+    if executor is None:
+        executor = make_executor(options.isolated, options.rowwise, options.timeout, options.memory_limit,
+                                 None if options.device == "auto" else options.device)
+    try:
+        candidates, failures = _load_all(executor, [target])
+        if failures:
+            f = failures[0]
+            raise SearchError(f"{target}: {f.reason}")
+        candidate = _pick_candidate(candidates, options, target)
+        judge = Judge(executor, candidate, options)
+        result = _explore(target, candidate, options, judge, corpus, progress)
+        if result.worst is not None and result.worst.failed and result.complete:
+            _shrink_and_save(result, judge, corpus, progress)
+    finally:
+        executor.close()
+    result.environment = environment(options.seed, options.device)
+    return result
+
+
+def _explore(target: str, candidate: CandidateInfo, options: SearchOptions, judge: Judge, corpus: Path,
+             progress: ProgressFn | None) -> SearchResult:
+    rng = np.random.default_rng(np.random.SeedSequence([options.seed, 9]))
+    fmt, loss = options.format, options.op == "cross_entropy"
+    library = library_trials(options, corpus)
+    population: list[Evaluation] = []
+    worst: Evaluation | None = None
+    stale = 0
+    starts = {"library": 0, "random": 0}
+    started = time.monotonic()
+    deadline = started + options.budget
+    complete = True
+
+    def consider(ev: Evaluation | None) -> None:
+        nonlocal worst, stale
+        if ev is None:
+            return
+        better = worst is None or ev.score > worst.score * (IMPROVEMENT if worst.failed else 1.0) \
+            or (ev.score == worst.score == math.inf and ev.trial.x.size < worst.trial.x.size)
+        if worst is None or ev.score > worst.score:
+            worst = ev
+        stale = 0 if better else stale + 1
+        population.append(ev)
+        population.sort(key=lambda e: -e.score)
+        del population[POPULATION:]
+
+    try:
+        while time.monotonic() < deadline:
+            if worst is not None and (worst.hard or (worst.failed and stale >= PATIENCE)):
+                break
+            roll = rng.random()
+            if library and (roll < LIBRARY_SHARE or not population):
+                case, _ = library.pop(0)
+                t = trial_of_case(case, fmt, options.seed, options.op)
+                if t is not None:
+                    starts["library"] += 1
+                    consider(judge(t, persistent=True))
+            elif roll < LIBRARY_SHARE + RANDOM_SHARE or not population:
+                starts["random"] += 1
+                consider(judge(random_trial(rng, fmt, options.max_elements, loss)))
+            else:
+                parent = population[min(int(rng.exponential(2.0)), len(population) - 1)]
+                child = mutate(rng, parent.trial, fmt, max(options.max_elements, parent.trial.x.size), loss)
+                if child is not None:
+                    consider(judge(child))
+            if progress:
+                progress("explore", time.monotonic() - started, options.budget, _best_words(worst, judge.count))
+    except KeyboardInterrupt:
+        complete = False
+    return SearchResult(target=target, candidate=candidate.name, options=options, evaluations=judge.count,
+                        explore_seconds=time.monotonic() - started, library_starts=starts["library"],
+                        random_starts=starts["random"], worst=worst, complete=complete)
+
+
+def _best_words(worst: Evaluation | None, count: int) -> str:
+    if worst is None:
+        return f"{count} inputs judged"
+    what = describe_class(worst.classes[0]) if worst.hard else f"worst ratio {worst.score:.3g}"
+    return f"{count} inputs · {what}"
+
+
+def _shrink_and_save(result: SearchResult, judge: Judge, corpus: Path, progress: ProgressFn | None) -> None:
+    """Shrink the worst input keeping its first failure class, save it, judge the saved file, and
+    write the reproducer."""
+    assert result.worst is not None
+    o = result.options
+    primary = result.worst.classes[0]
+    result.failure = primary
+
+    def still_fails(t: Trial) -> bool:
+        classes, _ = judge.verdict(t)
+        if progress:
+            progress("shrink", time.monotonic() - shrink_started, o.budget, f"{t.shape[0]}x{t.shape[1]}")
+        return primary in classes
+
+    shrink_started = time.monotonic()
+    try:
+        small, stats = shrink(result.worst.trial, still_fails, o.format, o.budget)
+    except KeyboardInterrupt:
+        result.complete = False
+        return
+    result.shrink_stats = stats
+    description = f"found by softaudit search: {o.op}{' backward' if o.direction == 'backward' else ''} " \
+                  f"in {o.format.name} gives {describe_class(primary)}"
+    table = case_table(small, o.op, o.direction, o.format, "x", description,
+                       seen_in=f"softaudit search {result.target} (seed {o.seed})")
+    table["name"] = case_name(table, o.op, o.direction, o.format)
+    comment = (f"Found by softaudit search {result.target} --op {o.op} --direction {o.direction} "
+               f"--dtype {o.format.name} --seed {o.seed}\nfrom {result.worst.trial.origin}; shrunk from "
+               f"{result.worst.trial.shape[0]}x{result.worst.trial.shape[1]} to {small.shape[0]}x{small.shape[1]}.")
+    path, new = save_case(table, corpus, comment)
+    saved = load_cases([path], include_default=False)[0]
+    ev = judge.judge_case(saved, small, persistent=True)
+    if ev is None or primary not in ev.classes:
+        raise SearchError(f"{path}: the saved case does not reproduce the failure ({primary}); "
+                          "please report this as a softaudit bug")
+    result.minimal, result.case_path, result.case_name, result.case_new = ev, path, saved.name, new
+    result.reproducer = _reproducer(result, ev.record, corpus)
+
+
+def _reproducer(result: SearchResult, record: Record, corpus: Path) -> str:
+    """The ``softaudit repro`` script of the saved case's record."""
+    from softaudit.repro import repro_script
+    from softaudit.results import document_of
+    from softaudit.runner import AuditOptions, AuditResult
+
+    o = result.options
+    options = AuditOptions(ops=[o.op], directions=[o.direction], formats=[o.format], cases_dirs=[corpus],
+                           seed=0, gate=o.gate, rowwise=o.rowwise, device=o.device)
+    audit = AuditResult(records=[record], candidates=[], options=options, environment=environment(0, o.device),
+                        seconds=0.0, cache_hits=0, cache_misses=0)
+    return repro_script(document_of(audit), record.id)
+
+
+__all__ = ["SearchError", "SearchOptions", "SearchResult", "Evaluation", "search", "failure_classes",
+           "describe_class", "CandidateError"]
