@@ -139,7 +139,7 @@ def run(
     from softaudit.reports.files import write_text
     from softaudit.reports.json_report import results_json
     from softaudit.reports.terminal import render
-    from softaudit.runner import AuditOptions, DeviceError, check_device, run_audit
+    from softaudit.runner import AuditOptions, run_audit
 
     with _bad_input(debug):
         cfg = _gate_config(config, no_config)
@@ -147,15 +147,6 @@ def run(
         if not targets:
             raise UsageProblem("no TARGET given, and no [tool.softaudit] targets found from the current directory "
                                "upward (softaudit run impl.py, or see docs/ci-gate.md)")
-        undefined = _pick(undefined, cfg and cfg.undefined, DEFAULT_UNDEFINED_POLICY)
-        if undefined not in UNDEFINED_POLICIES:
-            raise UsageProblem(f"unknown --undefined policy {undefined!r} (known: {', '.join(UNDEFINED_POLICIES)})")
-        limit = _pick(limit, cfg and cfg.ratio, DEFAULT_RATIO_LIMIT)
-        if not (limit > 1.0 and math.isfinite(limit)):
-            raise UsageProblem(f"--limit must be a finite number greater than 1 (the envelope itself), got {limit}")
-        max_ulp = _pick(max_ulp, cfg and cfg.max_ulp, None)
-        if max_ulp is not None and not (max_ulp >= 0 and math.isfinite(max_ulp)):
-            raise UsageProblem(f"--max-ulp must be a finite number of ulps, 0 or more, got {max_ulp}")
         seed = _pick(seed, cfg and cfg.seed, 0)
         if seed < 0:
             raise UsageProblem(f"--seed must be 0 or more, got {seed}")
@@ -168,32 +159,23 @@ def run(
             raise UsageProblem(f"--relative-slack must be a finite number, 0 or more, got {relative_slack}")
         if findings < 0:
             raise UsageProblem("--findings must be 0 or more")
-        if not 0 < timeout <= MAX_TIMEOUT:
-            raise UsageProblem(f"--timeout must be between 0 and {MAX_TIMEOUT:g} seconds, got {timeout:g}")
+        memory_bytes = _worker_limits(timeout, memory_limit)
         jobs = _pick(jobs, cfg and cfg.jobs, None)
         if jobs is not None and not 1 <= jobs <= 1024:
             raise UsageProblem(f"--jobs must be between 1 and 1024, got {jobs}")
-        if memory_limit is not None and not 0 < memory_limit <= 2**20:
-            raise UsageProblem(f"--memory-limit must be a positive number of GiB (at most 2^20), got {memory_limit:g}")
         bench = bool(_pick(bench, cfg and cfg.bench, False))
         shapes = [_parse_shape(text) for text in shape] or (cfg.shapes if cfg else [])
         if shape and not bench:
             raise UsageProblem("--shape sets the shapes --bench times at: add --bench (or bench = true in "
                                "[tool.softaudit])")
-        device = _pick(device, cfg and cfg.device, "auto")
-        try:
-            check_device(device)
-        except DeviceError as exc:
-            raise UsageProblem(f"--device: {exc}") from None
+        device = _device(device, cfg)
         outputs = _check_outputs({"--json": json_path, "--html": html_path, "--md": md_path, "--junit": junit_path})
         if md_full and md_path is None:
             raise UsageProblem("--md-full needs --md PATH")
         cases_dirs = list(cases_dir) or (cfg.cases_dirs if cfg else [])
         _check_cases_dirs(cases_dirs)
         corpus_dir = _corpus(corpus, no_corpus, cfg)
-        limits = tuple(cfg.limits.items()) if cfg else ()
-        gate = Gate(ratio_limit=limit, undefined_policy=undefined, max_ulp=max_ulp,
-                    strict=bool(_pick(strict, cfg and cfg.strict, False)), limits=limits)
+        gate = _gate(cfg, limit, max_ulp, undefined, strict=bool(_pick(strict, cfg and cfg.strict, False)))
         options = AuditOptions(
             ops=_check_ops(list(op) or (cfg.ops if cfg else [])),
             directions=_check_directions(list(direction) or (cfg.directions if cfg else [])),
@@ -201,7 +183,7 @@ def run(
             case_patterns=list(case) or (cfg.cases if cfg else []), cases_dirs=cases_dirs, corpus_dir=corpus_dir,
             seed=seed, gate=gate,
             cache_dir=cache_dir, use_cache=not no_cache, rowwise=rowwise, isolated=not no_isolation,
-            timeout=timeout, memory_limit=int(memory_limit * 2**30) if memory_limit is not None else None,
+            timeout=timeout, memory_limit=memory_bytes,
             relative_to=relative_to, relative_factor=relative_factor, relative_slack=relative_slack, jobs=jobs,
             bench=bench, shapes=shapes, device=device,
         )
@@ -247,6 +229,43 @@ def run(
                                    f"{len(result.records)} records kept" + (f" in {json_path}" if json_path else ""))
         raise typer.Exit(128 + signum)
     raise typer.Exit(result.exit_code)
+
+
+def _gate(cfg, limit: Optional[float], max_ulp: Optional[float], undefined: Optional[str],  # type: ignore[no-untyped-def]
+          strict: bool) -> Gate:
+    """The verdict rules: the command line's --limit, --max-ulp and --undefined, else
+    [tool.softaudit]'s, else the defaults; checked."""
+    undefined = _pick(undefined, cfg and cfg.undefined, DEFAULT_UNDEFINED_POLICY)
+    if undefined not in UNDEFINED_POLICIES:
+        raise UsageProblem(f"unknown --undefined policy {undefined!r} (known: {', '.join(UNDEFINED_POLICIES)})")
+    limit = _pick(limit, cfg and cfg.ratio, DEFAULT_RATIO_LIMIT)
+    if not (limit > 1.0 and math.isfinite(limit)):
+        raise UsageProblem(f"--limit must be a finite number greater than 1 (the envelope itself), got {limit}")
+    max_ulp = _pick(max_ulp, cfg and cfg.max_ulp, None)
+    if max_ulp is not None and not (max_ulp >= 0 and math.isfinite(max_ulp)):
+        raise UsageProblem(f"--max-ulp must be a finite number of ulps, 0 or more, got {max_ulp}")
+    return Gate(ratio_limit=limit, undefined_policy=undefined, max_ulp=max_ulp, strict=strict,
+                limits=tuple(cfg.limits.items()) if cfg else ())
+
+
+def _worker_limits(timeout: float, memory_limit: Optional[float]) -> Optional[int]:
+    """--timeout and --memory-limit checked; the memory limit in bytes (None: the default)."""
+    if not 0 < timeout <= MAX_TIMEOUT:
+        raise UsageProblem(f"--timeout must be between 0 and {MAX_TIMEOUT:g} seconds, got {timeout:g}")
+    if memory_limit is not None and not 0 < memory_limit <= 2**20:
+        raise UsageProblem(f"--memory-limit must be a positive number of GiB (at most 2^20), got {memory_limit:g}")
+    return int(memory_limit * 2**30) if memory_limit is not None else None
+
+
+def _device(device: Optional[str], cfg) -> str:  # type: ignore[no-untyped-def]
+    """--device, else [tool.softaudit]'s, else auto; usable here (runner.check_device)."""
+    from softaudit.runner import DeviceError, check_device
+
+    device = _pick(device, cfg and cfg.device, "auto")
+    try:
+        return check_device(device)
+    except DeviceError as exc:
+        raise UsageProblem(f"--device: {exc}") from None
 
 
 def _corpus(path: Optional[Path], off: bool, cfg) -> Optional[Path]:  # type: ignore[no-untyped-def]
@@ -426,7 +445,6 @@ def search_command(
     """
     from softaudit.reports.files import write_text
     from softaudit.reports.search_report import render_search, search_json
-    from softaudit.runner import DeviceError, check_device
     from softaudit.search import SearchOptions, search
 
     with _bad_input(debug):
@@ -439,24 +457,9 @@ def search_command(
             raise UsageProblem(f"--budget must be a positive number of seconds, got {budget:g}")
         if seed < 0:
             raise UsageProblem(f"--seed must be 0 or more, got {seed}")
-        undefined = _pick(undefined, cfg and cfg.undefined, DEFAULT_UNDEFINED_POLICY)
-        if undefined not in UNDEFINED_POLICIES:
-            raise UsageProblem(f"unknown --undefined policy {undefined!r} (known: {', '.join(UNDEFINED_POLICIES)})")
-        limit = _pick(limit, cfg and cfg.ratio, DEFAULT_RATIO_LIMIT)
-        if not (limit > 1.0 and math.isfinite(limit)):
-            raise UsageProblem(f"--limit must be a finite number greater than 1 (the envelope itself), got {limit}")
-        max_ulp = _pick(max_ulp, cfg and cfg.max_ulp, None)
-        if max_ulp is not None and not (max_ulp >= 0 and math.isfinite(max_ulp)):
-            raise UsageProblem(f"--max-ulp must be a finite number of ulps, 0 or more, got {max_ulp}")
-        if not 0 < timeout <= MAX_TIMEOUT:
-            raise UsageProblem(f"--timeout must be between 0 and {MAX_TIMEOUT:g} seconds, got {timeout:g}")
-        if memory_limit is not None and not 0 < memory_limit <= 2**20:
-            raise UsageProblem(f"--memory-limit must be a positive number of GiB (at most 2^20), got {memory_limit:g}")
-        device = _pick(device, cfg and cfg.device, "auto")
-        try:
-            check_device(device)
-        except DeviceError as exc:
-            raise UsageProblem(f"--device: {exc}") from None
+        gate = _gate(cfg, limit, max_ulp, undefined, strict=False)
+        memory_bytes = _worker_limits(timeout, memory_limit)
+        device = _device(device, cfg)
         _check_cases_dirs(list(cases_dir))
         if save_to is not None and save_to.exists() and not save_to.is_dir():
             raise UsageProblem(f"--save-to: {str(save_to)!r} is not a directory")
@@ -464,13 +467,11 @@ def search_command(
         if repro_path is not None and repro_path.exists():
             raise UsageProblem(f"--repro: {str(repro_path)!r} exists (softaudit never overwrites it; choose another path)")
         corpus_dir = save_to or _corpus(None, False, cfg)
-        gate = Gate(ratio_limit=limit, undefined_policy=undefined, max_ulp=max_ulp,
-                    limits=tuple(cfg.limits.items()) if cfg else ())
         options = SearchOptions(
             op=op, direction=direction, format=fmt, budget=budget, seed=seed, gate=gate, candidate=candidate_name,
             save_to=corpus_dir, cases_dirs=list(cases_dir), cache_dir=cache_dir, use_cache=not no_cache,
             isolated=not no_isolation, timeout=timeout,
-            memory_limit=int(memory_limit * 2**30) if memory_limit is not None else None, rowwise=rowwise,
+            memory_limit=memory_bytes, rowwise=rowwise,
             device=device,
         )
         console = Console(stderr=True)
