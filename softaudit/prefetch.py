@@ -10,7 +10,7 @@ withdraws and computes itself. So with N jobs, N processes compute references an
 main loop calls candidates and judges in between: on a cold cache the references are
 most of an audit's time.
 
-Workers compute exactly what the main loop would (the same runner._Unit methods, the
+Workers compute exactly what the main loop would (the same runner.AuditUnit methods, the
 same cache keys), store it in the disk cache when there is one, and hand it back; the
 main loop finds it in ReferenceCache.memory. With one job nothing is submitted and the
 main loop computes as before.
@@ -87,13 +87,13 @@ class _RecordingCache(ReferenceCache):
 def unit_references(needs: UnitNeeds, cache_dir: str | None) -> list[tuple[str, object]]:
     """Compute (and store) every reference of one unit, as the main loop would ask for them."""
     from softaudit.inputs import generate, upstream
-    from softaudit.runner import _Unit
+    from softaudit.runner import AuditUnit
 
     fmt = get_format(needs.fmt_name)
     case = _library(needs.cases_dirs)[needs.case_name]
     cache = _RecordingCache(Path(cache_dir) if cache_dir else None)
     x = generate(case, fmt, seed=needs.seed)
-    unit = _Unit(case, fmt, x, cache.get_or_compute(x, fmt), cache, needs.seed)
+    unit = AuditUnit(case, fmt, x, cache.get_or_compute(x, fmt), cache, needs.seed)
     rows, n = x.shape
     if needs.loss_forward:
         unit.loss_reference()

@@ -306,7 +306,7 @@ def run_audit(targets: Sequence[str], options: AuditOptions | None = None,
     if options.relative_to is not None and options.relative_to not in targets:
         targets = [*targets, options.relative_to]
     try:
-        candidates, failures = _load_all(executor, targets)
+        candidates, failures = load_targets(executor, targets)
         if options.relative_to is not None:
             baseline = _baseline(candidates, failures, options.relative_to)
         records.extend(_load_failure_record(f) for f in failures)
@@ -340,10 +340,10 @@ def run_audit(targets: Sequence[str], options: AuditOptions | None = None,
             prefetcher.wait(fmt, case)
             refs = cache.get_or_compute(x, fmt)
             uncertified += refs.uncertified
-            unit = _Unit(case, fmt, x, refs, cache, options.seed)
+            unit = AuditUnit(case, fmt, x, refs, cache, options.seed)
             for c, op in jobs:
                 for direction in directions:
-                    records.append(_audit(executor, c, op, direction, unit, options.gate.for_record(op, fmt.name)))
+                    records.append(audit_record(executor, c, op, direction, unit, options.gate.for_record(op, fmt.name)))
             uncertified += unit.uncertified
         if progress:
             progress(len(units), len(units), "done")
@@ -440,7 +440,7 @@ def _baseline(candidates: list[CandidateInfo], failures: list[LoadFailure], targ
     return names[0]
 
 
-def _load_all(executor: Executor, targets: Sequence[str]) -> tuple[list[CandidateInfo], list[LoadFailure]]:
+def load_targets(executor: Executor, targets: Sequence[str]) -> tuple[list[CandidateInfo], list[LoadFailure]]:
     """Load every target; files of a directory that define no op are skipped, not errors."""
     candidates: list[CandidateInfo] = []
     failures: list[LoadFailure] = []
@@ -487,7 +487,7 @@ def _skip(c: CandidateInfo, op: str, direction: str, fmt: Format, case: Case, re
 
 
 @dataclass
-class _Unit:
+class AuditUnit:
     """One (format, case): its input, references computed so far, and what the candidates' forward
     calls taught (the reduction each cross_entropy applies when it takes no reduction keyword)."""
 
@@ -571,7 +571,7 @@ def _loss_ops(x: np.ndarray, loss: LossInputs, fmt: Format) -> tuple[dict[str, O
     return {"none": ref.none, "mean": ref.mean, "sum": ref.sum}, ref.uncertified
 
 
-def _record(c: CandidateInfo, op: str, direction: str, unit: _Unit) -> Record:
+def _record(c: CandidateInfo, op: str, direction: str, unit: AuditUnit) -> Record:
     params = unit.loss().parameters() if op == "cross_entropy" else {}
     return Record(candidate=c.name, target=c.target, op=op, dtype=unit.fmt.name, case=unit.case.name,
                   family=unit.case.family, verdict=PASS, direction=direction,
@@ -607,7 +607,7 @@ def input_excerpt(x: np.ndarray, row: int, col: int | None) -> dict:
     return {"row": int(row), "n": int(n), "values": [[c, float(xr[c])] for c in sorted(cols)]}
 
 
-def _skip_reason(c: CandidateInfo, op: str, direction: str, unit: _Unit) -> str | None:
+def _skip_reason(c: CandidateInfo, op: str, direction: str, unit: AuditUnit) -> str | None:
     """Why this candidate cannot be audited on this case in this direction, or None."""
     if direction == "backward" and op not in c.backward:
         return c.backward_missing.get(op, f"no backward pass for {op}")
@@ -629,7 +629,7 @@ def _skip_reason(c: CandidateInfo, op: str, direction: str, unit: _Unit) -> str 
     return None
 
 
-def _audit(executor: Executor, c: CandidateInfo, op: str, direction: str, unit: _Unit, gate: Gate) -> Record:
+def audit_record(executor: Executor, c: CandidateInfo, op: str, direction: str, unit: AuditUnit, gate: Gate) -> Record:
     """One record: the call, the reference it is judged against, the verdict."""
     try:
         rec = _record(c, op, direction, unit)
@@ -683,7 +683,7 @@ def _loss_function(c: CandidateInfo, direction: str) -> str:
     return "cross_entropy_backward"
 
 
-def _effective_reduction(c: CandidateInfo, unit: _Unit, loss: LossInputs) -> str:
+def _effective_reduction(c: CandidateInfo, unit: AuditUnit, loss: LossInputs) -> str:
     """The reduction a cross_entropy applies: the case's when it takes the keyword, else what its
     forward output showed (a scalar is the mean, DESIGN §7)."""
     if "reduction" in c.keywords.get(_loss_function(c, "backward"), ()):
@@ -691,7 +691,7 @@ def _effective_reduction(c: CandidateInfo, unit: _Unit, loss: LossInputs) -> str
     return unit.reductions.get(c.name, "none")
 
 
-def _judge_output(rec: Record, op: str, direction: str, unit: _Unit, loss: LossInputs | None,
+def _judge_output(rec: Record, op: str, direction: str, unit: AuditUnit, loss: LossInputs | None,
                   dy: np.ndarray | None, out: np.ndarray, c: CandidateInfo, gate: Gate) -> None:
     # Envelopes on rows with infinities are infinite or NaN by design (those elements are
     # judged by class, not by ulps): no warnings for them.
@@ -699,7 +699,7 @@ def _judge_output(rec: Record, op: str, direction: str, unit: _Unit, loss: LossI
         _judge_output_quietly(rec, op, direction, unit, loss, dy, out, c, gate)
 
 
-def _judge_output_quietly(rec: Record, op: str, direction: str, unit: _Unit, loss: LossInputs | None,
+def _judge_output_quietly(rec: Record, op: str, direction: str, unit: AuditUnit, loss: LossInputs | None,
                           dy: np.ndarray | None, out: np.ndarray, c: CandidateInfo, gate: Gate) -> None:
     x, fmt, refs = unit.x, unit.fmt, unit.refs
     x64 = x.astype(np.float64)

@@ -26,8 +26,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from softaudit.candidates import CandidateError
-from softaudit.cases import Case, case_from_table, load_cases
+from softaudit.cases import Case, CaseError, case_from_table, load_cases
 from softaudit.corpus import FAMILY, content_digest, default_corpus_dir, save_case
 from softaudit.formats import FORMATS, Format
 from softaudit.inputs import NotApplicable, generate, loss_inputs
@@ -36,7 +35,7 @@ from softaudit.mutations import Trial, mutate, random_trial
 from softaudit.ops import DIRECTIONS, OPS
 from softaudit.records import Record
 from softaudit.reference import ReferenceCache, default_cache_dir
-from softaudit.runner import _audit, _load_all, _Unit, check_device, environment
+from softaudit.runner import AuditUnit, audit_record, check_device, environment, load_targets
 from softaudit.shrink import ShrinkStats, shrink
 from softaudit.verdicts import FAIL, SKIP, UNDEFINED_POLICIES, Gate
 
@@ -297,7 +296,7 @@ class Judge:
         o = self.options
         try:
             return case_from_table(case_table(t, o.op, o.direction, o.format, name, "an input the search judged"))
-        except Exception:  # noqa: BLE001  (a move produced loss inputs no case may hold)
+        except CaseError:  # a move produced loss inputs no case may hold: not an input to judge
             return None
 
     def judge_case(self, case: Case, t: Trial, persistent: bool) -> Evaluation | None:
@@ -307,8 +306,8 @@ class Judge:
         except NotApplicable:
             return None
         refs = (self.disk if persistent else self.memory).get_or_compute(x, o.format)
-        unit = _Unit(case, o.format, x, refs, self.disk if persistent else self.memory, 0)
-        rec = _audit(self.executor, self.candidate, o.op, o.direction, unit, self.gate)
+        unit = AuditUnit(case, o.format, x, refs, self.disk if persistent else self.memory, 0)
+        rec = audit_record(self.executor, self.candidate, o.op, o.direction, unit, self.gate)
         self.count += 1
         classes = failure_classes(rec, self.gate)
         score = _score(rec, classes)
@@ -319,13 +318,12 @@ class Judge:
     def __call__(self, t: Trial, persistent: bool = False) -> Evaluation | None:
         """The evaluation of ``t``; None when it cannot be judged (the candidate skips it) or was
         judged before (a move that led back to a known input teaches nothing new)."""
-        if self.key(t) in self.seen:
+        key = self.key(t)
+        if key in self.seen:
             return None
         case = self.case(t)
-        if case is None:
-            return None
-        ev = self.judge_case(case, t, persistent)
-        self.seen[self.key(t)] = (ev.classes, ev.score) if ev is not None else ((), -math.inf)
+        ev = self.judge_case(case, t, persistent) if case is not None else None
+        self.seen[key] = (ev.classes, ev.score) if ev is not None else ((), -math.inf)
         return ev
 
     def verdict(self, t: Trial) -> tuple[tuple[str, ...], float]:
@@ -395,7 +393,7 @@ def search(target: str, options: SearchOptions, progress: ProgressFn | None = No
         executor = make_executor(options.isolated, options.rowwise, options.timeout, options.memory_limit,
                                  None if options.device == "auto" else options.device)
     try:
-        candidates, failures = _load_all(executor, [target])
+        candidates, failures = load_targets(executor, [target])
         if failures:
             f = failures[0]
             raise SearchError(f"{target}: {f.reason}")
@@ -525,4 +523,4 @@ def _reproducer(result: SearchResult, record: Record, corpus: Path) -> str:
 
 
 __all__ = ["SearchError", "SearchOptions", "SearchResult", "Evaluation", "search", "failure_classes",
-           "describe_class", "CandidateError"]
+           "describe_class"]
