@@ -423,7 +423,7 @@ def search_command(
     save_to: Optional[Path] = typer.Option(None, "--save-to", help="Corpus directory the shrunk failing input is saved into, as a case file that softaudit run picks up. [default: .softaudit/corpus at the project's root]", show_default=False),
     cases_dir: list[Path] = typer.Option([], "--cases-dir", help="Extra directory of case files to start from, besides the shipped library and the corpus (repeatable)."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the result (minimal input, error, ratio, failure class, saved case) to this JSON file (docs/search.md)."),
-    repro_path: Optional[Path] = typer.Option(None, "--repro", help="Write the reproducer script here instead of printing it (an existing file is left alone).", show_default=False),
+    repro_path: Optional[Path] = typer.Option(None, "--repro", help="Write the reproducer script here instead of printing it (an existing file is an error: never overwritten).", show_default=False),
     limit: Optional[float] = typer.Option(None, "--limit", help=f"Stability-ratio limit: an input fails above it. [default: {DEFAULT_RATIO_LIMIT:g}]", show_default=False),
     max_ulp: Optional[float] = typer.Option(None, "--max-ulp", help="Also fail inputs whose max error exceeds this many ulps. [default: no such limit]", show_default=False),
     undefined: Optional[str] = typer.Option(None, "--undefined", help=f"Accepted output on undefined rows: nan-or-zero, nan, zero, any. [default: {DEFAULT_UNDEFINED_POLICY}]", show_default=False),
