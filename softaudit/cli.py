@@ -419,6 +419,7 @@ def search_command(
     direction: str = typer.Option("forward", "--direction", help="forward (the op) or backward (its gradient)."),
     budget: float = typer.Option(60.0, "--budget", help="Seconds to explore; shrinking a failure then takes at most as long again (usually seconds)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the search's random choices: the same seed explores the same inputs in the same order."),
+    patience: int = typer.Option(300, "--patience", help="Once an input fails on its ratio, stop exploring after this many inputs in a row that did not make the worst 10% worse (a NaN, inf or crash stops it at once)."),
     candidate_name: Optional[str] = typer.Option(None, "--candidate", help="Which candidate, when TARGET defines several.", show_default=False),
     save_to: Optional[Path] = typer.Option(None, "--save-to", help="Corpus directory the shrunk failing input is saved into, as a case file that softaudit run picks up. [default: .softaudit/corpus at the project's root]", show_default=False),
     cases_dir: list[Path] = typer.Option([], "--cases-dir", help="Extra directory of case files to start from, besides the shipped library and the corpus (repeatable)."),
@@ -457,6 +458,8 @@ def search_command(
             raise UsageProblem(f"--budget must be a positive number of seconds, got {budget:g}")
         if seed < 0:
             raise UsageProblem(f"--seed must be 0 or more, got {seed}")
+        if patience < 1:
+            raise UsageProblem(f"--patience must be 1 or more inputs, got {patience}")
         gate = _gate(cfg, limit, max_ulp, undefined, strict=False)
         memory_bytes = _worker_limits(timeout, memory_limit)
         device = _device(device, cfg)
@@ -468,7 +471,8 @@ def search_command(
             raise UsageProblem(f"--repro: {str(repro_path)!r} exists (softaudit never overwrites it; choose another path)")
         corpus_dir = save_to or _corpus(None, False, cfg)
         options = SearchOptions(
-            op=op, direction=direction, format=fmt, budget=budget, seed=seed, gate=gate, candidate=candidate_name,
+            op=op, direction=direction, format=fmt, budget=budget, seed=seed, patience=patience, gate=gate,
+            candidate=candidate_name,
             save_to=corpus_dir, cases_dirs=list(cases_dir), cache_dir=cache_dir, use_cache=not no_cache,
             isolated=not no_isolation, timeout=timeout,
             memory_limit=memory_bytes, rowwise=rowwise,

@@ -100,6 +100,9 @@ class SearchOptions:
     rowwise: bool = False
     device: str = "auto"
     max_elements: int = MAX_ELEMENTS
+    patience: int = PATIENCE
+    """Once an input fails on its ratio, exploring stops after this many inputs in a row that did
+    not make the worst found worse by IMPROVEMENT (the budget still bounds it)."""
 
 
 @dataclass
@@ -293,18 +296,30 @@ class Judge:
         return h.hexdigest()
 
     def case(self, t: Trial, name: str = "search-input") -> Case | None:
+        """The case a trial's record is filed under, with its loss keywords checked as a case file's
+        are. Its values are left out (a constant stands in): the input itself is ``t.x``, and
+        reading thousands of values through the case reader for every mutant would cost more than
+        judging them. The saved case is read back whole and judged again (_shrink_and_save)."""
         o = self.options
+        table = case_table(t, o.op, o.direction, o.format, name, "an input the search judged")
+        del table["data"]
+        table.update(values="constant", rows=t.shape[0], n=t.shape[1])
         try:
-            return case_from_table(case_table(t, o.op, o.direction, o.format, name, "an input the search judged"))
+            return case_from_table(table)
         except CaseError:  # a move produced loss inputs no case may hold: not an input to judge
             return None
 
-    def judge_case(self, case: Case, t: Trial, persistent: bool) -> Evaluation | None:
+    def judge_case(self, case: Case, t: Trial, persistent: bool, from_case: bool = False) -> Evaluation | None:
+        """Judge ``t`` (filed as ``case``); ``from_case``: generate the input from the case instead,
+        as a later run will (the saved case)."""
         o = self.options
-        try:
-            x = generate(case, o.format, seed=0)
-        except NotApplicable:
-            return None
+        if from_case:
+            try:
+                x = generate(case, o.format, seed=0)
+            except NotApplicable:
+                return None
+        else:
+            x = np.ascontiguousarray(t.x.astype(o.format.np_dtype))
         refs = (self.disk if persistent else self.memory).get_or_compute(x, o.format)
         unit = AuditUnit(case, o.format, x, refs, self.disk if persistent else self.memory, 0)
         rec = audit_record(self.executor, self.candidate, o.op, o.direction, unit, self.gate)
@@ -345,6 +360,8 @@ def _check(options: SearchOptions) -> None:
         raise SearchError(f"unknown direction {options.direction!r} (known: {', '.join(DIRECTIONS)})")
     if not (options.budget > 0 and math.isfinite(options.budget)):
         raise SearchError(f"the budget must be a positive number of seconds, got {options.budget}")
+    if options.patience < 1:
+        raise SearchError(f"the patience must be 1 or more inputs, got {options.patience}")
 
 
 def _pick_candidate(candidates: list[CandidateInfo], options: SearchOptions, target: str) -> CandidateInfo:
@@ -436,7 +453,7 @@ def _explore(target: str, candidate: CandidateInfo, options: SearchOptions, judg
 
     try:
         while time.monotonic() < deadline:
-            if worst is not None and (worst.hard or (worst.failed and stale >= PATIENCE)):
+            if worst is not None and (worst.hard or (worst.failed and stale >= options.patience)):
                 break
             roll = rng.random()
             if library and (roll < LIBRARY_SHARE or not population):
@@ -500,8 +517,9 @@ def _shrink_and_save(result: SearchResult, judge: Judge, corpus: Path, progress:
                f"{result.worst.trial.shape[0]}x{result.worst.trial.shape[1]} to {small.shape[0]}x{small.shape[1]}.")
     path, new = save_case(table, corpus, comment)
     saved = load_cases([path], include_default=False)[0]
-    ev = judge.judge_case(saved, small, persistent=True)
-    if ev is None or primary not in ev.classes:
+    ev = judge.judge_case(saved, small, persistent=True, from_case=True)
+    regenerated = generate(saved, o.format, seed=0).astype(np.float64)
+    if ev is None or primary not in ev.classes or not np.array_equal(regenerated, small.x, equal_nan=True):
         raise SearchError(f"{path}: the saved case does not reproduce the failure ({primary}); "
                           "please report this as a softaudit bug")
     result.minimal, result.case_path, result.case_name, result.case_new = ev, path, saved.name, new

@@ -66,10 +66,18 @@ def complexity(v: float) -> tuple[int, int, int, int]:
 
 
 def input_complexity(t: Trial) -> tuple:
-    """Shape first (elements, then rows), then the sum of value complexities: a strict order."""
+    """Shape first (elements, then rows), then the sums of the values' complexity terms (as
+    :func:`complexity`, vectorised): a strict order."""
     rows, n = t.shape
-    values = [complexity(float(v)) for v in t.x.ravel()]
-    return (rows * n, rows, sum(c[1] for c in values), sum(c[2] for c in values), sum(c[3] for c in values))
+    x = t.x.ravel()
+    plain = np.isfinite(x) & (x != 0)
+    mantissa, exponent = np.frexp(np.where(plain, np.abs(x), 1.0))
+    digits = (mantissa * 2.0**53).astype(np.int64)  # the 53-bit significand, exactly
+    lowest = digits & -digits
+    bits = np.where(plain, 54 - np.log2(lowest.astype(np.float64)).astype(np.int64) - 1, 0)
+    magnitude = np.where(plain, np.abs(exponent - 1), 0)
+    negative = plain & (x < 0)
+    return (rows * n, rows, int(bits.sum()), int(magnitude.sum()), int(negative.sum()))
 
 
 def simpler_values(v: float, fmt: Format) -> list[float]:
@@ -105,6 +113,14 @@ def round_to_bits(v: float, bits: int) -> float:
         return v
     e = math.frexp(v)[1]
     return math.ldexp(round(math.ldexp(v, bits - e)), e - bits)
+
+
+def rounded_to_bits(x: np.ndarray, bits: int) -> np.ndarray:
+    """Every finite value of ``x`` rounded to ``bits`` significant bits (nearest, ties to even);
+    round_to_bits over an array."""
+    finite = np.isfinite(x)
+    mantissa, exponent = np.frexp(np.where(finite, x, 0.0))
+    return np.where(finite, np.ldexp(np.round(np.ldexp(mantissa, bits)), exponent - bits), x)
 
 
 class Shrinker:
@@ -232,7 +248,7 @@ class Shrinker:
         if self.accept(t, variant):
             t = variant
         for bits in range(1, self.fmt.p):
-            rounded = np.vectorize(lambda v, b=bits: round_to_bits(float(v), b), otypes=[np.float64])(t.x)
+            rounded = rounded_to_bits(t.x, bits)
             variant = self._with(t, rounded, f"values rounded to {bits} bits")
             if np.array_equal(variant.x, t.x, equal_nan=True):
                 break

@@ -51,7 +51,7 @@ def options(tmp_path: Path, **kw) -> SearchOptions:
 
 
 def test_tail_tile_bug_is_found_and_shrunk_to_one_row_just_over_a_tile(tmp_path):
-    result = search(str(TILED), options(tmp_path))
+    result = search(str(TILED), options(tmp_path, patience=50))
     assert result.found and result.failure == "ratio"
     x = result.minimal.trial.x
     assert x.shape == (1, 1025)  # one full tile of 1024 and a remainder of one: the smallest trigger
@@ -155,7 +155,7 @@ def test_the_default_corpus_is_at_the_project_root(tmp_path, monkeypatch):
 def test_multiple_of_seven_is_found_shrunk_saved_reproduced_and_caught_by_the_next_run(tmp_path):
     """The planted bug no shipped case has (n % 7 == 0 and max > 50), end to end from the command line."""
     corpus = tmp_path / "found"
-    proc = run_cli(["search", SEVEN, "--op", "softmax", "--budget", "60", "--save-to", corpus,
+    proc = run_cli(["search", SEVEN, "--op", "softmax", "--budget", "60", "--patience", "50", "--save-to", corpus,
                     "--json", tmp_path / "s.json"], tmp_path)
     assert proc.returncode == 1, proc.stderr
     assert "Minimal failing input (float32, 1 x 7; every value exact):" in proc.stdout
@@ -190,6 +190,7 @@ def test_multiple_of_seven_is_found_shrunk_saved_reproduced_and_caught_by_the_ne
     (["builtin:naive", "--op", "softmin"], "unknown op 'softmin'"),
     ([str(SEVEN), "--op", "logsumexp"], "defines no logsumexp (it defines softmax)"),
     (["builtin:naive", "--op", "softmax", "--budget", "0"], "--budget must be a positive number"),
+    (["builtin:naive", "--op", "softmax", "--patience", "0"], "--patience must be 1 or more"),
     (["builtin:naive", "--op", "softmax", "--dtype", "float8"], "unknown format"),
     (["builtin:naive", "--op", "softmax", "--direction", "sideways"], "unknown --direction"),
     ([str(REPO / "tests" / "fixtures" / "two_named.py"), "--op", "softmax"], "choose one with --candidate NAME"),
