@@ -107,8 +107,9 @@ def render_search(result: SearchResult, console: Console, show_reproducer: bool 
             console.print(f"[bold red]FAIL[/]  {describe_class(worst.classes[0])} on a {_shape(worst)} input "
                           f"({worst.trial.origin})", highlight=False)
             return
-        console.print(f"[bold green]PASS[/]  no failing input found; the worst: stability ratio "
-                      f"{fmt_num(worst.score)} on a {_shape(worst)} input ({worst.trial.origin})", highlight=False)
+        head = "[bold green]PASS[/]  no failing input found" if result.complete else "No failing input found so far"
+        console.print(f"{head}; the worst: stability ratio {fmt_num(worst.score)} on a {_shape(worst)} input "
+                      f"({worst.trial.origin})", highlight=False)
         return
     minimal = result.minimal
     assert worst is not None and result.failure is not None
