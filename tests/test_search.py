@@ -182,8 +182,8 @@ def test_multiple_of_seven_is_found_shrunk_saved_reproduced_and_caught_by_the_ne
     # The next `softaudit run` catches it from the corpus; --no-corpus leaves it out.
     run = run_cli(["run", SEVEN, "--dtype", "float32", "--case", "found", "--corpus", corpus], tmp_path)
     assert run.returncode == 1 and doc["case_name"] in run.stdout
-    off = run_cli(["run", SEVEN, "--dtype", "float32", "--case", "found", "--no-corpus"], tmp_path)
-    assert off.returncode == 2 and "no case matches 'found'" in off.stderr
+    off = CliRunner().invoke(app, ["run", str(SEVEN), "--dtype", "float32", "--case", "found", "--no-corpus"])
+    assert off.exit_code == 2 and "no case matches 'found'" in off.output
 
 
 @pytest.mark.parametrize("args, message", [
