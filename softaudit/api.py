@@ -64,8 +64,8 @@ def audit(
     ``bench=True`` also times every op x direction x format at ``shapes`` ("ROWSxN" strings or
     (rows, n) pairs; default timing.DEFAULT_SHAPES) as ``softaudit run --bench`` does; the figures
     are in ``report.speed``. ``corpus`` adds a directory of cases ``softaudit search`` found
-    (docs/search.md) when it holds any, as ``softaudit run`` adds the project's. ``device`` ("auto", "cpu", "cuda", "cuda:N") places torch callables
-    that do not name a device with ``@candidate``: inputs are created there and outputs
+    (docs/search.md) when it holds any, as ``softaudit run`` adds the project's. ``device``
+    ("auto", "cpu", "cuda", "cuda:N") places torch callables that do not name a device with ``@candidate``: inputs are created there and outputs
     brought back for judging. Bad arguments raise ValueError or TypeError with a one-line message.
     """
     from softaudit.envelope import DEFAULT_RATIO_LIMIT

@@ -26,7 +26,7 @@ from softaudit.envelope import DEFAULT_RATIO_LIMIT, DEFAULT_RELATIVE_FACTOR, DEF
 from softaudit.formats import FORMATS, FormatError, get_format
 from softaudit.isolation import DEFAULT_TIMEOUT, MAX_TIMEOUT
 from softaudit.config import ConfigError
-from softaudit.corpus import corpus_cases_dir
+from softaudit.corpus import corpus_cases_dir, with_corpus_dir
 from softaudit.results import ResultsError
 from softaudit.runner import NothingToAudit
 from softaudit.search import SearchError
@@ -584,9 +584,7 @@ def list_cases(
     """List the case library: name, family, ops, formats, shape and the failure each provokes."""
     with _bad_input(debug):
         _check_cases_dirs(cases_dir)
-        found = corpus_cases_dir(_corpus(corpus, no_corpus, _gate_config(None, False)))
-        dirs = list(cases_dir) + ([found] if found is not None and found.resolve() not in
-                                  [d.resolve() for d in cases_dir] else [])
+        dirs = with_corpus_dir(cases_dir, _corpus(corpus, no_corpus, _gate_config(None, False)))
         cases = select_cases(load_cases(dirs), case)
     console = Console()
     console.print(f"[bold]{len(cases)} cases[/] (softaudit run --case NAME_OR_FAMILY selects them)")

@@ -12,7 +12,7 @@ import hashlib
 import math
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from softaudit.reports.files import write_text
 
@@ -48,6 +48,14 @@ def corpus_cases_dir(directory: Path | None) -> Path | None:
     if directory is None or not directory.is_dir() or not any(directory.glob("*.toml")):
         return None
     return directory
+
+
+def with_corpus_dir(dirs: Sequence[Path], corpus: Path | None) -> list[Path]:
+    """``dirs`` with the corpus appended when it holds case files and is not among them already."""
+    found = corpus_cases_dir(corpus)
+    if found is None or any(Path(d).resolve() == found.resolve() for d in dirs):
+        return list(dirs)
+    return [*dirs, found]
 
 
 def toml_value(v: Any) -> str:

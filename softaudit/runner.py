@@ -20,7 +20,7 @@ import numpy as np
 import softaudit
 from softaudit.candidates import CallRequest, CandidateError, NoOpsError
 from softaudit.cases import OPS, Case, load_cases, select_cases
-from softaudit.corpus import corpus_cases_dir
+from softaudit.corpus import with_corpus_dir
 from softaudit.envelope import (
     DEFAULT_RELATIVE_FACTOR,
     DEFAULT_RELATIVE_SLACK,
@@ -245,10 +245,8 @@ def _torch_version() -> str | None:
 def with_corpus(options: AuditOptions) -> AuditOptions:
     """``options`` with the corpus directory among its case directories when it holds cases (so the
     results, their rerun commands and --jobs' workers all see it)."""
-    corpus = corpus_cases_dir(options.corpus_dir)
-    if corpus is None or any(Path(d).resolve() == corpus.resolve() for d in options.cases_dirs):
-        return options
-    return dataclasses.replace(options, cases_dirs=[*options.cases_dirs, corpus])
+    dirs = with_corpus_dir(options.cases_dirs, options.corpus_dir)
+    return options if len(dirs) == len(options.cases_dirs) else dataclasses.replace(options, cases_dirs=dirs)
 
 
 def plan(options: AuditOptions) -> tuple[list[Case], list[Format]]:

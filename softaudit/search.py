@@ -27,7 +27,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from softaudit.cases import Case, CaseError, case_from_table, load_cases
-from softaudit.corpus import FAMILY, content_digest, default_corpus_dir, save_case
+from softaudit.corpus import FAMILY, content_digest, default_corpus_dir, save_case, with_corpus_dir
 from softaudit.formats import FORMATS, Format
 from softaudit.inputs import NotApplicable, generate, loss_inputs
 from softaudit.isolation import DEFAULT_TIMEOUT, CandidateInfo, Executor, make_executor
@@ -37,7 +37,7 @@ from softaudit.records import Record
 from softaudit.reference import ReferenceCache, default_cache_dir
 from softaudit.runner import AuditUnit, audit_record, check_device, environment, load_targets
 from softaudit.shrink import ShrinkStats, shrink
-from softaudit.verdicts import FAIL, SKIP, UNDEFINED_POLICIES, Gate
+from softaudit.verdicts import FAIL, SKIP, UNDEFINED_POLICIES, Gate, fmt_num
 
 DEFAULT_BUDGET = 60.0
 """Seconds of exploring by default: enough for a few hundred to a few thousand inputs on a CPU."""
@@ -122,6 +122,10 @@ class Evaluation:
     @property
     def hard(self) -> bool:
         return any(c not in SOFT_CLASSES for c in self.classes)
+
+    def words(self) -> str:
+        """How bad it is, in words: its hard failure, else its stability ratio."""
+        return describe_class(self.classes[0]) if self.hard else f"stability ratio {fmt_num(self.score)}"
 
 
 @dataclass
@@ -384,14 +388,11 @@ def _pick_candidate(candidates: list[CandidateInfo], options: SearchOptions, tar
     return c
 
 
-def library_trials(options: SearchOptions, corpus: Path | None) -> list[tuple[Case, int]]:
-    """The library's cases that apply (and the corpus's), smallest first: (case, elements)."""
-    dirs = [*options.cases_dirs]
-    if corpus is not None and corpus.is_dir() and any(corpus.glob("*.toml")):
-        dirs.append(corpus)
-    cases = load_cases(dirs)
-    out = [(c, c.elements) for c in cases if c.applies_to(options.op, options.format.name, options.direction)]
-    return sorted(out, key=lambda ce: (ce[1], ce[0].name))
+def library_trials(options: SearchOptions, corpus: Path | None) -> list[Case]:
+    """The library's cases that apply (and the corpus's), smallest first."""
+    cases = load_cases(with_corpus_dir(options.cases_dirs, corpus))
+    out = [c for c in cases if c.applies_to(options.op, options.format.name, options.direction)]
+    return sorted(out, key=lambda c: (c.elements, c.name))
 
 
 def search(target: str, options: SearchOptions, progress: ProgressFn | None = None,
@@ -457,7 +458,7 @@ def _explore(target: str, candidate: CandidateInfo, options: SearchOptions, judg
                 break
             roll = rng.random()
             if library and (roll < LIBRARY_SHARE or not population):
-                case, _ = library.pop(0)
+                case = library.pop(0)
                 t = trial_of_case(case, fmt, options.seed, options.op)
                 if t is not None:
                     starts["library"] += 1
@@ -482,8 +483,7 @@ def _explore(target: str, candidate: CandidateInfo, options: SearchOptions, judg
 def _best_words(worst: Evaluation | None, count: int) -> str:
     if worst is None:
         return f"{count} inputs judged"
-    what = describe_class(worst.classes[0]) if worst.hard else f"worst ratio {worst.score:.3g}"
-    return f"{count} inputs · {what}"
+    return f"{count} inputs · worst: {worst.words()}"
 
 
 def _shrink_and_save(result: SearchResult, judge: Judge, corpus: Path, progress: ProgressFn | None) -> None:

@@ -115,6 +115,12 @@ def round_to_bits(v: float, bits: int) -> float:
     return math.ldexp(round(math.ldexp(v, bits - e)), e - bits)
 
 
+def _without_columns(t: Trial, start: int, size: int, move: str) -> Trial | None:
+    """``t`` with columns start .. start + size - 1 deleted."""
+    n = t.shape[1]
+    return _keep_columns(t, np.concatenate([np.arange(0, start), np.arange(min(start + size, n), n)]), move)
+
+
 def rounded_to_bits(x: np.ndarray, bits: int) -> np.ndarray:
     """Every finite value of ``x`` rounded to ``bits`` significant bits (nearest, ties to even);
     round_to_bits over an array."""
@@ -210,9 +216,7 @@ class Shrinker:
         while size >= smallest and not self.out_of_time():
             start = 0
             while start < t.shape[1] and t.shape[1] > 1:
-                n_now = t.shape[1]
-                keep = np.concatenate([np.arange(0, start), np.arange(min(start + size, n_now), n_now)])
-                variant = _keep_columns(t, keep, f"columns {start}..{start + size - 1} deleted")
+                variant = _without_columns(t, start, size, f"columns {start}..{start + size - 1} deleted")
                 if self.accept(t, variant):
                     t = variant  # type: ignore[assignment]
                 else:
@@ -223,11 +227,9 @@ class Shrinker:
         if smallest > 1:  # blocks smaller than the pass's smallest: only at the ends and before the max
             for size in range(smallest - 1, 0, -1):
                 for where in ("start", "before the max", "end"):
-                    n_now = t.shape[1]
                     top = int(np.argmax(np.where(np.isnan(t.x), -np.inf, t.x).max(axis=0)))
-                    start = {"start": 0, "before the max": max(0, top - size), "end": max(0, n_now - size)}[where]
-                    keep = np.concatenate([np.arange(0, start), np.arange(min(start + size, n_now), n_now)])
-                    variant = _keep_columns(t, keep, f"{size} columns deleted at the {where}")
+                    start = {"start": 0, "before the max": max(0, top - size), "end": max(0, t.shape[1] - size)}[where]
+                    variant = _without_columns(t, start, size, f"{size} columns deleted at the {where}")
                     if self.accept(t, variant):
                         t = variant  # type: ignore[assignment]
         return t

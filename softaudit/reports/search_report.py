@@ -16,7 +16,6 @@ from rich.console import Console
 
 from softaudit.reports.json_report import json_number, record_dict
 from softaudit.search import Evaluation, SearchResult, describe_class
-from softaudit.verdicts import fmt_num
 
 SEARCH_SCHEMA_VERSION = 1
 RUN_LENGTH = 4
@@ -108,13 +107,13 @@ def render_search(result: SearchResult, console: Console, show_reproducer: bool 
                           f"({worst.trial.origin})", highlight=False)
             return
         head = "[bold green]PASS[/]  no failing input found" if result.complete else "No failing input found so far"
-        console.print(f"{head}; the worst: stability ratio {fmt_num(worst.score)} on a {_shape(worst)} input "
+        console.print(f"{head}; the worst: {worst.words()} on a {_shape(worst)} input "
                       f"({worst.trial.origin})", highlight=False)
         return
     minimal = result.minimal
     assert worst is not None and result.failure is not None
     console.print(f"[bold red]FAIL[/]  {describe_class(result.failure)}", highlight=False)
-    console.print(f"  worst found: {_score_words(worst)} on a {_shape(worst)} input, from {worst.trial.origin}"
+    console.print(f"  worst found: {worst.words()} on a {_shape(worst)} input, from {worst.trial.origin}"
                   + (f" after {len(worst.trial.moves)} mutations" if worst.trial.moves else ""), highlight=False)
     stats = result.shrink_stats
     if stats is not None:
@@ -141,11 +140,6 @@ def render_search(result: SearchResult, console: Console, show_reproducer: bool 
         console.print(result.reproducer, highlight=False, markup=False, soft_wrap=True, end="")
         console.rule()
 
-
-def _score_words(ev: Evaluation) -> str:
-    if ev.hard:
-        return describe_class(ev.classes[0])
-    return f"stability ratio {fmt_num(ev.score)}"
 
 
 def _input_json(ev: Evaluation) -> list[list[Any]]:
