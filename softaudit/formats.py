@@ -211,3 +211,26 @@ def exact_sum(values: np.ndarray) -> Fraction:
     for part_e, part_m in zip(np.split(e_sorted, bounds), np.split(m_sorted, bounds)):
         total += sum(part_m.tolist()) << (int(part_e[0]) - e_min)
     return Fraction(total, 1) * Fraction(2) ** e_min
+
+
+def exact_dot(a: np.ndarray, b: np.ndarray) -> Fraction:
+    """The exact sum of products a_i b_i of finite float values, as a Fraction.
+
+    A product of two float64 values needs up to 106 bits, so a_i b_i rounded to float64 is not
+    exact in general: each is split error-free into p + e (TwoProduct, exact where both factors
+    lie in [2^-450, 2^450]) and both parts summed exactly; factors outside that range are
+    multiplied as Fractions.
+    """
+    from softaudit.double_double import two_prod
+
+    a = np.asarray(a, dtype=np.float64).ravel()
+    b = np.asarray(b, dtype=np.float64).ravel()
+    nonzero = (a != 0) & (b != 0)
+    safe = nonzero & (np.abs(a) >= 2.0**-450) & (np.abs(a) <= 2.0**450) \
+        & (np.abs(b) >= 2.0**-450) & (np.abs(b) <= 2.0**450)
+    p, e = two_prod(a[safe], b[safe])
+    total = exact_sum(p) + exact_sum(e)
+    rest = nonzero & ~safe
+    for x, y in zip(a[rest].tolist(), b[rest].tolist()):
+        total += Fraction(x) * Fraction(y)
+    return total

@@ -30,11 +30,12 @@ from typing import Callable, Sequence
 
 import mpmath
 import numpy as np
+from mpmath.libmp import from_man_exp
 
 from softaudit import reference_double, reference_fast
-from softaudit.formats import Format, round_mpf, ulp_exponent, ulp_units
+from softaudit.formats import Format, round_mpf, ulp_exponent
 
-ENGINE_VERSION = "2"
+ENGINE_VERSION = "3"
 """Bump whenever a change could alter any stored reference: it invalidates the cache."""
 
 ROW_OPS = ("softmax", "log_softmax", "logsumexp")
@@ -146,34 +147,46 @@ class ReferenceSet:
     """Elements the mpmath engine computed (all of them without the fast path); not cached."""
 
 
-def _certify(v: mpmath.mpf, err: float, fmt: Format) -> tuple[float, int, float, float, bool]:
-    """Round v into fmt; True when [v-err, v+err] provably rounds the same and err is tiny in ulps."""
-    k, hi, lo = ulp_units(v, fmt)
+def _certify(v: mpmath.mpf, err, fmt: Format, side: int = 0) -> tuple[float, int, float, float, bool]:
+    """Round v into fmt; True when every real the exact value may be provably rounds the same,
+    in one binade, and err is tiny in ulps.
+
+    ``err`` (an mpf: it never underflows) bounds |exact - v|. ``side`` 0: exact in
+    [v - err, v + err]; +1: exact in (v, v + err]; -1: exact in [v - err, v). A one-sided
+    interval is how a value known to be an exact v plus (or minus) a positive remainder is
+    proven: at a midpoint v the remainder's sign decides the rounding. err == 0 claims v exact
+    (the caller formed it without rounding); nothing else may pass 0.
+    """
     r = round_mpf(v, fmt)
-    ok = True
-    if err > 0.0:
-        try:
-            ok = math.ldexp(err, -k) <= _REQUIRED_ULP_ACCURACY
-        except OverflowError:
-            ok = False
+    if side:
+        # The open end: v itself is excluded, so its rounding is the limit from the remainder's side.
+        lo_end, hi_end = _toward(v, side, fmt), _ctx.fadd(v, side * err, exact=True)
+    else:
         # The interval's ends are formed exactly: rounded, they could land on a midpoint.
         lo_end, hi_end = _ctx.fsub(v, err, exact=True), _ctx.fadd(v, err, exact=True)
+    k = ulp_exponent(hi_end, fmt)
+    ok = True
+    if err:
+        ok = _ctx.ldexp(err, -k) <= _REQUIRED_ULP_ACCURACY
         r_lo, r_hi = round_mpf(lo_end, fmt), round_mpf(hi_end, fmt)
         # The same value and binade (so ulp(exact) is known) at both ends. A zero's sign is not
         # part of a reference (nothing judges it): an interval around 0 that rounds to zero passes.
-        ok = ok and r_lo == r == r_hi and ulp_exponent(lo_end, fmt) == ulp_exponent(hi_end, fmt)
-    return r, k, hi, lo, ok
+        ok = ok and r_lo == r_hi and ulp_exponent(lo_end, fmt) == k
+        r = r_hi
+    w = _ctx.ldexp(v, -k)
+    hi = float(w)  # float(mpf) rounds to nearest
+    lo = float(_ctx.fsub(w, hi, exact=True)) if math.isfinite(hi) else 0.0
+    return r, k, hi, lo, bool(ok)
 
 
-def nudged_entry(a: mpmath.mpf, direction: int, fmt: Format) -> tuple[float, int, float, float]:
-    """The entry of an exact value a + direction * (an infinitesimal), a known exactly and the
-    perturbation far below 2^-60 ulp(a): rounded the way the perturbation points, ulp(exact)
-    taken on its side of a (the binade below a power of two approached toward zero), stored as a."""
-    w = _ctx.fadd(a, _ctx.ldexp(direction, ulp_exponent(a, fmt) - 70), exact=True)
-    k = ulp_exponent(w, fmt)
-    hi = float(_ctx.ldexp(a, -k))
-    lo = float(_ctx.fsub(_ctx.ldexp(a, -k), hi, exact=True))
-    return round_mpf(w, fmt), k, hi, lo
+def _toward(v: mpmath.mpf, side: int, fmt: Format) -> mpmath.mpf:
+    """v moved by less than anything that changes a rounding into fmt, toward ``side``: a stand-in
+    for v + side * (an infinitesimal). The step is below v's last bit and below a quarter of
+    the smaller ulp around v, so no value or midpoint of fmt lies between v and the result."""
+    step = ulp_exponent(v, fmt) - 3
+    if v:
+        step = min(step, v._mpf_[2] - 2)  # v = man * 2^exp: below its lowest bit
+    return _ctx.fadd(v, _ctx.ldexp(side, step), exact=True)
 
 
 @dataclass
@@ -204,19 +217,52 @@ class RowTerms:
     t_f: float
     s_f: float
     big_l_f: float
-    err_t: float
-    err_s: float
-    err_l: float
-    rel_p: float
+    """t, s and L as floats, for decisions and heuristics only: never in a bound (they underflow)."""
+    err_t: mpmath.mpf
+    err_s: mpmath.mpf
+    err_l: mpmath.mpf
+    rel_p: mpmath.mpf
     """Relative error bound of p_u = e_u / s."""
-    eps: float
+    eps: mpmath.mpf
     """Bound on the relative error of one mpmath operation at this precision."""
     d_cut: float
     """Terms with d_u below this are bounded, not computed: each is < exp(d_cut)."""
     tail: float
     """Number of entries below the cut."""
     terms: int
+    tail_bound: mpmath.mpf = mpmath.mpf(0)
+    """The cut-off terms' sum lies in (0, tail_bound] (tail > 0), or is 0 (no tail).
 
+    Every bound here is an mpf of the private context: none underflows or vanishes, however far
+    below float64's range it lies (a float bound of 0 would be taken as proof)."""
+
+    @property
+    def only_tail(self) -> bool:
+        """t was computed as exactly 0 while the true t is positive (every non-maximal term lies
+        below the cut): every output is then an exact quantity plus a remainder of known sign,
+        which decides the rounding at a midpoint (reference._certify's side)."""
+        return self.terms == 0 and self.tail > 0
+
+    def tail_sign(self, weights: Sequence[Fraction], curvature) -> int | None:
+        """The sign of sum_u w_u exp(d_u) over the groups below the cut (``weights`` per distinct
+        value, uniq's order), when it decides the sign of a quantity whose expansion in the
+        cut-off terms is that first-order sum plus a remainder of at most
+        ``curvature`` * (sum of the cut-off exps)^2. None where it cannot be settled here.
+
+        The sum is factored by its largest term, exp(d_top) * sum_u w_u exp(d_u - d_top), so it is
+        computed however far below float64's (or any precision's) range the terms lie.
+        """
+        idx = [u for u, e in enumerate(self.e) if e is None and weights[u] != 0]
+        if not idx:
+            return None
+        d_top = self.d[idx[-1]]  # uniq is ascending: the last cut-off group is the largest
+        terms = [mpf_of_fraction(weights[u]) * _ctx.exp(self.d[u] - d_top) for u in idx]
+        inner = _ctx.fsum(terms)
+        err = _ctx.fsum(abs(v) for v in terms) * (len(terms) + 4) * self.eps
+        second = curvature * (int(self.counts[idx].sum()) ** 2) * _ctx.exp(d_top)
+        if abs(inner) > err + second:
+            return 1 if inner > 0 else -1
+        return None
 
     def groups(self) -> list[np.ndarray]:
         """For each distinct finite value (uniq's order), the positions of its entries among the
@@ -233,7 +279,7 @@ def row_terms(x: np.ndarray, fmt: Format, prec: int, cut_margin: float = 0.0) ->
     """
     n = x.size
     _ctx.prec = prec
-    eps = math.ldexp(1.0, 2 - prec)  # bound on the relative error of one mpmath operation
+    eps = _ctx.ldexp(1, 2 - prec)  # bound on the relative error of one mpmath operation
     a = float(x.max())
     finite = x != -np.inf
     uniq, inverse = np.unique(x[finite], return_inverse=True)
@@ -261,18 +307,16 @@ def row_terms(x: np.ndarray, fmt: Format, prec: int, cut_margin: float = 0.0) ->
             e_vals.append(ei)
             t += ei * int(c)
             terms += 1
-    tail_bound = tail * math.exp(d_cut)
+    # exp(d_cut) as an mpf: a float exp underflows to 0 below -745, and a zero bound is no bound.
+    tail_bound = tail * _ctx.exp(d_cut) if tail else _ctx.zero
     k_ties = int(counts[-1])  # uniq is sorted: the last one is the max
-    t_f = float(t)
-    err_t = t_f * (2 * terms + 4) * eps + tail_bound
+    err_t = t * (2 * terms + 4) * eps + tail_bound
     s = k_ties + t
-    s_f = float(s)
-    err_s = err_t + eps * s_f
+    err_s = err_t + eps * s
     big_l = _ctx.log1p(t) if k_ties == 1 else _ctx.log(s)
-    big_l_f = float(big_l)
-    err_l = 2 * ((err_t if k_ties == 1 else err_s / s_f) + eps * big_l_f)
-    return RowTerms(a, finite, uniq, inverse, counts, d, e_vals, k_ties, t, s, big_l, t_f, s_f, big_l_f,
-                    err_t, err_s, err_l, 3 * eps + err_s / s_f, eps, d_cut, tail, terms)
+    err_l = 2 * ((err_t if k_ties == 1 else err_s / s) + eps * big_l)
+    return RowTerms(a, finite, uniq, inverse, counts, d, e_vals, k_ties, t, s, big_l, float(t), float(s),
+                    float(big_l), err_t, err_s, err_l, 3 * eps + err_s / s, eps, d_cut, tail, terms, tail_bound)
 
 
 class Certifier:
@@ -284,10 +328,27 @@ class Certifier:
         self.zero_entry = (0.0, fmt.emin - fmt.p + 1, 0.0, 0.0)
         """An exact (or negligible: below 2^-66 of the smallest subnormal) zero."""
 
-    def put(self, v: mpmath.mpf, err: float) -> tuple[float, int, float, float]:
-        r, k, hi, lo, ok = _certify(v, err, self.fmt)
+    def put(self, v: mpmath.mpf, err, side: int = 0) -> tuple[float, int, float, float]:
+        """The entry of an exact value within err of v (on ``side`` of it: see _certify)."""
+        r, k, hi, lo, ok = _certify(v, err, self.fmt, side)
         self.certified &= ok
         return r, k, hi, lo
+
+    def rational(self, r: Fraction, side: int = 0, err=0) -> tuple[float, int, float, float]:
+        """The entry of r + side * (a remainder in (0, err]), r an exact rational.
+
+        A dyadic r (every midpoint of a format is one) is held exactly and the remainder's sign
+        settles a tie; any other r lies strictly between two midpoints and is rounded once to the
+        working precision, the remainder counted on both sides.
+        """
+        if side == 0 or not err:
+            side, err = 0, _ctx.zero
+        d = r.denominator
+        if d & (d - 1) == 0:
+            v = _ctx.make_mpf(from_man_exp(r.numerator, -(d.bit_length() - 1)))
+            return self.put(v, err, side)
+        v = mpf_of_fraction(r)
+        return self.put(v, err + 2 * _ctx.ldexp(abs(v), 2 - _ctx.prec))
 
     def special(self, value: float) -> tuple[float, int, float, float]:
         """NaN or an infinity as an exact class (no ulp figures)."""
@@ -311,7 +372,9 @@ def _row_reference(x: np.ndarray, fmt: Format, prec: int) -> tuple[dict, float, 
     cert = Certifier(fmt)
     sm_u: list = []
     ls_u: list = []
-    top = _max_probability(rt, fmt, cert.put)
+    # Every finite entry equal: p = 1/k, a rational (exact where it is a power of two).
+    top = cert.rational(Fraction(1, rt.k_ties)) if rt.uniq.size == 1 else _max_probability(rt, fmt, cert.put)
+    t_positive = rt.t > 0 or rt.tail > 0
     for di, ei in zip(rt.d, rt.e):
         if ei is None:
             # Far below the format's smallest subnormal: rounds to 0, |exact| < 2^-66 ulp(0).
@@ -320,11 +383,18 @@ def _row_reference(x: np.ndarray, fmt: Format, prec: int) -> tuple[dict, float, 
             sm_u.append(top)
         else:
             p = ei / rt.s
-            sm_u.append(cert.put(p, 2 * abs(float(p)) * rt.rel_p))
-        ls_u.append(_log_softmax_entry(di, rt.big_l, rt.big_l_f + rt.err_l, rt.err_l, rt.eps, rt.t_f + rt.tail,
-                                       fmt, cert.put))
-    lse = rt.a + rt.big_l
-    lse_entry = cert.put(lse, rt.err_l + 2 * rt.eps * abs(float(lse)))
+            sm_u.append(cert.put(p, 2 * abs(p) * rt.rel_p))
+        ls_u.append(_log_softmax_entry(di, rt, t_positive, fmt, cert.put))
+    # logsumexp = a + L with L > 0 whenever t is: a itself with the remainder above it where L is
+    # negligible (a L computed as 0 says nothing of the side), else a + L formed at the precision.
+    l_upper = rt.big_l + rt.err_l
+    if not l_upper:  # one finite entry (no other term, no tail): L = 0 exactly
+        lse_entry = cert.put(_ctx.mpf(rt.a), 0)
+    elif t_positive and _ctx.ldexp(l_upper, -ulp_exponent(_ctx.mpf(rt.a), fmt)) < NEGLIGIBLE_ULPS:
+        lse_entry = cert.put(_ctx.mpf(rt.a), l_upper, side=1)
+    else:
+        lse = rt.a + rt.big_l
+        lse_entry = cert.put(lse, rt.err_l + 2 * rt.eps * abs(lse))
 
     sm = [cert.zero_entry] * n
     ls = [(-math.inf, zero_k, 0.0, 0.0)] * n
@@ -345,36 +415,37 @@ def _max_probability(rt: "RowTerms", fmt: Format, put) -> tuple[float, int, floa
     formed exactly. reference_fast.max_probability applies the same rule.
     """
     k = rt.k_ties
-    if k & (k - 1) or (rt.t_f == 0 and rt.tail == 0):
+    if k & (k - 1) or (rt.t == 0 and rt.tail == 0):
         return None
     inv_k = _ctx.ldexp(1, -(k.bit_length() - 1))
     delta = rt.t / (k * rt.s)
-    err = 2 * (rt.err_t / (k * (rt.s_f - rt.err_s)) + abs(float(delta)) * (rt.err_s / rt.s_f + 2 * rt.eps))
-    below = nudged_entry(inv_k, -1, fmt)
-    if math.ldexp(float(delta) + err, -below[1]) < 2.0**-60:
-        return below
-    return put(_ctx.fsub(inv_k, delta, exact=True), err)
+    err = 2 * (rt.err_t / (k * (rt.s - rt.err_s)) + delta * (rt.err_s / rt.s + 2 * rt.eps))
+    upper = delta + err  # the true delta lies in (0, upper]
+    if _ctx.ldexp(upper, -ulp_exponent(inv_k, fmt)) < NEGLIGIBLE_ULPS:
+        return put(inv_k, upper, -1)
+    return put(_ctx.fsub(inv_k, delta, exact=True), err, -1 if delta == 0 else 0)
 
 
-def _log_softmax_entry(di, big_l, l_upper: float, err_l: float, eps: float, t_positive: float,
-                       fmt: Format, put) -> tuple[float, int, float, float]:
+NEGLIGIBLE_ULPS = 2.0**-40
+"""A remainder of known sign below this many ulps of an exact value is certified one-sided from
+that value (the remainder's sign settles a midpoint; its size is then irrelevant to the rounding
+and below what a stored reference keeps, _REQUIRED_ULP_ACCURACY)."""
+
+
+def _log_softmax_entry(di, rt: "RowTerms", t_positive: bool, fmt: Format, put) -> tuple[float, int, float, float]:
     """log_softmax = d_i - L, certified even when L is far below ulp(d_i).
 
-    d_i is exact and 0 <= L <= l_upper, with L > 0 whenever t > 0. When L is
-    under 2^-60 ulp of d_i, the exact value is d_i minus an infinitesimal, which
-    settles the case that no precision can: d_i exactly halfway between two
-    values of the format (a difference of two inputs needs one bit more than
-    the format holds), where the sign of L alone decides the rounding.
+    d_i is exact and 0 <= L <= L + err_l, with L > 0 whenever t > 0 (the tail included). When
+    that bound is negligible against ulp(d_i), the exact value is d_i minus a positive remainder,
+    which settles the case that no precision can: d_i exactly halfway between two values of the
+    format (a difference of two inputs needs one bit more than the format holds), where the sign
+    of L alone decides the rounding.
     """
-    k = ulp_exponent(di, fmt)
-    try:
-        negligible = t_positive > 0 and math.ldexp(l_upper, -k) < 2.0**-60
-    except OverflowError:
-        negligible = False
-    if not negligible:
-        li = di - big_l
-        return put(li, err_l + 2 * eps * abs(float(li)))
-    return nudged_entry(di, -1, fmt)
+    l_upper = rt.big_l + rt.err_l
+    if t_positive and _ctx.ldexp(l_upper, -ulp_exponent(di, fmt)) < NEGLIGIBLE_ULPS:
+        return put(di, l_upper, -1)
+    li = di - rt.big_l
+    return put(li, rt.err_l + 2 * rt.eps * abs(li))
 
 
 ENGINES = ("auto", "mpmath")

@@ -28,7 +28,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from softaudit.formats import Format, exact_sum
+from softaudit.formats import Format, exact_sum, ulp_exponent
 from softaudit.reference import (
     Certifier,
     Entry,
@@ -38,7 +38,7 @@ from softaudit.reference import (
     certified_rows,
     fill_failed,
     mpf_of_fraction,
-    nudged_entry,
+    NEGLIGIBLE_ULPS,
     op_reference,
     row_terms,
 )
@@ -93,13 +93,12 @@ def softmax_vjp_row(x: np.ndarray, dy: np.ndarray, fmt: Format, prec: int,
     # P = s * c = sum_u e_u DY_u; the tail below the cut is bounded.
     products = [ei * dyu for ei, dyu in zip(rt.e, group_dy) if ei is not None]
     big_p = _ctx.fsum(products)
-    e_f = np.array([float(ei) if ei is not None else 0.0 for ei in rt.e])
-    abs_p = float(np.dot(e_f, group_abs)) * (1 + 1e-12)
-    tail_dy = rt.tail * big * math.exp(rt.d_cut)
+    # Bounds in mpf (the private context): exps far below float64's range must not vanish from them.
+    abs_p = _ctx.fsum(ei * float(au) for ei, au in zip(rt.e, group_abs) if ei is not None) * (1 + 1e-12)
+    tail_dy = rt.tail_bound * big
     err_p = abs_p * (rt.terms + 8) * eps * _SAFETY + tail_dy
     c = big_p / rt.s
-    c_f = float(c)
-    err_c = _SAFETY * ((err_p + abs(float(big_p)) * rt.err_s / rt.s_f) / rt.s_f + 2 * eps * abs(c_f))
+    err_c = _SAFETY * ((err_p + abs(big_p) * rt.err_s / rt.s) / rt.s + 2 * eps * abs(c))
 
     # Exact zeros: dy_i - c = (sum_u exp(d_u) (count_u dy_i - DY_u)) / s is 0 only when every group's
     # mean of dy equals dy_i. Checked exactly when the float means are (nearly) all equal.
@@ -113,6 +112,13 @@ def softmax_vjp_row(x: np.ndarray, dy: np.ndarray, fmt: Format, prec: int,
     out: list[Entry] = [cert.zero_entry] * x.size  # masked entries: p_i = 0 exactly
     finite_idx = np.flatnonzero(rt.finite)
     want = _wanted(cols, x.size)
+    if rt.uniq.size == 1:  # every finite entry equal: p = 1/k, g_j = (dy_j - D/k) / k is rational
+        k = rt.k_ties
+        for j in finite_idx[want[finite_idx]].tolist():
+            exact = (Fraction(float(dy64[j])) - group_exact[0] / k) / k
+            if exact != 0:
+                out[j] = cert.rational(exact)
+        return out, cert.certified
     for j, u in zip(finite_idx.tolist(), rt.inverse.tolist()):
         if not want[j]:
             continue
@@ -121,18 +127,40 @@ def softmax_vjp_row(x: np.ndarray, dy: np.ndarray, fmt: Format, prec: int,
         if ei is None:
             # |g| < exp(d_cut) (|dy_j| + |c|): far below the smallest subnormal, a zero (of dy_j - c's
             # sign where that is certain; a zero's sign is not part of a reference).
-            h_f = dyj - c_f
-            if abs(h_f) > 2 * err_c:
-                out[j] = (math.copysign(0.0, h_f),) + cert.zero_entry[1:]
+            h0 = dyj - c
+            if abs(h0) > 2 * err_c:
+                out[j] = (math.copysign(0.0, float(h0)),) + cert.zero_entry[1:]
             continue
         if common_mean is not None and Fraction(dyj) == common_mean:
             continue  # exactly 0
         h = _ctx.mpf(dyj) - c
         g = ei * h / rt.s
-        p_f = float(ei) / rt.s_f
-        err = _SAFETY * (p_f * (err_c + eps * abs(float(h))) * (1 + rt.rel_p) + abs(float(g)) * (rt.rel_p + 3 * eps))
+        p = ei / rt.s
+        err = _SAFETY * (p * (err_c + eps * abs(h)) * (1 + rt.rel_p) + abs(g) * (rt.rel_p + 3 * eps))
+        if ei == 1 and rt.only_tail:
+            side = _tied_maximum_side(rt, group_exact, Fraction(dyj), big)
+            if side is not None:
+                exact = (Fraction(dyj) - group_exact[-1] / rt.k_ties) / rt.k_ties
+                out[j] = cert.rational(exact, side, err + abs(g - mpf_of_fraction(exact)))
+                continue
         out[j] = cert.put(g, err)
     return out, cert.certified
+
+
+def _tied_maximum_side(rt, group_exact: list[Fraction], dy_i: Fraction, big: float) -> int | None:
+    """At a maximum of a row whose other terms all lie below the cut (t computed as 0), the side
+    of the exact g_i = (dy_i - C/s) / s from its value at t = 0, (dy_i - DY_max/k) / k, where a
+    tie there (a midpoint, or a power of two's binade) needs it; None where it stays unknown.
+
+    With s = k + t and C = DY_max + T (t = sum_u n_u e_u, T = sum_u DY_u e_u over the cut-off
+    groups), the first-order change is (1/k^2) sum_u e_u (n_u (2 DY_max/k - dy_i) - DY_u); the
+    second-order remainder is under 8 (n big + 1) (1 + big)^2 (sum_u n_u e_u)^2 / k^3.
+    """
+    k = rt.k_ties
+    dy_max = group_exact[-1]
+    weights = [int(n) * (2 * dy_max / k - dy_i) - dy_u for n, dy_u in zip(rt.counts.tolist(), group_exact)]
+    curvature = 8 * (rt.counts.sum() * big + 1) * (1 + big) ** 2 / k
+    return rt.tail_sign(weights, curvature)
 
 
 def log_softmax_vjp_row(x: np.ndarray, dy: np.ndarray, fmt: Format, prec: int,
@@ -150,6 +178,7 @@ def log_softmax_vjp_row(x: np.ndarray, dy: np.ndarray, fmt: Format, prec: int,
     d_m = mpf_of_fraction(d_exact)
     single_group = rt.uniq.size == 1  # every finite entry equal: p_i = 1/k exactly
     out: list[Entry] = [cert.zero_entry] * x.size
+    p_cut = _ctx.exp(rt.d_cut)  # every p_j below the cut is under this (s >= 1)
     finite_idx = np.flatnonzero(rt.finite)
     u_of = np.full(x.size, -1)
     u_of[finite_idx] = rt.inverse
@@ -157,27 +186,33 @@ def log_softmax_vjp_row(x: np.ndarray, dy: np.ndarray, fmt: Format, prec: int,
         dyj = float(dy64[j])
         u = int(u_of[j])
         if u < 0:  # masked: p_j = 0, g_j = dy_j exactly
-            out[j] = cert.put(_ctx.mpf(dyj), 0.0) if dyj != 0 else cert.zero_entry
+            out[j] = cert.put(_ctx.mpf(dyj), 0) if dyj != 0 else cert.zero_entry
             continue
         if single_group:
             exact = Fraction(dyj) - d_exact / rt.k_ties
             if exact != 0:
-                v = mpf_of_fraction(exact)
-                out[j] = cert.put(v, _SAFETY * 2 * eps * abs(float(v)))
+                out[j] = cert.rational(exact)
             continue
         if dyj == 0 and d_exact == 0:
             continue  # exactly 0 (the only zero of a row with two distinct values or more)
         ei = rt.e[u]
         if ei is None:
-            # dy_j minus p_j D, p_j far below ulp(0): dy_j itself, nudged against D's sign.
+            # dy_j minus p_j D, 0 < p_j < p_cut: dy_j with a remainder against D's sign.
             if d_exact == 0:
-                out[j] = cert.put(_ctx.mpf(dyj), 0.0) if dyj != 0 else cert.zero_entry
+                out[j] = cert.put(_ctx.mpf(dyj), 0) if dyj != 0 else cert.zero_entry
             else:
-                out[j] = nudged_entry(_ctx.mpf(dyj), -1 if d_exact > 0 else 1, fmt)
+                out[j] = cert.rational(Fraction(dyj), -1 if d_exact > 0 else 1, abs(d_m) * p_cut * (1 + 4 * eps))
+            continue
+        if ei == 1 and rt.only_tail and d_exact != 0:
+            # At the maxima p_j = 1/(k + t) with t in (0, tail_bound], computed as 0: the exact
+            # dy_j - D/k plus D t / (k (k + t)), which has D's sign (it settles a midpoint).
+            k = rt.k_ties
+            upper = abs(d_m) * rt.tail_bound / (k * k) * (1 + 4 * eps)
+            out[j] = cert.rational(Fraction(dyj) - d_exact / k, 1 if d_exact > 0 else -1, upper)
             continue
         pd = ei * d_m / rt.s
         g = _ctx.mpf(dyj) - pd
-        err = _SAFETY * (abs(float(pd)) * (rt.rel_p + 3 * eps) + 2 * eps * abs(float(g)))
+        err = _SAFETY * (abs(pd) * (rt.rel_p + 3 * eps) + 2 * eps * abs(g))
         out[j] = cert.put(g, err)
     return out, cert.certified
 
@@ -201,25 +236,32 @@ def logsumexp_vjp_row(x: np.ndarray, dy: float, fmt: Format, prec: int,
         if not need:
             per_u.append(cert.zero_entry)
             continue
+        if rt.uniq.size == 1:  # every finite entry equal: g = dy / k, a rational
+            per_u.append(cert.rational(Fraction(float(dy)) / k))
+            continue
         if ei is None:
             per_u.append((math.copysign(0.0, dy),) + cert.zero_entry[1:])  # far below ulp(0), dy's sign
             continue
-        if di == 0 and not k & (k - 1) and (rt.t_f > 0 or rt.tail > 0):
-            # p = 1/k - delta at the maxima (reference._max_probability): dy/k nudged toward 0 when
-            # delta is negligible, else dy (1/k - delta) formed exactly.
-            inv_k = _ctx.ldexp(1, -(k.bit_length() - 1))
+        if di == 0 and (rt.t > 0 or rt.tail > 0):
+            # p = 1/k - delta at the maxima (reference._max_probability), delta in (0, upper]: where
+            # dy delta is negligible, the exact dy/k with a remainder toward 0 (it settles a
+            # midpoint, and the binade below a power of two); for k a power of two dy (1/k - delta)
+            # is formed exactly, otherwise dy/(k + t) to the precision.
             delta = rt.t / (k * rt.s)
-            err = 2 * abs(float(dy)) * (rt.err_t / (k * (rt.s_f - rt.err_s))
-                                        + abs(float(delta)) * (rt.err_s / rt.s_f + 2 * rt.eps))
-            a = _ctx.fmul(dy_m, inv_k, exact=True)
-            near = nudged_entry(a, -1 if dy > 0 else 1, fmt)
-            if math.ldexp(abs(float(dy)) * float(delta) + err, -near[1]) < 2.0**-60:
-                per_u.append(near)
-            else:
+            err = 2 * abs(dy_m) * (rt.err_t / (k * (rt.s - rt.err_s)) + delta * (rt.err_s / rt.s + 2 * rt.eps))
+            upper = abs(dy_m) * delta + err
+            r = Fraction(float(dy)) / k
+            if _ctx.ldexp(upper, -ulp_exponent(mpf_of_fraction(r), fmt)) < NEGLIGIBLE_ULPS:
+                per_u.append(cert.rational(r, -1 if dy > 0 else 1, upper))
+            elif not k & (k - 1):
+                inv_k = _ctx.ldexp(1, -(k.bit_length() - 1))
                 per_u.append(cert.put(_ctx.fmul(dy_m, _ctx.fsub(inv_k, delta, exact=True), exact=True), err))
+            else:
+                g = dy_m / rt.s
+                per_u.append(cert.put(g, _SAFETY * abs(g) * (rt.rel_p + 2 * rt.eps)))
             continue
         g = dy_m * ei / rt.s
-        per_u.append(cert.put(g, _SAFETY * abs(float(g)) * (rt.rel_p + 2 * rt.eps)))
+        per_u.append(cert.put(g, _SAFETY * abs(g) * (rt.rel_p + 2 * rt.eps)))
     out: list[Entry] = [cert.zero_entry] * x.size
     for j, u in zip(np.flatnonzero(rt.finite).tolist(), rt.inverse.tolist()):
         out[j] = per_u[u]

@@ -208,7 +208,7 @@ def terms(x: np.ndarray, fmt: Format, margin: float | np.ndarray = 0.0) -> Terms
     uh, ul = unscaled(m, eh, el)
     th, tl, err_sum = pairwise_sum(np.where(is_max, 0.0, uh), np.where(is_max, 0.0, ul))
     k_ties = is_max.sum(axis=1)
-    tail = tail_entries.sum(axis=1) * np.exp(d_cut[:, 0]) * 2  # x2: d may sit just below the cut
+    tail = tail_entries.sum(axis=1) * reference_fast.cut_term(d_cut[:, 0]) * 2  # x2: d may sit just below the cut
     # exp's error on each live term (all positive), the additions', the underflowed parts.
     err_t = th * dd.REL_EXP * (1 + 2.0**-40) + err_sum + live.sum(axis=1) * 2.0**-1073 + tail
     sh, sl, e_s = dd.add_fp(th, tl, k_ties.astype(np.float64))
@@ -663,7 +663,7 @@ def _loss_gradient_rows(x, ch, cl, positive, totals, ah, al, err_asum, gh, gl, f
     m_err = np.abs(mh) * (2.0**-105 + REL_COEF + dd.U_DD)
     put(out, tm.masked, certify(mh, ml, _SAFETY * m_err, fmt))
     # Below the cut, g A p is far below ulp(0): -g coef plus that where coef > 0, else a zero of g's sign.
-    tail_p = np.abs(gh)[:, None] * ah[:, None] * 2 * np.exp(tm.d_cut)[:, None]
+    tail_p = np.maximum(np.abs(gh)[:, None] * ah[:, None] * 2 * reference_fast.cut_term(tm.d_cut)[:, None], 2.0**-1074)
     put(out, tm.tail_entries & positive, certify(mh, ml, _SAFETY * m_err + tail_p, fmt))
     tail_zero = tm.tail_entries & ~positive
     if tail_zero.any():

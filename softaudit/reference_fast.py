@@ -42,7 +42,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from softaudit.formats import Format, exact_sum
+from softaudit.formats import Format, exact_dot, exact_sum
 
 W = np.longdouble
 """The working type."""
@@ -293,6 +293,14 @@ def cut(fmt: Format, n: int, margin: float = 0.0) -> float:
     return (fmt.emin - fmt.p - 66) * math.log(2) - math.log(max(n, 1)) - margin
 
 
+def cut_term(d_cut: np.ndarray) -> np.ndarray:
+    """An upper bound of exp(d) for every d below the cut, never 0: exp(d_cut) underflows below
+    -745 (float64's cut is there), and a zero bound on a cut-off tail would be taken as proof that
+    the tail is absent. The smallest subnormal stands in: larger, so still a bound."""
+    with np.errstate(under="ignore"):
+        return np.maximum(np.exp(d_cut), np.nextafter(0.0, 1.0))
+
+
 def fast_terms(x: np.ndarray, fmt: Format, margin: float | np.ndarray = 0.0,
                counts: np.ndarray | None = None) -> FastTerms:
     """Row terms of ``x`` (rows, n) float64, every row ordinary. With ``counts`` (rows, n), x holds
@@ -324,12 +332,12 @@ def fast_terms(x: np.ndarray, fmt: Format, margin: float | np.ndarray = 0.0,
     if counts is None:
         k_ties = is_max.sum(axis=1)
         t = pairwise_sum(np.where(is_max, W(0), e))
-        tail = tail_entries.sum(axis=1) * np.exp(d_cut_rows[:, 0]) * 2  # x2: d may sit just below the cut
+        tail = tail_entries.sum(axis=1) * cut_term(d_cut_rows[:, 0]) * 2  # x2: d may sit just below the cut
         rel_terms = rel_e.max(axis=1, initial=0.0)
     else:
         k_ties = (is_max * counts).sum(axis=1)
         t = pairwise_sum(np.where(is_max, W(0), e * counts.astype(W)))  # each product rounded once more
-        tail = (tail_entries * counts).sum(axis=1) * np.exp(d_cut_rows[:, 0]) * 2
+        tail = (tail_entries * counts).sum(axis=1) * cut_term(d_cut_rows[:, 0]) * 2
         rel_terms = rel_e.max(axis=1, initial=0.0) + U_W
     t64 = t.astype(np.float64)
     # First-order bounds here; each output's bound doubles their sum once (_SAFETY).
@@ -780,8 +788,8 @@ def loss_coefficients(loss, rows: int, n: int) -> LossCoefficients:
         coef = ww * ((1 - epsw) * q.astype(W) + epsw / W(n))  # 1 - eps is exact in W
         positive = (w64 > 0) & (((1 - eps) * q > 0) | (eps > 0))
         empty = np.zeros(rows, dtype=bool)
-        # w q is exact in float64 (two values of at most 24 bits).
-        totals = [(1 - eps_f) * exact_sum(w64 * q[i]) + smooth_total for i in range(rows)]
+        # w q needs up to twice the format's bits: exact_dot keeps every product exact.
+        totals = [(1 - eps_f) * exact_dot(w64, q[i]) + smooth_total for i in range(rows)]
         return LossCoefficients(coef, positive, 5 * U_W, empty, empty, totals)
     t = np.asarray(loss.target).astype(np.int64).reshape(rows)
     ignored = np.zeros(rows, dtype=bool) if loss.ignore_index is None else t == loss.ignore_index
@@ -921,7 +929,7 @@ def loss_gradient(x: np.ndarray, lc: LossCoefficients, g: np.ndarray, fmt: Forma
         put(c, ft.masked, certify(gc, gc_err, fmt))
         # Below the cut, g A p is far below ulp(0): -g coef plus that, where coef > 0 (a value on a
         # rounding boundary fails here and the exact engine settles it), else a zero of g's sign.
-        tail_p = np.abs(g64[idx])[:, None] * a64 * 2 * np.exp(ft.d_cut)[:, None]
+        tail_p = np.maximum(np.abs(g64[idx])[:, None] * a64 * 2 * cut_term(ft.d_cut)[:, None], 2.0**-1074)
         put(c, ft.tail_entries & lc.positive[idx], certify(gc, gc_err + tail_p, fmt))
         tail_zero = ft.tail_entries & ~lc.positive[idx]
         if tail_zero.any():

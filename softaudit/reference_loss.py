@@ -34,7 +34,6 @@ from fractions import Fraction
 from typing import TYPE_CHECKING
 
 import numpy as np
-from mpmath.libmp import from_man_exp
 
 from softaudit import reference_double, reference_fast
 from softaudit.formats import Format
@@ -48,7 +47,6 @@ from softaudit.reference import (
     certified_rows,
     fill_failed,
     mpf_of_fraction,
-    nudged_entry,
     op_reference,
     row_terms,
 )
@@ -144,7 +142,11 @@ class _RowLoss:
     kind: str
     """"finite", "zero", "nan", "+inf", "undefined"."""
     value: object = None
-    err: float = 0.0
+    err: object = 0.0
+    """Bound on |exact - value| (an mpf from the mpmath engine, a float from a fast path)."""
+    exact: Fraction | None = None
+    """Where known: the loss is exactly ``exact`` plus a positive remainder of at most ``err``
+    (L computed as 0 while the tail makes it positive). That sign settles a midpoint."""
 
 
 def _row_loss(x: np.ndarray, rc: RowCoefficients, fmt: Format, prec: int) -> _RowLoss:
@@ -169,9 +171,17 @@ def _row_loss(x: np.ndarray, rc: RowCoefficients, fmt: Format, prec: int) -> _Ro
     a_f = sum(group_sums, Fraction(0))
     terms = [mpf_of_fraction(cs) * (-du) for cs, du in zip(group_sums, rt.d) if cs != 0 and du != 0]
     spread = _ctx.fsum(terms)
-    value = mpf_of_fraction(a_f) * rt.big_l + spread
-    err = _SAFETY * (float(a_f) * (rt.err_l + 2 * eps * rt.big_l_f) + float(spread) * (len(terms) + 4) * eps
-                     + 2 * eps * float(value))
+    a_m = mpf_of_fraction(a_f)
+    if rt.only_tail and rt.k_ties == 1:
+        # L = log1p(t) with t in (0, tail_bound] computed as 0: the loss is the rational spread
+        # plus A_f L, a positive remainder of at most A_f tail_bound.
+        exact = sum((cs * (Fraction(rt.a) - Fraction(u)) for cs, u in zip(group_sums, rt.uniq.tolist()) if cs),
+                    Fraction(0))
+        upper = a_m * rt.tail_bound * (1 + 4 * eps)
+        return _RowLoss("finite", mpf_of_fraction(exact) + a_m * rt.big_l, upper + 4 * eps * abs(spread), exact)
+    value = a_m * rt.big_l + spread
+    err = _SAFETY * (a_m * (rt.err_l + 2 * eps * rt.big_l) + abs(spread) * (len(terms) + 4) * eps
+                     + 2 * eps * abs(value))
     return _RowLoss("finite", value, err)
 
 
@@ -265,6 +275,8 @@ def _loss_reference_fast(xs: np.ndarray, loss: "LossInputs", fmt: Format, denom:
 
 
 def _entry(r: _RowLoss, cert: Certifier) -> Entry | None:
+    if r.exact is not None:
+        return cert.rational(r.exact, 1, r.err)
     if r.kind == "undefined":
         return None
     if r.kind == "zero":
@@ -290,11 +302,15 @@ def _reduce(row_losses: list[_RowLoss], denom: Fraction, cert: Certifier, rows: 
     if not finite:
         return [cert.zero_entry]
     _ctx.prec = prec
-    eps = math.ldexp(1.0, 2 - prec)
+    if all(r.exact is not None for r in finite):
+        # Every row an exact rational plus a positive remainder: so is their total.
+        exact = sum((r.exact for r in finite), Fraction(0)) / denom  # type: ignore[misc]
+        return [cert.rational(exact, 1, _ctx.fsum(r.err for r in finite) / mpf_of_fraction(denom))]
+    eps = _ctx.ldexp(1, 2 - prec)
     total = _ctx.fsum(r.value for r in finite)
-    err = sum(r.err for r in finite) + (rows + 2) * eps * float(total)
+    err = _ctx.fsum(r.err for r in finite) + (rows + 2) * eps * abs(total)
     value = total / mpf_of_fraction(denom) if denom != 1 else total
-    err = _SAFETY * (err / float(denom) + 2 * eps * float(value))
+    err = _SAFETY * (err / mpf_of_fraction(denom) + 2 * eps * abs(value))
     return [cert.put(value, err)]
 
 
@@ -340,17 +356,18 @@ def _gradient_row(x: np.ndarray, rc: RowCoefficients, g: Fraction, fmt: Format,
     out: list[Entry] = [cert.zero_entry] * n
     for j in np.flatnonzero(masked).tolist():  # p_j = 0: G = -g coef_j exactly
         if rc.coef[j] != 0:
-            out[j] = _exact(-g * rc.coef[j], cert)
+            out[j] = cert.rational(-g * rc.coef[j])
     if rt.uniq.size == 1:  # every finite logit equal: p = 1/k exactly, G is rational
         k = rt.k_ties
         cache: dict[Fraction, Entry] = {}
         for j in finite_idx.tolist():
             cj = rc.coef[j]
             if cj not in cache:
-                cache[cj] = _exact(g * (rc.total / k - cj), cert)
+                cache[cj] = cert.rational(g * (rc.total / k - cj))
             out[j] = cache[cj]
         return out, True
-    tail_p = math.exp(rt.d_cut)
+    p_cut = _ctx.exp(rt.d_cut)  # every p_j below the cut is under this (s >= 1); an mpf never underflows
+    ga = abs(g_m) * a_m * (1 + 4 * eps)
     want = np.ones(n, dtype=bool)
     if cols is not None:
         want[:] = False
@@ -361,44 +378,23 @@ def _gradient_row(x: np.ndarray, rc: RowCoefficients, g: Fraction, fmt: Format,
         cj = rc.coef[j]
         ei = rt.e[u]
         if ei is None:
-            # |g A p_j| is far below the smallest subnormal: G = -g coef_j plus that (g's sign).
-            if cj == 0:
-                out[j] = (math.copysign(0.0, g_f),) + cert.zero_entry[1:]
-                continue
-            exact = -g * cj
-            if _dyadic(exact):
-                out[j] = nudged_entry(_dyadic_mpf(exact), 1 if g > 0 else -1, fmt)
-                continue
-            v = mpf_of_fraction(exact)
-            out[j] = cert.put(v, _SAFETY * (abs(g_f) * a_f * tail_p + 3 * eps * abs(float(v))))
+            # G = -g coef_j + g A p_j with 0 < p_j < p_cut: the rational plus a remainder of g's sign.
+            out[j] = cert.rational(-g * cj, 1 if g > 0 else -1, ga * p_cut)
+            continue
+        if ei == 1 and rt.only_tail:
+            # At the maxima p_j = 1/k - delta, delta = t / (k (k + t)) in (0, tail_bound / k^2], computed
+            # as 0: G = g (A/k - coef_j) - g A delta, a rational plus a remainder against g's sign.
+            k = rt.k_ties
+            out[j] = cert.rational(g * (rc.total / k - cj), -1 if g > 0 else 1, ga * rt.tail_bound / (k * k))
             continue
         p = ei / rt.s
         ap = a_m * p
         c_m = mpf_of_fraction(cj)
         h = ap - c_m
         v = g_m * h
-        err_h = float(ap) * (rel_a + rt.rel_p + 2 * eps) + float(cj) * 2 * eps + eps * abs(float(h))
-        out[j] = cert.put(v, _SAFETY * (abs(g_f) * err_h * (1 + 2 * eps) + 3 * eps * abs(float(v))))
+        err_h = ap * (rel_a + rt.rel_p + 2 * eps) + c_m * 2 * eps + eps * abs(h)
+        out[j] = cert.put(v, _SAFETY * (abs(g_m) * err_h * (1 + 2 * eps) + 3 * eps * abs(v)))
     return out, cert.certified
-
-
-def _dyadic(v: Fraction) -> bool:
-    """Whether v is m / 2^e (then a binary value: mpmath holds it exactly)."""
-    d = v.denominator
-    return d & (d - 1) == 0
-
-
-def _dyadic_mpf(v: Fraction):
-    """A dyadic Fraction as an mpf, exactly (no rounding to the working precision)."""
-    return _ctx.make_mpf(from_man_exp(v.numerator, -(v.denominator.bit_length() - 1)))
-
-
-def _exact(v: Fraction, cert: Certifier) -> Entry:
-    """A rational value: one rounding to the working precision, certified like any other."""
-    if v == 0:
-        return cert.zero_entry
-    m = mpf_of_fraction(v)
-    return cert.put(m, 4 * math.ldexp(1.0, 2 - _ctx.prec) * abs(float(m)))
 
 
 def loss_gradient_reference(x: np.ndarray, loss: "LossInputs", dy: np.ndarray,
