@@ -158,6 +158,12 @@ def _certify(v: mpmath.mpf, err, fmt: Format, side: int = 0) -> tuple[float, int
     (the caller formed it without rounding); nothing else may pass 0.
     """
     r = round_mpf(v, fmt)
+    # A bound far below both ulp(v) and v's last bit changes nothing that is decided here (every
+    # rounding boundary lies a multiple of v's last bit away from v, or on it): raised to that
+    # floor, the ends below stay short exact sums (a tail of e^-3e38 would not fit in memory).
+    floor = _ctx.ldexp(1, min(ulp_exponent(v, fmt), v._mpf_[2] if v else 0) - 80)
+    if err and err < floor:
+        err = floor
     if side:
         # The open end: v itself is excluded, so its rounding is the limit from the remainder's side.
         lo_end, hi_end = _toward(v, side, fmt), _ctx.fadd(v, side * err, exact=True)
@@ -243,26 +249,29 @@ class RowTerms:
         which decides the rounding at a midpoint (reference._certify's side)."""
         return self.terms == 0 and self.tail > 0
 
-    def tail_sign(self, weights: Sequence[Fraction], curvature) -> int | None:
-        """The sign of sum_u w_u exp(d_u) over the groups below the cut (``weights`` per distinct
-        value, uniq's order), when it decides the sign of a quantity whose expansion in the
-        cut-off terms is that first-order sum plus a remainder of at most
-        ``curvature`` * (sum of the cut-off exps)^2. None where it cannot be settled here.
+    def tail_remainder(self, weights: Sequence[Fraction], curvature) -> tuple[int, mpmath.mpf]:
+        """(side, bound) of a quantity's remainder r = q - q(t = 0), where q's expansion in the
+        cut-off terms is the first-order sum_u w_u exp(d_u) over the groups below the cut
+        (``weights`` per distinct value, uniq's order) plus at most ``curvature`` * (sum of the
+        cut-off terms' exps)^2. side is r's sign where the first-order sum settles it, else 0;
+        |r| <= bound always.
 
-        The sum is factored by its largest term, exp(d_top) * sum_u w_u exp(d_u - d_top), so it is
-        computed however far below float64's (or any precision's) range the terms lie.
+        The sum is factored by its largest term, exp(d_top) * sum_u w_u exp(d_u - d_top), so its
+        sign and size are known however far below float64's (or any precision's) range it lies.
         """
-        idx = [u for u, e in enumerate(self.e) if e is None and weights[u] != 0]
+        idx = [u for u, e in enumerate(self.e) if e is None]
         if not idx:
-            return None
+            return 0, _ctx.zero
         d_top = self.d[idx[-1]]  # uniq is ascending: the last cut-off group is the largest
-        terms = [mpf_of_fraction(weights[u]) * _ctx.exp(self.d[u] - d_top) for u in idx]
+        e_top = _ctx.exp(d_top)
+        terms = [mpf_of_fraction(weights[u]) * _ctx.exp(self.d[u] - d_top) for u in idx if weights[u]]
         inner = _ctx.fsum(terms)
         err = _ctx.fsum(abs(v) for v in terms) * (len(terms) + 4) * self.eps
-        second = curvature * (int(self.counts[idx].sum()) ** 2) * _ctx.exp(d_top)
+        second = curvature * int(self.counts[idx].sum()) ** 2 * e_top
+        bound = e_top * ((abs(inner) + err + second) * (1 + 4 * self.eps))
         if abs(inner) > err + second:
-            return 1 if inner > 0 else -1
-        return None
+            return (1 if inner > 0 else -1), bound
+        return 0, bound
 
     def groups(self) -> list[np.ndarray]:
         """For each distinct finite value (uniq's order), the positions of its entries among the
@@ -335,13 +344,14 @@ class Certifier:
         return r, k, hi, lo
 
     def rational(self, r: Fraction, side: int = 0, err=0) -> tuple[float, int, float, float]:
-        """The entry of r + side * (a remainder in (0, err]), r an exact rational.
+        """The entry of r + side * (a remainder in (0, err]), r an exact rational (side 0: a
+        remainder of either sign, at most err).
 
         A dyadic r (every midpoint of a format is one) is held exactly and the remainder's sign
         settles a tie; any other r lies strictly between two midpoints and is rounded once to the
         working precision, the remainder counted on both sides.
         """
-        if side == 0 or not err:
+        if not err:
             side, err = 0, _ctx.zero
         d = r.denominator
         if d & (d - 1) == 0:

@@ -138,19 +138,19 @@ def softmax_vjp_row(x: np.ndarray, dy: np.ndarray, fmt: Format, prec: int,
         p = ei / rt.s
         err = _SAFETY * (p * (err_c + eps * abs(h)) * (1 + rt.rel_p) + abs(g) * (rt.rel_p + 3 * eps))
         if ei == 1 and rt.only_tail:
-            side = _tied_maximum_side(rt, group_exact, Fraction(dyj), big)
-            if side is not None:
-                exact = (Fraction(dyj) - group_exact[-1] / rt.k_ties) / rt.k_ties
-                out[j] = cert.rational(exact, side, err + abs(g - mpf_of_fraction(exact)))
-                continue
+            # The value at t = 0, exactly, and the remainder's side and size from the cut-off terms.
+            k = rt.k_ties
+            out[j] = cert.rational((Fraction(dyj) - group_exact[-1] / k) / k,
+                                   *_maximum_remainder(rt, group_exact, Fraction(dyj), big))
+            continue
         out[j] = cert.put(g, err)
     return out, cert.certified
 
 
-def _tied_maximum_side(rt, group_exact: list[Fraction], dy_i: Fraction, big: float) -> int | None:
-    """At a maximum of a row whose other terms all lie below the cut (t computed as 0), the side
-    of the exact g_i = (dy_i - C/s) / s from its value at t = 0, (dy_i - DY_max/k) / k, where a
-    tie there (a midpoint, or a power of two's binade) needs it; None where it stays unknown.
+def _maximum_remainder(rt, group_exact: list[Fraction], dy_i: Fraction, big: float) -> tuple[int, object]:
+    """At a maximum of a row whose other terms all lie below the cut (t computed as 0): the side
+    and a bound of g_i - (dy_i - DY_max/k) / k, the exact g_i = (dy_i - C/s) / s less its value at
+    t = 0 (RowTerms.tail_remainder).
 
     With s = k + t and C = DY_max + T (t = sum_u n_u e_u, T = sum_u DY_u e_u over the cut-off
     groups), the first-order change is (1/k^2) sum_u e_u (n_u (2 DY_max/k - dy_i) - DY_u); the
@@ -158,9 +158,10 @@ def _tied_maximum_side(rt, group_exact: list[Fraction], dy_i: Fraction, big: flo
     """
     k = rt.k_ties
     dy_max = group_exact[-1]
-    weights = [int(n) * (2 * dy_max / k - dy_i) - dy_u for n, dy_u in zip(rt.counts.tolist(), group_exact)]
-    curvature = 8 * (rt.counts.sum() * big + 1) * (1 + big) ** 2 / k
-    return rt.tail_sign(weights, curvature)
+    weights = [(int(n) * (2 * dy_max / k - dy_i) - dy_u) / (k * k)
+               for n, dy_u in zip(rt.counts.tolist(), group_exact)]
+    curvature = 8 * (int(rt.counts.sum()) * big + 1) * (1 + big) ** 2 / k ** 3
+    return rt.tail_remainder(weights, curvature)
 
 
 def log_softmax_vjp_row(x: np.ndarray, dy: np.ndarray, fmt: Format, prec: int,
@@ -193,8 +194,9 @@ def log_softmax_vjp_row(x: np.ndarray, dy: np.ndarray, fmt: Format, prec: int,
             if exact != 0:
                 out[j] = cert.rational(exact)
             continue
-        if dyj == 0 and d_exact == 0:
-            continue  # exactly 0 (the only zero of a row with two distinct values or more)
+        if d_exact == 0:  # g_j = dy_j exactly (0 is the only zero of a row with two distinct values or more)
+            out[j] = cert.put(_ctx.mpf(dyj), 0) if dyj != 0 else cert.zero_entry
+            continue
         ei = rt.e[u]
         if ei is None:
             # dy_j minus p_j D, 0 < p_j < p_cut: dy_j with a remainder against D's sign.
