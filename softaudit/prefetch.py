@@ -84,8 +84,9 @@ class _RecordingCache(ReferenceCache):
         return value
 
 
-def unit_references(needs: UnitNeeds, cache_dir: str | None) -> list[tuple[str, object]]:
-    """Compute (and store) every reference of one unit, as the main loop would ask for them."""
+def unit_references(needs: UnitNeeds, cache_dir: str | None) -> tuple[list[tuple[str, object]], int]:
+    """Compute (and store) every reference of one unit, as the main loop would ask for them; and
+    how many cache entries it found damaged (recomputed)."""
     from softaudit.inputs import generate, upstream
     from softaudit.runner import AuditUnit
 
@@ -107,7 +108,7 @@ def unit_references(needs: UnitNeeds, cache_dir: str | None) -> list[tuple[str, 
         else:
             shape = (rows,) if op == "logsumexp" else (rows, n)
             unit.gradient(op, upstream(case, fmt, shape, seed=needs.seed), None)
-    return cache.computed
+    return cache.computed, cache.damaged
 
 
 def _worker(todo: list[UnitNeeds], cache_dir: str | None, lock, front, back, results) -> None:  # noqa: ANN001
@@ -133,7 +134,7 @@ class Prefetcher:
         self.cache = cache
         self.jobs = jobs
         self._index: dict[tuple[str, str], int] = {}
-        self._done: dict[int, list | None] = {}
+        self._done: dict[int, tuple[list, int] | None] = {}
         self._procs: list = []
         self.units_from_workers = 0
         """Units whose references a worker computed and handed over."""
@@ -182,10 +183,13 @@ class Prefetcher:
                     return  # the worker that took it died (killed, out of memory): computed here
                 continue
             self._done[j] = items
-        items = self._done.pop(i)
-        if items is not None:
-            self.units_from_workers += 1
-        for key, value in items or ():
+        done = self._done.pop(i)
+        if done is None:
+            return
+        items, damaged = done
+        self.units_from_workers += 1
+        self.cache.damaged += damaged
+        for key, value in items:
             self.cache.memory[key] = value
 
     def _drain(self) -> None:

@@ -18,6 +18,7 @@ compute errors in ulps from that form.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import os
@@ -688,13 +689,18 @@ class ReferenceCache:
 
     Keys hash the engine version, the format and the input's bytes, so a change of
     either recomputes. Writes go to a temporary file renamed into place, so
-    concurrent runs never see half a file.
+    concurrent runs never see half a file. Each entry carries its own key and is read
+    only when that key is the one asked for: a file swapped, copied or altered under
+    another entry's name is damage, recomputed and replaced, never a reference for
+    an input it was not computed from (counted in ``damaged``).
     """
 
     def __init__(self, directory: Path | None) -> None:
         self.directory = directory
         self.hits = 0
         self.misses = 0
+        self.damaged = 0
+        """Entries found that did not match their key (or could not be read): recomputed."""
         self.memory: dict[str, object] = {}
         """Entries computed elsewhere (prefetch's worker processes) and handed over, by key."""
 
@@ -738,15 +744,15 @@ class ReferenceCache:
         path = self._path(key)
         if path.exists():
             try:
-                loaded = _load(path)
+                loaded = _load(path, key)
                 self.hits += 1
                 return loaded
-            except Exception:  # noqa: BLE001  (truncated, empty, foreign: any damage)
-                pass  # a damaged entry is recomputed and replaced
+            except Exception:  # noqa: BLE001  (truncated, empty, foreign, another input's: any damage)
+                self.damaged += 1  # recomputed and replaced below
         self.misses += 1
         ref = reference_rows(x, fmt)
         try:
-            _store(path, ref)
+            _store(path, ref, key)
         except OSError:
             pass  # a read-only or full cache directory must not stop an audit
         return ref
@@ -767,7 +773,7 @@ class ReferenceCache:
         path = self._path(key)
         if path.exists():
             try:
-                with np.load(path) as z:
+                with _open_entry(path, key) as z:
                     names = [str(v) for v in z["names"]]
                     ops = {name: OpReference(str(z[f"{name}.op"]), z[f"{name}.rounded"], z[f"{name}.k"],
                                              z[f"{name}.hi"], z[f"{name}.lo"], z[f"{name}.undefined"])
@@ -776,10 +782,11 @@ class ReferenceCache:
                 self.hits += 1
                 return ops, uncertified
             except Exception:  # noqa: BLE001  (a damaged entry is recomputed and replaced)
-                pass
+                self.damaged += 1
         self.misses += 1
         ops, uncertified = compute()
-        data: dict[str, np.ndarray] = {"names": np.array(list(ops)), "uncertified": np.array(uncertified)}
+        data: dict[str, np.ndarray] = {"key": np.array(key), "names": np.array(list(ops)),
+                                       "uncertified": np.array(uncertified)}
         for name, r in ops.items():
             data[f"{name}.op"] = np.array(r.op)
             for field in ("rounded", "k", "hi", "lo", "undefined"):
@@ -814,9 +821,22 @@ def _write_npz(path: Path, data: dict[str, np.ndarray]) -> None:
         raise
 
 
-def _store(path: Path, ref: ReferenceSet) -> None:
+class CacheEntryMismatch(ValueError):
+    """A cache file holds another key's entry (swapped, copied or altered)."""
+
+
+@contextlib.contextmanager
+def _open_entry(path: Path, key: str):  # type: ignore[no-untyped-def]
+    """The .npz at ``path``, only when it holds the entry of ``key``."""
+    with np.load(path) as z:
+        if "key" not in z.files or str(z["key"]) != key:
+            raise CacheEntryMismatch(f"{path} does not hold the entry of its key")
+        yield z
+
+
+def _store(path: Path, ref: ReferenceSet, key: str) -> None:
     data: dict[str, np.ndarray] = {
-        "amax": ref.stats.amax, "log_s": ref.stats.log_s,
+        "key": np.array(key), "amax": ref.stats.amax, "log_s": ref.stats.log_s,
         "n": np.array(ref.stats.n), "uncertified": np.array(ref.uncertified),
     }
     for op, r in ref.ops.items():
@@ -825,8 +845,8 @@ def _store(path: Path, ref: ReferenceSet) -> None:
     _write_npz(path, data)
 
 
-def _load(path: Path) -> ReferenceSet:
-    with np.load(path) as z:
+def _load(path: Path, key: str) -> ReferenceSet:
+    with _open_entry(path, key) as z:
         ops = {
             op: OpReference(op, z[f"{op}.rounded"], z[f"{op}.k"], z[f"{op}.hi"], z[f"{op}.lo"], z[f"{op}.undefined"])
             for op in ROW_OPS

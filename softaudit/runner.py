@@ -114,6 +114,8 @@ class AuditResult:
     cache_misses: int
     uncertified: int = 0
     """Reference elements whose rounding could not be certified at the precision cap (expected 0)."""
+    cache_damaged: int = 0
+    """Reference cache entries that did not match their input (damaged or altered): recomputed."""
     complete: bool = True
     """False when the audit was interrupted (Ctrl-C, SIGTERM): the records are those collected so far."""
     worker_restarts: int = 0
@@ -361,7 +363,7 @@ def run_audit(targets: Sequence[str], options: AuditOptions | None = None,
     return AuditResult(
         records=records, candidates=candidates, options=options, environment=environment(options.seed, options.device),
         seconds=time.perf_counter() - started, cache_hits=cache.hits, cache_misses=cache.misses,
-        uncertified=uncertified, complete=complete, worker_restarts=restarts, baseline=baseline,
+        cache_damaged=cache.damaged, uncertified=uncertified, complete=complete, worker_restarts=restarts, baseline=baseline,
         prefetched_units=prefetcher.units_from_workers if prefetcher is not None else 0, speed=speed,
     )
 

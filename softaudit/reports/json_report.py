@@ -105,7 +105,8 @@ def result_dict(result: AuditResult) -> dict:
         "summary": {
             "records": len(result.records), **{k.lower(): v for k, v in counts.items()},
             "exit_code": result.exit_code, "seconds": result.seconds,
-            "reference_cache": {"hits": result.cache_hits, "misses": result.cache_misses},
+            "reference_cache": {"hits": result.cache_hits, "misses": result.cache_misses,
+                                "damaged": result.cache_damaged},
             "reference_uncertified": result.uncertified, "worker_restarts": result.worker_restarts,
         },
     }

@@ -217,6 +217,9 @@ def render(result: AuditResult, console: Console, max_findings: int = 10) -> Non
         console.print(Text(f"{result.uncertified} reference elements could not be certified correctly rounded "
                            "within the precision cap; their verdicts rest on an uncertified rounding.",
                            style="yellow"))
+    if result.cache_damaged:
+        console.print(Text(f"{result.cache_damaged} reference cache entries did not match their inputs (damaged or "
+                           "altered) and were recomputed.", style="yellow"))
     if not result.complete:
         console.print(Text("Interrupted: these are the records collected before the stop.", style="bold yellow"))
     if result.baseline is not None:
