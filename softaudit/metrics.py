@@ -155,19 +155,48 @@ def judge_elements(op: str, x: np.ndarray, y: np.ndarray, ref: OpReference,
     return ElementJudgement(err, bits, env, ratio, expected, got, mismatch, np.asarray(judged))
 
 
-def undefined_behaviour(op: str, y_row: np.ndarray) -> str:
-    """What a candidate produced on a row whose exact answer is undefined (DESIGN §5)."""
+def undefined_behaviour(op: str, y_row: np.ndarray, x_row: np.ndarray | None = None) -> str:
+    """What a candidate produced on a row whose exact answer is undefined (DESIGN §5): "nan",
+    "zero", "limit" (a row holding +inf: the limit of the op there) or "other".
+
+    On a row holding k entries of +inf, what correct max-shifted code returns - NaN at the +inf
+    entries and 0 (softmax) or -inf (log_softmax) elsewhere - counts as "nan", as autograd's
+    gradient pattern does; the limit - 1/k (softmax) or -log k (log_softmax) at the +inf entries
+    and 0 / -inf elsewhere, log k or +inf for cross-entropy (which of the two depends on the
+    target) - counts as "limit" (docs/special-values.md).
+    """
     y_row = np.asarray(y_row, dtype=np.float64)
     nan = np.isnan(y_row)
     if nan.all() or (op.endswith("_backward") and nan.any() and (y_row[~nan] == 0).all()):
         # A gradient flagged NaN where the forward is infinite and 0 elsewhere (autograd's
         # logsumexp at a +inf entry) counts as NaN: the row says it is undefined.
         return "nan"
+    posinf = None if x_row is None else np.asarray(x_row, dtype=np.float64) == np.inf
+    if posinf is not None and posinf.any():
+        k = int(np.count_nonzero(posinf))
+        with np.errstate(invalid="ignore"):
+            if op in ("softmax", "log_softmax") and y_row.shape == posinf.shape:
+                rest = 0.0 if op == "softmax" else -np.inf
+                if (y_row[~posinf] == rest).all():
+                    if nan[posinf].all():
+                        return "nan"
+                    at_limit = 1.0 / k if op == "softmax" else -math.log(k)
+                    if np.allclose(y_row[posinf], at_limit, rtol=LIMIT_RTOL, atol=0.0):
+                        return "limit"
+            elif op == "cross_entropy" and y_row.ndim == 0:
+                if y_row == np.inf or (k > 1 and np.isclose(y_row, math.log(k), rtol=LIMIT_RTOL, atol=0.0)) \
+                        or (k == 1 and y_row == 0):
+                    return "limit"
     if op == "log_softmax" and (y_row == -np.inf).all():
         return "zero"
     if (y_row == 0).all():
         return "zero"
     return "other"
+
+
+LIMIT_RTOL = 2.0**-7
+"""How close to 1/k or log k an output on a +inf row must be to count as the limit: half an ulp of
+bfloat16 (the coarsest format), so a correctly rounded limit in any format qualifies."""
 
 
 @dataclass
@@ -225,7 +254,7 @@ def summarize(op: str, x: np.ndarray, y: np.ndarray, ref: OpReference, j: Elemen
         idx = tuple(int(i) for i in np.argwhere(j.class_mismatch)[0])
         m.first_mismatch = _locate(op, x64, y64, ref, j, idx)
     for r in np.flatnonzero(ref.undefined):
-        b = undefined_behaviour(ref.op, y64[r])
+        b = undefined_behaviour(ref.op, y64[r], x64[r] if x64.ndim == 2 and x64.shape[0] == y64.shape[0] else None)
         m.undefined_rows[b] = m.undefined_rows.get(b, 0) + 1
     err = j.err_ulp[np.isfinite(j.err_ulp)]
     if err.size:

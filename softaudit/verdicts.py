@@ -18,15 +18,18 @@ PASS, WARN, FAIL, SKIP = "PASS", "WARN", "FAIL", "SKIP"
 SEVERITY = {SKIP: 0, PASS: 1, WARN: 2, FAIL: 3}
 
 UNDEFINED_POLICIES: dict[str, frozenset[str] | None] = {
-    "nan-or-zero": frozenset({"nan", "zero"}),
+    "nan-or-zero": frozenset({"nan", "zero", "limit"}),
     "nan": frozenset({"nan"}),
     "zero": frozenset({"zero"}),
     "any": None,
 }
 """Accepted behaviours on rows whose exact answer is undefined (fully masked, or a +inf entry).
 
-"zero" means an all-zero softmax row, or an all -inf (or all 0) log_softmax row.
-Under "any" nothing fails, and behaviours other than nan/zero are reported as WARN.
+"zero" means an all-zero softmax row, or an all -inf (or all 0) log_softmax row. On a row holding
++inf, NaN at the +inf entries with 0 (or -inf) elsewhere counts as "nan", and the op's limit there
+(1/k, -log k; log k or +inf for cross-entropy) as "limit", which the default accepts
+(docs/special-values.md). Under "any" nothing fails, and behaviours other than nan/zero/limit are
+reported as WARN.
 """
 
 DEFAULT_UNDEFINED_POLICY = "nan-or-zero"
@@ -122,7 +125,7 @@ def decide(m: RecordMetrics, gate: Gate) -> tuple[str, list[str]]:
     accepted = UNDEFINED_POLICIES[gate.undefined_policy]
     for behaviour, rows in sorted(m.undefined_rows.items()):
         if accepted is None:
-            if behaviour not in ("nan", "zero"):
+            if behaviour not in ("nan", "zero", "limit"):
                 warns.append(f"{rows} undefined row(s) (fully masked or +inf) returned {behaviour} values "
                              f"(policy 'any' accepts them)")
         elif behaviour not in accepted:

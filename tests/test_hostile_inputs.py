@@ -85,3 +85,40 @@ def test_an_unreadable_cache_entry_is_damage_not_a_crash(tmp_path, content):
     fresh = ReferenceCache(tmp_path)
     assert np.array_equal(fresh.get_or_compute(x, fmt).ops["logsumexp"].rounded, want)
     assert fresh.damaged == 1
+
+
+FIXTURES = Path(__file__).parent / "fixtures" / "hostile"
+
+
+@pytest.mark.parametrize("fixture", ["posinf_float64_once.py", "posinf_limit.py"])
+def test_correct_code_on_rows_holding_inf_is_not_a_finding(fixture):
+    """Max-shifted float64 rounded once (NaN at the +inf entries, 0 / -inf elsewhere) and code
+    returning the limit (1/k, -log k) FAILed posinf-one, posinf-several and posinf-and-neginf under
+    the default policy; both are what DESIGN §5 accepts."""
+    result = run_audit([str(FIXTURES / fixture)], AuditOptions(case_patterns=["posinf*"], isolated=False))
+    assert result.records and not [r for r in result.records if r.verdict == "FAIL"]
+    behaviours = {b for r in result.records if r.metrics for b in r.metrics.undefined_rows}
+    assert behaviours == ({"nan"} if "once" in fixture else {"limit"})
+
+
+def test_a_strict_policy_still_rejects_the_limit():
+    from softaudit.verdicts import Gate
+
+    options = AuditOptions(case_patterns=["posinf-one"], isolated=False, gate=Gate(undefined_policy="nan"))
+    result = run_audit([str(FIXTURES / "posinf_limit.py")], options)
+    assert {r.verdict for r in result.records if r.verdict != "SKIP"} == {"FAIL"}
+
+
+def test_the_limit_pattern_needs_the_right_values():
+    from softaudit.metrics import undefined_behaviour
+
+    x = np.array([np.inf, 1.0, np.inf])
+    assert undefined_behaviour("softmax", np.array([0.5, 0.0, 0.5]), x) == "limit"
+    assert undefined_behaviour("softmax", np.array([np.nan, 0.0, np.nan]), x) == "nan"
+    assert undefined_behaviour("softmax", np.array([0.5, 0.1, 0.5]), x) == "other"
+    assert undefined_behaviour("softmax", np.array([1.0, 0.0, 0.0]), x) == "other"  # not 1/k at every +inf
+    assert undefined_behaviour("log_softmax", np.array([-np.log(2), -np.inf, -np.log(2)]), x) == "limit"
+    assert undefined_behaviour("log_softmax", np.array([np.nan, -np.inf, np.nan]), x) == "nan"
+    assert undefined_behaviour("cross_entropy", np.array(np.log(2)), x) == "limit"
+    assert undefined_behaviour("cross_entropy", np.array(np.inf), x) == "limit"
+    assert undefined_behaviour("cross_entropy", np.array(1.5), x) == "other"
