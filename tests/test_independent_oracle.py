@@ -169,9 +169,25 @@ def test_class_1_a_midpoint_plus_an_infinitesimal_in_losses_vjps_and_gradients(f
     assert bad == []
 
 
+@pytest.mark.parametrize("k", [3, 5, 6, 12])
+def test_class_2_float64_vjps_of_subnormal_size_on_midpoints(k):
+    """VJPs around 1e-323: an upstream gradient of m 2^-1074 over k tied maxima is m/k ulps of 0, a
+    midpoint for odd m and even k, less an infinitesimal from a far entry. The bounds, floats of
+    that size times 2^-118, underflowed to 0 and the midpoint was 'certified' (rounded to even)."""
+    tiny = 2.0**-1074
+    x = np.array([[0.0] * k + [-800.0, -1e5]])
+    bad = []
+    for m in (1, 3, 5, 9, 15, 27):
+        dys = {"logsumexp": np.array([m * tiny]),
+               "softmax": np.array([[m * tiny] * (k - 1) + [0.0, 0.0, m * tiny]]),
+               "log_softmax": np.array([[m * tiny] + [0.0] * (k + 1)])}
+        bad += _agree(x, "float64", dys)
+    assert bad == []
+
+
 @pytest.mark.parametrize("gap", [700.0, 745.5, 760.0])
 def test_class_2_float64_outputs_near_and_below_the_normal_range(gap):
-    """softmax around 5.6e-309 and VJPs around 1e-322: bounds that underflowed were taken as proof."""
+    """softmax around 5.6e-309 and VJPs around 1e-322 from rows whose terms straddle exp's range."""
     rng = np.random.default_rng(int(gap))
     bad = []
     for _ in range(8):
