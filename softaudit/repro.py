@@ -144,6 +144,11 @@ def _check_same_input(record: Record, x: np.ndarray) -> None:
 # Text helpers
 
 
+def _verbatim(text: str) -> bool:
+    """Whether text reads the same in a docstring's source as in its value (nothing to escape)."""
+    return text.isprintable() and "\\" not in text and '"' not in text
+
+
 def _doc_text(text: str) -> str:
     """Untrusted text made safe inside a triple-quoted docstring: backslashes, quotes and
     unprintable characters escaped (the docstring's value is the text itself)."""
@@ -237,7 +242,8 @@ class _Script:
     def render(self) -> str:
         hex_literal = _embedded(self.x, self.fmt)
         needs_case = hex_literal is None or self.record.op == "cross_entropy" or self.record.direction == "backward"
-        parts = [self._docstring(hex_literal is not None), self._imports(needs_case, hex_literal is not None),
+        parts = [self._docstring(hex_literal is not None) + self._command_comment(),
+                 self._imports(needs_case, hex_literal is not None),
                  self._constants(), self._main(needs_case, hex_literal is not None), _COMMON]
         if needs_case:
             parts.append(_LOAD_CASE)
@@ -258,6 +264,14 @@ class _Script:
 
     # ----------------------------------------------------------------------
 
+    def _command_comment(self) -> str:
+        """The rerun command as comment lines, where a docstring would have to escape it: a comment
+        holds any printable text verbatim, so what is pasted from the file is what was quoted."""
+        command = rerun_command(self.record, self.doc)
+        if _verbatim(command) or not command.isprintable():
+            return ""
+        return "\n# Audited again, alone, by:\n#   " + command
+
     def _docstring(self, embedded: bool) -> str:
         r, doc = self.record, self.doc
         loc, what = self.location
@@ -268,8 +282,15 @@ class _Script:
         lines.append(f"In the results ({_doc_text(source)}{_doc_text(version)}): {r.verdict}")
         if r.reasons:
             lines.extend(_wrapped(r.reasons[0], "    "))
-        lines.append("Audited again, alone, by:")
-        lines.append("    " + _doc_text(rerun_command(r, doc)))
+        command = rerun_command(r, doc)
+        if _verbatim(command):
+            lines.append("Audited again, alone, by:")
+            lines.append("    " + command)
+        elif command.isprintable():
+            lines.append("Audited again, alone, by the command in the comment below this docstring.")
+        else:
+            lines.append("Audited again, alone, by softaudit run with the record's options (the command is not")
+            lines.append("shown: an argument holds control characters that no line can carry safely).")
         if r.case_description:
             lines.append(f"The case {_doc_text(r.case)}:")
             lines.extend(_wrapped(r.case_description, "    "))

@@ -214,3 +214,27 @@ def test_describe_words_an_element_as_the_reasons_do(audit):
     assert any(f"worst at {detail}" in reason for reason in record.reasons)
     mismatch = Location(row=1, col=None, input=2.0, computed=math.nan, rounded_exact=1.5, exact="1.5")
     assert describe(mismatch) == "row 1: max input 2.0, exact 1.5, computed nan"
+
+
+@pytest.mark.parametrize("cases_dir", ["x'; touch pwned; echo '", 'a "b" \\c $(touch pwned) `touch pwned`'])
+def test_the_rerun_line_in_the_file_is_correctly_quoted(audit, tmp_path, cases_dir):
+    """A --cases-dir named ``x'; touch pwned; echo '`` reached the docstring as an escaped line
+    whose quoting no longer held: pasted into a shell, it ran ``touch``. The line as it stands in the
+    file is now the shell-quoted command itself (in a comment where a docstring would escape it)."""
+    evil_dir = tmp_path / cases_dir
+    evil_dir.mkdir()
+    (evil_dir / "extra.toml").write_text('[[case]]\nname = "quoting-extra"\nfamily = "shapes"\n'
+                                         'description = "a case of the user\'s"\nrows = 1\nn = 2\n')
+    cases_dir = str(evil_dir)
+    doc = dataclasses.replace(audit, options={**audit.options, "cases_dirs": [cases_dir]})
+    source = repro_script(doc, FORWARD_FAIL)
+    expected = rerun_command(doc.record(FORWARD_FAIL), doc)
+    lines = [line.strip().lstrip("#").strip() for line in source.splitlines()]
+    assert expected in lines  # verbatim, as written to the file
+    parsed = subprocess.run(["bash", "-n", "-c", expected], capture_output=True, text=True)
+    assert parsed.returncode == 0, parsed.stderr
+    printed = subprocess.run(["bash", "-c", "softaudit() { printf '%s\\n' \"$@\"; }; " + expected],
+                             cwd=tmp_path, capture_output=True, text=True)
+    assert printed.stdout.splitlines()[-1] == cases_dir and printed.stdout.splitlines()[0] == "run"
+    assert not (tmp_path / "pwned").exists()
+    compile(source, "repro.py", "exec")
