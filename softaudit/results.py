@@ -144,11 +144,52 @@ def speed_of_dict(d: dict) -> SpeedRecord:
                        figures=figures, skipped=None if skipped is None else str(skipped))
 
 
+def _lone_surrogate(data: Any) -> str | None:
+    """The first string (key or value) in a parsed JSON value holding a lone surrogate (JSON's
+    \\ud800 escapes allow them; no UTF-8 file or terminal can), walked without recursion."""
+    stack = [data]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError:
+                return v
+        elif isinstance(v, dict):
+            stack.extend(v.keys())
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+    return None
+
+
+def _object(data: dict, key: str, where: str) -> dict:
+    value = data.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ResultsError(f"{where}: '{key}' is not an object (got {type(value).__name__})")
+    return dict(value)
+
+
+def _seed(value: Any, where: str, key: str) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+        raise ResultsError(f"{where}: '{key}' seed {value!r} is not a non-negative integer")
+
+
 def document_of_dict(data: Any, source: str = "") -> ResultsDocument:
-    """Validate and convert a parsed results object; ResultsError says what is wrong."""
+    """Validate and convert a parsed results object; ResultsError says what is wrong.
+
+    One rule for every command that reads results (report, compare, repro): each record id once,
+    objects where objects belong, a boolean 'complete', seeds that are non-negative integers, and
+    text that is valid Unicode."""
     where = source or "results"
     if not isinstance(data, dict) or "results" not in data:
         raise ResultsError(f"{where}: not a softaudit results file (no 'results' list)")
+    bad_text = _lone_surrogate(data)
+    if bad_text is not None:
+        raise ResultsError(f"{where}: a string holds a lone surrogate ({bad_text.encode('utf-8', 'backslashreplace')[:60]!r}"
+                           f"...): not valid Unicode")
     version = data.get("schema_version")
     if version not in SUPPORTED_SCHEMA_VERSIONS:
         raise ResultsError(f"{where}: schema_version {version!r} is not one this softaudit reads "
@@ -172,11 +213,30 @@ def document_of_dict(data: Any, source: str = "") -> ResultsDocument:
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             what = f"missing key {exc}" if isinstance(exc, KeyError) else str(exc)
             raise ResultsError(f"{where}: speed entry {i} is malformed ({what})") from None
+    seen: set[str] = set()
+    for r in records:
+        if r.id in seen:
+            raise ResultsError(f"{where}: two records have the id {r.id!r}; a results file holds each record once")
+        seen.add(r.id)
+    environment, options = _object(data, "environment", where), _object(data, "options", where)
+    _seed(environment.get("seed"), where, "environment")
+    _seed(options.get("seed"), where, "options")
+    cases_dirs = options.get("cases_dirs")
+    if cases_dirs is not None and not (isinstance(cases_dirs, list) and all(isinstance(d, str) for d in cases_dirs)):
+        raise ResultsError(f"{where}: 'options' cases_dirs is not a list of paths")
+    candidates = data.get("candidates") or []
+    if not isinstance(candidates, list) or not all(isinstance(c, dict) for c in candidates):
+        raise ResultsError(f"{where}: 'candidates' is not a list of objects")
+    complete = data.get("complete", True)
+    if not isinstance(complete, bool):
+        raise ResultsError(f"{where}: 'complete' is {complete!r}, not true or false")
+    version_text = data.get("softaudit_version")
+    if version_text is not None and not isinstance(version_text, str):
+        raise ResultsError(f"{where}: 'softaudit_version' is not a string")
     return ResultsDocument(
-        records=records, speed=speed, environment=dict(data.get("environment") or {}),
-        options=dict(data.get("options") or {}),
-        candidates=list(data.get("candidates") or []), summary=dict(data.get("summary") or {}),
-        complete=bool(data.get("complete", True)), softaudit_version=data.get("softaudit_version"),
+        records=records, speed=speed, environment=environment, options=options,
+        candidates=list(candidates), summary=_object(data, "summary", where),
+        complete=complete, softaudit_version=version_text,
         schema_version=int(version), source=source,
     )
 
@@ -196,6 +256,8 @@ def load_results(path: str | Path) -> ResultsDocument:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ResultsError(f"{p}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    except RecursionError:
+        raise ResultsError(f"{p}: JSON nested too deeply to be a softaudit results file") from None
     return document_of_dict(data, str(p))
 
 

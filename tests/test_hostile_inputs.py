@@ -122,3 +122,70 @@ def test_the_limit_pattern_needs_the_right_values():
     assert undefined_behaviour("cross_entropy", np.array(np.log(2)), x) == "limit"
     assert undefined_behaviour("cross_entropy", np.array(np.inf), x) == "limit"
     assert undefined_behaviour("cross_entropy", np.array(1.5), x) == "other"
+
+
+# --------------------------------------------------------------------------
+# Malformed results files: one line and exit 2 in report, compare and repro (issue 20, item 3)
+
+
+@pytest.fixture(scope="module")
+def results_json(tmp_path_factory) -> dict:
+    import json
+
+    from softaudit.reports.json_report import results_json as to_json
+
+    result = run_audit(["builtin:naive"], AuditOptions(formats=[FORMATS["float32"]], case_patterns=["gap-87.3"],
+                                                       isolated=False, ops=["softmax"]))
+    return json.loads(to_json(result))
+
+
+def _malformed(good: dict) -> dict[str, object]:
+    import copy
+
+    def changed(fn) -> dict:
+        d = copy.deepcopy(good)
+        fn(d)
+        return d
+
+    first = good["results"][0]
+    return {
+        "environment-list": changed(lambda d: d.__setitem__("environment", [["seed", 0]])),
+        "deep": '{"schema_version": 1, "results": ' + "[" * 100_000 + "]" * 100_000 + "}",
+        "candidates-mixed": changed(lambda d: d.__setitem__("candidates", ["x", 3])),
+        "surrogate": changed(lambda d: d["results"][0].__setitem__("case_description", "\ud800")),
+        "seed-nan": changed(lambda d: d["options"].__setitem__("seed", float("nan"))),
+        "seed-negative": changed(lambda d: d["options"].__setitem__("seed", -1)),
+        "seed-string": changed(lambda d: d["options"].__setitem__("seed", "1")),
+        "seed-list": changed(lambda d: d["environment"].__setitem__("seed", [1])),
+        "complete-string": changed(lambda d: d.__setitem__("complete", "false")),
+        "duplicate-id": changed(lambda d: d["results"].append(copy.deepcopy(first))),
+    }
+
+
+def _write_json(path: Path, data: object) -> None:
+    """JSON text as given, or data dumped (a lone surrogate is written as JSON's \\ud800 escape)."""
+    import json
+
+    path.write_text(data if isinstance(data, str) else json.dumps(data), encoding="utf-8")
+
+
+def test_malformed_results_files_give_one_line_and_exit_2(results_json, tmp_path):
+    from typer.testing import CliRunner
+
+    from softaudit.cli import app
+
+    good = tmp_path / "good.json"
+    _write_json(good, results_json)
+    record_id = results_json["results"][0]["id"] if "id" in results_json["results"][0] else None
+    runner = CliRunner()
+    for name, data in _malformed(results_json).items():
+        bad = tmp_path / f"{name}.json"
+        _write_json(bad, data)
+        commands = [["report", str(bad), "--md", str(tmp_path / f"{name}.md")],
+                    ["compare", str(good), str(bad)],
+                    ["repro", str(bad), record_id or "x"]]
+        for args in commands:
+            got = runner.invoke(app, args)
+            lines = [line for line in got.output.splitlines() if line.strip()]
+            assert got.exit_code == 2, (name, args[0], got.output[-500:], got.exception)
+            assert len(lines) == 1 and "Traceback" not in got.output, (name, args[0], got.output[-500:])
