@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
+import os
 import re
 import zlib
 from collections.abc import Mapping, Sequence
@@ -208,8 +209,8 @@ def load_cases(extra_dirs: Sequence[Path] = (), include_default: bool = True) ->
         if resolved in seen_dirs:
             continue
         seen_dirs.add(resolved)
-        if d.is_file() and d.suffix == ".toml":
-            files.append(d)
+        if d.suffix == ".toml" and d.exists() and not d.is_dir():
+            files.append(d)  # _load_file refuses what is not a regular file
         elif d.is_dir():
             found = sorted(d.glob("*.toml"))
             if not found:
@@ -244,12 +245,41 @@ def select_cases(cases: Sequence[Case], patterns: Sequence[str]) -> list[Case]:
     return [c for c in cases if c.name in chosen]
 
 
+MAX_CASE_ELEMENTS = 1 << 22
+"""Elements (rows x n) one case may ask for: 16 times the largest shipped case (262,144), about
+4.2 million. A case of 10^10 elements would pass every other check and then exhaust memory when
+the audit generates it; a larger cap is one environment variable away."""
+
+MAX_ELEMENTS_VARIABLE = "SOFTAUDIT_MAX_CASE_ELEMENTS"
+
+
+def max_case_elements() -> int:
+    """The cap on a case's elements: $SOFTAUDIT_MAX_CASE_ELEMENTS when set (a positive integer),
+    else MAX_CASE_ELEMENTS."""
+    raw = os.environ.get(MAX_ELEMENTS_VARIABLE, "").strip()
+    if not raw:
+        return MAX_CASE_ELEMENTS
+    try:
+        value = int(raw.replace("_", ""))
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise CaseError(f"${MAX_ELEMENTS_VARIABLE} is {raw!r}: give a positive whole number of elements")
+    return value
+
+
 def _load_file(path: Path) -> list[Case]:
+    if not path.is_file():  # a FIFO or device named *.toml would block or never end
+        raise CaseError(f"{path}: not a regular file")
     try:
         with path.open("rb") as fh:
             doc = tomllib.load(fh)
     except tomllib.TOMLDecodeError as exc:
         raise CaseError(f"{path}: invalid TOML: {_one_line(str(exc))}") from None
+    except UnicodeDecodeError:
+        raise CaseError(f"{path}: not UTF-8 text (a case file is TOML, which is UTF-8)") from None
+    except RecursionError:
+        raise CaseError(f"{path}: nested too deeply to be a case file") from None
     except OSError as exc:
         raise CaseError(f"{path}: cannot read: {_one_line(str(exc))}") from None
     unknown = [k for k in doc if k != "case"]
@@ -449,6 +479,14 @@ class _CaseReader:
         return tuple(tuple(self.value("data", x) for x in r) for r in rows)
 
     def shape(self, data: tuple[tuple[Value, ...], ...] | None) -> tuple[int, int]:
+        rows, n = self._shape(data)
+        cap = max_case_elements()
+        if rows * n > cap:
+            self.fail("n", f"{rows:,} x {n:,} = {rows * n:,} elements is over the cap of {cap:,} elements per case "
+                           f"(${MAX_ELEMENTS_VARIABLE} raises it)")
+        return rows, n
+
+    def _shape(self, data: tuple[tuple[Value, ...], ...] | None) -> tuple[int, int]:
         t = self.table
         rows = self.integer("rows", t["rows"], 1) if "rows" in t else None
         n = self.integer("n", t["n"], 1) if "n" in t else None

@@ -189,3 +189,60 @@ def test_malformed_results_files_give_one_line_and_exit_2(results_json, tmp_path
             lines = [line for line in got.output.splitlines() if line.strip()]
             assert got.exit_code == 2, (name, args[0], got.output[-500:], got.exception)
             assert len(lines) == 1 and "Traceback" not in got.output, (name, args[0], got.output[-500:])
+
+
+# --------------------------------------------------------------------------
+# Case files that would exhaust memory or crash the loader (issue 20, item 4)
+
+
+def _case_file(tmp_path: Path, body: str, name: str = "c.toml") -> Path:
+    d = tmp_path / "cases"
+    d.mkdir(exist_ok=True)
+    (d / name).write_text('[[case]]\nname = "hostile"\nfamily = "shapes"\ndescription = "d"\n' + body)
+    return d
+
+
+@pytest.mark.parametrize("shape", ["n = 10000000000", "rows = 1000000000\nn = 1", "rows = 100000\nn = 100000"])
+def test_a_case_too_large_is_refused_naming_file_case_and_cap(tmp_path, shape, monkeypatch):
+    from softaudit.cases import CaseError, load_cases
+
+    d = _case_file(tmp_path, shape + "\n")
+    with pytest.raises(CaseError, match=r"c\.toml.*hostile.*over the cap of 4,194,304 elements"):
+        load_cases([d])
+    monkeypatch.setenv("SOFTAUDIT_MAX_CASE_ELEMENTS", str(10**10 + 1))
+    assert any(c.name == "hostile" for c in load_cases([d]))  # the cap is an option
+
+
+def test_case_files_that_are_not_utf8_too_deep_or_not_regular_are_refused(tmp_path):
+    import os as _os
+
+    from softaudit.cases import CaseError, load_cases
+
+    bad = tmp_path / "latin1"
+    bad.mkdir()
+    (bad / "c.toml").write_bytes('[[case]]\nname = "caf\u00e9"\n'.encode("latin-1"))
+    with pytest.raises(CaseError, match="not UTF-8"):
+        load_cases([bad])
+    deep = tmp_path / "deep"
+    deep.mkdir()
+    (deep / "c.toml").write_text('[[case]]\nname = "deep"\nvalues = "explicit"\ndata = '
+                                 + "[" * 100_000 + "1" + "]" * 100_000 + "\n")
+    with pytest.raises(CaseError, match="deep|invalid TOML"):
+        load_cases([deep])
+    fifo_dir = tmp_path / "fifo"
+    fifo_dir.mkdir()
+    _os.mkfifo(fifo_dir / "c.toml")
+    with pytest.raises(CaseError, match="not a regular file"):
+        load_cases([fifo_dir])
+    with pytest.raises(CaseError, match="not a regular file"):
+        load_cases([fifo_dir / "c.toml"])
+
+
+def test_the_cases_command_refuses_a_huge_case_in_one_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from softaudit.cli import app
+
+    d = _case_file(tmp_path, "n = 10000000000\n")
+    got = CliRunner().invoke(app, ["cases", "--cases-dir", str(d)])
+    assert got.exit_code == 2 and len(got.output.strip().splitlines()) == 1, got.output
