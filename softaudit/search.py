@@ -155,10 +155,23 @@ class SearchResult:
     environment: dict = field(default_factory=dict)
     complete: bool = True
     """False when interrupted (Ctrl-C): what was found so far is reported, nothing is saved."""
+    intermittent: tuple[int, int] | None = None
+    """(failed, tries) when the saved case did not fail every time it was judged again: the
+    candidate fails only sometimes on the same input (a finding, not softaudit's error)."""
+
+    @property
+    def failing(self) -> Evaluation | None:
+        """The failing input to report: the shrunk one, or, when interrupted before it was shrunk
+        and saved, the worst failing input found so far."""
+        if self.minimal is not None:
+            return self.minimal
+        if not self.complete and self.worst is not None and self.worst.failed:
+            return self.worst
+        return None
 
     @property
     def found(self) -> bool:
-        return self.minimal is not None
+        return self.failing is not None
 
     @property
     def exit_code(self) -> int:
@@ -407,6 +420,9 @@ def search(target: str, options: SearchOptions, progress: ProgressFn | None = No
     if options.device != "auto":
         check_device(options.device)
     corpus = options.save_to or default_corpus_dir()
+    if corpus.exists() and not corpus.is_dir():
+        raise SearchError(f"the corpus {str(corpus)!r} is not a directory (--save-to, 'corpus' in "
+                          "[tool.softaudit] or $SOFTAUDIT_CORPUS_DIR names where found cases are saved)")
     if executor is None:
         executor = make_executor(options.isolated, options.rowwise, options.timeout, options.memory_limit,
                                  None if options.device == "auto" else options.device)
@@ -517,13 +533,27 @@ def _shrink_and_save(result: SearchResult, judge: Judge, corpus: Path, progress:
                f"{result.worst.trial.shape[0]}x{result.worst.trial.shape[1]} to {small.shape[0]}x{small.shape[1]}.")
     path, new = save_case(table, corpus, comment)
     saved = load_cases([path], include_default=False)[0]
-    ev = judge.judge_case(saved, small, persistent=True, from_case=True)
     regenerated = generate(saved, o.format, seed=0).astype(np.float64)
-    if ev is None or primary not in ev.classes or not np.array_equal(regenerated, small.x, equal_nan=True):
-        raise SearchError(f"{path}: the saved case does not reproduce the failure ({primary}); "
+    if not np.array_equal(regenerated, small.x, equal_nan=True):
+        raise SearchError(f"{path}: the saved case does not regenerate the failing input bit for bit; "
                           "please report this as a softaudit bug")
+    ev = judge.judge_case(saved, small, persistent=True, from_case=True)
+    if ev is None or primary not in ev.classes:
+        # The same input judged again passed: the candidate fails only sometimes. That is a finding
+        # (kept, with the rate seen), not a fault of the saved case, which is the same input.
+        again = [judge.judge_case(saved, small, persistent=True, from_case=True) for _ in range(INTERMITTENT_TRIES)]
+        failing = [e for e in again if e is not None and primary in e.classes]
+        result.intermittent = (len(failing), INTERMITTENT_TRIES + 1)
+        ev = failing[0] if failing else (ev or next((e for e in again if e is not None), None))
+        if ev is None:
+            raise SearchError(f"{path}: the saved case could not be judged again (the candidate skips it now)")
     result.minimal, result.case_path, result.case_name, result.case_new = ev, path, saved.name, new
     result.reproducer = _reproducer(result, ev.record, corpus)
+
+
+INTERMITTENT_TRIES = 9
+"""How many more times a saved case that passed when judged again is judged, to measure how often
+the candidate fails on it (10 judgings in all)."""
 
 
 def _reproducer(result: SearchResult, record: Record, corpus: Path) -> str:

@@ -5,6 +5,7 @@ Each test here was written against a defect found by attacking softaudit as a ho
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from collections import defaultdict
 from pathlib import Path
@@ -246,3 +247,61 @@ def test_the_cases_command_refuses_a_huge_case_in_one_line(tmp_path):
     d = _case_file(tmp_path, "n = 10000000000\n")
     got = CliRunner().invoke(app, ["cases", "--cases-dir", str(d)])
     assert got.exit_code == 2 and len(got.output.strip().splitlines()) == 1, got.output
+
+
+# --------------------------------------------------------------------------
+# Search: a flaky candidate is a finding, a corpus that is a file is bad input, Ctrl-C keeps the
+# failure (issue 20, item 5)
+
+
+def _search_options(tmp_path: Path, **kw):
+    from softaudit.search import SearchOptions
+
+    return SearchOptions(op="softmax", format=FORMATS["float32"], budget=10, seed=0, save_to=tmp_path / "corpus",
+                         isolated=False, **kw)
+
+
+def test_a_candidate_that_fails_only_sometimes_is_reported_as_intermittent(tmp_path):
+    """It made search exit 2 with 'please report this as a softaudit bug', leaving a case and no JSON."""
+    from softaudit.reports.search_report import search_dict
+    from softaudit.search import search
+
+    result = search(str(FIXTURES / "flaky_softmax.py"), _search_options(tmp_path))
+    assert result.found and result.exit_code == 1 and result.failure == "finite->nan"
+    assert result.intermittent is not None and 0 < result.intermittent[0] < result.intermittent[1] == 10
+    assert result.case_path is not None and result.case_path.exists()
+    out = search_dict(result)
+    assert out["intermittent"] == {"failed": result.intermittent[0], "judged": 10} and out["input"] is not None
+
+
+def test_a_corpus_that_is_a_file_is_refused_before_searching(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from softaudit.cli import app
+    from softaudit.search import SearchError, search
+
+    impl = tmp_path / "impl.py"
+    impl.write_text((FIXTURES / "flaky_softmax.py").read_text())
+    with pytest.raises(SearchError, match="not a directory"):
+        search(str(impl), dataclasses.replace(_search_options(tmp_path), save_to=impl))
+    (tmp_path / "pyproject.toml").write_text('[tool.softaudit]\ncorpus = "impl.py"\n')
+    monkeypatch.chdir(tmp_path)
+    got = CliRunner().invoke(app, ["search", "impl.py", "--op", "softmax", "--dtype", "float32", "--budget", "5"])
+    assert got.exit_code == 2 and len(got.output.strip().splitlines()) == 1, got.output
+    assert impl.read_text() == (FIXTURES / "flaky_softmax.py").read_text()  # nothing overwritten
+
+
+def test_ctrl_c_while_shrinking_keeps_the_failing_input(tmp_path, monkeypatch):
+    """It printed FAIL but wrote found: false, input: null."""
+    import softaudit.search as search_module
+    from softaudit.reports.search_report import search_dict
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(search_module, "shrink", interrupted)
+    result = search_module.search("builtin:naive", _search_options(tmp_path))
+    out = search_dict(result)
+    assert not result.complete and result.found and out["found"] is True
+    assert out["input"] is not None and out["failure"] == result.failure is not None
+    assert result.case_path is None  # nothing saved

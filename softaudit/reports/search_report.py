@@ -131,6 +131,11 @@ def render_search(result: SearchResult, console: Console, show_reproducer: bool 
     for reason in minimal.record.reasons:
         console.print(f"  {reason}", highlight=False, soft_wrap=True)
     console.print()
+    if result.intermittent is not None:
+        failed, judged = result.intermittent
+        console.print(f"[bold yellow]Intermittent[/]: the saved case failed in {failed} of {judged} judgings of the "
+                      "same input (and during the search): the candidate fails only sometimes on it.",
+                      highlight=False, soft_wrap=True)
     verb = "Saved" if result.case_new else "Already in the corpus"
     console.print(f"{verb}: {display_path(result.case_path)}  (softaudit run adds the corpus to the case library; "
                   f"--case {result.case_name} selects it)", highlight=False, soft_wrap=True)
@@ -161,13 +166,15 @@ def search_dict(result: SearchResult) -> dict:
         "input": None, "shape": None, "error_ulp": None, "stability_ratio": None, "reasons": [],
         "case_path": str(result.case_path) if result.case_path else None, "case_name": result.case_name,
         "case_new": result.case_new, "worst_found": None, "shrink": None, "environment": result.environment,
+        "intermittent": None if result.intermittent is None else
+        {"failed": result.intermittent[0], "judged": result.intermittent[1]},
     }
     if result.worst is not None:
         w = result.worst
         out["worst_found"] = {"shape": list(w.trial.shape), "classes": list(w.classes),
                               "stability_ratio": json_number(w.record.metrics.max_ratio if w.record.metrics else None),
                               "origin": w.trial.origin, "mutations": list(w.trial.moves)}
-    m = result.minimal
+    m = result.failing  # the shrunk input, or (interrupted) the failing input found so far
     if m is not None:
         metrics = m.record.metrics
         out.update(input=_input_json(m), shape=list(m.trial.shape), reasons=list(m.record.reasons),
