@@ -22,6 +22,7 @@ import softaudit
 from softaudit.candidates import CandidateError
 from softaudit.cases import OPS, CaseError, load_cases, select_cases
 from softaudit.ops import DIRECTIONS
+from softaudit.printable import printable_markup
 from softaudit.envelope import DEFAULT_RATIO_LIMIT, DEFAULT_RELATIVE_FACTOR, DEFAULT_RELATIVE_SLACK
 from softaudit.formats import FORMATS, FormatError, get_format
 from softaudit.isolation import DEFAULT_TIMEOUT, MAX_TIMEOUT
@@ -48,7 +49,8 @@ class UsageProblem(ValueError):
 
 
 def _fatal(message: str) -> NoReturn:
-    Console(stderr=True).print(f"[bold red]softaudit: error:[/] {message}", highlight=False, soft_wrap=True)
+    Console(stderr=True).print(f"[bold red]softaudit: error:[/] {printable_markup(message)}", highlight=False,
+                               soft_wrap=True)
     raise typer.Exit(EXIT_BAD_INPUT)
 
 
@@ -592,13 +594,13 @@ def list_cases(
     for c in cases:
         if c.family != family:
             family = c.family
-            console.print(f"\n[bold]{family}[/]")
+            console.print(f"\n[bold]{printable_markup(family)}[/]")
         ops = "all ops" if set(c.ops) == set(OPS) else ", ".join(c.ops)
         if set(c.directions) != set(DIRECTIONS):
             ops += f" ({', '.join(c.directions)} only)"
         fmts = "all formats" if not c.formats or set(c.formats) == set(FORMATS) else ", ".join(c.formats)
-        console.print(f"  [cyan]{c.name}[/]  {c.rows} x {c.n}; {ops}; {fmts}", highlight=False)
-        console.print(f"      {c.description}", highlight=False, style="dim")
+        console.print(f"  [cyan]{printable_markup(c.name)}[/]  {c.rows} x {c.n}; {ops}; {fmts}", highlight=False)
+        console.print(f"      {printable_markup(c.description)}", highlight=False, style="dim")
 
 
 def _is_usage_error(exc: BaseException) -> bool:

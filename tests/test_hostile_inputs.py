@@ -305,3 +305,39 @@ def test_ctrl_c_while_shrinking_keeps_the_failing_input(tmp_path, monkeypatch):
     assert not result.complete and result.found and out["found"] is True
     assert out["input"] is not None and out["failure"] == result.failure is not None
     assert result.case_path is None  # nothing saved
+
+
+# --------------------------------------------------------------------------
+# Hostile text never reaches the terminal raw (issue 20, item 8)
+
+EVIL = "ok\x1b[2J\x1b]0;pwned\x07\u202eevil[bold]"
+
+
+def test_escape_sequences_in_case_files_and_candidates_are_printed_escaped(tmp_path):
+    from typer.testing import CliRunner
+
+    from softaudit.cli import app
+
+    d = tmp_path / "cases"
+    d.mkdir()
+    (d / "c.toml").write_text('[[case]]\nname = "hostile-text"\nfamily = "shapes"\n'
+                              'description = "ok\\u001b[2J\\u001b]0;pwned\\u0007\\u202eevil[bold]"\n'
+                              'rows = 1\nn = 3\n', encoding="utf-8")
+    listed = CliRunner().invoke(app, ["cases", "--cases-dir", str(d), "--case", "hostile-text"])
+    assert listed.exit_code == 0, listed.output
+    assert "\x1b" not in listed.output and "\u202e" not in listed.output and "\x07" not in listed.output
+    assert "\\x1b[2J" in listed.output and "evil[bold]" in listed.output  # shown, escaped, not interpreted
+
+    cand = tmp_path / "evil.py"
+    cand.write_text("import numpy as np\n\ndef softmax(x):\n    raise ValueError(%r)\n" % EVIL)
+    ran = CliRunner().invoke(app, ["run", str(cand), "--cases-dir", str(d), "--case", "hostile-text",
+                                   "--dtype", "float32", "--no-isolation"])
+    assert ran.exit_code == 1, ran.output
+    assert "\x1b" not in ran.output and "\u202e" not in ran.output, repr(ran.output[-400:])
+
+
+def test_printable_escapes_control_and_bidi_characters_only():
+    from softaudit.printable import printable
+
+    assert printable("plain text, ünïcode ✓\tand\nnewlines") == "plain text, ünïcode ✓\tand\nnewlines"
+    assert printable(EVIL) == "ok\\x1b[2J\\x1b]0;pwned\\x07\\u202eevil[bold]"

@@ -12,6 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from softaudit.formats import FORMATS
+from softaudit.printable import printable
 from softaudit.ops import DIRECTIONS, OPS
 from softaudit.records import Record, SpeedRecord
 from softaudit.runner import AuditResult
@@ -69,7 +70,7 @@ def _table(candidate: str, rows: list[Row], wide: bool = True) -> Table:
     Narrow terminals (and CI logs at 80 columns) get the table without the worst-case
     column; the findings below it name the cases.
     """
-    table = Table(title=f"softaudit: {candidate}", title_justify="left", header_style="bold",
+    table = Table(title=Text(f"softaudit: {printable(candidate)}"), title_justify="left", header_style="bold",
                   box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
     widths = {"op": 17, "dtype": 8, "verdict": 7, "max ulp": 7, "ratio": 7, "bad": 3, "P/W/F/S": 7}
     columns = ["op", "dtype", "verdict"] + (["worst case"] if wide else []) + ["max ulp", "ratio", "bad", "P/W/F/S"]
@@ -80,7 +81,7 @@ def _table(candidate: str, rows: list[Row], wide: bool = True) -> Table:
     for r in rows:
         cells = [r.op if r.direction == "forward" else f"{r.op} bwd", r.dtype,
                  Text(r.verdict, style=STYLES[r.verdict])]
-        cells += [r.worst_case] if wide else []
+        cells += [printable(r.worst_case)] if wide else []
         cells += [short_number(r.max_ulp), short_number(r.max_ratio), r.nan_inf, r.tally]
         table.add_row(*cells)
     return table
@@ -150,7 +151,7 @@ def _not_audited(skipped_rows: list[Row], records: list[Record]) -> list[str]:
     lines = []
     for (op, direction), reasons in groups.items():
         label = op if direction == "forward" else f"{op} bwd"
-        lines.append(f"  {label}: not audited ({reasons.most_common(1)[0][0]})")
+        lines.append(f"  {label}: not audited ({printable(reasons.most_common(1)[0][0])})")
     return lines
 
 
@@ -198,11 +199,12 @@ def render(result: AuditResult, console: Console, max_findings: int = 10) -> Non
         console.print(Text("Worst findings", style="bold"))
         for rec in findings[:max_findings]:
             head = Text(f"{rec.verdict} ", style=STYLES[rec.verdict])
-            head.append(f"{rec.candidate} {rec.op}{' backward' if rec.direction == 'backward' else ''} {rec.dtype} on {rec.case}: ", style="bold")
-            head.append(rec.reasons[0] if rec.reasons else "")
+            head.append(f"{printable(rec.candidate)} {rec.op}{' backward' if rec.direction == 'backward' else ''} "
+                        f"{rec.dtype} on {printable(rec.case)}: ", style="bold")
+            head.append(printable(rec.reasons[0]) if rec.reasons else "")
             console.print(head)
             if rec.case_description:
-                console.print(Text(f"    the case: {rec.case_description}", style="dim"))
+                console.print(Text(f"    the case: {printable(rec.case_description)}", style="dim"))
         if len(findings) > max_findings:
             console.print(f"... and {len(findings) - max_findings} more (all records are in --json)")
     c = result.counts()
@@ -225,8 +227,8 @@ def render(result: AuditResult, console: Console, max_findings: int = 10) -> Non
     if result.baseline is not None:
         opts = result.options
         console.print(Text(f"Relative rule: every other candidate FAILs where its stability ratio exceeds "
-                           f"{opts.relative_factor:g}x {result.baseline}'s + {opts.relative_slack:g}; "
-                           f"{result.baseline}'s own verdicts do not set the exit code."))
+                           f"{opts.relative_factor:g}x {printable(result.baseline)}'s + {opts.relative_slack:g}; "
+                           f"{printable(result.baseline)}'s own verdicts do not set the exit code."))
     if result.options.gate.strict:
         console.print(Text("Strict: WARN counts as FAIL."))
     verdict = "FAIL" if result.exit_code else "no FAIL"
