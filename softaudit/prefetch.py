@@ -22,6 +22,7 @@ import functools
 import multiprocessing
 import os
 import queue
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -111,9 +112,24 @@ def unit_references(needs: UnitNeeds, cache_dir: str | None) -> tuple[list[tuple
     return cache.computed, cache.damaged
 
 
+def _stop_quietly(signum: int, frame) -> None:  # noqa: ANN001
+    """SIGTERM in a prefetch worker: unwind (so a cache file being written is removed, not left as
+    a tmp*.tmp) and exit without a traceback."""
+    raise SystemExit(0)
+
+
+def worker_signals() -> None:
+    """A prefetch worker's signal handling: Ctrl-C ignored (the main process stops the workers),
+    SIGTERM unwinds quietly."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _stop_quietly)
+
+
 def _worker(todo: list[UnitNeeds], cache_dir: str | None, lock, front, back, results) -> None:  # noqa: ANN001
     """Take units from the back of ``todo`` until it meets the main loop's front; send each
-    unit's (index, computed entries), or (index, None) when it raised."""
+    unit's (index, computed entries), or (index, None) when it raised. Ctrl-C is the main
+    process's to handle (it stops the workers); SIGTERM unwinds quietly."""
+    worker_signals()
     while True:
         with lock:
             j = back.value

@@ -341,3 +341,38 @@ def test_printable_escapes_control_and_bidi_characters_only():
 
     assert printable("plain text, ünïcode ✓\tand\nnewlines") == "plain text, ünïcode ✓\tand\nnewlines"
     assert printable(EVIL) == "ok\\x1b[2J\\x1b]0;pwned\\x07\\u202eevil[bold]"
+
+
+# --------------------------------------------------------------------------
+# Interrupts leave no litter (issue 20, item 9)
+
+
+def test_sigterm_while_a_cache_file_is_written_leaves_no_tmp_file(tmp_path):
+    """SIGTERM with --jobs 2 during cold-cache work left tmp*.tmp files in the cache (2 tries in 5):
+    a prefetch worker now unwinds on SIGTERM, and the half-written file is removed."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = (
+        "import numpy as np, sys\n"
+        "from pathlib import Path\n"
+        "from softaudit.prefetch import worker_signals\n"
+        "from softaudit.reference import _write_npz\n"
+        "worker_signals()\n"
+        "data = {'a': np.random.default_rng(0).random(40_000_000)}\n"
+        "print('ready', flush=True)\n"
+        "_write_npz(Path(sys.argv[1]) / 'ab' / 'entry.npz', data)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    deadline = time.monotonic() + 30
+    while not list(tmp_path.rglob("*.tmp")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.005)
+    assert list(tmp_path.rglob("*.tmp")), "the write finished before it could be interrupted"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and "Traceback" not in err, err
+    assert not list(tmp_path.rglob("*.tmp")) and not list(tmp_path.rglob("*.npz"))
