@@ -1152,8 +1152,12 @@ def _finish(opfn: OpFunction, run: _Run, args: Arguments, fmt: Format, expected:
     try:
         changed = args.modified()
     except Exception as exc:  # noqa: BLE001  (e.g. a device error surfacing late)
-        return CallResult(None, run.error or f"input could not be read back: {_describe(exc)}", True, "",
-                          notes, run.seconds, run.raised)
+        if run.error is not None:
+            # The call failed already, and its error made the input unreadable too (a CUDA error that
+            # breaks the context, cuda_errors): the error is the finding, not a modified input.
+            return CallResult(None, run.error, False, "", notes, run.seconds, run.raised)
+        return CallResult(None, f"input could not be read back: {_describe(exc)}", True, "", notes, run.seconds,
+                          run.raised)
     others = [name for name in changed if name not in ("x", "logits")]
     if others:
         notes += (f"changed its {', '.join(others)} argument{'s' if len(others) > 1 else ''} in place",)

@@ -73,6 +73,22 @@ def test_a_call_result_with_a_sticky_error_is_marked():
     assert checked(fine) == (fine, None) and fine.cuda_error is None
 
 
+def test_a_failed_call_whose_input_cannot_be_read_back_is_not_said_to_modify_it():
+    """After a context-breaking CUDA error the input tensors cannot be read back either: the
+    call's error is the finding, not "modified its input" (which would FAIL an out-of-range case)."""
+    from softaudit.candidates import _finish, _Run
+
+    class Unreadable:
+        def modified(self):
+            raise RuntimeError("CUDA error: device-side assert triggered")
+
+    run = _Run([], "raised AcceleratorError: CUDA error: device-side assert triggered", True, None, 0.0, ())
+    result = _finish(None, run, Unreadable(), FORMATS["float32"], (4,))
+    assert (result.error, result.raised, result.input_modified) == (run.error, True, False)
+    late = _finish(None, _Run([object()], None, False, None, 0.0, ()), Unreadable(), FORMATS["float32"], (4,))
+    assert late.input_modified and late.error.startswith("input could not be read back: raised RuntimeError")
+
+
 # --------------------------------------------------------------------------
 # A simulated poisoning, in the worker
 
