@@ -6,7 +6,8 @@ exit, a hang past the timeout or a memory blow-up ends that worker, becomes
 the result of the call that caused it, and the next call starts a fresh
 worker. So does a CUDA error that leaves the worker's CUDA context unusable (a
 device-side assert, an illegal memory access: softaudit.cuda_errors): the
-worker checks the GPU after every call, and the executor replaces it. ``InProcessExecutor`` runs the same protocol in the CLI's own process
+worker checks the GPU after every call, and the executor replaces it.
+``InProcessExecutor`` runs the same protocol in the CLI's own process
 (``--no-isolation``): faster to start, but unprotected.
 """
 
@@ -329,7 +330,7 @@ class WorkerExecutor:
             if reply is None or reply[0] != "loaded":
                 self._lost.add(target)  # flaky at import: its later calls say so
                 if reply is not None and reply[0] == "cuda-unusable":
-                    self._kill()
+                    self._replace()
                 if not self._alive():
                     self._start()
 

@@ -73,6 +73,24 @@ def test_a_call_result_with_a_sticky_error_is_marked():
     assert checked(fine) == (fine, None) and fine.cuda_error is None
 
 
+def test_with_cuda_in_use_an_asynchronous_error_is_the_calls_and_a_failing_probe_marks_the_context(monkeypatch):
+    """CUDA in use, simulated: this torch has no CUDA, so synchronising and the probe both raise,
+    as they do on a GPU after an error that breaks the context (measured on an H200: after
+    F.cross_entropy's device-side assert, x.cpu(), torch.zeros(1, device="cuda") + 1 and
+    torch.cuda.synchronize() all raise AcceleratorError)."""
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("simulates CUDA where there is none")
+    monkeypatch.setattr(cuda_errors, "cuda_in_use", lambda: True)
+    found = cuda_errors.diagnose("raised RuntimeError: something CUDA had not said before")
+    assert found is not None and found.key == cuda_errors.UNUSABLE_CONTEXT
+    assert found.cause.startswith("a trivial CUDA operation raised ") and found.cause.endswith(" after it")
+    returned = CallResult(None, None, False, "float32", (), 0.0)
+    result, sticky = checked(returned)
+    assert result.raised and result.output is None and sticky is not None
+    assert result.error.endswith("(reported when the GPU was synchronised after the call)")
+
+
 def test_a_failed_call_whose_input_cannot_be_read_back_is_not_said_to_modify_it():
     """After a context-breaking CUDA error the input tensors cannot be read back either: the
     call's error is the finding, not "modified its input" (which would FAIL an out-of-range case)."""
@@ -203,9 +221,16 @@ def test_on_a_gpu_a_triton_out_of_bounds_store_fails_only_its_own_record(monkeyp
         case_patterns=["offset-plus-1e3", "posinf-one", "mask-prefix"]))
     records = {(r.candidate, r.case): r for r in result.records}
     assert len(records) == 6
-    (charged,) = [r for r in result.records if r.verdict != "PASS"]
-    assert (charged.candidate, charged.case) == ("triton_oob_store", "posinf-one")
+    charged = records.pop(("triton_oob_store", "posinf-one"))
+    assert charged.verdict == "FAIL"
+    # Every other call ran and was judged on its own output (the fixture's plain tl.exp may cost
+    # it ulps; what matters is that no other record is charged with the CUDA error).
+    assert all(r.error is None and r.metrics is not None for r in records.values()), \
+        [(r.id, r.reasons) for r in records.values()]
+    assert all(r.verdict == "PASS" for r in records.values() if r.candidate == "builtin:torch")
     assert RESTARTED_NOTE in charged.notes
-    assert any(cause in charged.reasons[0] for _, _, cause in cuda_errors.STICKY_ERRORS) or \
-        "a trivial CUDA operation" in charged.reasons[0], charged.reasons
+    # Measured on an H200: the fault surfaces at the synchronisation as "CUDA error: an illegal
+    # memory access was encountered".
+    assert "an illegal memory access was encountered" in charged.reasons[0], charged.reasons
+    assert "a kernel read or wrote memory out of bounds" in charged.reasons[0]
     assert result.worker_restarts == 1
