@@ -267,6 +267,10 @@ class CallResult:
     bad output or taking the worker down."""
     unsupported: str | None = None
     """The call cannot be audited, and why (e.g. an autograd output without grad_fn): a SKIP reason."""
+    cuda_error: str | None = None
+    """The call left the CUDA context unusable (a device-side assert, an illegal memory access...):
+    the key of the error in softaudit.cuda_errors.STICKY_ERRORS (or its UNUSABLE_CONTEXT). The
+    worker that made the call was replaced; ``error`` names the cause."""
 
 
 def builtin_names() -> list[str]:
@@ -1148,8 +1152,12 @@ def _finish(opfn: OpFunction, run: _Run, args: Arguments, fmt: Format, expected:
     try:
         changed = args.modified()
     except Exception as exc:  # noqa: BLE001  (e.g. a device error surfacing late)
-        return CallResult(None, run.error or f"input could not be read back: {_describe(exc)}", True, "",
-                          notes, run.seconds, run.raised)
+        if run.error is not None:
+            # The call failed already, and its error made the input unreadable too (a CUDA error that
+            # breaks the context, cuda_errors): the error is the finding, not a modified input.
+            return CallResult(None, run.error, False, "", notes, run.seconds, run.raised)
+        return CallResult(None, f"input could not be read back: {_describe(exc)}", True, "", notes, run.seconds,
+                          run.raised)
     others = [name for name in changed if name not in ("x", "logits")]
     if others:
         notes += (f"changed its {', '.join(others)} argument{'s' if len(others) > 1 else ''} in place",)

@@ -4,7 +4,10 @@ Candidates execute in one worker process (``WorkerExecutor``) that loads every
 target once and then serves many calls over a pipe. A segfault, an abort, an
 exit, a hang past the timeout or a memory blow-up ends that worker, becomes
 the result of the call that caused it, and the next call starts a fresh
-worker. ``InProcessExecutor`` runs the same protocol in the CLI's own process
+worker. So does a CUDA error that leaves the worker's CUDA context unusable (a
+device-side assert, an illegal memory access: softaudit.cuda_errors): the
+worker checks the GPU after every call, and the executor replaces it.
+``InProcessExecutor`` runs the same protocol in the CLI's own process
 (``--no-isolation``): faster to start, but unprotected.
 """
 
@@ -20,6 +23,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Protocol
 
+from softaudit import cuda_errors
 from softaudit.candidates import (
     CallRequest,
     CallResult,
@@ -28,6 +32,7 @@ from softaudit.candidates import (
     CandidateImportError,
     CandidateUnavailable,
     NoOpsError,
+    _describe as describe_exception,
     accepted_keywords,
     backward_mode,
     call,
@@ -132,6 +137,46 @@ class Executor(Protocol):
 
 
 # --------------------------------------------------------------------------
+# CUDA errors that outlive their call
+
+
+RESTARTED_NOTE = "the CUDA context was unusable after this call: softaudit's worker was replaced by a fresh one"
+"""The note of a call whose CUDA error ended its worker (softaudit.cuda_errors)."""
+
+IN_PROCESS_NOTE = ("the CUDA context is unusable after this call, and softaudit runs the candidates in its own "
+                   "process (--no-isolation): later CUDA calls fail too")
+
+
+def checked(result: CallResult, device: str | None = None) -> tuple[CallResult, cuda_errors.StickyError | None]:
+    """``result`` after the GPU's queued work is waited for (where CUDA is in use), and whether the
+    call left the CUDA context unusable. An error the synchronisation reports is the call's own (a
+    kernel's asynchronous error): the result then fails with it, as raised by the candidate."""
+    late = cuda_errors.synchronize(device)
+    if late is not None and result.error is None:
+        result = CallResult(None, f"{describe_exception(late)} (reported when the GPU was synchronised after the call)",
+                            result.input_modified, result.output_dtype, result.notes, result.seconds, raised=True)
+    text = result.error
+    if late is not None and text is not None and str(late) not in text:
+        text = f"{text}\n{late}"
+    sticky = cuda_errors.diagnose(text, device)
+    if sticky is not None:
+        result.cuda_error = sticky.key
+        result.output = None
+        result.unsupported = None
+        if result.error is None:  # not reached (diagnose needs an error), kept for safety
+            result.error = f"left the CUDA context unusable: {sticky.cause}"
+    return result, sticky
+
+
+def _with_cause(result: CallResult, sticky: cuda_errors.StickyError, note: str) -> CallResult:
+    """The result of a call that left the CUDA context unusable: its error names the cause."""
+    if sticky.cause not in (result.error or ""):
+        result.error = f"{result.error}; {sticky.cause}, which leaves the CUDA context unusable"
+    result.notes = tuple(result.notes) + (note,)
+    return result
+
+
+# --------------------------------------------------------------------------
 # In the CLI's own process
 
 
@@ -166,7 +211,8 @@ class InProcessExecutor:
         return [CandidateInfo.of(c) for c in loaded]
 
     def call(self, cand: CandidateInfo, request: CallRequest) -> CallResult:
-        return call(self._candidates[(cand.target, cand.loaded_name)], request)
+        result, sticky = checked(call(self._candidates[(cand.target, cand.loaded_name)], request), self.device)
+        return result if sticky is None else _with_cause(result, sticky, IN_PROCESS_NOTE)
 
     def bench(self, cand: CandidateInfo, op: str, direction: str, fmt_name: str, rows: int, n: int,
               seed: int) -> tuple[str, object]:
@@ -283,6 +329,8 @@ class WorkerExecutor:
             reply, _ = self._request(("load", target, target not in self._unprobed), self.import_timeout)
             if reply is None or reply[0] != "loaded":
                 self._lost.add(target)  # flaky at import: its later calls say so
+                if reply is not None and reply[0] == "cuda-unusable":
+                    self._replace()
                 if not self._alive():
                     self._start()
 
@@ -306,11 +354,17 @@ class WorkerExecutor:
     def load(self, target: str) -> list[CandidateInfo] | LoadFailure:
         self._ensure()
         reply, _ = self._request(("load", target, True), self.import_timeout)
+        if reply is not None and reply[0] == "cuda-unusable":
+            reply = None  # importing or probing it broke the CUDA context: as a crash
+            self._replace()
         if reply is None:
             # Import, or one of the probe calls, crashed or hung. Import again without
             # probing: if that works, the fault belongs to the calls and is recorded there.
             self._ensure()
             reply, again = self._request(("load", target, False), self.import_timeout)
+            if reply is not None and reply[0] == "cuda-unusable":
+                self._replace()
+                return LoadFailure(target, f"{target}: {reply[1]} while importing it")
             if reply is None:
                 return LoadFailure(target, f"{target}: {again} while importing it")
             if reply[0] == "loaded":
@@ -333,8 +387,18 @@ class WorkerExecutor:
         reply, failure = self._request(("call", cand.target, cand.loaded_name, request), self.timeout)
         if reply is None:
             return _failed_call(failure)
-        kind, payload = reply
-        return payload if kind == "result" else _failed_call(str(payload))
+        kind, payload, sticky = reply
+        result = payload if kind == "result" else _failed_call(str(payload))
+        if sticky is None:
+            return result
+        self._replace()
+        result.cuda_error = sticky.key
+        return _with_cause(result, sticky, RESTARTED_NOTE)
+
+    def _replace(self) -> None:
+        """End a worker whose CUDA context is unusable; the next request starts a fresh one."""
+        self._kill()
+        self.restarts += 1
 
     def bench(self, cand: CandidateInfo, op: str, direction: str, fmt_name: str, rows: int, n: int,
               seed: int) -> tuple[str, object]:
@@ -350,7 +414,12 @@ class WorkerExecutor:
                                         seed), budget)
         if reply is None:
             return "speed-skip", failure
-        return reply
+        kind, payload, sticky = reply
+        if sticky is None:
+            return kind, payload
+        self._replace()
+        said = f"{payload} " if kind == "speed-skip" else ""
+        return "speed-skip", f"{said}({sticky.cause}, which leaves the CUDA context unusable: the worker was replaced)"
 
     def close(self) -> None:
         if self._alive() and self._send_conn is not None:

@@ -18,9 +18,10 @@ from typing import Callable, Sequence
 import numpy as np
 
 import softaudit
-from softaudit.candidates import CallRequest, CandidateError, NoOpsError
+from softaudit.candidates import CallRequest, CallResult, CandidateError, NoOpsError
 from softaudit.cases import OPS, Case, load_cases, select_cases
 from softaudit.corpus import with_corpus_dir
+from softaudit.cuda_errors import DEVICE_ASSERT
 from softaudit.envelope import (
     DEFAULT_RELATIVE_FACTOR,
     DEFAULT_RELATIVE_SLACK,
@@ -662,7 +663,7 @@ def audit_record(executor: Executor, c: CandidateInfo, op: str, direction: str, 
         rec.verdict, rec.reasons = SKIP, [res.unsupported]
         return rec
     label = op if direction == "forward" else f"{op} backward"
-    if loss is not None and loss.out_of_range and direction == "forward" and res.raised:
+    if loss is not None and loss.out_of_range and direction == "forward" and _clear_error(res):
         rec.notes.insert(0, f"raised on an out-of-range target, as it should: {res.error}")
     elif res.error is not None or res.output is None:
         rec.error = res.error or "returned no output"
@@ -673,6 +674,18 @@ def audit_record(executor: Executor, c: CandidateInfo, op: str, direction: str, 
         rec.verdict = FAIL
         rec.reasons.insert(0, f"{label} modified its input")
     return rec
+
+
+def _clear_error(res: CallResult) -> bool:
+    """Whether a call on a case whose target is out of range failed as the case asks: it raised
+    (torch's CPU code: IndexError), or a kernel's device-side assert fired (torch's CUDA kernels:
+    the worker is replaced, cuda_errors). Any other error that leaves the CUDA context unusable (an
+    illegal memory access: the kernel read out of bounds) is what the case is there to catch."""
+    if res.error is None:
+        return False
+    if res.cuda_error is not None:
+        return res.cuda_error == DEVICE_ASSERT
+    return res.raised
 
 
 def _loss_function(c: CandidateInfo, direction: str) -> str:

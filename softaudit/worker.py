@@ -4,7 +4,11 @@ It reads requests from pipe fd R and answers on pipe fd W (multiprocessing
 Connection framing): ("load", target, probe), ("call", target, name,
 request), the request a candidates.CallRequest, and ("bench", target, name, op,
 direction, format, rows, n, seed): a speed measurement (softaudit.speed), so that
-timing runs in the process that runs the audit's calls. It ignores Ctrl-C (the CLI
+timing runs in the process that runs the audit's calls. After every call and
+bench it checks the GPU where CUDA is in use (isolation.checked): the answer's
+last element is the cuda_errors.StickyError that left the CUDA context unusable,
+or None, and a load that left it so answers ("cuda-unusable", why); the executor
+then replaces this process. It ignores Ctrl-C (the CLI
 decides when to stop), limits its own address space, and sends what C code
 prints to /dev/null so that junk cannot garble the report; Python-level prints
 are captured and reported as notes.
@@ -32,7 +36,9 @@ from softaudit.candidates import (
     call,
     load_target,
 )
-from softaudit.isolation import CandidateInfo
+from softaudit import cuda_errors
+from softaudit.candidates import _describe
+from softaudit.isolation import CandidateInfo, checked
 from softaudit.speed import SpeedMeter, bench
 
 
@@ -53,11 +59,14 @@ def _serve(requests: Connection, conn: Connection, rowwise: bool, memory_limit: 
         if message[0] == "stop":
             return
         if message[0] == "load":
-            conn.send(_load(message[1], rowwise, message[2], candidates, device))
+            reply = _load(message[1], rowwise, message[2], candidates, device)
+            sticky = _unusable(reply[1] if reply[0] != "loaded" else None, device)
+            conn.send(reply if sticky is None else ("cuda-unusable", f"left the CUDA context unusable: {sticky.cause}"))
         elif message[0] == "bench":
             _, target, name, *spec = message
             meter = meter or SpeedMeter()
-            conn.send(bench(meter, candidates[(target, name)], *spec))
+            kind, payload = bench(meter, candidates[(target, name)], *spec)
+            conn.send((kind, payload, _unusable(payload if kind == "speed-skip" else None, device)))
         elif message[0] == "call":
             _, target, name, request = message
             label = request.op if request.direction == "forward" else f"{request.op} backward"
@@ -65,15 +74,17 @@ def _serve(requests: Connection, conn: Connection, rowwise: bool, memory_limit: 
                 with _captured_output() as printed:
                     result = call(candidates[(target, name)], request)
             except Exception as exc:  # noqa: BLE001  (call catches the candidate's own errors)
-                conn.send(("error", f"{label}: softaudit's worker failed: {type(exc).__name__}: {exc}"))
+                text = f"{label}: softaudit's worker failed: {type(exc).__name__}: {exc}"
+                conn.send(("error", text, _unusable(text, device)))
                 continue
+            result, sticky = checked(result, device)
             if printed.getvalue().strip():
                 result = _with_note(result, _printed_note(printed.getvalue()))
             try:
-                conn.send(("result", result))
+                conn.send(("result", result, sticky))
             except Exception as exc:  # noqa: BLE001  (an output that cannot be pickled)
                 conn.send(("error", f"{label} returned something softaudit cannot transfer: "
-                                    f"{type(exc).__name__}: {exc}"))
+                                    f"{type(exc).__name__}: {exc}", sticky))
 
 
 def _load(target: str, rowwise: bool, probe: bool,
@@ -97,6 +108,15 @@ def _load(target: str, rowwise: bool, probe: bool,
     for c in loaded:
         candidates[(c.target, c.name)] = c
     return "loaded", [CandidateInfo.of(c) for c in loaded]
+
+
+def _unusable(error: str | None, device: str | None) -> cuda_errors.StickyError | None:
+    """Whether the CUDA context is unusable after a load or a bench that answered ``error`` (None:
+    no error): what the synchronisation then raises counts as the error (isolation.checked for calls)."""
+    late = cuda_errors.synchronize(device)
+    if late is not None:
+        error = f"{error}\n{_describe(late)}" if error else _describe(late)
+    return cuda_errors.diagnose(error, device)
 
 
 def _silence_fds() -> None:
