@@ -404,8 +404,8 @@ def _bench(executor: Executor, candidates: list[CandidateInfo], wanted_ops: list
     # Measured with format and shape outermost (the worker draws one set of logits per format x
     # shape and times every op and direction on it); listed in ``out`` candidate, op, direction,
     # format, shape, as the reports read them.
-    todo = [(c, op, d, fmt, shape) for c in candidates for fmt in formats for shape in shapes
-            for op in wanted_ops if op in c.ops for d in directions]
+    todo = [(c, op, d, fmt, shape) for fmt in formats for shape in shapes for c in candidates
+            for op in wanted_ops if op in c.ops for d in directions]  # one draw per format x shape
     listed = {(id(c), op, d, fmt.name, shape): i for i, (c, op, d, fmt, shape) in enumerate(
         (c, op, d, fmt, shape) for c in candidates for op in wanted_ops if op in c.ops
         for d in directions for fmt in formats for shape in shapes)}

@@ -74,7 +74,7 @@ def speed_dict(s: SpeedRecord) -> dict:
 
 
 SPEED_FIELDS = ("median_s", "iqr_s", "repeats", "copies", "elements_per_s", "bytes", "gb_per_s",
-                "copy_median_s", "copy_gb_per_s", "pct_copy_bandwidth", "device")
+                "copy_median_s", "copy_gb_per_s", "pct_copy_bandwidth", "device", "breakdown")
 """The figures of a speed record, in the order the JSON writes them (docs/json-schema.md)."""
 
 
