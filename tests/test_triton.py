@@ -79,7 +79,7 @@ def test_the_audit_reports_each_builtins_kernel_variants(interpreted_audit):
     for target in TRITON_BUILTINS:
         k = entries[target]["kernels"]
         assert k["interpreted"] is True and k["seconds"] > 0
-        assert 0 < k["compilations"] <= 60, (target, k)  # 4 formats x 3 ops x 2 directions x a few blocks
+        assert 0 < k["compilations"] <= 24 * 8, (target, k)  # 4 formats x 3 ops x 2 directions x a few variants
 
 
 def test_the_tiled_kernels_cover_rows_longer_than_a_tile(interpreted_audit):
