@@ -126,6 +126,9 @@ class AuditResult:
     """(format, case) units whose references --jobs' worker processes computed."""
     speed: list[SpeedRecord] = field(default_factory=list)
     """With ``bench``: one per candidate x op x direction x format x shape."""
+    kernels: dict = field(default_factory=dict)
+    """Target -> the kernel compilations its calls made (softaudit.kernels.summary): the Triton
+    built-ins note theirs; other candidates have none."""
 
     @property
     def exit_code(self) -> int:
@@ -281,6 +284,32 @@ def expand_targets(targets: Sequence[str]) -> list[tuple[str, bool]]:
 
 def run_audit(targets: Sequence[str], options: AuditOptions | None = None,
               progress: ProgressFn | None = None, executor: Executor | None = None) -> AuditResult:
+    """Audit every target's ops over the selected cases and formats (``_run_audit``), with the
+    kernel compilations the candidates noted in the worker (softaudit.kernels) collected
+    through a log file named in the environment the worker inherits."""
+    import os
+    import tempfile
+
+    from softaudit import kernels
+
+    fd, log = tempfile.mkstemp(prefix="softaudit-kernels-", suffix=".jsonl")
+    os.close(fd)
+    previous = os.environ.get(kernels.LOG_ENV)
+    os.environ[kernels.LOG_ENV] = log
+    try:
+        result = _run_audit(targets, options, progress, executor)
+        result.kernels = kernels.summary(kernels.read_log(Path(log)))
+        return result
+    finally:
+        if previous is None:
+            os.environ.pop(kernels.LOG_ENV, None)
+        else:
+            os.environ[kernels.LOG_ENV] = previous
+        Path(log).unlink(missing_ok=True)
+
+
+def _run_audit(targets: Sequence[str], options: AuditOptions | None = None,
+               progress: ProgressFn | None = None, executor: Executor | None = None) -> AuditResult:
     """Audit every target's ops over the selected cases and formats.
 
     Bad targets raise CandidateError before anything runs. A candidate that
@@ -378,8 +407,8 @@ def _bench(executor: Executor, candidates: list[CandidateInfo], wanted_ops: list
     # Measured with format and shape outermost (the worker draws one set of logits per format x
     # shape and times every op and direction on it); listed in ``out`` candidate, op, direction,
     # format, shape, as the reports read them.
-    todo = [(c, op, d, fmt, shape) for c in candidates for fmt in formats for shape in shapes
-            for op in wanted_ops if op in c.ops for d in directions]
+    todo = [(c, op, d, fmt, shape) for fmt in formats for shape in shapes for c in candidates
+            for op in wanted_ops if op in c.ops for d in directions]  # one draw per format x shape
     listed = {(id(c), op, d, fmt.name, shape): i for i, (c, op, d, fmt, shape) in enumerate(
         (c, op, d, fmt, shape) for c in candidates for op in wanted_ops if op in c.ops
         for d in directions for fmt in formats for shape in shapes)}

@@ -16,12 +16,13 @@ with the loss's defaults (reduction "mean" where the function takes a ``reductio
 
 from __future__ import annotations
 
+import time
 import warnings
 from typing import Any, Callable
 
 import numpy as np
 
-from softaudit import timing
+from softaudit import kernels, timing
 from softaudit.candidates import Arguments, Candidate, OpFunction, backward_mode, call_arguments, to_torch
 from softaudit.formats import FORMATS, Format
 
@@ -251,14 +252,22 @@ class SpeedMeter:
         """The speed figures of one op x direction x format x shape (a dict for Record-like use:
         JSON-ready); raises SpeedError when it cannot be timed."""
         fmt = FORMATS[fmt_name]
-        arrays = bench_arrays(op, direction, fmt, rows, n, seed, x=self.logits(fmt, rows, n, seed))
+        started = time.perf_counter()
+        x = self.logits(fmt, rows, n, seed)
+        drawn = time.perf_counter()
+        arrays = bench_arrays(op, direction, fmt, rows, n, seed, x=x)
+        computed = time.perf_counter()
         argument_bytes = sum(a.nbytes for a in arrays.values())
         copies = timing.rotation(argument_bytes, self.cache_bytes)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
                 call, opfn = prepare(cand, op, direction, arrays, copies)
+                prepared = time.perf_counter()
+                compiled_before = kernels.totals()[1]
                 t = timing.measure(call, clock=clock_for(opfn), copies=copies)
+                timed = time.perf_counter()
+                compile_s = kernels.totals()[1] - compiled_before
             except SpeedError:
                 raise
             except Exception as exc:  # noqa: BLE001  (the candidate's own failure: reported, not raised)
@@ -266,6 +275,16 @@ class SpeedMeter:
         device = opfn.device if opfn.backend == "torch" else "cpu"
         moved = timing.bytes_moved(op, direction, rows, n, np.dtype(fmt.np_dtype).itemsize)
         copy = self.copy_timing(device, moved)
+        done = time.perf_counter()
+        breakdown = {  # where this measurement's wall time went
+            "draw_s": drawn - started,        # the logits (drawn once per format x shape, then kept)
+            "reference_s": computed - drawn,  # the backward's y and dy, cross-entropy's targets
+            "transfer_s": prepared - computed,  # the arguments converted and placed on the device
+            "compile_s": compile_s,           # kernel compilations noted during the timing (softaudit.kernels)
+            "timing_s": timed - prepared,     # warm-up and timed calls, compilations included
+            "copy_s": done - timed,           # the copy of the same bytes (measured once per size)
+            "total_s": done - started,
+        }
         return {
             "shape": [rows, n],
             "device": device,
@@ -279,6 +298,7 @@ class SpeedMeter:
             "copy_median_s": copy.median_s,
             "copy_gb_per_s": moved / copy.median_s / 1e9 if copy.median_s > 0 else None,
             "pct_copy_bandwidth": 100.0 * copy.median_s / t.median_s if t.median_s > 0 else None,
+            "breakdown": breakdown,
         }
 
 

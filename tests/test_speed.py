@@ -46,6 +46,10 @@ def test_every_op_and_direction_is_timed_with_its_byte_count_and_the_copy(target
             assert f["bytes"] == timing.bytes_moved(op, direction, 8, 256, 4)
             assert f["gb_per_s"] == pytest.approx(f["bytes"] / f["median_s"] / 1e9)
             assert f["pct_copy_bandwidth"] == pytest.approx(100 * f["copy_median_s"] / f["median_s"])
+            b = f["breakdown"]  # where the measurement's wall time went
+            assert set(b) == {"draw_s", "reference_s", "transfer_s", "compile_s", "timing_s", "copy_s", "total_s"}
+            assert all(v >= 0 for v in b.values()) and b["compile_s"] == 0  # nothing compiled here
+            assert b["total_s"] >= b["timing_s"] >= f["median_s"] * f["repeats"]
 
 
 def test_a_numpy_candidate_without_a_backward_function_is_not_timed_and_says_why():

@@ -9,6 +9,7 @@ runs it, is the ``slow`` test at the end (--runslow).
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from pathlib import Path
@@ -67,6 +68,18 @@ def test_interpreted_candidates_say_so_and_nothing_leaks_into_this_process(inter
     for info in interpreted_audit.candidates:
         assert all(notes[0] == INTERPRETED_NOTE for notes in info.notes.values()), info.notes
     assert os.environ.get("TRITON_INTERPRET") == _INTERPRET_AT_IMPORT  # set in the worker, not here
+
+
+def test_the_audit_reports_each_builtins_kernel_variants(interpreted_audit):
+    """The results carry, per Triton built-in, the kernel variants its calls launched (interpreted:
+    nothing compiled, the variants counted as a GPU would compile them): a few per op and format."""
+    from softaudit.reports.json_report import result_dict
+
+    entries = {c["target"]: c for c in result_dict(interpreted_audit)["candidates"]}
+    for target in TRITON_BUILTINS:
+        k = entries[target]["kernels"]
+        assert k["interpreted"] is True and k["seconds"] > 0
+        assert 0 < k["compilations"] <= 24 * 8, (target, k)  # 4 formats x 3 ops x 2 directions x a few variants
 
 
 def test_the_tiled_kernels_cover_rows_longer_than_a_tile(interpreted_audit):
@@ -135,16 +148,73 @@ def test_the_interpreters_bfloat16_conversion_is_corrected_to_round_to_nearest(m
     assert torch.equal(torch.from_numpy(up.data.view("float32")), x.to(torch.bfloat16).float())
 
 
-def test_out_of_range_targets_raise_before_the_launch(monkeypatch):
-    import torch
+def _in_a_fresh_interpreter(check: str) -> str:
+    """Run ``check`` in a new Python process with TRITON_INTERPRET=1 set before triton is imported
+    (this process imported triton compiled, and an interpreted launch then fails); its output."""
+    import subprocess
+    import textwrap
 
-    monkeypatch.setenv("TRITON_INTERPRET", "1")  # loading in this process: keep the setting to this test
+    prelude = ("import os\nos.environ['TRITON_INTERPRET'] = '1'\nimport torch\n"
+               "from softaudit.candidates import load_target\nfrom softaudit import kernels\n")
+    done = subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(check)], capture_output=True, text=True,
+                          timeout=900, env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
 
-    ce = load_target("builtin:triton-ce", probe=False)[0].ops["cross_entropy"].fn
-    with pytest.raises(IndexError, match="row 1: target 7 is out of bounds for 4 classes"):
-        ce(torch.zeros(2, 4), torch.tensor([0, 7]))
-    with pytest.raises(TypeError, match="class-index targets only"):
-        ce(torch.zeros(2, 4), torch.zeros(2, 4))
+
+def test_out_of_range_targets_raise_index_error_naming_the_first_bad_row():
+    """The kernel reads class 0 for an out-of-range target and flags the row; the host raises."""
+    out = _in_a_fresh_interpreter("""
+        ce = load_target("builtin:triton-ce", probe=False)[0]
+        for fn, extra in ((ce.ops["cross_entropy"].fn, ()), (ce.backward["cross_entropy"].fn, (torch.tensor(1.0),))):
+            try:
+                fn(torch.zeros(3, 4), torch.tensor([0, 7, -3]), *extra)
+            except IndexError as exc:
+                print(exc)
+            try:
+                fn(torch.zeros(2, 4), torch.zeros(2, 4), *extra)
+            except TypeError as exc:
+                print("TypeError", exc)
+        print(ce.ops["cross_entropy"].fn(torch.zeros(2, 4), torch.tensor([-100, 3])).tolist())
+        """).splitlines()
+    assert out[:4] == ["row 1: target 7 is out of bounds for 4 classes",
+                       "TypeError builtin:triton-ce takes class-index targets only (a 1-D integer tensor)"] * 2
+    assert eval(out[4]) == pytest.approx([0.0, math.log(4.0)])  # an ignored row, and a uniform row's loss
+
+
+def test_rows_of_many_lengths_share_a_handful_of_kernel_variants():
+    """Row lengths from 1 to 40,000: the blocks are a fixed few and n is a runtime argument, so each
+    kernel has at most len(blocks) x 3 variants (Triton compiles n == 1 and n divisible by 16 apart)
+    per op and format, however many lengths; one per length before (next_power_of_2(n) constexpr)."""
+    out = _in_a_fresh_interpreter("""
+        import json
+        lengths = [*range(1, 1100, 37), 1024, 2000, 4096, 9000, 16384, 20000, 32768, 40000]
+        names = ("builtin:triton-softmax", "builtin:triton-online", "builtin:triton-ce")
+        cands = {name: load_target(name, probe=False)[0] for name in names}
+        for n in lengths:
+            x = torch.randn(3, n)
+            for name in names[:2]:
+                c = cands[name]
+                y = c.ops["softmax"].fn(x)
+                assert torch.allclose(y, torch.softmax(x, -1), rtol=1e-5, atol=1e-7), (name, n)
+                c.backward["softmax"].fn(y, torch.randn(3, n))
+            loss = cands[names[2]].ops["cross_entropy"].fn(x, torch.tensor([0, n - 1, n // 2]))
+            ref = torch.nn.functional.cross_entropy(x, torch.tensor([0, n - 1, n // 2]), reduction="none")
+            assert torch.allclose(loss, ref, rtol=1e-5), n
+        print(len(lengths))
+        print(json.dumps(kernels.summary(kernels.noted())))
+        """).splitlines()
+    import json
+
+    from softaudit.builtins.triton_math import ROW_BLOCKS, TILES
+
+    lengths, summary = int(out[0]), json.loads(out[1])
+    assert set(summary) == {"builtin:triton-softmax", "builtin:triton-online", "builtin:triton-ce"}
+    for target, s in summary.items():
+        assert s["interpreted"] is True
+        for kernel, variants in s["variants"].items():
+            bound = 3 * (len(ROW_BLOCKS) if kernel.startswith("triton_softmax.") else len(TILES) + 1)
+            assert variants <= bound < lengths, (target, kernel, variants)
 
 
 # --------------------------------------------------------------------------

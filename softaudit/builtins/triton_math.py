@@ -16,6 +16,8 @@ float64 (``WIDE``); one rounding back into the input's format on the store.
 """
 
 import os
+import re
+import time
 from typing import Any
 
 import numpy as np
@@ -24,16 +26,29 @@ import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
-MAX_BLOCK = 1 << 20
-"""Triton's largest block (TRITON_MAX_TENSOR_NUMEL): the longest row a whole-row kernel holds."""
+from softaudit import kernels
 
-TILE = 4096
-"""Longest tile of a row in the tiled kernels (a power of two; 16 float32 per thread at 8 warps)."""
+ROW_BLOCKS = (128, 1024, 4096, 16384, 32768)
+"""The blocks a whole row is held in (builtin:triton-softmax): a row of n elements takes the
+smallest that holds it. A handful of compilations per kernel, op and format, whatever the row
+lengths; the row length is a runtime argument and the lanes past it are masked."""
+
+WIDE_MAX_BLOCK = 16384
+"""The largest whole-row block in float64 (twice the registers of float32)."""
+
+TILES = (128, 1024, 4096, 16384)
+"""The tiles of the tiled kernels (builtin:triton-online, builtin:triton-ce): a row that fits
+one is held in registers (one read); a longer row is read in tiles of the largest, twice."""
 
 PROGRAM_ELEMENTS = 4096
-"""Short rows are handled several to a program, as a [rows, row block] tile of at most this
-many elements: one program per 8-element row would leave most of a GPU's lanes idle (and,
-under the CPU interpreter, whose cost is per program, take 1,024 programs for 1,024 rows)."""
+"""Short rows are handled several to a program, as a [rows, block] tile of this many elements:
+one program per 8-element row would leave most of a GPU's lanes idle (and, under the CPU
+interpreter, whose cost is per program, take 1,024 programs for 1,024 rows). The rows per program
+follow from the block alone (not from the row count), so they add no compilations."""
+
+ELEMENTS_PER_THREAD = 16
+"""num_warps: enough threads for about this many float32 elements each (8 float64), from 4 to 32
+warps: 8 warps for a 4,096-element program, 32 for 16,384 and 32,768 (32 float32 a thread)."""
 
 
 @triton.jit
@@ -81,19 +96,25 @@ def shift_of(m):
 
 
 @triton.jit
-def exp_sum(x, shift, PRECISE: tl.constexpr):
-    """For a [ROWS, COLS] tile and each row's shift: (ones, rest), where sum exp(x - shift) =
-    ones + rest. Entries equal to the shift (the row's max) contribute exactly 1 each: they are
-    counted, not summed, and only the smaller terms go through the rounded sum. In a confident
-    row (one term 1, 999 terms of 1e-6) a plain sum adds the small terms into 1 one at a time in
-    places, each addition rounding at 1's scale: numpy's float64 sum was 11 ulps off there, 13
-    for the same row padded to 1,024; counted apart, about one. A row of equal entries (a
-    uniform row) sums exactly."""
-    top = x == shift[:, None]
-    e = exp(x - shift[:, None], PRECISE)
+def split_sum(e):
+    """For a [ROWS, COLS] tile of terms e = exp(x - shift): (ones, rest), the row sums of the terms
+    equal to 1 (counted) and of the others. Entries at the row's max contribute exactly 1 each:
+    they are counted, not summed, and only the smaller terms go through the rounded sum. In a
+    confident row (one term 1, 999 terms of 1e-6) a plain sum adds the small terms into 1 one at
+    a time in places, each addition rounding at 1's scale: numpy's float64 sum was 11 ulps off
+    there, 13 for the same row padded to 1,024; counted apart, about one. A row of equal entries
+    (a uniform row) sums exactly. (A term that rounds to 1 without being at the max is 1 all the
+    same: counting it is exact.)"""
+    top = e == 1.0
     ones = tl.sum(top.to(e.dtype), axis=1)
     rest = tl.sum(tl.where(top, 0.0, e), axis=1)
     return ones, rest
+
+
+@triton.jit
+def exp_sum(x, shift, PRECISE: tl.constexpr):
+    """split_sum of exp(x - shift) for a tile x and each row's shift."""
+    return split_sum(exp(x - shift[:, None], PRECISE))
 
 
 @triton.jit
@@ -130,6 +151,69 @@ def rescale(s, shift, new_shift, PRECISE: tl.constexpr):
     return tl.where(s == 0, s, s * exp(shift - new_shift, PRECISE))
 
 
+@triton.jit
+def load_rows(ptr, r, cols, rows, n, stride, other, WIDE: tl.constexpr):
+    """A [ROWS, COLS] tile of rows r, in the working precision; lanes past the end read ``other``."""
+    inside = (r[:, None] < rows) & (cols[None, :] < n)
+    v = tl.load(ptr + r[:, None] * stride + cols[None, :], mask=inside, other=other)
+    if WIDE:
+        v = v.to(tl.float64)
+    else:
+        v = v.to(tl.float32)
+    return v
+
+
+@triton.jit
+def write_rows(out_ptr, x, r, cols, rows, n, stride, OP: tl.constexpr, WIDE: tl.constexpr, PRECISE: tl.constexpr):
+    """The single pass over whole rows held in registers: x is a [ROWS, BLOCK] tile (lanes past the
+    row: -inf); computes the op and writes it (one read and one write per element in all). Each
+    exp is taken once: softmax divides the very terms it summed."""
+    m = tl.max(x, axis=1)
+    shift = shift_of(m)
+    z = x - shift[:, None]
+    e = exp(z, PRECISE)  # padding lanes: exp(-inf) = 0
+    ones, rest = split_sum(e)
+    s = ones + rest
+    if OP == 2:  # logsumexp: -inf for a fully masked row (s = 0), +inf with a +inf entry
+        tl.store(out_ptr + r, (shift + log(s, PRECISE)).to(out_ptr.dtype.element_ty), mask=r < rows)
+    else:
+        if OP == 0:
+            y = div(e, s[:, None], WIDE)
+        else:
+            y = z - log(s, PRECISE)[:, None]
+        y = tl.where(finite(m)[:, None], y, float("nan"))  # undefined rows: NaN, as torch
+        inside = (r[:, None] < rows) & (cols[None, :] < n)
+        tl.store(out_ptr + r[:, None] * stride + cols[None, :], y.to(out_ptr.dtype.element_ty), mask=inside)
+
+
+@triton.jit
+def write_gradient_rows(a, dy_ptr, dx_ptr, r, cols, rows, n, stride, OP: tl.constexpr, WIDE: tl.constexpr,
+                        PRECISE: tl.constexpr):
+    """The backward pass over whole rows in registers: a is the [ROWS, BLOCK] tile of y (softmax,
+    log_softmax; lanes past the row 0) or of x (logsumexp, whose dy is one value per row; lanes
+    past the row -inf). softmax dx = y (dy - sum(y dy)), log_softmax dx = dy - exp(y) sum(dy),
+    logsumexp dx = dy softmax(x) (from x: exp(x - y) with y rounded into a 16-bit format would be
+    off by up to exp(ulp(y) / 2))."""
+    if OP == 2:
+        g = tl.load(dy_ptr + r, mask=r < rows, other=0.0)
+        if WIDE:
+            g = g.to(tl.float64)
+        else:
+            g = g.to(tl.float32)
+        m = tl.max(a, axis=1)
+        e = exp(a - m[:, None], PRECISE)  # plain max: an undefined row comes out NaN
+        ones, rest = split_sum(e)
+        dx = g[:, None] * div(e, (ones + rest)[:, None], WIDE)
+    else:
+        g = load_rows(dy_ptr, r, cols, rows, n, stride, 0.0, WIDE)
+        if OP == 0:
+            dx = a * (g - tl.sum(a * g, axis=1)[:, None])
+        else:
+            dx = g - exp(a, PRECISE) * tl.sum(g, axis=1)[:, None]
+    inside = (r[:, None] < rows) & (cols[None, :] < n)
+    tl.store(dx_ptr + r[:, None] * stride + cols[None, :], dx.to(dx_ptr.dtype.element_ty), mask=inside)
+
+
 def wide(x: torch.Tensor) -> bool:
     """Work in float64 (float64 input) rather than float32."""
     return x.dtype == torch.float64
@@ -144,55 +228,28 @@ SOFTMAX, LOG_SOFTMAX, LOGSUMEXP = 0, 1, 2
 """The row kernels' OP: which op a launch computes."""
 
 
-def forward(kernel: Any, x: torch.Tensor, op: int, tiled: bool) -> torch.Tensor:
-    """Launch a forward row kernel ``kernel(x, out, rows, n, stride, OP, ROWS, BLOCK or TILE, WIDE,
-    PRECISE)`` over x (rows x n) and return its output: a row like x, or a value per row."""
-    x = rows_of(x)
-    rows, n = x.shape
-    out = torch.empty(rows, dtype=x.dtype, device=x.device) if op == LOGSUMEXP else torch.empty_like(x)
-    _launch(kernel, (x, out), x, op, tiled)
-    return out
-
-
-def backward(kernel: Any, a: torch.Tensor, dy: torch.Tensor, op: int, tiled: bool) -> torch.Tensor:
-    """Launch a backward row kernel ``kernel(a, dy, dx, rows, n, stride, OP, ...)`` (a: y, or x for
-    logsumexp) and return dx."""
-    a = rows_of(a)
-    dx = torch.empty_like(a)
-    _launch(kernel, (a, dy.contiguous(), dx), a, op, tiled)
-    return dx
-
-
-def _launch(kernel: Any, tensors: tuple, x: torch.Tensor, op: int, tiled: bool) -> None:
-    """One launch: a whole row per block (``BLOCK``), or tiles of up to TILE (``TILE``); short
-    rows several to a program."""
-    rows, n = x.shape
-    if not rows:
-        return
-    width = tile_for(n) if tiled else block_for(n)
-    per = rows_per_program(rows, width)
-    size = {"TILE" if tiled else "BLOCK": width}
-    with quiet():
-        kernel[grid(rows, per)](*tensors, rows, n, x.stride(0), OP=op, ROWS=per, WIDE=wide(x), PRECISE=precise(x),
-                                **size)
-
-
-def block_for(n: int) -> int:
-    """The power-of-two block holding a whole row of n elements."""
-    block = triton.next_power_of_2(max(n, 1))
-    if block > MAX_BLOCK:
-        raise ValueError(f"rows of {n} elements exceed Triton's largest block ({MAX_BLOCK}); use a tiled kernel")
-    return block
+def block_for(n: int, x: torch.Tensor) -> int | None:
+    """The whole-row block for rows of n elements (ROW_BLOCKS), or None when the row is longer
+    than the largest (WIDE_MAX_BLOCK in float64): such rows go to a tiled kernel."""
+    limit = WIDE_MAX_BLOCK if wide(x) else ROW_BLOCKS[-1]
+    return next((b for b in ROW_BLOCKS if b >= n and b <= limit), None)
 
 
 def tile_for(n: int) -> int:
-    """The tile of the tiled kernels for rows of n elements: the row's block, at most TILE."""
-    return min(TILE, triton.next_power_of_2(max(n, 1)))
+    """The tile of the tiled kernels for rows of n elements: the smallest of TILES holding the
+    row, else the largest (the row is then read in several tiles)."""
+    return next((t for t in TILES if t >= n), TILES[-1])
 
 
-def rows_per_program(rows: int, block: int) -> int:
-    """How many rows one program takes: a power of two, within PROGRAM_ELEMENTS for the tile."""
-    return max(1, min(triton.next_power_of_2(max(rows, 1)), PROGRAM_ELEMENTS // block))
+def rows_per_program(block: int) -> int:
+    """How many rows one program takes: PROGRAM_ELEMENTS // block, at least one."""
+    return max(1, PROGRAM_ELEMENTS // block)
+
+
+def warps_for(elements: int, x: torch.Tensor) -> int:
+    """num_warps for a program of ``elements`` lanes (ELEMENTS_PER_THREAD)."""
+    per_thread = ELEMENTS_PER_THREAD // 2 if wide(x) else ELEMENTS_PER_THREAD
+    return int(min(32, max(4, elements // (32 * per_thread))))
 
 
 def grid(rows: int, per_program: int) -> tuple[int]:
@@ -211,3 +268,87 @@ def quiet() -> np.errstate:
     """Around a launch: the CPU interpreter runs the kernel in numpy, which warns on exp(-inf -
     (-inf)) and 0/0 where the kernel's own tl.where already settles the row."""
     return np.errstate(all="ignore")
+
+
+# --------------------------------------------------------------------------
+# Launching, with the compilations counted (softaudit.kernels)
+
+_variants: set[tuple] = set()
+
+
+def launch(target: str, kernel: Any, grid_: tuple[int, ...], args: tuple, n: int, num_warps: int,
+           **constexprs: Any) -> None:
+    """``kernel[grid_](*args, **constexprs)`` with num_warps, noting a new compilation
+    (softaudit.kernels.note): on a GPU when Triton's cache of compiled kernels grows (the launch's
+    time is the compilation's, as the launch is asynchronous); under the interpreter, the first
+    launch of each variant (kernel, constexprs, the tensors' dtypes, num_warps, and n's
+    specialisation: Triton compiles n == 1 and n divisible by 16 apart, so the count is what a GPU
+    would compile). ``target`` is the built-in that launched it."""
+    interpreted = type(kernel).__name__ == "InterpretedFunction"
+    before = None if interpreted else _compiled(kernel)
+    start = time.perf_counter()
+    with quiet():
+        kernel[grid_](*args, num_warps=num_warps, **constexprs)
+    seconds = time.perf_counter() - start
+    if before is not None:
+        after = _compiled(kernel)
+        if after is not None and after > before:
+            kernels.note(target, _name(kernel), _signature(args, n, num_warps, constexprs), seconds, False)
+        return
+    key = (_name(kernel), _signature(args, n, num_warps, constexprs))
+    if key not in _variants:
+        _variants.add(key)
+        kernels.note(target, key[0], key[1], seconds, interpreted)
+
+
+def _compiled(kernel: Any) -> int | None:
+    """How many variants Triton has compiled of ``kernel`` (its per-device caches), or None when
+    that cannot be read (an interpreted kernel, another Triton version)."""
+    try:
+        return sum(len(cache[0]) for cache in kernel.device_caches.values())
+    except (AttributeError, TypeError, IndexError, KeyError):
+        return None
+
+
+def _name(kernel: Any) -> str:
+    fn = getattr(kernel, "fn", kernel)
+    module = re.sub(r"^_softaudit_target_\d+_", "", fn.__module__.rsplit(".", 1)[-1])  # the loader's prefix
+    return f"{module}.{fn.__name__}"
+
+
+def _signature(args: tuple, n: int, num_warps: int, constexprs: dict) -> str:
+    dtypes = sorted({str(a.dtype).replace("torch.", "") for a in args if isinstance(a, torch.Tensor)})
+    spec = "n=1" if n == 1 else ("n%16=0" if n % 16 == 0 else "n%16>0")
+    consts = ", ".join(f"{k}={int(v) if isinstance(v, bool) else v}" for k, v in sorted(constexprs.items()))
+    return f"{'/'.join(dtypes)}; {consts}; num_warps={num_warps}; {spec}"
+
+
+def forward(target: str, kernel: Any, x: torch.Tensor, op: int, width: int, **constexprs: Any) -> torch.Tensor:
+    """Launch a forward row kernel ``kernel(x, out, rows, n, stride, OP, ROWS, <width>, WIDE,
+    PRECISE, **constexprs)`` over x (rows x n) and return its output: a row like x, or a value per
+    row. ``width``: the block or tile (its constexpr's name is in ``constexprs``' caller)."""
+    x = rows_of(x)
+    rows, n = x.shape
+    out = torch.empty(rows, dtype=x.dtype, device=x.device) if op == LOGSUMEXP else torch.empty_like(x)
+    _rows_launch(target, kernel, (x, out), x, op, width, constexprs)
+    return out
+
+
+def backward(target: str, kernel: Any, a: torch.Tensor, dy: torch.Tensor, op: int, width: int,
+             **constexprs: Any) -> torch.Tensor:
+    """Launch a backward row kernel ``kernel(a, dy, dx, rows, n, stride, OP, ...)`` (a: y, or x for
+    logsumexp) and return dx."""
+    a = rows_of(a)
+    dx = torch.empty_like(a)
+    _rows_launch(target, kernel, (a, dy.contiguous(), dx), a, op, width, constexprs)
+    return dx
+
+
+def _rows_launch(target: str, kernel: Any, tensors: tuple, x: torch.Tensor, op: int, width: int,
+                 constexprs: dict) -> None:
+    rows, n = x.shape
+    if not rows:
+        return
+    per = rows_per_program(width)
+    launch(target, kernel, grid(rows, per), (*tensors, rows, n, x.stride(0)), n, warps_for(per * width, x),
+           OP=op, ROWS=per, WIDE=wide(x), PRECISE=precise(x), **constexprs)

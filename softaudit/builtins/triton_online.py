@@ -1,5 +1,12 @@
-"""Triton online softmax: rows read in tiles of up to 4,096 elements, the max and the sum in a
+"""Triton online softmax: rows read in tiles of up to 16,384 elements, the max and the sum in a
 single pass (Milakov and Gimelshein, 2018), for rows of any length.
+
+Tiles (triton_math.TILES: 128, 1,024, 4,096, 16,384, with 32, 4, 1 and 1 rows a program): a
+row that fits one tile is held in registers, read once and written once (the single-pass
+kernel of builtin:triton-softmax); a longer row is read in 16,384-element tiles by the online
+statistics pass below, then once more, tile by tile in reverse order so that the tiles read
+last are still in the GPU's L2 cache, to write it. The row length is a runtime argument (lanes
+past it masked), so a few compilations per op and format serve every row length.
 
 The statistics pass keeps a running shift c and sum s = sum exp(x_j - c) over the tiles seen.
 When a tile raises the max, the sum is rescaled: s <- s exp(c_old - c_new) + sum exp(x - c_new).
@@ -33,16 +40,10 @@ import triton.language as tl
 
 from softaudit.builtins import triton_math as tm
 
-@triton.jit
-def _load(ptr, r, cols, rows, n, stride, other, WIDE: tl.constexpr):
-    """A [ROWS, TILE] tile of rows r, in the working precision; lanes past the end read ``other``."""
-    inside = (r[:, None] < rows) & (cols[None, :] < n)
-    v = tl.load(ptr + r[:, None] * stride + cols[None, :], mask=inside, other=other)
-    if WIDE:
-        v = v.to(tl.float64)
-    else:
-        v = v.to(tl.float32)
-    return v
+TARGET = "builtin:triton-online"
+
+
+_load = tm.load_rows
 
 
 @triton.jit
@@ -67,87 +68,117 @@ def _statistics(x_ptr, r, rows, n, stride, ROWS: tl.constexpr, TILE: tl.constexp
     return m, shift, ones + rest
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["rows"])
 def _forward_rows(x_ptr, out_ptr, rows, n, stride, OP: tl.constexpr, ROWS: tl.constexpr, TILE: tl.constexpr,
-                  WIDE: tl.constexpr, PRECISE: tl.constexpr):
+                  SINGLE: tl.constexpr, WIDE: tl.constexpr, PRECISE: tl.constexpr):
     r = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
-    m, shift, s = _statistics(x_ptr, r, rows, n, stride, ROWS, TILE, WIDE, PRECISE)
-    if OP == 2:
-        tl.store(out_ptr + r, (shift + tm.log(s, PRECISE)).to(out_ptr.dtype.element_ty), mask=r < rows)
+    if SINGLE:  # the row fits one tile: in registers, read once
+        cols = tl.arange(0, TILE)
+        x = _load(x_ptr, r, cols, rows, n, stride, float("-inf"), WIDE)
+        tm.write_rows(out_ptr, x, r, cols, rows, n, stride, OP, WIDE, PRECISE)
     else:
-        log_s = tm.log(s, PRECISE)
-        defined = tm.finite(m)
-        for start in range(0, n, TILE):
-            cols = start + tl.arange(0, TILE)
-            x = _load(x_ptr, r, cols, rows, n, stride, float("-inf"), WIDE)
-            if OP == 0:
-                y = tm.div(tm.exp(x - shift[:, None], PRECISE), s[:, None], WIDE)
-            else:
-                y = (x - shift[:, None]) - log_s[:, None]
-            y = tl.where(defined[:, None], y, float("nan"))  # undefined rows: NaN, as torch
-            inside = (r[:, None] < rows) & (cols[None, :] < n)
-            tl.store(out_ptr + r[:, None] * stride + cols[None, :], y.to(out_ptr.dtype.element_ty), mask=inside)
+        m, shift, s = _statistics(x_ptr, r, rows, n, stride, ROWS, TILE, WIDE, PRECISE)
+        if OP == 2:
+            tl.store(out_ptr + r, (shift + tm.log(s, PRECISE)).to(out_ptr.dtype.element_ty), mask=r < rows)
+        else:
+            log_s = tm.log(s, PRECISE)
+            defined = tm.finite(m)
+            tiles = tl.cdiv(n, TILE)
+            for i in range(0, tiles):
+                cols = (tiles - 1 - i) * TILE + tl.arange(0, TILE)  # last tile first: still in L2
+                x = _load(x_ptr, r, cols, rows, n, stride, float("-inf"), WIDE)
+                if OP == 0:
+                    y = tm.div(tm.exp(x - shift[:, None], PRECISE), s[:, None], WIDE)
+                else:
+                    y = (x - shift[:, None]) - log_s[:, None]
+                y = tl.where(defined[:, None], y, float("nan"))  # undefined rows: NaN, as torch
+                inside = (r[:, None] < rows) & (cols[None, :] < n)
+                tl.store(out_ptr + r[:, None] * stride + cols[None, :], y.to(out_ptr.dtype.element_ty), mask=inside)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["rows"])
 def _backward_rows(a_ptr, dy_ptr, dx_ptr, rows, n, stride, OP: tl.constexpr, ROWS: tl.constexpr,
-                   TILE: tl.constexpr, WIDE: tl.constexpr, PRECISE: tl.constexpr):
+                   TILE: tl.constexpr, SINGLE: tl.constexpr, WIDE: tl.constexpr, PRECISE: tl.constexpr):
     """a is y for softmax and log_softmax, x for logsumexp (whose dy is one value per row)."""
     r = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
-    if OP == 2:
-        m, shift, s = _statistics(a_ptr, r, rows, n, stride, ROWS, TILE, WIDE, PRECISE)
-        g = tl.load(dy_ptr + r, mask=r < rows, other=0.0)
-        if WIDE:
-            g = g.to(tl.float64)
+    if SINGLE:  # the row fits one tile: in registers, read once
+        cols = tl.arange(0, TILE)
+        if OP == 2:
+            a = _load(a_ptr, r, cols, rows, n, stride, float("-inf"), WIDE)
         else:
-            g = g.to(tl.float32)
+            a = _load(a_ptr, r, cols, rows, n, stride, 0.0, WIDE)
+        tm.write_gradient_rows(a, dy_ptr, dx_ptr, r, cols, rows, n, stride, OP, WIDE, PRECISE)
     else:
-        if WIDE:
-            total = tl.zeros((ROWS,), tl.float64)
-        else:
-            total = tl.zeros((ROWS,), tl.float32)
-        for start in range(0, n, TILE):  # sum(y dy) for softmax, sum(dy) for log_softmax
-            cols = start + tl.arange(0, TILE)
-            g = _load(dy_ptr, r, cols, rows, n, stride, 0.0, WIDE)
-            if OP == 0:
-                total += tl.sum(_load(a_ptr, r, cols, rows, n, stride, 0.0, WIDE) * g, axis=1)
+        if OP == 2:
+            m, shift, s = _statistics(a_ptr, r, rows, n, stride, ROWS, TILE, WIDE, PRECISE)
+            g = tl.load(dy_ptr + r, mask=r < rows, other=0.0)
+            if WIDE:
+                g = g.to(tl.float64)
             else:
-                total += tl.sum(g, axis=1)
-    for start in range(0, n, TILE):
-        cols = start + tl.arange(0, TILE)
-        if OP == 0:
-            dx = _load(a_ptr, r, cols, rows, n, stride, 0.0, WIDE) * (
-                _load(dy_ptr, r, cols, rows, n, stride, 0.0, WIDE) - total[:, None])
-        elif OP == 1:
-            dx = _load(dy_ptr, r, cols, rows, n, stride, 0.0, WIDE) - tm.exp(
-                _load(a_ptr, r, cols, rows, n, stride, 0.0, WIDE), PRECISE) * total[:, None]
+                g = g.to(tl.float32)
         else:
-            x = _load(a_ptr, r, cols, rows, n, stride, float("-inf"), WIDE)
-            p = tm.div(tm.exp(x - shift[:, None], PRECISE), s[:, None], WIDE)
-            dx = g[:, None] * tl.where(tm.finite(m)[:, None], p, float("nan"))  # an undefined row: NaN
-        inside = (r[:, None] < rows) & (cols[None, :] < n)
-        tl.store(dx_ptr + r[:, None] * stride + cols[None, :], dx.to(dx_ptr.dtype.element_ty), mask=inside)
+            if WIDE:
+                total = tl.zeros((ROWS,), tl.float64)
+            else:
+                total = tl.zeros((ROWS,), tl.float32)
+            for start in range(0, n, TILE):  # sum(y dy) for softmax, sum(dy) for log_softmax
+                cols = start + tl.arange(0, TILE)
+                g = _load(dy_ptr, r, cols, rows, n, stride, 0.0, WIDE)
+                if OP == 0:
+                    total += tl.sum(_load(a_ptr, r, cols, rows, n, stride, 0.0, WIDE) * g, axis=1)
+                else:
+                    total += tl.sum(g, axis=1)
+        tiles = tl.cdiv(n, TILE)
+        for i in range(0, tiles):
+            cols = (tiles - 1 - i) * TILE + tl.arange(0, TILE)  # last tile first: still in L2
+            if OP == 0:
+                dx = _load(a_ptr, r, cols, rows, n, stride, 0.0, WIDE) * (
+                    _load(dy_ptr, r, cols, rows, n, stride, 0.0, WIDE) - total[:, None])
+            elif OP == 1:
+                dx = _load(dy_ptr, r, cols, rows, n, stride, 0.0, WIDE) - tm.exp(
+                    _load(a_ptr, r, cols, rows, n, stride, 0.0, WIDE), PRECISE) * total[:, None]
+            else:
+                x = _load(a_ptr, r, cols, rows, n, stride, float("-inf"), WIDE)
+                p = tm.div(tm.exp(x - shift[:, None], PRECISE), s[:, None], WIDE)
+                dx = g[:, None] * tl.where(tm.finite(m)[:, None], p, float("nan"))  # an undefined row: NaN
+            inside = (r[:, None] < rows) & (cols[None, :] < n)
+            tl.store(dx_ptr + r[:, None] * stride + cols[None, :], dx.to(dx_ptr.dtype.element_ty), mask=inside)
+
+
+def forward(x: torch.Tensor, op: int, target: str = TARGET, tile: int | None = None) -> torch.Tensor:
+    """The forward kernel over x (rows x n); ``tile`` overrides the tile (one of triton_math.TILES
+    or another power of two: tests force several tiles on short rows)."""
+    n = x.shape[-1]
+    tile = tile or tm.tile_for(n)
+    return tm.forward(target, _forward_rows, x, op, tile, TILE=tile, SINGLE=n <= tile)
+
+
+def backward(a: torch.Tensor, dy: torch.Tensor, op: int, target: str = TARGET, tile: int | None = None) -> torch.Tensor:
+    """The backward kernel (a: y, or x for logsumexp); ``tile`` as for ``forward``."""
+    n = a.shape[-1]
+    tile = tile or tm.tile_for(n)
+    return tm.backward(target, _backward_rows, a, dy, op, tile, TILE=tile, SINGLE=n <= tile)
 
 
 def softmax(x: torch.Tensor) -> torch.Tensor:
-    return tm.forward(_forward_rows, x, tm.SOFTMAX, tiled=True)
+    return forward(x, tm.SOFTMAX)
 
 
 def log_softmax(x: torch.Tensor) -> torch.Tensor:
-    return tm.forward(_forward_rows, x, tm.LOG_SOFTMAX, tiled=True)
+    return forward(x, tm.LOG_SOFTMAX)
 
 
 def logsumexp(x: torch.Tensor) -> torch.Tensor:
-    return tm.forward(_forward_rows, x, tm.LOGSUMEXP, tiled=True)
+    return forward(x, tm.LOGSUMEXP)
 
 
 def softmax_backward(y: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
-    return tm.backward(_backward_rows, y, dy, tm.SOFTMAX, tiled=True)
+    return backward(y, dy, tm.SOFTMAX)
 
 
 def log_softmax_backward(y: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
-    return tm.backward(_backward_rows, y, dy, tm.LOG_SOFTMAX, tiled=True)
+    return backward(y, dy, tm.LOG_SOFTMAX)
 
 
 def logsumexp_backward(x: torch.Tensor, y: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
-    return tm.backward(_backward_rows, x, dy, tm.LOGSUMEXP, tiled=True)
+    return backward(x, dy, tm.LOGSUMEXP)

@@ -74,7 +74,7 @@ def speed_dict(s: SpeedRecord) -> dict:
 
 
 SPEED_FIELDS = ("median_s", "iqr_s", "repeats", "copies", "elements_per_s", "bytes", "gb_per_s",
-                "copy_median_s", "copy_gb_per_s", "pct_copy_bandwidth", "device")
+                "copy_median_s", "copy_gb_per_s", "pct_copy_bandwidth", "device", "breakdown")
 """The figures of a speed record, in the order the JSON writes them (docs/json-schema.md)."""
 
 
@@ -99,7 +99,9 @@ def result_dict(result: AuditResult) -> dict:
             "bench": opts.bench, "shapes": [list(shape) for shape in opts.shapes], "device": opts.device,
         },
         "candidates": [{"name": c.name, "target": c.target, "ops": sorted(c.ops), "backend": list(c.backends),
-                        "description": c.description} for c in result.candidates],
+                        "description": c.description,
+                        **({"kernels": result.kernels[c.target]} if c.target in getattr(result, "kernels", {}) else {})}
+                       for c in result.candidates],
         "results": [record_dict(r) for r in result.records],
         "speed": [speed_dict(s) for s in result.speed],
         "summary": {

@@ -117,6 +117,24 @@ SPEED_LEGEND = ("each cell: % of the copy bandwidth (a device copy of the same b
                 "· median time of one call")
 
 
+BREAKDOWN_PARTS = (("draw_s", "drawing inputs"), ("reference_s", "reference"), ("transfer_s", "transfers"),
+                   ("compile_s", "compilation"), ("timing_s", "timed calls"), ("copy_s", "copy timing"))
+
+
+def bench_breakdown(speed: list[SpeedRecord]) -> str:
+    """One line: the bench's wall time and where it went (figures' ``breakdown``, summed)."""
+    total: dict[str, float] = {}
+    for sp in speed:
+        for key, value in ((sp.figures or {}).get("breakdown") or {}).items():
+            total[key] = total.get(key, 0.0) + float(value)
+    if not total:
+        return ""
+    timed = total.get("timing_s", 0.0) - total.get("compile_s", 0.0)  # compilations happen inside the timing
+    parts = {**total, "timing_s": timed}
+    return f"bench: {total.get('total_s', 0.0):.1f} s: " + ", ".join(
+        f"{label} {parts.get(key, 0.0):.1f} s" for key, label in BREAKDOWN_PARTS)
+
+
 def speed_table(candidate: str, speed: list[SpeedRecord]) -> Table:
     """One candidate's timings: a line per op x direction x format, a column per shape."""
     table = Table(title=f"speed: {candidate}", title_justify="left", header_style="bold",
@@ -191,6 +209,9 @@ def render(result: AuditResult, console: Console, max_findings: int = 10) -> Non
         console.print(speed_table(name, [sp for sp in result.speed if sp.candidate == name]))
     if result.speed:
         console.print(Text(f"  {SPEED_LEGEND}; every figure is in --json", style="dim"))
+        line = bench_breakdown(result.speed)
+        if line:
+            console.print(Text(f"  {line}", style="dim"))
 
     findings = [r.worst for r in rows if r.worst is not None and r.worst.verdict in (FAIL, WARN)]
     findings.sort(key=badness, reverse=True)
