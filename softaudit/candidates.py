@@ -31,6 +31,7 @@ import inspect
 import itertools
 import os
 import re
+import signal
 import sys
 import time
 import traceback
@@ -358,8 +359,10 @@ def _exec_file(path: Path, display: str, device: str | None = None) -> tuple[typ
         if exc.name:
             raise CandidateError(f"{display} imports {exc.name!r}, which is not installed") from None
         raise CandidateError(f"{display}:{_line_in(exc, filename)}: {_describe(exc)}") from None
-    except (Exception, SystemExit) as exc:
+    except BaseException as exc:  # noqa: BLE001  (whatever the module raises, a real Ctrl-C aside)
         del sys.modules[modname]
+        if _real_interrupt(exc):
+            raise
         raise CandidateImportError(f"{display}:{_line_in(exc, filename)}: {_describe(exc)} while importing") from None
     finally:
         if directory in sys.path:
@@ -1124,7 +1127,9 @@ def _run(opfn: OpFunction, calls: list[tuple[tuple[Any, ...], dict[str, Any]]],
             unsupported = str(exc)
         except _OutputError as exc:
             error = (f"row {i}: " if opfn.rowwise else "") + str(exc)
-        except (Exception, SystemExit) as exc:
+        except BaseException as exc:  # noqa: BLE001  (BaseException, GeneratorExit, a KeyboardInterrupt raised by the candidate)
+            if _real_interrupt(exc):
+                raise
             error = (f"row {i}: " if opfn.rowwise else "") + _describe(exc)
             raised = True
         seconds = time.perf_counter() - start
@@ -1558,9 +1563,28 @@ def _warning_notes(caught: list[warnings.WarningMessage]) -> tuple[str, ...]:
 
 
 def _describe(exc: BaseException) -> str:
-    """ "raised TypeName: first line of the message"."""
-    message = _one_line(str(exc))
-    return f"raised {type(exc).__name__}: {message}" if message else f"raised {type(exc).__name__}"
+    """ "raised TypeName: first line of the message"; a message that cannot be had (its __str__
+    raises) is said so, never lost: the failure stays the call's."""
+    name = getattr(type(exc), "__name__", "an exception")
+    try:
+        message = _one_line(str(exc))
+    except BaseException as inner:  # noqa: BLE001  (an exception's __str__ is the candidate's code)
+        if _real_interrupt(inner):
+            raise
+        message = f"<its message could not be read: str() raised {getattr(type(inner), '__name__', '?')}>"
+    return f"raised {name}: {message}" if message else f"raised {name}"
+
+
+def _real_interrupt(exc: BaseException) -> bool:
+    """Whether ``exc`` is the user's Ctrl-C rather than the candidate's own raise: a KeyboardInterrupt
+    where SIGINT is handled. softaudit's worker ignores SIGINT, so there every KeyboardInterrupt is
+    the candidate's (and is judged like any exception); in-process, Ctrl-C must still stop the run."""
+    if not isinstance(exc, KeyboardInterrupt):
+        return False
+    try:
+        return signal.getsignal(signal.SIGINT) is not signal.SIG_IGN
+    except ValueError:  # not the main thread of the main interpreter
+        return True
 
 
 def _one_line(text: str) -> str:

@@ -376,3 +376,24 @@ def test_sigterm_while_a_cache_file_is_written_leaves_no_tmp_file(tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0 and "Traceback" not in err, err
     assert not list(tmp_path.rglob("*.tmp")) and not list(tmp_path.rglob("*.npz"))
+
+
+# --------------------------------------------------------------------------
+# A candidate's exception is named, whatever it is (issue 20, item 7)
+
+
+def test_base_exceptions_and_unreadable_messages_are_the_calls_failures():
+    """BaseException and GeneratorExit read as 'exited the process with status 1', a KeyboardInterrupt
+    raised by the candidate as 'crashed with SIGINT' (three worker restarts each); an exception whose
+    __str__ raises became an import failure, so nothing was audited."""
+    result = run_audit([str(FIXTURES / "odd_exceptions.py")],
+                       AuditOptions(case_patterns=["gap-87.3"], formats=[FORMATS["float32"]], ops=["softmax"],
+                                    directions=["forward"], jobs=1, use_cache=False))
+    by_candidate = {r.candidate: r for r in result.records}
+    assert set(by_candidate) == {"base_exception", "generator_exit", "keyboard_interrupt", "unprintable"}
+    assert all(r.verdict == "FAIL" for r in by_candidate.values())
+    assert "raised BaseException: boom" in by_candidate["base_exception"].error
+    assert "raised GeneratorExit: closing" in by_candidate["generator_exit"].error
+    assert "raised KeyboardInterrupt: not the user's" in by_candidate["keyboard_interrupt"].error
+    assert "raised Unprintable: <its message could not be read" in by_candidate["unprintable"].error
+    assert result.worker_restarts == 0
