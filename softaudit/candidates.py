@@ -285,7 +285,8 @@ def builtin_names() -> list[str]:
 # Loading
 
 
-def load_target(target: str, rowwise: bool = False, probe: bool = True, device: str | None = None) -> list[Candidate]:
+def load_target(target: str, rowwise: bool = False, probe: bool = True, device: str | None = None,
+                on_imported: Callable[[], None] | None = None) -> list[Candidate]:
     """Load the candidates of a ``.py`` file or of ``builtin:NAME``.
 
     ``rowwise=True`` audits every op row by row. ``device`` ("cpu", "cuda", or None for auto:
@@ -293,7 +294,9 @@ def load_target(target: str, rowwise: bool = False, probe: bool = True, device: 
     code without a CUDA device (or with device "cpu") runs under Triton's interpreter. ``probe=False`` skips the probe
     calls and keeps the static guesses (the worker's retry after a probe call
     crashed or hung, so that the fault is charged to the audit's own calls).
-    Raises CandidateError with a one-line message when the target cannot be used.
+    Raises CandidateError with a one-line message when the target cannot be used. ``on_imported``
+    is called once the module has run, before the probe calls (the worker tells the parent, so a
+    hang after it is the probe's, and one before it the import's).
     """
     if target.startswith(_BUILTIN_PREFIX):
         from softaudit.builtins import BUILTINS, builtin_path
@@ -313,6 +316,8 @@ def load_target(target: str, rowwise: bool = False, probe: bool = True, device: 
             raise CandidateError(f"{target}: not a .py file (give a .py path or builtin:NAME)")
         default_name = path.stem
     module, interpreted = _exec_file(path, target, device)
+    if on_imported is not None:
+        on_imported()
     return _collect(module, target, default_name, rowwise, probe, device=device, interpreted=interpreted)
 
 

@@ -14,10 +14,12 @@ worker checks the GPU after every call, and the executor replaces it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -42,6 +44,12 @@ from softaudit.candidates import (
 DEFAULT_TIMEOUT = 300.0
 """Seconds one call may take before it counts as hung: generous, since a pure-Python
 row-by-row candidate on a 262,144-wide row is slow but not broken."""
+
+CONSECUTIVE_FAILURE_LIMIT = 3
+"""After this many calls in a row of one function (a candidate's op in one direction) that hung or
+took the worker down, its remaining calls are not made and their records say why (SKIP): a
+function that hangs on every input would otherwise cost the whole --timeout on every case (96
+records of a hanging softmax took 11 minutes at --timeout 5; at the default 300 s, days)."""
 
 MIN_IMPORT_TIMEOUT = 60.0
 """Seconds a fresh worker may take to start and import a target (with its probe calls), at least:
@@ -270,6 +278,10 @@ class WorkerExecutor:
         """Targets whose probe crashed or hung: loaded without probing."""
         self._lost: set[str] = set()
         """Targets a restarted worker failed to load again: their calls FAIL saying so."""
+        self._fatal_streak: dict[tuple[str, str, str, str], tuple[int, str]] = {}
+        """Per (target, candidate, op, direction): calls in a row that hung or crashed, and the last cause."""
+        self.imported = False
+        """Whether the last load request reported its module run (see _request)."""
 
     # -- process management
 
@@ -335,12 +347,19 @@ class WorkerExecutor:
                     self._start()
 
     def _request(self, message: tuple, timeout: float) -> tuple[tuple | None, str]:
-        """Send one message, wait for its reply; (None, what went wrong) if the worker died or hung."""
+        """Send one message, wait for its reply; (None, what went wrong) if the worker died or hung.
+        A load's ("imported",) on the way is noted in ``imported`` (the module ran; probing followed)."""
         assert self._conn is not None and self._send_conn is not None
+        self.imported = False
+        deadline = time.monotonic() + timeout
         try:
             self._send_conn.send(message)
-            if self._conn.poll(timeout):
-                return self._conn.recv(), ""
+            while self._conn.poll(max(0.0, deadline - time.monotonic())):
+                reply = self._conn.recv()
+                if reply == ("imported",):
+                    self.imported = True
+                    continue
+                return reply, ""
         except (EOFError, OSError):
             code = self._kill(grace=2.0)  # it closed the pipe: it is exiting, let it say how
             self.restarts += 1
@@ -353,13 +372,16 @@ class WorkerExecutor:
 
     def load(self, target: str) -> list[CandidateInfo] | LoadFailure:
         self._ensure()
-        reply, _ = self._request(("load", target, True), self.import_timeout)
+        reply, failure = self._request(("load", target, True), self.import_timeout)
         if reply is not None and reply[0] == "cuda-unusable":
             reply = None  # importing or probing it broke the CUDA context: as a crash
             self._replace()
+        if reply is None and not self.imported:
+            # The import itself crashed or hung (it never reported the module run): once is enough.
+            return LoadFailure(target, f"{target}: {failure} while importing it")
         if reply is None:
-            # Import, or one of the probe calls, crashed or hung. Import again without
-            # probing: if that works, the fault belongs to the calls and is recorded there.
+            # One of the probe calls crashed or hung. Import again without probing: if that
+            # works, the fault belongs to the calls and is recorded there.
             self._ensure()
             reply, again = self._request(("load", target, False), self.import_timeout)
             if reply is not None and reply[0] == "cuda-unusable":
@@ -381,12 +403,21 @@ class WorkerExecutor:
         raise exc_type(payload)
 
     def call(self, cand: CandidateInfo, request: CallRequest) -> CallResult:
+        key = (cand.target, cand.loaded_name, request.op, request.direction)
+        streak, cause = self._fatal_streak.get(key, (0, ""))
+        if streak >= CONSECUTIVE_FAILURE_LIMIT:
+            label = request.op if request.direction == "forward" else f"{request.op} backward"
+            return dataclasses.replace(_failed_call(""), error=None, unsupported=(
+                f"not run: {label} hung or crashed on {streak} calls in a row (last: {cause}); softaudit "
+                f"stops calling a function after {CONSECUTIVE_FAILURE_LIMIT}"))
         self._ensure()
         if cand.target in self._lost:
             return _failed_call("could not be loaded again after a worker restart")
         reply, failure = self._request(("call", cand.target, cand.loaded_name, request), self.timeout)
         if reply is None:
+            self._fatal_streak[key] = (streak + 1, failure)
             return _failed_call(failure)
+        self._fatal_streak.pop(key, None)
         kind, payload, sticky = reply
         result = payload if kind == "result" else _failed_call(str(payload))
         if sticky is None:

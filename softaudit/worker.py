@@ -24,7 +24,7 @@ import signal
 import sys
 import traceback
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, Callable
 
 from softaudit.candidates import (
     CallResult,
@@ -59,7 +59,7 @@ def _serve(requests: Connection, conn: Connection, rowwise: bool, memory_limit: 
         if message[0] == "stop":
             return
         if message[0] == "load":
-            reply = _load(message[1], rowwise, message[2], candidates, device)
+            reply = _load(message[1], rowwise, message[2], candidates, device, lambda: conn.send(("imported",)))
             sticky = _unusable(reply[1] if reply[0] != "loaded" else None, device)
             conn.send(reply if sticky is None else ("cuda-unusable", f"left the CUDA context unusable: {sticky.cause}"))
         elif message[0] == "bench":
@@ -87,11 +87,11 @@ def _serve(requests: Connection, conn: Connection, rowwise: bool, memory_limit: 
                                     f"{type(exc).__name__}: {exc}", sticky))
 
 
-def _load(target: str, rowwise: bool, probe: bool,
-          candidates: dict[tuple[str, str], Candidate], device: str | None = None) -> tuple[str, Any]:
+def _load(target: str, rowwise: bool, probe: bool, candidates: dict[tuple[str, str], Candidate],
+          device: str | None = None, on_imported: Callable[[], None] | None = None) -> tuple[str, Any]:
     try:
         with _captured_output():
-            loaded = load_target(target, rowwise=rowwise, probe=probe, device=device)
+            loaded = load_target(target, rowwise=rowwise, probe=probe, device=device, on_imported=on_imported)
     except CandidateImportError as exc:
         return "import-failed", str(exc)
     except CandidateUnavailable as exc:

@@ -397,3 +397,48 @@ def test_base_exceptions_and_unreadable_messages_are_the_calls_failures():
     assert "raised KeyboardInterrupt: not the user's" in by_candidate["keyboard_interrupt"].error
     assert "raised Unprintable: <its message could not be read" in by_candidate["unprintable"].error
     assert result.worker_restarts == 0
+
+
+# --------------------------------------------------------------------------
+# A function that hangs or crashes on every call costs k timeouts, not one per case (issue 20, item 11)
+
+FAULTS = Path(__file__).parent / "fixtures" / "faults"
+
+
+@pytest.mark.parametrize("fixture, op", [("hangs.py", "logsumexp"), ("segfault.py", "softmax")])
+def test_a_function_that_always_hangs_or_crashes_stops_being_called(fixture, op):
+    """`softaudit run hang.py --op softmax --dtype float32 --timeout 5` took 10 min 52 s for 96
+    records; one that segfaults on every call took 2 min 14 s."""
+    import time
+
+    from softaudit.isolation import CONSECUTIVE_FAILURE_LIMIT
+
+    started = time.monotonic()
+    result = run_audit([str(FAULTS / fixture)],
+                       AuditOptions(case_patterns=["gap-*", "offset-*"], formats=[FORMATS["float32"]], ops=[op],
+                                    directions=["forward"], timeout=1.0, jobs=1))
+    elapsed = time.monotonic() - started
+    failed = [r for r in result.records if r.verdict == "FAIL"]
+    not_run = [r for r in result.records if r.verdict == "SKIP" and r.reasons[0].startswith("not run:")]
+    assert len(failed) == CONSECUTIVE_FAILURE_LIMIT
+    assert len(not_run) == len(result.records) - CONSECUTIVE_FAILURE_LIMIT >= 10
+    assert "in a row" in not_run[0].reasons[0] and result.exit_code == 1
+    assert elapsed < 60, elapsed  # three timeouts and restarts, not one per case
+
+
+def test_a_hung_import_costs_one_import_timeout(monkeypatch):
+    """The loader retried a failed load without probing: a hung import waited for two timeouts."""
+    import time
+
+    import softaudit.isolation as isolation
+
+    monkeypatch.setattr(isolation, "MIN_IMPORT_TIMEOUT", 3.0)
+    executor = isolation.WorkerExecutor(timeout=1.0)
+    try:
+        started = time.monotonic()
+        failure = executor.load(str(FIXTURES / "hangs_import.py"))
+        elapsed = time.monotonic() - started
+    finally:
+        executor.close()
+    assert isinstance(failure, isolation.LoadFailure) and "timed out" in failure.reason
+    assert elapsed < 3.0 * 2, elapsed
