@@ -39,20 +39,17 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import ml_dtypes
 import numpy as np
 
+from softaudit.decorator import _MARK, BACKENDS, FUNCTION_NAMES, _Mark, _marks_of, candidate  # noqa: F401  (re-exported)
 from softaudit.formats import FLOAT64, FORMATS, Format, format_of_dtype, round_float64_array
 from softaudit.ops import BACKWARD_FUNCTIONS, LOSS_KEYWORDS, OPS, backward_name
 
 if TYPE_CHECKING:
     from softaudit.inputs import LossInputs
-
-FUNCTION_NAMES = OPS + tuple(BACKWARD_FUNCTIONS)
-"""Names a candidate's functions may have (or ``@candidate(op=...)`` may give): the ops, then
-their explicit backward functions."""
 
 POSITIONAL = {
     "softmax": ("x",),
@@ -69,17 +66,11 @@ POSITIONAL = {
 _LOSS_FUNCTIONS = frozenset({"cross_entropy", "cross_entropy_backward"})
 """Functions that receive the loss keywords they accept."""
 
-BACKENDS = ("numpy", "torch")
-"""The array libraries a candidate can be called with."""
-
-_MARK = "__softaudit_candidate__"
 _BUILTIN_PREFIX = "builtin:"
 _TORCH_ROOTS = frozenset({"torch", "triton"})
 _NUMPY_ROOTS = frozenset({"numpy", "scipy", "ml_dtypes"})
 _MAX_MESSAGE = 300
 _MAX_WARNING_NOTES = 3
-
-_F = TypeVar("_F", bound=Callable[..., Any])
 
 
 class CandidateError(Exception):
@@ -104,75 +95,8 @@ class NoOpsError(CandidateError):
 
 
 # --------------------------------------------------------------------------
-# The decorator
-
-
-@dataclass(frozen=True)
-class _Mark:
-    """What one ``@candidate(...)`` says about the function it decorates."""
-
-    name: str | None
-    op: str
-    backend: str | None
-    device: str | None
-    rowwise: bool
-
-
-def candidate(
-    name: str | Callable[..., Any] | None = None,
-    *,
-    op: str | None = None,
-    backend: str | None = None,
-    device: str | None = None,
-    rowwise: bool = False,
-) -> Any:
-    """Mark a function as (one op of) a named candidate; returns it unchanged.
-
-    ``name`` defaults to the file's stem, ``op`` to the function's name: an op
-    or an explicit backward function name (``softmax_backward`` ...). Give
-    ``backend`` ("numpy" or "torch") and ``device`` to skip detection (a
-    device implies torch); ``rowwise=True`` audits a 1-D function row by row.
-    Several decorators may be stacked to put one function in several
-    candidates. Bare ``@candidate`` works too. Mistakes raise at decoration
-    time, so they surface as a load error naming the line.
-    """
-    if callable(name):
-        return candidate()(name)
-    if name is not None and (not isinstance(name, str) or not name.strip()):
-        raise ValueError(f"@candidate: name must be a non-empty string, not {name!r}")
-    if op is not None and op not in FUNCTION_NAMES:
-        raise ValueError(f"@candidate: op must be one of {', '.join(FUNCTION_NAMES)}, not {op!r}")
-    if backend is not None and backend not in BACKENDS:
-        raise ValueError(f"@candidate: backend must be 'numpy' or 'torch', not {backend!r}")
-    if device is not None and backend == "numpy":
-        raise ValueError("@candidate: device applies to torch only, not to backend='numpy'")
-
-    def mark(fn: _F) -> _F:
-        fn_op = op if op is not None else getattr(fn, "__name__", None)
-        if fn_op not in FUNCTION_NAMES:
-            raise ValueError(
-                f"@candidate: {getattr(fn, '__name__', fn)!r} is not named after an op; "
-                f"pass op= (one of {', '.join(FUNCTION_NAMES)})"
-            )
-        marks = _marks_of(fn) + (_Mark(name, fn_op, backend, device, bool(rowwise)),)
-        try:
-            setattr(fn, _MARK, marks)
-        except (AttributeError, TypeError):
-            raise TypeError(f"@candidate cannot mark {fn!r}; wrap it in a def") from None
-        return fn
-
-    return mark
-
-
-def _marks_of(obj: object) -> tuple[_Mark, ...]:
-    """The marks stored on ``obj`` (read from its ``__dict__`` only, so that
-    objects answering every attribute, such as mocks, are not mistaken)."""
-    try:
-        marks = vars(obj).get(_MARK, ())
-    except TypeError:
-        return ()
-    return marks if isinstance(marks, tuple) else ()
-
+# The decorator lives in softaudit.decorator (light: importing softaudit needs no numpy); its names
+# are re-exported here.
 
 # --------------------------------------------------------------------------
 # Data
