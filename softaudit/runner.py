@@ -116,6 +116,8 @@ class AuditResult:
     """Reference elements whose rounding could not be certified at the precision cap (expected 0)."""
     complete: bool = True
     """False when the audit was interrupted (Ctrl-C, SIGTERM): the records are those collected so far."""
+    interrupted_by: int | None = None
+    """The signal that interrupted it (set by the CLI, which catches it); SIGINT when not said."""
     worker_restarts: int = 0
     baseline: str | None = None
     """The relative rule's baseline candidate, whose own verdicts do not set the exit code."""
@@ -126,7 +128,10 @@ class AuditResult:
 
     @property
     def exit_code(self) -> int:
-        """0 when nothing FAILed (the baseline's records aside), 1 otherwise."""
+        """0 when nothing FAILed (the baseline's records aside), 1 otherwise; an interrupted audit
+        exits 128 + the signal's number (130 for Ctrl-C, 143 for SIGTERM), whatever it collected."""
+        if not self.complete:
+            return 128 + (self.interrupted_by or 2)
         return 1 if any(r.verdict == FAIL and r.candidate != self.baseline for r in self.records) else 0
 
     def counts(self) -> dict[str, int]:

@@ -155,6 +155,8 @@ class SearchResult:
     environment: dict = field(default_factory=dict)
     complete: bool = True
     """False when interrupted (Ctrl-C): what was found so far is reported, nothing is saved."""
+    interrupted_by: int | None = None
+    """The signal that interrupted it (set by the CLI, which catches it); SIGINT when not said."""
 
     @property
     def found(self) -> bool:
@@ -162,6 +164,9 @@ class SearchResult:
 
     @property
     def exit_code(self) -> int:
+        """1 when a failing input was found, else 0; 128 + the signal's number when interrupted."""
+        if not self.complete:
+            return 128 + (self.interrupted_by or 2)
         return 1 if self.found else 0
 
 

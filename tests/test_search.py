@@ -73,6 +73,30 @@ def test_a_stable_candidate_gives_no_failure_and_saves_nothing(tmp_path):
     assert not (tmp_path / "corpus").exists()
 
 
+@pytest.mark.parametrize("signum, code", [(None, 130), (15, 143)])
+def test_an_interrupted_search_states_its_real_exit_code(tmp_path, signum, code):
+    """Ctrl-C (or SIGTERM, which the CLI turns into the same stop) mid-search: the JSON's exit_code
+    and the last line say "incomplete: interrupted (exit 130)" (143), never a PASS's exit 0."""
+    from rich.console import Console
+
+    from softaudit.reports.search_report import render_search, search_json
+
+    calls = []
+
+    def stop_after_a_few(*_args) -> None:
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+
+    result = search("builtin:shifted", options(tmp_path, budget=30.0), progress=stop_after_a_few)
+    result.interrupted_by = signum
+    assert not result.complete and not result.found and len(calls) == 5
+    assert result.exit_code == code and json.loads(search_json(result))["exit_code"] == code
+    console = Console(record=True, width=200)
+    render_search(result, console)
+    assert console.export_text().strip().splitlines()[-1] == f"Result: incomplete: interrupted (exit {code})"
+
+
 def test_a_hard_failure_stops_exploring_and_keeps_its_class_while_shrinking(tmp_path):
     result = search("builtin:naive", options(tmp_path, format=FORMATS["float16"]))
     assert result.failure == "finite->nan"
