@@ -214,6 +214,17 @@ def load_target(target: str, rowwise: bool = False, probe: bool = True, device: 
     crashed or hung, so that the fault is charged to the audit's own calls).
     Raises CandidateError with a one-line message when the target cannot be used.
     """
+    path, default_name = resolve_target(target)
+    module, interpreted = _exec_file(path, target, device)
+    return _collect(module, target, default_name, rowwise, probe, device=device, interpreted=interpreted)
+
+
+def resolve_target(target: str) -> tuple[Path, str]:
+    """The source file of a ``.py`` target or ``builtin:NAME``, and its candidates' default name.
+
+    Raises CandidateError (one line) for an unknown built-in, a missing file, a directory or a
+    file that is not ``.py``: what can be told without running the file.
+    """
     if target.startswith(_BUILTIN_PREFIX):
         from softaudit.builtins import BUILTINS, builtin_path
 
@@ -221,18 +232,39 @@ def load_target(target: str, rowwise: bool = False, probe: bool = True, device: 
         if key not in BUILTINS:
             known = ", ".join(BUILTINS)
             raise CandidateError(f"unknown built-in {target!r} (known: {known})")
-        path, default_name = builtin_path(key), target
-    else:
-        path = Path(target)
-        if not path.exists():
-            raise CandidateError(f"{target}: no such file")
-        if path.is_dir():
-            raise CandidateError(f"{target}: is a directory, not a .py file")
-        if path.suffix != ".py":
-            raise CandidateError(f"{target}: not a .py file (give a .py path or builtin:NAME)")
-        default_name = path.stem
-    module, interpreted = _exec_file(path, target, device)
-    return _collect(module, target, default_name, rowwise, probe, device=device, interpreted=interpreted)
+        return builtin_path(key), target
+    path = Path(target)
+    if not path.exists():
+        raise CandidateError(f"{target}: no such file")
+    if path.is_dir():
+        raise CandidateError(f"{target}: is a directory, not a .py file")
+    if path.suffix != ".py":
+        raise CandidateError(f"{target}: not a .py file (give a .py path or builtin:NAME)")
+    return path, path.stem
+
+
+def check_target(target: str) -> None:
+    """Raise CandidateError (one line) where ``target`` cannot be loaded for a reason that shows
+    without running it: an unknown built-in, a missing or unreadable file, a syntax error. The
+    CLI checks every target so before it starts a worker process."""
+    path, _ = resolve_target(target)
+    _compile_file(path, target)
+
+
+def _compile_file(path: Path, display: str) -> tuple[bytes, types.CodeType]:
+    """The file's source and code object; a CandidateError naming ``display`` when it cannot be
+    read or compiled."""
+    try:
+        source = path.read_bytes()
+    except OSError as exc:
+        raise CandidateError(f"{display}: cannot read: {exc.strerror or exc}") from None
+    try:
+        code = compile(source, str(path.resolve()), "exec", dont_inherit=True)
+    except SyntaxError as exc:
+        raise CandidateError(f"{display}:{exc.lineno}: {type(exc).__name__}: {exc.msg}") from None
+    except ValueError as exc:  # e.g. null bytes in the source
+        raise CandidateError(f"{display}: {_one_line(str(exc))}") from None
+    return source, code
 
 
 _module_counter = itertools.count()
@@ -245,18 +277,8 @@ def _exec_file(path: Path, display: str, device: str | None = None) -> tuple[typ
     The file's directory is on sys.path while it runs, so it can import its
     siblings. Every failure becomes a CandidateError naming ``display``.
     """
-    try:
-        source = path.read_bytes()
-    except OSError as exc:
-        raise CandidateError(f"{display}: cannot read: {exc.strerror or exc}") from None
+    source, code = _compile_file(path, display)
     filename = str(path.resolve())
-    try:
-        code = compile(source, filename, "exec", dont_inherit=True)
-    except SyntaxError as exc:
-        raise CandidateError(f"{display}:{exc.lineno}: {type(exc).__name__}: {exc.msg}") from None
-    except ValueError as exc:  # e.g. null bytes in the source
-        raise CandidateError(f"{display}: {_one_line(str(exc))}") from None
-
     interpreted = triton_interpretation(source, device)
     stem = "".join(c if c.isalnum() else "_" for c in path.stem)
     modname = f"_softaudit_target_{next(_module_counter)}_{stem}"

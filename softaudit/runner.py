@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 import softaudit
-from softaudit.candidates import CallRequest, CandidateError, NoOpsError
+from softaudit.candidates import CallRequest, CandidateError, NoOpsError, check_target
 from softaudit.cases import OPS, Case, load_cases, select_cases
 from softaudit.corpus import with_corpus_dir
 from softaudit.envelope import (
@@ -296,6 +296,10 @@ def run_audit(targets: Sequence[str], options: AuditOptions | None = None,
     cases, formats = plan(options)
     wanted_ops = [op for op in OPS if not options.ops or op in options.ops]
     if executor is None:
+        # Bad targets (an unknown built-in, a missing file, a syntax error) are bad input, told
+        # before a worker process starts; what needs the file run is found by loading it.
+        for target, _ in expand_targets([*targets, *([options.relative_to] if options.relative_to else [])]):
+            check_target(target)
         executor = make_executor(options.isolated, options.rowwise, options.timeout, options.memory_limit,
                                  None if options.device == "auto" else options.device)
     records: list[Record] = []

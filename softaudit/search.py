@@ -26,6 +26,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from softaudit.candidates import check_target
 from softaudit.cases import Case, CaseError, case_from_table, load_cases
 from softaudit.corpus import FAMILY, content_digest, default_corpus_dir, save_case, with_corpus_dir
 from softaudit.formats import FORMATS, Format
@@ -35,7 +36,7 @@ from softaudit.mutations import Trial, mutate, random_trial
 from softaudit.ops import DIRECTIONS, OPS
 from softaudit.records import Record
 from softaudit.reference import ReferenceCache, default_cache_dir
-from softaudit.runner import AuditUnit, audit_record, check_device, environment, load_targets
+from softaudit.runner import AuditUnit, audit_record, check_device, environment, expand_targets, load_targets
 from softaudit.shrink import ShrinkStats, shrink
 from softaudit.verdicts import FAIL, SKIP, UNDEFINED_POLICIES, Gate, fmt_num
 
@@ -413,6 +414,8 @@ def search(target: str, options: SearchOptions, progress: ProgressFn | None = No
         check_device(options.device)
     corpus = options.save_to or default_corpus_dir()
     if executor is None:
+        for file, _ in expand_targets([target]):  # an unknown built-in, a missing file: before the worker
+            check_target(file)
         executor = make_executor(options.isolated, options.rowwise, options.timeout, options.memory_limit,
                                  None if options.device == "auto" else options.device)
     try:
