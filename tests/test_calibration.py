@@ -28,7 +28,8 @@ SMALL_CASES = [
 
 
 def _audit(target: str, cases=SMALL_CASES, formats=None, ops=()) -> list:
-    opts = AuditOptions(case_patterns=cases, formats=[FORMATS[f] for f in formats] if formats else [], ops=ops)
+    opts = AuditOptions(case_patterns=cases, formats=[FORMATS[f] for f in formats] if formats else [], ops=ops,
+                        isolated=False)  # in this process: calibration is not about isolation
     return run_audit([target], opts).records
 
 

@@ -27,11 +27,11 @@ TRITON_BUILTINS = ["builtin:triton-softmax", "builtin:triton-online", "builtin:t
 
 TRAPS = [
     "offset-plus-1e3", "offset-minus-1e10",       # huge offsets: the max shift
-    "confident-0.999", "gap-87.3", "gap-11.09",   # exp's range, tiny probabilities
+    "confident-0.999", "gap-87.3",                # exp's range, tiny probabilities
     "mask-prefix-long", "mask-fully-masked-rows",  # -inf tiles and rows: the online guard
     "mask-neg-1e4-add-fully-masked",              # a first finite max of -1e4: the empty-sum rescale
     "mask-nan-in-fully-masked-row", "posinf-one",  # NaN and +inf
-    "long-zeros-65536", "vocab-50257",            # long rows: many tiles, float32 sums
+    "vocab-50257",                                # a long row: many tiles and a remainder, float32 sums
     "ce-smoothing-0.1-ignore-weights-mean", "ce-smoothing-0.9-ignore-weights-none",  # cross-entropy options
     "ce-smoothing-0.1-finfo-min-mask", "ce-target-below-max-100", "ce-all-ignored-none",
 ]
@@ -70,7 +70,7 @@ def test_interpreted_candidates_say_so_and_nothing_leaks_into_this_process(inter
 
 
 def test_the_tiled_kernels_cover_rows_longer_than_a_tile(interpreted_audit):
-    long_rows = [r for r in interpreted_audit.records if r.case in ("long-zeros-65536", "vocab-50257")
+    long_rows = [r for r in interpreted_audit.records if r.case == "vocab-50257"
                  and r.candidate in ("builtin:triton-online", "builtin:triton-ce")]
     assert long_rows and all(r.verdict == "PASS" for r in long_rows)
 
