@@ -138,12 +138,16 @@ def test_directory_targets_skip_helper_modules_and_need_one_candidate(tmp_path):
     (d / "helpers.py").write_text("SCALE = 2.0\n")
     (d / "_private.py").write_text("raise SystemExit('never imported')\n")
     (d / "mine.py").write_text((REPO / "examples" / "seed_numpy.py").read_text())
-    p = _cli(["run", d, "--case", "offset-plus-1e3", "--dtype", "float32", "-q", "--json", tmp_path / "o.json"],
-             tmp_path)
+    # The CLI's entry point in this process, the candidates too: directories, not isolation, are
+    # what this test is about.
+    from test_cli import run_cli_in_process
+
+    p = run_cli_in_process(["run", d, "--case", "offset-plus-1e3", "--dtype", "float32", "-q", "--no-isolation",
+                            "--json", tmp_path / "o.json"], tmp_path)
     assert p.returncode == 0, p.stderr
     assert {c["name"] for c in json.loads((tmp_path / "o.json").read_text())["candidates"]} == {"mine"}
     (d / "mine.py").unlink()
-    p = _cli(["run", d], tmp_path)
+    p = run_cli_in_process(["run", d, "--no-isolation"], tmp_path)
     assert p.returncode == 2 and "defines softmax, log_softmax, logsumexp or cross_entropy" in p.stderr
 
 

@@ -37,7 +37,7 @@ BACKWARD = REPO / "tests" / "fixtures" / "planted" / "backward_divides.py"
 F32 = FORMATS["float32"]
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_cli import run_cli  # noqa: E402  (the CLI as a subprocess, as the other CLI tests run it)
+from test_cli import run_cli, run_cli_in_process  # noqa: E402  (the CLI as a subprocess, and in this process)
 
 
 def options(tmp_path: Path, **kw) -> SearchOptions:
@@ -204,7 +204,8 @@ def test_multiple_of_seven_is_found_shrunk_saved_reproduced_and_caught_by_the_ne
     assert rep.returncode == 0, rep.stderr
     assert "computed:       1.015625" in rep.stdout
     # The next `softaudit run` catches it from the corpus; --no-corpus leaves it out.
-    run = run_cli(["run", SEVEN, "--dtype", "float32", "--case", "found", "--corpus", corpus], tmp_path)
+    run = run_cli_in_process(["run", SEVEN, "--dtype", "float32", "--case", "found", "--corpus", corpus, "--no-isolation"],
+                             tmp_path)
     assert run.returncode == 1 and doc["case_name"] in run.stdout
     off = CliRunner().invoke(app, ["run", str(SEVEN), "--dtype", "float32", "--case", "found", "--no-corpus"])
     assert off.exit_code == 2 and "no case matches 'found'" in off.output
