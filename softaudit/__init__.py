@@ -4,11 +4,39 @@ It runs candidate implementations of softmax, log_softmax, logsumexp and
 cross-entropy (forward and backward) over adversarial inputs, compares every output element with an exact (mpmath)
 reference correctly rounded into the target format, and judges each result
 against a stability envelope (see docs/ and the README).
+
+``import softaudit`` is light (no numpy): the decorator comes from softaudit.decorator, and
+``audit`` and ``AuditReport`` (softaudit.api, with the audit machinery) are imported when first
+used.
 """
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from softaudit.decorator import candidate  # public decorator
 
 __version__ = "0.1.0"
 
-from softaudit.candidates import candidate  # noqa: E402  (public decorator)
-from softaudit.api import AuditReport, audit  # noqa: E402  (the pytest API; loads the audit machinery when called)
-
 __all__ = ["__version__", "candidate", "audit", "AuditReport"]
+
+_LAZY = {"audit": "softaudit.api", "AuditReport": "softaudit.api"}
+
+if TYPE_CHECKING:
+    from softaudit.api import AuditReport, audit
+
+
+def __getattr__(name: str) -> Any:
+    """The public names that need the audit machinery, imported on first use."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'softaudit' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

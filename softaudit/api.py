@@ -17,11 +17,12 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from softaudit.candidates import FUNCTION_NAMES, Candidate, CandidateError, _collect, _marks_of
-from softaudit.formats import Format, format_of_dtype, get_format
+from softaudit.decorator import FUNCTION_NAMES, _marks_of
 from softaudit.ops import DIRECTIONS, OPS
 
 if TYPE_CHECKING:
+    from softaudit.candidates import Candidate
+    from softaudit.formats import Format
     from softaudit.records import Record, SpeedRecord
     from softaudit.runner import AuditResult
 
@@ -68,6 +69,7 @@ def audit(
     ("auto", "cpu", "cuda", "cuda:N") places torch callables that do not name a device with ``@candidate``: inputs are created there and outputs
     brought back for judging. Bad arguments raise ValueError or TypeError with a one-line message.
     """
+    from softaudit.candidates import CandidateError, _collect
     from softaudit.envelope import DEFAULT_RATIO_LIMIT
     from softaudit.isolation import InProcessExecutor
     from softaudit.runner import AuditOptions, check_device, plan, run_audit
@@ -336,6 +338,8 @@ def _renamed(c: Candidate, name: str) -> Candidate:
 
 def _listed(value: Any) -> list[Any]:
     """A single value (a string, a path, a format) or an iterable of them, as a list."""
+    from softaudit.formats import Format
+
     if value is None:
         return []
     if isinstance(value, (str, Path, Format)) or not isinstance(value, Iterable):
@@ -380,6 +384,8 @@ def _names(value: Any, known: tuple[str, ...], what: str) -> list[str]:
 
 def _format(value: Any) -> Format:
     """A format from its name ("bf16"), a Format, or a numpy / torch / ml_dtypes dtype."""
+    from softaudit.formats import Format, format_of_dtype, get_format
+
     if isinstance(value, Format):
         return value
     if isinstance(value, str):

@@ -40,20 +40,17 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import ml_dtypes
 import numpy as np
 
+from softaudit.decorator import _MARK, BACKENDS, FUNCTION_NAMES, _Mark, _marks_of, candidate  # noqa: F401  (re-exported)
 from softaudit.formats import FLOAT64, FORMATS, Format, format_of_dtype, round_float64_array
 from softaudit.ops import BACKWARD_FUNCTIONS, LOSS_KEYWORDS, OPS, backward_name
 
 if TYPE_CHECKING:
     from softaudit.inputs import LossInputs
-
-FUNCTION_NAMES = OPS + tuple(BACKWARD_FUNCTIONS)
-"""Names a candidate's functions may have (or ``@candidate(op=...)`` may give): the ops, then
-their explicit backward functions."""
 
 POSITIONAL = {
     "softmax": ("x",),
@@ -70,17 +67,11 @@ POSITIONAL = {
 _LOSS_FUNCTIONS = frozenset({"cross_entropy", "cross_entropy_backward"})
 """Functions that receive the loss keywords they accept."""
 
-BACKENDS = ("numpy", "torch")
-"""The array libraries a candidate can be called with."""
-
-_MARK = "__softaudit_candidate__"
 _BUILTIN_PREFIX = "builtin:"
 _TORCH_ROOTS = frozenset({"torch", "triton"})
 _NUMPY_ROOTS = frozenset({"numpy", "scipy", "ml_dtypes"})
 _MAX_MESSAGE = 300
 _MAX_WARNING_NOTES = 3
-
-_F = TypeVar("_F", bound=Callable[..., Any])
 
 
 class CandidateError(Exception):
@@ -105,75 +96,8 @@ class NoOpsError(CandidateError):
 
 
 # --------------------------------------------------------------------------
-# The decorator
-
-
-@dataclass(frozen=True)
-class _Mark:
-    """What one ``@candidate(...)`` says about the function it decorates."""
-
-    name: str | None
-    op: str
-    backend: str | None
-    device: str | None
-    rowwise: bool
-
-
-def candidate(
-    name: str | Callable[..., Any] | None = None,
-    *,
-    op: str | None = None,
-    backend: str | None = None,
-    device: str | None = None,
-    rowwise: bool = False,
-) -> Any:
-    """Mark a function as (one op of) a named candidate; returns it unchanged.
-
-    ``name`` defaults to the file's stem, ``op`` to the function's name: an op
-    or an explicit backward function name (``softmax_backward`` ...). Give
-    ``backend`` ("numpy" or "torch") and ``device`` to skip detection (a
-    device implies torch); ``rowwise=True`` audits a 1-D function row by row.
-    Several decorators may be stacked to put one function in several
-    candidates. Bare ``@candidate`` works too. Mistakes raise at decoration
-    time, so they surface as a load error naming the line.
-    """
-    if callable(name):
-        return candidate()(name)
-    if name is not None and (not isinstance(name, str) or not name.strip()):
-        raise ValueError(f"@candidate: name must be a non-empty string, not {name!r}")
-    if op is not None and op not in FUNCTION_NAMES:
-        raise ValueError(f"@candidate: op must be one of {', '.join(FUNCTION_NAMES)}, not {op!r}")
-    if backend is not None and backend not in BACKENDS:
-        raise ValueError(f"@candidate: backend must be 'numpy' or 'torch', not {backend!r}")
-    if device is not None and backend == "numpy":
-        raise ValueError("@candidate: device applies to torch only, not to backend='numpy'")
-
-    def mark(fn: _F) -> _F:
-        fn_op = op if op is not None else getattr(fn, "__name__", None)
-        if fn_op not in FUNCTION_NAMES:
-            raise ValueError(
-                f"@candidate: {getattr(fn, '__name__', fn)!r} is not named after an op; "
-                f"pass op= (one of {', '.join(FUNCTION_NAMES)})"
-            )
-        marks = _marks_of(fn) + (_Mark(name, fn_op, backend, device, bool(rowwise)),)
-        try:
-            setattr(fn, _MARK, marks)
-        except (AttributeError, TypeError):
-            raise TypeError(f"@candidate cannot mark {fn!r}; wrap it in a def") from None
-        return fn
-
-    return mark
-
-
-def _marks_of(obj: object) -> tuple[_Mark, ...]:
-    """The marks stored on ``obj`` (read from its ``__dict__`` only, so that
-    objects answering every attribute, such as mocks, are not mistaken)."""
-    try:
-        marks = vars(obj).get(_MARK, ())
-    except TypeError:
-        return ()
-    return marks if isinstance(marks, tuple) else ()
-
+# The decorator lives in softaudit.decorator (light: importing softaudit needs no numpy); its names
+# are re-exported here.
 
 # --------------------------------------------------------------------------
 # Data
@@ -298,6 +222,19 @@ def load_target(target: str, rowwise: bool = False, probe: bool = True, device: 
     is called once the module has run, before the probe calls (the worker tells the parent, so a
     hang after it is the probe's, and one before it the import's).
     """
+    path, default_name = resolve_target(target)
+    module, interpreted = _exec_file(path, target, device)
+    if on_imported is not None:
+        on_imported()
+    return _collect(module, target, default_name, rowwise, probe, device=device, interpreted=interpreted)
+
+
+def resolve_target(target: str) -> tuple[Path, str]:
+    """The source file of a ``.py`` target or ``builtin:NAME``, and its candidates' default name.
+
+    Raises CandidateError (one line) for an unknown built-in, a missing file, a directory or a
+    file that is not ``.py``: what can be told without running the file.
+    """
     if target.startswith(_BUILTIN_PREFIX):
         from softaudit.builtins import BUILTINS, builtin_path
 
@@ -305,20 +242,39 @@ def load_target(target: str, rowwise: bool = False, probe: bool = True, device: 
         if key not in BUILTINS:
             known = ", ".join(BUILTINS)
             raise CandidateError(f"unknown built-in {target!r} (known: {known})")
-        path, default_name = builtin_path(key), target
-    else:
-        path = Path(target)
-        if not path.exists():
-            raise CandidateError(f"{target}: no such file")
-        if path.is_dir():
-            raise CandidateError(f"{target}: is a directory, not a .py file")
-        if path.suffix != ".py":
-            raise CandidateError(f"{target}: not a .py file (give a .py path or builtin:NAME)")
-        default_name = path.stem
-    module, interpreted = _exec_file(path, target, device)
-    if on_imported is not None:
-        on_imported()
-    return _collect(module, target, default_name, rowwise, probe, device=device, interpreted=interpreted)
+        return builtin_path(key), target
+    path = Path(target)
+    if not path.exists():
+        raise CandidateError(f"{target}: no such file")
+    if path.is_dir():
+        raise CandidateError(f"{target}: is a directory, not a .py file")
+    if path.suffix != ".py":
+        raise CandidateError(f"{target}: not a .py file (give a .py path or builtin:NAME)")
+    return path, path.stem
+
+
+def check_target(target: str) -> None:
+    """Raise CandidateError (one line) where ``target`` cannot be loaded for a reason that shows
+    without running it: an unknown built-in, a missing or unreadable file, a syntax error. The
+    CLI checks every target so before it starts a worker process."""
+    path, _ = resolve_target(target)
+    _compile_file(path, target)
+
+
+def _compile_file(path: Path, display: str) -> tuple[bytes, types.CodeType]:
+    """The file's source and code object; a CandidateError naming ``display`` when it cannot be
+    read or compiled."""
+    try:
+        source = path.read_bytes()
+    except OSError as exc:
+        raise CandidateError(f"{display}: cannot read: {exc.strerror or exc}") from None
+    try:
+        code = compile(source, str(path.resolve()), "exec", dont_inherit=True)
+    except SyntaxError as exc:
+        raise CandidateError(f"{display}:{exc.lineno}: {type(exc).__name__}: {exc.msg}") from None
+    except ValueError as exc:  # e.g. null bytes in the source
+        raise CandidateError(f"{display}: {_one_line(str(exc))}") from None
+    return source, code
 
 
 _module_counter = itertools.count()
@@ -331,18 +287,8 @@ def _exec_file(path: Path, display: str, device: str | None = None) -> tuple[typ
     The file's directory is on sys.path while it runs, so it can import its
     siblings. Every failure becomes a CandidateError naming ``display``.
     """
-    try:
-        source = path.read_bytes()
-    except OSError as exc:
-        raise CandidateError(f"{display}: cannot read: {exc.strerror or exc}") from None
+    source, code = _compile_file(path, display)
     filename = str(path.resolve())
-    try:
-        code = compile(source, filename, "exec", dont_inherit=True)
-    except SyntaxError as exc:
-        raise CandidateError(f"{display}:{exc.lineno}: {type(exc).__name__}: {exc.msg}") from None
-    except ValueError as exc:  # e.g. null bytes in the source
-        raise CandidateError(f"{display}: {_one_line(str(exc))}") from None
-
     interpreted = triton_interpretation(source, device)
     stem = "".join(c if c.isalnum() else "_" for c in path.stem)
     modname = f"_softaudit_target_{next(_module_counter)}_{stem}"

@@ -208,6 +208,8 @@ def run(
 
             with _signals_interrupt() as received:
                 result = run_audit(targets, options, progress=progress)
+            if not result.complete and received:
+                result.interrupted_by = received[0]  # the exit code (130 or 143) every report states
     text = results_json(result) if any(outputs.values()) else ""
     if json_path is not None:
         try:
@@ -226,10 +228,9 @@ def run(
         if written:
             Console().print(f"Written: {', '.join(written)}", highlight=False)
     if not result.complete:
-        signum = received[0] if received else signal.SIGINT
+        signum = result.exit_code - 128
         Console(stderr=True).print(f"softaudit: interrupted by {signal.Signals(signum).name}; "
                                    f"{len(result.records)} records kept" + (f" in {json_path}" if json_path else ""))
-        raise typer.Exit(128 + signum)
     raise typer.Exit(result.exit_code)
 
 
@@ -493,6 +494,8 @@ def search_command(
 
             with _signals_interrupt() as received:
                 result = search(target, options, progress=progress)
+            if not result.complete and received:
+                result.interrupted_by = received[0]  # the exit code (130 or 143) the JSON states
     if json_path is not None:
         try:
             write_text(json_path, search_json(result))
@@ -508,9 +511,6 @@ def search_command(
         written = [str(p) for p in (json_path, repro_path if result.reproducer else None) if p is not None]
         if written:
             Console().print(f"Written: {', '.join(written)}", highlight=False)
-    if not result.complete:
-        signum = received[0] if received else signal.SIGINT
-        raise typer.Exit(128 + signum)
     raise typer.Exit(result.exit_code)
 
 

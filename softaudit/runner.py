@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 import softaudit
-from softaudit.candidates import CallRequest, CallResult, CandidateError, NoOpsError
+from softaudit.candidates import CallRequest, CallResult, CandidateError, NoOpsError, check_target
 from softaudit.cases import OPS, Case, load_cases, select_cases
 from softaudit.corpus import with_corpus_dir
 from softaudit.cuda_errors import DEVICE_ASSERT
@@ -119,6 +119,8 @@ class AuditResult:
     """Reference cache entries that did not match their input (damaged or altered): recomputed."""
     complete: bool = True
     """False when the audit was interrupted (Ctrl-C, SIGTERM): the records are those collected so far."""
+    interrupted_by: int | None = None
+    """The signal that interrupted it (set by the CLI, which catches it); SIGINT when not said."""
     worker_restarts: int = 0
     baseline: str | None = None
     """The relative rule's baseline candidate, whose own verdicts do not set the exit code."""
@@ -132,7 +134,10 @@ class AuditResult:
 
     @property
     def exit_code(self) -> int:
-        """0 when nothing FAILed (the baseline's records aside), 1 otherwise."""
+        """0 when nothing FAILed (the baseline's records aside), 1 otherwise; an interrupted audit
+        exits 128 + the signal's number (130 for Ctrl-C, 143 for SIGTERM), whatever it collected."""
+        if not self.complete:
+            return 128 + (self.interrupted_by or 2)
         return 1 if any(r.verdict == FAIL and r.candidate != self.baseline for r in self.records) else 0
 
     def counts(self) -> dict[str, int]:
@@ -323,6 +328,10 @@ def _run_audit(targets: Sequence[str], options: AuditOptions | None = None,
     cases, formats = plan(options)
     wanted_ops = [op for op in OPS if not options.ops or op in options.ops]
     if executor is None:
+        # Bad targets (an unknown built-in, a missing file, a syntax error) are bad input, told
+        # before a worker process starts; what needs the file run is found by loading it.
+        for target, _ in expand_targets([*targets, *([options.relative_to] if options.relative_to else [])]):
+            check_target(target)
         executor = make_executor(options.isolated, options.rowwise, options.timeout, options.memory_limit,
                                  None if options.device == "auto" else options.device)
     records: list[Record] = []

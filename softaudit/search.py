@@ -26,6 +26,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from softaudit.candidates import check_target
 from softaudit.cases import Case, CaseError, case_from_table, load_cases
 from softaudit.corpus import FAMILY, content_digest, default_corpus_dir, save_case, with_corpus_dir
 from softaudit.formats import FORMATS, Format
@@ -35,7 +36,7 @@ from softaudit.mutations import Trial, mutate, random_trial
 from softaudit.ops import DIRECTIONS, OPS
 from softaudit.records import Record
 from softaudit.reference import ReferenceCache, default_cache_dir
-from softaudit.runner import AuditUnit, audit_record, check_device, environment, load_targets
+from softaudit.runner import AuditUnit, audit_record, check_device, environment, expand_targets, load_targets
 from softaudit.shrink import ShrinkStats, shrink
 from softaudit.verdicts import FAIL, SKIP, UNDEFINED_POLICIES, Gate, fmt_num
 
@@ -155,6 +156,8 @@ class SearchResult:
     environment: dict = field(default_factory=dict)
     complete: bool = True
     """False when interrupted (Ctrl-C): what was found so far is reported, nothing is saved."""
+    interrupted_by: int | None = None
+    """The signal that interrupted it (set by the CLI, which catches it); SIGINT when not said."""
     intermittent: tuple[int, int] | None = None
     """(failed, tries) when the saved case did not fail every time it was judged again: the
     candidate fails only sometimes on the same input (a finding, not softaudit's error)."""
@@ -175,6 +178,9 @@ class SearchResult:
 
     @property
     def exit_code(self) -> int:
+        """1 when a failing input was found, else 0; 128 + the signal's number when interrupted."""
+        if not self.complete:
+            return 128 + (self.interrupted_by or 2)
         return 1 if self.found else 0
 
 
@@ -424,6 +430,8 @@ def search(target: str, options: SearchOptions, progress: ProgressFn | None = No
         raise SearchError(f"the corpus {str(corpus)!r} is not a directory (--save-to, 'corpus' in "
                           "[tool.softaudit] or $SOFTAUDIT_CORPUS_DIR names where found cases are saved)")
     if executor is None:
+        for file, _ in expand_targets([target]):  # an unknown built-in, a missing file: before the worker
+            check_target(file)
         executor = make_executor(options.isolated, options.rowwise, options.timeout, options.memory_limit,
                                  None if options.device == "auto" else options.device)
     try:

@@ -258,3 +258,24 @@ def test_an_interrupted_audit_raises_keyboard_interrupt_instead_of_passing(softa
 
     with pytest.raises(KeyboardInterrupt):
         softaudit.audit(softmax, dtypes="float32", cases="mask-prefix", cache_dir=softaudit_cache_dir)
+
+
+def test_import_softaudit_is_light_and_its_public_names_work():
+    """``import softaudit``, the decorator and ``from softaudit import audit, AuditReport`` load
+    neither numpy nor ml_dtypes nor torch (the audit machinery comes when audit() is called); a
+    fresh interpreter, so this test's own imports do not count."""
+    import subprocess
+    import sys
+
+    code = ("import sys, softaudit\n"
+            "from softaudit import audit, AuditReport, candidate\n"
+            "@candidate(name='x')\n"
+            "def softmax(x):\n    return x\n"
+            "heavy = sorted(m for m in ('numpy', 'ml_dtypes', 'torch', 'mpmath') if m in sys.modules)\n"
+            "print(heavy, callable(audit), AuditReport.__name__, softmax.__softaudit_candidate__[0].name)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["[]", "True", "AuditReport", "x"]
+    assert softaudit.candidate is importlib.import_module("softaudit.candidates").candidate
+    with pytest.raises(AttributeError):
+        softaudit.no_such_name  # noqa: B018

@@ -1,13 +1,17 @@
-"""End-to-end tests of the command line (``python -m softaudit``).
+"""End-to-end tests of the command line (``softaudit``).
 
-Every CLI call runs the real entry point in a subprocess, with the session's
-reference cache (tests/conftest.py) and a wide, colourless terminal. Cases and
-formats are limited with --case/--dtype so the file runs in seconds.
+Most CLI calls run the console-script entry point (softaudit.cli.main) in this process, with its
+output captured, the session's reference cache (tests/conftest.py) and a wide, colourless
+terminal; a handful of smoke tests (``cli_subprocess``) run ``python -m softaudit`` in a
+subprocess, as a user does. Cases and formats are limited with --case/--dtype so the file runs
+in seconds.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import itertools
 import json
 import math
@@ -66,9 +70,42 @@ def run_cli(args, cwd: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
 
 
+def run_cli_in_process(args, cwd: Path) -> subprocess.CompletedProcess:
+    """``softaudit ARGS`` through its console-script entry point (softaudit.cli.main) in this
+    process, from ``cwd``, with the environment run_cli gives a subprocess; stdout, stderr and the
+    exit status captured as run_cli returns them. Candidates are still called in the audit's
+    worker process unless ARGS say --no-isolation."""
+    from softaudit.cli import main
+
+    assert os.environ.get("SOFTAUDIT_CACHE_DIR"), "the session cache fixture must be active"
+    argv = ["softaudit", *map(str, args)]
+    out, err = io.StringIO(), io.StringIO()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(cwd)
+        mp.setenv("COLUMNS", "400")
+        mp.setenv("NO_COLOR", "1")
+        for var in ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "PYTHONWARNINGS"):
+            mp.delenv(var, raising=False)
+        mp.setattr(sys, "argv", argv)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                main()
+                code = 0
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
+
+
 @pytest.fixture
 def cli(tmp_path):
-    """run_cli in the test's own temporary directory (nothing lands in the repo)."""
+    """The CLI in this process (run_cli_in_process), from the test's own temporary directory
+    (nothing lands in the repo)."""
+    return lambda *args: run_cli_in_process(args, tmp_path)
+
+
+@pytest.fixture
+def cli_subprocess(tmp_path):
+    """run_cli (``python -m softaudit`` in a subprocess) in the test's own temporary directory."""
     return lambda *args: run_cli(args, tmp_path)
 
 
@@ -120,7 +157,8 @@ FINDING = re.compile(
 )
 
 
-def test_naive_builtin_fails_offsets_and_explains_the_worst_findings(cli, tmp_path):
+def test_naive_builtin_fails_offsets_and_explains_the_worst_findings(cli_subprocess, tmp_path):
+    cli = cli_subprocess  # a smoke test: python -m softaudit as a user runs it
     out = tmp_path / "naive.json"
     p = cli("run", "builtin:naive", *case_args(OFFSET_CASES, OFFSET_DTYPES), "--direction", "forward", "--json", out)
     assert p.returncode == 1, p.stderr
@@ -169,7 +207,9 @@ def test_shifted_builtin_passes_the_same_offsets(cli, tmp_path):
     ("torch_impl.py", 0, "torch"),
     ("naive_numpy.py", 1, "numpy"),
 ])
-def test_undecorated_examples(cli, tmp_path, example, exit_code, backend):
+def test_undecorated_examples(cli, cli_subprocess, tmp_path, example, exit_code, backend):
+    if backend == "torch":
+        cli = cli_subprocess  # a smoke test: a torch candidate from python -m softaudit
     out = tmp_path / "out.json"
     p = cli("run", EXAMPLES / example, *case_args(EXAMPLE_CASES, EXAMPLE_DTYPES), "--json", out)
     assert p.returncode == exit_code, p.stdout + p.stderr
@@ -333,6 +373,14 @@ def test_bad_input_exits_2_with_one_line_and_leaves_json_untouched(cli, tmp_path
     assert [f.name for f in out_dir.iterdir()] == ["results.json"]
 
 
+@pytest.mark.parametrize("name", ["unknown-builtin", "unknown-option", "missing-module"])
+def test_bad_input_from_a_subprocess_exits_2_with_one_line(cli_subprocess, tmp_path, name):
+    """Smoke: the matrix above runs in this process; a few of its cases as a user's shell sees them
+    (a target checked before the worker starts, click's usage error, one found by the worker)."""
+    make_args, must_name = BAD_INPUTS[name]
+    assert_bad_input(cli_subprocess(*make_args(tmp_path), "--case", "offset-plus-1e3"), must_name)
+
+
 def test_json_into_missing_directory_is_bad_input(cli, tmp_path):
     target = tmp_path / "no-such-dir" / "out.json"
     p = cli("run", "builtin:shifted", "--case", "offset-plus-1e3", "--dtype", "float32", "--json", target)
@@ -376,7 +424,8 @@ RECORD_KEYS = {"id", "candidate", "target", "op", "direction", "dtype", "case", 
 LOCATION_KEYS = {"row", "col", "input", "exact", "computed"}
 
 
-def test_json_report_is_strict_complete_and_reproducible(cli, tmp_path, softaudit_cache_dir):
+def test_json_report_is_strict_complete_and_reproducible(cli_subprocess, tmp_path, softaudit_cache_dir):
+    cli = cli_subprocess  # a smoke test, and the subprocess must use $SOFTAUDIT_CACHE_DIR
     args = ["run", *JSON_TARGETS, *case_args(JSON_CASES, JSON_DTYPES), "--seed", "5", "-q"]
     first, second = tmp_path / "first.json", tmp_path / "second.json"
     p1 = cli(*args, "--json", first)
@@ -490,8 +539,8 @@ def test_cases_filter_by_family_and_by_name_pattern(cli):
     assert "seed-softmax-1000-to-5000" not in names
 
 
-def test_version(cli):
-    p = cli("--version")
+def test_version(cli_subprocess):
+    p = cli_subprocess("--version")
     assert p.returncode == 0
     assert p.stdout.strip() == f"softaudit {softaudit.__version__}"
 
@@ -508,7 +557,7 @@ def test_run_audit_in_process(softaudit_cache_dir):
     assert default_cache_dir() == softaudit_cache_dir
     calls = []
     opts = AuditOptions(case_patterns=["offset-plus-1e3", "seed-softmax-1000-to-5000"],
-                        formats=[get_format("float32")])
+                        formats=[get_format("float32")], isolated=False)
     result = run_audit(["builtin:shifted"], opts, progress=lambda *a: calls.append(a))
     assert result.exit_code == 0
     assert len(result.records) == len(OPS) * 2 * 2  # two cases, forward and backward
@@ -521,7 +570,8 @@ def test_run_audit_in_process(softaudit_cache_dir):
 
     # The seed changes the generated inputs; the same seed reproduces them.
     def worst_inputs(seed):
-        o = AuditOptions(ops=["softmax"], case_patterns=["offset-plus-1e3"], formats=[get_format("float32")], seed=seed)
+        o = AuditOptions(ops=["softmax"], case_patterns=["offset-plus-1e3"], formats=[get_format("float32")], seed=seed,
+                         isolated=False)
         return [r.metrics.worst.input for r in run_audit(["builtin:shifted"], o).records]
 
     assert worst_inputs(5) == worst_inputs(5)

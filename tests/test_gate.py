@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 
 import pytest
-from test_cli import run_cli
+from test_cli import run_cli_in_process as run_cli  # the CLI entry point, in this process
 
 from softaudit.config import ConfigError, find_config, load_config
 from softaudit.metrics import Location, RecordMetrics

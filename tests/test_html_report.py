@@ -219,8 +219,10 @@ def test_header_states_counts_status_completeness_version_time_and_source(audite
     assert 'badge v-FAIL">FAIL' in header and "complete" in header
     assert "0.1.0" in header and html.escape(audited.source) in header
     assert f"{audited.summary['seconds']:.1f} s" in header
-    interrupted = render_html(_doc([_rec()], complete=False))
-    assert "incomplete" in interrupted[:interrupted.index("</header>")]
+    stopped = _doc([_rec()], complete=False)
+    stopped.summary["exit_code"] = 143  # SIGTERM: the header states the real exit code, not 0 or 1
+    interrupted = render_html(stopped)
+    assert "incomplete: interrupted (exit code 143)" in interrupted[:interrupted.index("</header>")]
 
 
 def test_summary_table_has_the_worst_verdict_per_candidate_op_and_format():

@@ -105,9 +105,10 @@ def test_a_signal_mid_run_keeps_a_valid_partial_json(tmp_path, signum, code):
     out = tmp_path / "partial.json"
     out.write_text('{"previous": "results"}\n')
     marker = tmp_path / "calls.log"
+    md = tmp_path / "partial.md"
     proc = subprocess.Popen(
         [sys.executable, "-m", "softaudit", "run", str(SLOW), "builtin:shifted", "--dtype", "float32",
-         "--case", "offset-*", "--json", str(out)],
+         "--case", "offset-*", "--json", str(out), "--md", str(md)],
         cwd=tmp_path, env=_env(SOFTAUDIT_TEST_MARKER=str(marker)),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
@@ -122,6 +123,11 @@ def test_a_signal_mid_run_keeps_a_valid_partial_json(tmp_path, signum, code):
     assert doc["complete"] is False
     assert 3 <= len(doc["results"]) < 16 * 2  # some, not all: slow alone has 16 offset cases x 2 directions
     assert doc["summary"]["records"] == len(doc["results"])
+    assert doc["summary"]["exit_code"] == code  # the reports state the real exit code
+    assert f"incomplete: interrupted (exit {code})" in md.read_text().splitlines()[0]
+    assert [line for line in stdout.splitlines() if line.startswith("Result:")] == [
+        f"Result: incomplete: interrupted (exit {code})"], stdout
+    assert "exit 0" not in stdout
     assert f"interrupted by {signal.Signals(signum).name}" in stderr
     assert [f.name for f in tmp_path.iterdir() if f.name.endswith(".tmp")] == []
 
@@ -132,12 +138,16 @@ def test_directory_targets_skip_helper_modules_and_need_one_candidate(tmp_path):
     (d / "helpers.py").write_text("SCALE = 2.0\n")
     (d / "_private.py").write_text("raise SystemExit('never imported')\n")
     (d / "mine.py").write_text((REPO / "examples" / "seed_numpy.py").read_text())
-    p = _cli(["run", d, "--case", "offset-plus-1e3", "--dtype", "float32", "-q", "--json", tmp_path / "o.json"],
-             tmp_path)
+    # The CLI's entry point in this process, the candidates too: directories, not isolation, are
+    # what this test is about.
+    from test_cli import run_cli_in_process
+
+    p = run_cli_in_process(["run", d, "--case", "offset-plus-1e3", "--dtype", "float32", "-q", "--no-isolation",
+                            "--json", tmp_path / "o.json"], tmp_path)
     assert p.returncode == 0, p.stderr
     assert {c["name"] for c in json.loads((tmp_path / "o.json").read_text())["candidates"]} == {"mine"}
     (d / "mine.py").unlink()
-    p = _cli(["run", d], tmp_path)
+    p = run_cli_in_process(["run", d, "--no-isolation"], tmp_path)
     assert p.returncode == 2 and "defines softmax, log_softmax, logsumexp or cross_entropy" in p.stderr
 
 

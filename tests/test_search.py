@@ -37,7 +37,7 @@ BACKWARD = REPO / "tests" / "fixtures" / "planted" / "backward_divides.py"
 F32 = FORMATS["float32"]
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_cli import run_cli  # noqa: E402  (the CLI as a subprocess, as the other CLI tests run it)
+from test_cli import run_cli, run_cli_in_process  # noqa: E402  (the CLI as a subprocess, and in this process)
 
 
 def options(tmp_path: Path, **kw) -> SearchOptions:
@@ -71,6 +71,30 @@ def test_a_stable_candidate_gives_no_failure_and_saves_nothing(tmp_path):
     assert result.worst is not None and result.worst.score < 4
     assert result.evaluations > 10
     assert not (tmp_path / "corpus").exists()
+
+
+@pytest.mark.parametrize("signum, code", [(None, 130), (15, 143)])
+def test_an_interrupted_search_states_its_real_exit_code(tmp_path, signum, code):
+    """Ctrl-C (or SIGTERM, which the CLI turns into the same stop) mid-search: the JSON's exit_code
+    and the last line say "incomplete: interrupted (exit 130)" (143), never a PASS's exit 0."""
+    from rich.console import Console
+
+    from softaudit.reports.search_report import render_search, search_json
+
+    calls = []
+
+    def stop_after_a_few(*_args) -> None:
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+
+    result = search("builtin:shifted", options(tmp_path, budget=30.0), progress=stop_after_a_few)
+    result.interrupted_by = signum
+    assert not result.complete and not result.found and len(calls) == 5
+    assert result.exit_code == code and json.loads(search_json(result))["exit_code"] == code
+    console = Console(record=True, width=200)
+    render_search(result, console)
+    assert console.export_text().strip().splitlines()[-1] == f"Result: incomplete: interrupted (exit {code})"
 
 
 def test_a_hard_failure_stops_exploring_and_keeps_its_class_while_shrinking(tmp_path):
@@ -180,7 +204,8 @@ def test_multiple_of_seven_is_found_shrunk_saved_reproduced_and_caught_by_the_ne
     assert rep.returncode == 0, rep.stderr
     assert "computed:       1.015625" in rep.stdout
     # The next `softaudit run` catches it from the corpus; --no-corpus leaves it out.
-    run = run_cli(["run", SEVEN, "--dtype", "float32", "--case", "found", "--corpus", corpus], tmp_path)
+    run = run_cli_in_process(["run", SEVEN, "--dtype", "float32", "--case", "found", "--corpus", corpus, "--no-isolation"],
+                             tmp_path)
     assert run.returncode == 1 and doc["case_name"] in run.stdout
     off = CliRunner().invoke(app, ["run", str(SEVEN), "--dtype", "float32", "--case", "found", "--no-corpus"])
     assert off.exit_code == 2 and "no case matches 'found'" in off.output

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -10,6 +12,8 @@ from softaudit.candidates import load_target
 from softaudit.formats import FORMATS
 from softaudit.speed import SpeedError, SpeedMeter, bench_arrays, prepare
 from softaudit.timing import DEFAULT_SHAPES, parse_shape
+
+NAIVE_NUMPY = str(Path(__file__).resolve().parents[1] / "examples" / "naive_numpy.py")
 
 
 def test_shapes_parse_and_bad_ones_say_why():
@@ -53,7 +57,7 @@ def test_every_op_and_direction_is_timed_with_its_byte_count_and_the_copy(target
 
 
 def test_a_numpy_candidate_without_a_backward_function_is_not_timed_and_says_why():
-    cand = load_target("examples/naive_numpy.py")[0]
+    cand = load_target(NAIVE_NUMPY)[0]
     with pytest.raises(SpeedError, match="numpy candidate without softmax_backward"):
         SpeedMeter().measure(cand, "softmax", "backward", "float32", 4, 16)
 
@@ -76,7 +80,7 @@ def test_the_audit_times_in_its_worker_and_the_json_carries_every_figure(tmp_pat
 
     options = AuditOptions(ops=["softmax"], formats=[FLOAT32], case_patterns=["uniform-1024"], bench=True,
                            shapes=[(4, 64), (2, 128)], cache_dir=tmp_path, jobs=1)
-    result = run_audit(["builtin:shifted", "examples/naive_numpy.py"], options)
+    result = run_audit(["builtin:shifted", NAIVE_NUMPY], options)
     ids = [s.id for s in result.speed]
     assert ids == ["builtin:shifted/softmax/forward/float32/4x64", "builtin:shifted/softmax/forward/float32/2x128",
                    "builtin:shifted/softmax/backward/float32/4x64", "builtin:shifted/softmax/backward/float32/2x128",

@@ -136,7 +136,9 @@ def _header(doc: ResultsDocument, title: str) -> str:
     took = f"{float(seconds):.1f} s" if isinstance(seconds, (int, float)) else "not recorded"
     cache = doc.summary.get("reference_cache") or {}
     facts = [
-        ("overall", f'{_verdict_badge(status)} exit code {esc(doc.summary.get("exit_code", "–"))}'),
+        ("overall", f'{_verdict_badge(status)} exit code {esc(doc.summary.get("exit_code", "–"))}' if doc.complete else
+         f'<strong class="warn-text">incomplete: interrupted (exit code {esc(doc.summary.get("exit_code", "–"))})</strong>'
+         f'; the worst verdict so far {_verdict_badge(status)}'),
         ("records", f"{len(doc.records)} &nbsp; {tally}"),
         ("run", "complete" if doc.complete else
          '<strong class="warn-text">incomplete: interrupted, these are the records collected before the stop</strong>'),

@@ -99,8 +99,9 @@ def _dtypes(records: list[Record]) -> list[str]:
 def _status_line(doc: ResultsDocument) -> str:
     """The verdict in one line: what failed (or warned) out of how many, over what."""
     n = len(doc.records)
+    stopped = f"incomplete: interrupted (exit {doc.summary.get('exit_code', '?')})"
     if not n:
-        return "**softaudit: no records**" + ("" if doc.complete else " — the audit was interrupted")
+        return "**softaudit: no records**" + ("" if doc.complete else f" — {stopped}")
     c = doc.counts(gated_only=True)
     verdict = FAIL if c[FAIL] else WARN if c[WARN] else PASS
     if verdict == FAIL:
@@ -115,13 +116,14 @@ def _status_line(doc: ResultsDocument) -> str:
     scope = f"{candidates} candidate{'s' if candidates != 1 else ''}"
     if _dtypes(doc.records):
         scope += ", " + "/".join(_dtypes(doc.records))
-    line = f"{_ICON[verdict]} **softaudit: {verdict}** — {text} ({scope})"
+    line = (f"{_ICON[verdict]} **softaudit: {verdict}** — {text} ({scope})" if doc.complete else
+            f"{_ICON[WARN]} **softaudit: {stopped}** — so far {text} ({scope})")
     if doc.baseline is not None:
         base_fails = doc.counts()[FAIL] - c[FAIL]
         line += (f"; baseline {md_text(doc.baseline)} of the relative rule not gated"
                  + (f" ({base_fails} of its records fail)" if base_fails else ""))
     if not doc.complete:
-        line += " — **interrupted**: these are the records collected before the stop"
+        line += " — these are the records collected before the stop"
     return line
 
 

@@ -85,7 +85,14 @@ def _loss_line(ev: Evaluation) -> str | None:
 
 
 def render_search(result: SearchResult, console: Console, show_reproducer: bool = True) -> None:
-    """The search's outcome for a person at a terminal."""
+    """The search's outcome for a person at a terminal; an interrupted search ends with the line
+    ``Result: incomplete: interrupted (exit 130)`` (143 for SIGTERM)."""
+    _render_search(result, console, show_reproducer)
+    if not result.complete:
+        console.print(f"[yellow]Result: incomplete: interrupted (exit {result.exit_code})[/]", highlight=False)
+
+
+def _render_search(result: SearchResult, console: Console, show_reproducer: bool) -> None:
     o = result.options
     label = o.op + (" backward" if o.direction == "backward" else "")
     console.print(f"[bold]softaudit search[/]: {result.candidate} · {label} · {o.format.name} · "

@@ -252,5 +252,8 @@ def render(result: AuditResult, console: Console, max_findings: int = 10) -> Non
                            f"{printable(result.baseline)}'s own verdicts do not set the exit code."))
     if result.options.gate.strict:
         console.print(Text("Strict: WARN counts as FAIL."))
+    if not result.complete:  # never "no FAIL (exit 0)" for a run that did not finish
+        console.print(Text(f"Result: incomplete: interrupted (exit {result.exit_code})", style="bold yellow"))
+        return
     verdict = "FAIL" if result.exit_code else "no FAIL"
     console.print(Text(f"Result: {verdict} (exit {result.exit_code})", style=STYLES[FAIL if result.exit_code else PASS]))
