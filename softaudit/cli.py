@@ -317,8 +317,14 @@ def _gate_config(path: Optional[Path], ignore: bool):  # type: ignore[no-untyped
     return load_config(found) if found is not None else None
 
 
+PROTECTED_SUFFIXES = (".py", ".toml", ".pyi")
+"""An existing file with one of these suffixes is never an output: `softaudit run victim.py --json
+victim.py` overwrote the candidate's own source."""
+
+
 def _check_outputs(paths: dict[str, Optional[Path]]) -> dict[str, Optional[Path]]:
-    """Output files: their directories exist, they are not directories, no two are the same file."""
+    """Output files: their directories exist, they are not directories or existing source files,
+    no two are the same file."""
     seen: dict[Path, str] = {}
     for flag, p in paths.items():
         if p is None:
@@ -327,6 +333,9 @@ def _check_outputs(paths: dict[str, Optional[Path]]) -> dict[str, Optional[Path]
             raise UsageProblem(f"{flag}: directory {str(p.parent)!r} does not exist")
         if p.is_dir():
             raise UsageProblem(f"{flag}: {str(p)!r} is a directory")
+        if p.suffix in PROTECTED_SUFFIXES and p.exists():
+            raise UsageProblem(f"{flag}: {str(p)!r} is a source or configuration file; softaudit never writes "
+                               f"over a {p.suffix} file (a candidate, a case file or pyproject.toml)")
         key = p.resolve()
         if key in seen:
             raise UsageProblem(f"{seen[key]} and {flag} name the same file {str(p)!r}")

@@ -442,3 +442,21 @@ def test_a_hung_import_costs_one_import_timeout(monkeypatch):
         executor.close()
     assert isinstance(failure, isolation.LoadFailure) and "timed out" in failure.reason
     assert elapsed < 3.0 * 2, elapsed
+
+
+def test_an_output_never_overwrites_the_candidate_or_a_case_file(tmp_path):
+    """`softaudit run victim.py --json victim.py` overwrote the candidate's own source file."""
+    from typer.testing import CliRunner
+
+    from softaudit.cli import app
+
+    victim = tmp_path / "victim.py"
+    source = "import numpy as np\n\ndef softmax(x):\n    return np.exp(x) / np.exp(x).sum(-1, keepdims=True)\n"
+    victim.write_text(source)
+    config = tmp_path / "pyproject.toml"
+    config.write_text("[project]\nname = 'x'\n")
+    runner = CliRunner()
+    for flag, path in (("--json", victim), ("--md", victim), ("--html", config)):
+        got = runner.invoke(app, ["run", str(victim), "--case", "gap-87.3", "--dtype", "float32", flag, str(path)])
+        assert got.exit_code == 2 and len(got.output.strip().splitlines()) == 1, got.output
+    assert victim.read_text() == source and config.read_text() == "[project]\nname = 'x'\n"
