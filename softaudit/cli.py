@@ -322,9 +322,10 @@ PROTECTED_SUFFIXES = (".py", ".toml", ".pyi")
 victim.py` overwrote the candidate's own source."""
 
 
-def _check_outputs(paths: dict[str, Optional[Path]]) -> dict[str, Optional[Path]]:
-    """Output files: their directories exist, they are not directories or existing source files,
-    no two are the same file."""
+def _check_outputs(paths: dict[str, Optional[Path]], protect: bool = True) -> dict[str, Optional[Path]]:
+    """Output files: their directories exist, they are not directories or (``protect``: reports,
+    not the scripts repro writes under its own --force rule) existing source files, no two are
+    the same file."""
     seen: dict[Path, str] = {}
     for flag, p in paths.items():
         if p is None:
@@ -333,7 +334,7 @@ def _check_outputs(paths: dict[str, Optional[Path]]) -> dict[str, Optional[Path]
             raise UsageProblem(f"{flag}: directory {str(p.parent)!r} does not exist")
         if p.is_dir():
             raise UsageProblem(f"{flag}: {str(p)!r} is a directory")
-        if p.suffix in PROTECTED_SUFFIXES and p.exists():
+        if protect and p.suffix in PROTECTED_SUFFIXES and p.exists():
             raise UsageProblem(f"{flag}: {str(p)!r} is a source or configuration file; softaudit never writes "
                                f"over a {p.suffix} file (a candidate, a case file or pyproject.toml)")
         key = p.resolve()
@@ -407,7 +408,7 @@ def repro(
 
     with _bad_input(debug):
         if output is not None:
-            _check_outputs({"--output": output})
+            _check_outputs({"--output": output}, protect=False)
             if output.exists() and not force:
                 raise UsageProblem(f"--output: {str(output)!r} exists (--force overwrites it)")
         script = repro_script(load_results(results), record_id)

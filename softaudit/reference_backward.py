@@ -161,7 +161,16 @@ def _maximum_remainder(rt, group_exact: list[Fraction], dy_i: Fraction, big: flo
     weights = [(int(n) * (2 * dy_max / k - dy_i) - dy_u) / (k * k)
                for n, dy_u in zip(rt.counts.tolist(), group_exact)]
     curvature = 8 * (int(rt.counts.sum()) * big + 1) * (1 + big) ** 2 / k ** 3
-    return rt.tail_remainder(weights, curvature)
+    side, bound = rt.tail_remainder(weights, curvature)
+    cut = [u for u, e in enumerate(rt.e) if e is None]
+    if side == 0 and len(cut) == 1 and weights[cut[0]] == 0:
+        # One cut-off value (t = n e, T = DY_u e, e its exp) whose first-order term vanishes exactly:
+        # then the remainder is e^2 n^2 (DY_max/k - dy_i) / k^3 plus terms of order e^3, so the
+        # second order's sign decides (a rational here, exactly known).
+        second = Fraction(int(rt.counts[cut[0]]) ** 2, k ** 3) * (dy_max / k - dy_i)
+        if second and rt.tail_bound * curvature * 8 < abs(mpf_of_fraction(second)):
+            side = 1 if second > 0 else -1
+    return side, bound
 
 
 def log_softmax_vjp_row(x: np.ndarray, dy: np.ndarray, fmt: Format, prec: int,
