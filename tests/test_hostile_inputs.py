@@ -460,3 +460,11 @@ def test_an_output_never_overwrites_the_candidate_or_a_case_file(tmp_path):
         got = runner.invoke(app, ["run", str(victim), "--case", "gap-87.3", "--dtype", "float32", flag, str(path)])
         assert got.exit_code == 2 and len(got.output.strip().splitlines()) == 1, got.output
     assert victim.read_text() == source and config.read_text() == "[project]\nname = 'x'\n"
+
+
+@pytest.mark.slow
+def test_correct_implementations_exit_0_on_the_default_library():
+    """Issue 20's bar: the max-shifted float64-rounded-once / log1p form and the limit exit 0."""
+    result = run_audit([str(FIXTURES / "posinf_float64_once.py"), str(FIXTURES / "posinf_limit.py")],
+                       AuditOptions(isolated=False))
+    assert result.exit_code == 0, [r.reasons for r in result.records if r.verdict == "FAIL"][:3]
