@@ -317,6 +317,17 @@ def _group_dy_sums(row: Row, dy: np.ndarray) -> list[Fraction]:
     return [exact_sum(s) for s in sums]
 
 
+def _vjp_row(x, fmt):
+    """(format, row, the VJP's whole answer where the row settles it: NaN everywhere, or UNDEFINED)."""
+    f = fmt_of(fmt)
+    row = Row.of(x)
+    if row.kind == "nan":
+        return f, row, [math.nan] * row.x.size
+    if row.kind != "ok":
+        return f, row, UNDEFINED
+    return f, row, None
+
+
 def softmax_vjp_row(x, dy, fmt) -> list | str:
     """g_i = p_i (dy_i - sum_j p_j dy_j).
 
@@ -325,14 +336,11 @@ def softmax_vjp_row(x, dy, fmt) -> list | str:
     value lies below the maximum), sum a_u t_u = (dy_i - rho) T exactly, and for a maximal entry
     g_i - a0/k0^2 = T (c - a0 T) / (k0^2 S^2) with c = (dy_i - rho) k0^2 - 2 a0 k0: no cancellation.
     """
-    f = fmt_of(fmt)
-    row = Row.of(x)
+    f, row, special = _vjp_row(x, fmt)
+    if special is not None:
+        return special
     dy = np.asarray(dy, dtype=np.float64).ravel()
     n = row.x.size
-    if row.kind == "nan":
-        return [math.nan] * n
-    if row.kind != "ok":
-        return UNDEFINED
     k0 = row.k0
     D = _group_dy_sums(row, dy)
     ratios = {D[u] / row.k[u] for u in range(1, row.groups)}
@@ -405,14 +413,11 @@ def softmax_vjp_row(x, dy, fmt) -> list | str:
 
 def log_softmax_vjp_row(x, dy, fmt) -> list | str:
     """g_i = dy_i - p_i sum_j dy_j (the sum over every entry, masked ones included)."""
-    f = fmt_of(fmt)
-    row = Row.of(x)
+    f, row, special = _vjp_row(x, fmt)
+    if special is not None:
+        return special
     dy = np.asarray(dy, dtype=np.float64).ravel()
     n = row.x.size
-    if row.kind == "nan":
-        return [math.nan] * n
-    if row.kind != "ok":
-        return UNDEFINED
     k0 = row.k0
     total = exact_sum(dy.tolist())
     out = []
@@ -436,13 +441,10 @@ def log_softmax_vjp_row(x, dy, fmt) -> list | str:
 
 def logsumexp_vjp_row(x, dy: float, fmt) -> list | str:
     """g_i = dy p_i."""
-    f = fmt_of(fmt)
-    row = Row.of(x)
+    f, row, special = _vjp_row(x, fmt)
+    if special is not None:
+        return special
     n = row.x.size
-    if row.kind == "nan":
-        return [math.nan] * n
-    if row.kind != "ok":
-        return UNDEFINED
     k0 = row.k0
     g = Fraction(float(dy))
 
