@@ -177,19 +177,6 @@ def round_mpf(v: mpmath.mpf, fmt: Format) -> float:
     return -mag if sign else mag
 
 
-def ulp_units(v: mpmath.mpf, fmt: Format) -> tuple[int, float, float]:
-    """(k, hi, lo) with v / 2^k = hi + lo to ~106 bits, where 2^k = ulp(v) in fmt.
-
-    This is the form in which references are stored: the error of a computed y
-    in ulps is then |y * 2^-k - hi - lo|, evaluated without cancellation trouble.
-    """
-    k = ulp_exponent(v, fmt)
-    w = mpmath.ldexp(v, -k)
-    hi = float(w)  # float(mpf) rounds to nearest
-    lo = float(mpmath.fsub(w, hi, exact=True)) if math.isfinite(hi) else 0.0
-    return k, hi, lo
-
-
 def exact_sum(values: np.ndarray) -> Fraction:
     """The exact sum of finite float values, as a Fraction (no rounding anywhere).
 

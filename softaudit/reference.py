@@ -221,10 +221,8 @@ class RowTerms:
     t: mpmath.mpf
     s: mpmath.mpf
     big_l: mpmath.mpf
-    t_f: float
-    s_f: float
     big_l_f: float
-    """t, s and L as floats, for decisions and heuristics only: never in a bound (they underflow)."""
+    """L as a float, for the envelope's row statistics only: never in a bound (it underflows)."""
     err_t: mpmath.mpf
     err_s: mpmath.mpf
     err_l: mpmath.mpf
@@ -325,8 +323,8 @@ def row_terms(x: np.ndarray, fmt: Format, prec: int, cut_margin: float = 0.0) ->
     err_s = err_t + eps * s
     big_l = _ctx.log1p(t) if k_ties == 1 else _ctx.log(s)
     err_l = 2 * ((err_t if k_ties == 1 else err_s / s) + eps * big_l)
-    return RowTerms(a, finite, uniq, inverse, counts, d, e_vals, k_ties, t, s, big_l, float(t), float(s),
-                    float(big_l), err_t, err_s, err_l, 3 * eps + err_s / s, eps, d_cut, tail, terms, tail_bound)
+    return RowTerms(a, finite, uniq, inverse, counts, d, e_vals, k_ties, t, s, big_l, float(big_l), err_t, err_s,
+                    err_l, 3 * eps + err_s / s, eps, d_cut, tail, terms, tail_bound)
 
 
 class Certifier:
