@@ -31,7 +31,6 @@ import inspect
 import itertools
 import os
 import re
-import signal
 import sys
 import time
 import traceback
@@ -1527,15 +1526,14 @@ def _describe(exc: BaseException) -> str:
 
 
 def _real_interrupt(exc: BaseException) -> bool:
-    """Whether ``exc`` is the user's Ctrl-C rather than the candidate's own raise: a KeyboardInterrupt
-    where SIGINT is handled. softaudit's worker ignores SIGINT, so there every KeyboardInterrupt is
-    the candidate's (and is judged like any exception); in-process, Ctrl-C must still stop the run."""
-    if not isinstance(exc, KeyboardInterrupt):
-        return False
-    try:
-        return signal.getsignal(signal.SIGINT) is not signal.SIG_IGN
-    except ValueError:  # not the main thread of the main interpreter
-        return True
+    """Whether ``exc`` is the user's Ctrl-C rather than the candidate's own raise. In softaudit's
+    worker process (which ignores SIGINT: the CLI decides when to stop) every KeyboardInterrupt is
+    the candidate's and is judged like any exception; in process, Ctrl-C must still stop the run."""
+    return isinstance(exc, KeyboardInterrupt) and not WORKER_PROCESS
+
+
+WORKER_PROCESS = False
+"""True in softaudit's worker process (set by softaudit.worker), where SIGINT is ignored."""
 
 
 def _one_line(text: str) -> str:

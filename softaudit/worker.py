@@ -26,6 +26,7 @@ import traceback
 from multiprocessing.connection import Connection
 from typing import Any, Callable
 
+from softaudit import candidates as candidates_module
 from softaudit.candidates import (
     CallResult,
     Candidate,
@@ -46,6 +47,7 @@ def _serve(requests: Connection, conn: Connection, rowwise: bool, memory_limit: 
            device: str | None = None) -> None:
     """The worker's loop: load targets, answer calls, until told to stop or killed."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the CLI decides when to stop, not Ctrl-C
+    candidates_module.WORKER_PROCESS = True  # so a KeyboardInterrupt here is the candidate's own
     with contextlib.suppress(ValueError, OSError):
         resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
     _silence_fds()
