@@ -171,8 +171,6 @@ def checked(result: CallResult, device: str | None = None) -> tuple[CallResult, 
         result.cuda_error = sticky.key
         result.output = None
         result.unsupported = None
-        if result.error is None:  # not reached (diagnose needs an error), kept for safety
-            result.error = f"left the CUDA context unusable: {sticky.cause}"
     return result, sticky
 
 
@@ -374,6 +372,7 @@ class WorkerExecutor:
         self._ensure()
         reply, failure = self._request(("load", target, True), self.import_timeout)
         if reply is not None and reply[0] == "cuda-unusable":
+            failure = reply[1]
             reply = None  # importing or probing it broke the CUDA context: as a crash
             self._replace()
         if reply is None and not self.imported:
