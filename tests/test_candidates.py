@@ -1,4 +1,4 @@
-"""Tests for softaudit.candidates and the built-in candidates."""
+"""Tests for the softaudit.candidates package and the built-in candidates."""
 
 from __future__ import annotations
 
@@ -11,22 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from softaudit.candidates import (
-    CandidateImportError,
-    OPS,
-    CallRequest,
-    Candidate,
-    CandidateError,
-    OpFunction,
-    backward_mode,
-    builtin_names,
-    call,
-    call_op,
-    candidate,
-    load_target,
-)
+from softaudit.candidates.calling import CallRequest, backward_mode, call, call_op
+from softaudit.candidates.decorator import candidate
+from softaudit.candidates.errors import CandidateError, CandidateImportError
+from softaudit.candidates.loading import builtin_names, load_target
+from softaudit.candidates.model import Candidate, OpFunction
 from softaudit.formats import FORMATS, get_format, round_float64_array
 from softaudit.inputs import LossInputs
+from softaudit.ops import OPS
 from softaudit.isolation import CandidateInfo
 
 FIXTURES = Path(__file__).parent / "fixtures"
