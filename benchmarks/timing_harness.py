@@ -26,7 +26,7 @@ import torch
 import torch.utils.benchmark as tb
 
 from softaudit import timing
-from softaudit.candidates import load_target
+from softaudit.candidates.loading import load_target
 from softaudit.formats import FORMATS
 from softaudit.speed import SpeedMeter, bench_arrays, prepare
 from softaudit.timing import parse_shape

@@ -5,16 +5,16 @@ cross-entropy (forward and backward) over adversarial inputs, compares every out
 reference correctly rounded into the target format, and judges each result
 against a stability envelope (see docs/ and the README).
 
-``import softaudit`` is light (no numpy): the decorator comes from softaudit.decorator, and
-``audit`` and ``AuditReport`` (softaudit.api, with the audit machinery) are imported when first
-used.
+``import softaudit`` is light (no numpy): the decorator comes from softaudit.candidates.decorator,
+and ``audit`` and ``AuditReport`` (softaudit.api, with the audit machinery) are imported when
+first used.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from softaudit.decorator import candidate  # public decorator
+from softaudit.candidates.decorator import candidate  # public decorator
 
 __version__ = "0.1.0"
 

@@ -17,11 +17,11 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from softaudit.decorator import FUNCTION_NAMES, _marks_of
+from softaudit.candidates.decorator import FUNCTION_NAMES, marks_of
 from softaudit.ops import DIRECTIONS, OPS
 
 if TYPE_CHECKING:
-    from softaudit.candidates import Candidate
+    from softaudit.candidates.model import Candidate
     from softaudit.formats import Format
     from softaudit.records import Record, SpeedRecord
     from softaudit.runner import AuditResult
@@ -69,7 +69,8 @@ def audit(
     ("auto", "cpu", "cuda", "cuda:N") places torch callables that do not name a device with ``@candidate``: inputs are created there and outputs
     brought back for judging. Bad arguments raise ValueError or TypeError with a one-line message.
     """
-    from softaudit.candidates import CandidateError, _collect
+    from softaudit.candidates.collection import candidates_from_functions, candidates_from_module
+    from softaudit.candidates.errors import CandidateError
     from softaudit.envelope import DEFAULT_RATIO_LIMIT
     from softaudit.isolation import InProcessExecutor
     from softaudit.runner import AuditOptions, check_device, plan, run_audit
@@ -108,12 +109,15 @@ def audit(
     )
     plan(options)  # unknown case patterns and malformed case files raise here, before any call
 
-    module, default_name = _as_module(impl, op)
+    source, default_name = _functions_of(impl, op)
     candidate_name = name or default_name
     target = f"python:{candidate_name}"
+    requested = None if device == "auto" else device
     try:
-        candidates = _collect(module, target=target, default_name=candidate_name, rowwise=rowwise,
-                              device=None if device == "auto" else device)
+        if isinstance(source, types.ModuleType):
+            candidates = candidates_from_module(source, target, candidate_name, rowwise=rowwise, device=requested)
+        else:
+            candidates = candidates_from_functions(source, target, candidate_name, rowwise=rowwise, device=requested)
     except CandidateError as exc:
         raise ValueError(str(exc)) from None
     if name is not None and len(candidates) == 1:
@@ -250,11 +254,11 @@ class AuditReport:
 
 
 # --------------------------------------------------------------------------
-# Turning impl into a module _collect understands
+# Turning impl into functions under their contract names
 
 
-def _as_module(impl: Impl, op: str | None) -> tuple[types.ModuleType, str]:
-    """(module holding impl's functions under their contract names, default candidate name)."""
+def _functions_of(impl: Impl, op: str | None) -> tuple[types.ModuleType | dict[str, Callable[..., Any]], str]:
+    """(impl's module, or its functions keyed by their contract names; the default candidate name)."""
     if op is not None and (not isinstance(op, str) or op not in FUNCTION_NAMES):
         raise ValueError(f"unknown op {op!r} (known: {', '.join(FUNCTION_NAMES)})")
     if isinstance(impl, types.ModuleType):
@@ -273,7 +277,7 @@ def _as_module(impl: Impl, op: str | None) -> tuple[types.ModuleType, str]:
             if not callable(fn):
                 raise TypeError(f"{key} is a {type(fn).__name__}, not a callable")
         forward = next((functions[o] for o in OPS if o in functions), next(iter(functions.values())))
-        return _synthetic(functions), _callable_name(forward)
+        return functions, _callable_name(forward)
     if not callable(impl):
         hint = " (to audit a file, import it and pass the module, or run `softaudit run FILE`)" \
             if isinstance(impl, (str, Path)) else ""
@@ -283,36 +287,12 @@ def _as_module(impl: Impl, op: str | None) -> tuple[types.ModuleType, str]:
     if role not in FUNCTION_NAMES:
         raise ValueError(f"cannot tell which op {_callable_name(impl)!r} implements: pass op= "
                          f"(one of {', '.join(FUNCTION_NAMES)})")
-    return _synthetic({role: impl}), _callable_name(impl)
-
-
-def _synthetic(functions: dict[str, Callable[..., Any]]) -> types.ModuleType:
-    """A module whose namespace holds ``functions`` under their contract names.
-
-    Functions decorated with ``@candidate`` keep what the decorator says; mixing them with
-    plain ones would hide the plain ones from _collect, and a decorator naming another op than
-    the key would audit it as that op: both are refused.
-    """
-    marked = {key: _marks_of(fn) for key, fn in functions.items()}
-    if any(marked.values()):
-        plain = [key for key, marks in marked.items() if not marks]
-        if plain:
-            raise ValueError(f"{', '.join(plain)}: mixed with @candidate-decorated functions; "
-                             f"decorate every function or none")
-        for key, marks in marked.items():
-            other = [m.op for m in marks if m.op != key]
-            if other:
-                raise ValueError(f"{key}: the function is decorated with @candidate(op={other[0]!r})")
-    module = types.ModuleType("softaudit_api_candidate")
-    module.__doc__ = None
-    for key, fn in functions.items():
-        setattr(module, key, fn)
-    return module
+    return {role: impl}, _callable_name(impl)
 
 
 def _marked_op(fn: object) -> str | None:
     """The op a @candidate decorator gave ``fn``, when all its marks agree on one."""
-    ops = {m.op for m in _marks_of(fn)}
+    ops = {m.op for m in marks_of(fn)}
     return ops.pop() if len(ops) == 1 else None
 
 

@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 import softaudit
-from softaudit.candidates import CandidateError
+from softaudit.candidates.errors import CandidateError
 from softaudit.cases import OPS, CaseError, load_cases, select_cases
 from softaudit.ops import DIRECTIONS
 from softaudit.printable import printable_markup

@@ -26,20 +26,16 @@ from pathlib import Path
 from typing import Protocol
 
 from softaudit import cuda_errors
-from softaudit.candidates import (
-    CallRequest,
-    CallResult,
-    Candidate,
+from softaudit.candidates.calling import CallRequest, CallResult, accepted_keywords, backward_mode, call
+from softaudit.candidates.errors import (
     CandidateError,
     CandidateImportError,
     CandidateUnavailable,
     NoOpsError,
-    _describe as describe_exception,
-    accepted_keywords,
-    backward_mode,
-    call,
-    load_target,
+    describe_exception,
 )
+from softaudit.candidates.loading import load_target
+from softaudit.candidates.model import Candidate
 
 DEFAULT_TIMEOUT = 300.0
 """Seconds one call may take before it counts as hung: generous, since a pure-Python

@@ -2,8 +2,8 @@
 
 The script rebuilds the record's input (from its case, or embedded when small), builds the
 loss inputs and upstream gradient the audit built, calls the candidate through
-``softaudit.candidates.call`` and prints the exact, correctly rounded and computed values of the
-element the record points at (its worst, else its first class mismatch), beside what the
+``softaudit.candidates.calling.call`` and prints the exact, correctly rounded and computed values
+of the element the record points at (its worst, else its first class mismatch), beside what the
 results say. Before writing it, ``repro_script`` regenerates the input and checks it against the
 record, so a script is never written for a case library that has changed since the run.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from softaudit.candidates import builtin_names
+from softaudit.candidates.loading import builtin_names
 from softaudit.cases import Case, CaseError, load_cases
 from softaudit.formats import FORMATS, Format
 from softaudit.inputs import NotApplicable, generate, loss_inputs
@@ -301,7 +301,7 @@ class _Script:
                    f"results say.")
         lines.extend(_wrapped(
             f"This script rebuilds the input ({rows} x {n} {self.fmt.name}, {input_from} from case {r.case} "
-            f"with seed {self.seed}), calls the candidate through softaudit.candidates.call as the audit "
+            f"with seed {self.seed}), calls the candidate through softaudit.candidates.calling.call as the audit "
             f"did, and prints the output's NaN and inf counts.{element}"))
         lines += ["", "Usage: python repro.py [--target PATH]    (needs softaudit importable)",
                   "Exit status: 0 whatever the values are; 2 when the candidate, the case or the input",
@@ -318,7 +318,9 @@ class _Script:
         if has_location:
             lines.append("import math")
         lines += ["import sys", "from pathlib import Path", "from typing import NoReturn", "", "import numpy as np", ""]
-        lines.append("from softaudit.candidates import CallRequest, CallResult, CandidateError, call, load_target")
+        lines.append("from softaudit.candidates.calling import CallRequest, CallResult, call")
+        lines.append("from softaudit.candidates.errors import CandidateError")
+        lines.append("from softaudit.candidates.loading import load_target")
         if needs_case:
             lines.append("from softaudit.cases import Case, CaseError, load_cases")
         if has_location and kind == "backward":

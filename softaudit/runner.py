@@ -18,7 +18,9 @@ from typing import Callable, Sequence
 import numpy as np
 
 import softaudit
-from softaudit.candidates import CallRequest, CallResult, CandidateError, NoOpsError, check_target
+from softaudit.candidates.calling import CallRequest, CallResult
+from softaudit.candidates.errors import CandidateError, NoOpsError
+from softaudit.candidates.loading import check_target
 from softaudit.cases import OPS, Case, load_cases, select_cases
 from softaudit.corpus import with_corpus_dir
 from softaudit.cuda_errors import DEVICE_ASSERT
@@ -161,7 +163,7 @@ def check_device(device: str) -> str:
     if device not in DEVICES and not (device.startswith("cuda:") and device[5:].isdigit()):
         raise DeviceError(f"unknown device {device!r} (choose auto, cpu, cuda or cuda:N)")
     if device.startswith("cuda"):
-        from softaudit.candidates import cuda_available
+        from softaudit.candidates.detection import cuda_available
 
         if not cuda_available():
             raise DeviceError(f"device {device!r}: no CUDA device is available here "
@@ -205,7 +207,7 @@ def gpu_environment(device: str) -> dict:
 
     if device == "cpu" or not (Path("/proc/driver/nvidia").exists() or shutil.which("nvidia-smi")):
         return {}  # no NVIDIA driver: not worth importing torch to ask
-    from softaudit.candidates import cuda_available
+    from softaudit.candidates.detection import cuda_available
 
     if not cuda_available():
         return {}

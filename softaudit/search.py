@@ -26,7 +26,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from softaudit.candidates import check_target
+from softaudit.candidates.loading import check_target
 from softaudit.cases import Case, CaseError, case_from_table, load_cases
 from softaudit.corpus import FAMILY, content_digest, default_corpus_dir, save_case, with_corpus_dir
 from softaudit.formats import FORMATS, Format

@@ -23,7 +23,10 @@ from typing import Any, Callable
 import numpy as np
 
 from softaudit import kernels, timing
-from softaudit.candidates import Arguments, Candidate, OpFunction, backward_mode, call_arguments, to_torch
+from softaudit.candidates.arguments import Arguments, call_arguments
+from softaudit.candidates.calling import backward_mode
+from softaudit.candidates.conversion import to_torch
+from softaudit.candidates.model import Candidate, OpFunction
 from softaudit.formats import FORMATS, Format
 
 class SpeedError(Exception):

@@ -2,7 +2,7 @@
 
 It reads requests from pipe fd R and answers on pipe fd W (multiprocessing
 Connection framing): ("load", target, probe), ("call", target, name,
-request), the request a candidates.CallRequest, and ("bench", target, name, op,
+request), the request a candidates.calling.CallRequest, and ("bench", target, name, op,
 direction, format, rows, n, seed): a speed measurement (softaudit.speed), so that
 timing runs in the process that runs the audit's calls. After every call and
 bench it checks the GPU where CUDA is in use (isolation.checked): the answer's
@@ -26,19 +26,18 @@ import traceback
 from multiprocessing.connection import Connection
 from typing import Any, Callable
 
-from softaudit import candidates as candidates_module
-from softaudit.candidates import (
-    CallResult,
-    Candidate,
+from softaudit import cuda_errors
+from softaudit.candidates import errors as candidate_errors
+from softaudit.candidates.calling import CallResult, call
+from softaudit.candidates.errors import (
     CandidateError,
     CandidateImportError,
     CandidateUnavailable,
     NoOpsError,
-    call,
-    load_target,
+    describe_exception,
 )
-from softaudit import cuda_errors
-from softaudit.candidates import _describe
+from softaudit.candidates.loading import load_target
+from softaudit.candidates.model import Candidate
 from softaudit.isolation import CandidateInfo, checked
 from softaudit.speed import SpeedMeter, bench
 
@@ -47,7 +46,7 @@ def _serve(requests: Connection, conn: Connection, rowwise: bool, memory_limit: 
            device: str | None = None) -> None:
     """The worker's loop: load targets, answer calls, until told to stop or killed."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the CLI decides when to stop, not Ctrl-C
-    candidates_module.WORKER_PROCESS = True  # so a KeyboardInterrupt here is the candidate's own
+    candidate_errors.WORKER_PROCESS = True  # so a KeyboardInterrupt here is the candidate's own
     with contextlib.suppress(ValueError, OSError):
         resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
     _silence_fds()
@@ -117,7 +116,7 @@ def _unusable(error: str | None, device: str | None) -> cuda_errors.StickyError 
     no error): what the synchronisation then raises counts as the error (isolation.checked for calls)."""
     late = cuda_errors.synchronize(device)
     if late is not None:
-        error = f"{error}\n{_describe(late)}" if error else _describe(late)
+        error = f"{error}\n{describe_exception(late)}" if error else describe_exception(late)
     return cuda_errors.diagnose(error, device)
 
 

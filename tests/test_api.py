@@ -276,6 +276,6 @@ def test_import_softaudit_is_light_and_its_public_names_work():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["[]", "True", "AuditReport", "x"]
-    assert softaudit.candidate is importlib.import_module("softaudit.candidates").candidate
+    assert softaudit.candidate is importlib.import_module("softaudit.candidates.decorator").candidate
     with pytest.raises(AttributeError):
         softaudit.no_such_name  # noqa: B018

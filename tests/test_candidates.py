@@ -1,4 +1,4 @@
-"""Tests for softaudit.candidates and the built-in candidates."""
+"""Tests for the softaudit.candidates package and the built-in candidates."""
 
 from __future__ import annotations
 
@@ -11,22 +11,15 @@ import numpy as np
 import pytest
 import torch
 
-from softaudit.candidates import (
-    CandidateImportError,
-    OPS,
-    CallRequest,
-    Candidate,
-    CandidateError,
-    OpFunction,
-    backward_mode,
-    builtin_names,
-    call,
-    call_op,
-    candidate,
-    load_target,
-)
+from softaudit.candidates.calling import CallRequest, backward_mode, call, call_op
+from softaudit.candidates.collection import candidates_from_functions, candidates_from_module
+from softaudit.candidates.decorator import candidate
+from softaudit.candidates.errors import CandidateError, CandidateImportError
+from softaudit.candidates.loading import builtin_names, load_target
+from softaudit.candidates.model import Candidate, OpFunction
 from softaudit.formats import FORMATS, get_format, round_float64_array
 from softaudit.inputs import LossInputs
+from softaudit.ops import OPS
 from softaudit.isolation import CandidateInfo
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -273,6 +266,42 @@ def test_missing_file_and_unknown_builtin() -> None:
         load_target("builtin:foo")
     assert str(info.value) == ("unknown built-in 'builtin:foo' (known: naive, shifted, shifted-f64, torch, "
                                "triton-softmax, triton-online, triton-ce)")
+
+
+def test_candidates_from_functions_detects_them_as_a_file_would() -> None:
+    def softmax(x):
+        e = np.exp(x - x.max(axis=-1, keepdims=True))
+        return e / e.sum(axis=-1, keepdims=True)
+
+    def softmax_backward(y, dy):
+        return y * (dy - (y * dy).sum(axis=-1, keepdims=True))
+
+    [cand] = candidates_from_functions({"softmax": softmax, "softmax_backward": softmax_backward},
+                                       "python:mine", "mine")
+    assert (cand.name, cand.target, list(cand.ops), list(cand.backward)) == ("mine", "python:mine",
+                                                                             ["softmax"], ["softmax"])
+    assert cand.ops["softmax"].backend == "numpy" and cand.description == ""
+    np.testing.assert_allclose(call_op(cand.ops["softmax"], X, F32).output, exact_ops(X)["softmax"], rtol=1e-5)
+    with pytest.raises(CandidateError, match="^python:mine defines softmax_backward but not softmax$"):
+        candidates_from_functions({"softmax_backward": softmax_backward}, "python:mine", "mine")
+
+
+def test_candidates_from_functions_refuses_mixed_or_mislabelled_decorations() -> None:
+    marked = candidate(op="log_softmax")(lambda x: x)
+    with pytest.raises(CandidateError, match="^softmax: mixed with @candidate-decorated functions"):
+        candidates_from_functions({"softmax": lambda x: x, "log_softmax": marked}, "python:m", "m")
+    with pytest.raises(CandidateError, match=r"^softmax: the function is decorated with @candidate\(op='log_softmax'\)$"):
+        candidates_from_functions({"softmax": marked}, "python:m", "m")
+
+
+def test_candidates_from_module_reads_its_namespace() -> None:
+    import types
+
+    module = types.ModuleType("mine", "A module of ops.\n\nMore.")
+    module.np = np
+    module.logsumexp = lambda x: np.log(np.exp(x).sum(axis=-1))
+    [cand] = candidates_from_module(module, "python:mine", "mine")
+    assert list(cand.ops) == ["logsumexp"] and cand.description == "A module of ops."
 
 
 @pytest.mark.parametrize("name", ["seed_numpy", "torch_impl", "naive_numpy", "decorated", "rowwise_1d"])

@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from softaudit.candidates import CallRequest
+from softaudit.candidates.calling import CallRequest
 from softaudit.formats import FORMATS
 from softaudit.inputs import LossInputs
 from softaudit.isolation import InProcessExecutor, WorkerExecutor

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from softaudit import timing
-from softaudit.candidates import load_target
+from softaudit.candidates.loading import load_target
 from softaudit.formats import FORMATS
 from softaudit.speed import SpeedError, SpeedMeter, bench_arrays, prepare
 from softaudit.timing import DEFAULT_SHAPES, parse_shape

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from softaudit import cuda_errors
-from softaudit.candidates import CallResult
+from softaudit.candidates.calling import CallResult
 from softaudit.formats import FORMATS
 from softaudit.isolation import RESTARTED_NOTE, checked
 from softaudit.runner import AuditOptions, run_audit
@@ -94,16 +94,16 @@ def test_with_cuda_in_use_an_asynchronous_error_is_the_calls_and_a_failing_probe
 def test_a_failed_call_whose_input_cannot_be_read_back_is_not_said_to_modify_it():
     """After a context-breaking CUDA error the input tensors cannot be read back either: the
     call's error is the finding, not "modified its input" (which would FAIL an out-of-range case)."""
-    from softaudit.candidates import _finish, _Run
+    from softaudit.candidates.calling import Run, finish_call
 
     class Unreadable:
         def modified(self):
             raise RuntimeError("CUDA error: device-side assert triggered")
 
-    run = _Run([], "raised AcceleratorError: CUDA error: device-side assert triggered", True, None, 0.0, ())
-    result = _finish(None, run, Unreadable(), FORMATS["float32"], (4,))
+    run = Run([], "raised AcceleratorError: CUDA error: device-side assert triggered", True, None, 0.0, ())
+    result = finish_call(None, run, Unreadable(), FORMATS["float32"], (4,))
     assert (result.error, result.raised, result.input_modified) == (run.error, True, False)
-    late = _finish(None, _Run([object()], None, False, None, 0.0, ()), Unreadable(), FORMATS["float32"], (4,))
+    late = finish_call(None, Run([object()], None, False, None, 0.0, ()), Unreadable(), FORMATS["float32"], (4,))
     assert late.input_modified and late.error.startswith("input could not be read back: raised RuntimeError")
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from softaudit.candidates import INTERPRETED_NOTE, load_target, triton_interpretation
+from softaudit.candidates.loading import INTERPRETED_NOTE, load_target, triton_interpretation
 from softaudit.formats import FORMATS
 from softaudit.runner import AuditOptions, run_audit
 
@@ -130,7 +130,7 @@ def test_the_interpreters_bfloat16_conversion_is_corrected_to_round_to_nearest(m
     import torch
     from triton.runtime import interpreter
 
-    from softaudit.candidates import correct_interpreter_bfloat16
+    from softaudit.candidates.loading import correct_interpreter_bfloat16
 
     monkeypatch.setattr(interpreter, "_convert_float", interpreter._convert_float)  # restored afterwards
     assert correct_interpreter_bfloat16() and correct_interpreter_bfloat16()  # idempotent
@@ -155,7 +155,7 @@ def _in_a_fresh_interpreter(check: str) -> str:
     import textwrap
 
     prelude = ("import os\nos.environ['TRITON_INTERPRET'] = '1'\nimport torch\n"
-               "from softaudit.candidates import load_target\nfrom softaudit import kernels\n")
+               "from softaudit.candidates.loading import load_target\nfrom softaudit import kernels\n")
     done = subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(check)], capture_output=True, text=True,
                           timeout=900, env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=REPO)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -1,7 +1,8 @@
 """The ``@candidate`` decorator: marks functions as (ops of) named candidates.
 
-Kept apart from softaudit.candidates (which loads and calls candidates, with numpy) so that
-``import softaudit`` and ``from softaudit import candidate`` in a user's file stay light.
+Standard library only, apart from the rest of softaudit.candidates (which loads and calls
+candidates, with numpy), so that ``import softaudit`` and ``from softaudit import candidate`` in
+a user's file stay light.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ _MARK = "__softaudit_candidate__"
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 @dataclass(frozen=True)
-class _Mark:
+class Mark:
     """What one ``@candidate(...)`` says about the function it decorates."""
 
     name: str | None
@@ -69,7 +70,7 @@ def candidate(
                 f"@candidate: {getattr(fn, '__name__', fn)!r} is not named after an op; "
                 f"pass op= (one of {', '.join(FUNCTION_NAMES)})"
             )
-        marks = _marks_of(fn) + (_Mark(name, fn_op, backend, device, bool(rowwise)),)
+        marks = marks_of(fn) + (Mark(name, fn_op, backend, device, bool(rowwise)),)
         try:
             setattr(fn, _MARK, marks)
         except (AttributeError, TypeError):
@@ -78,7 +79,7 @@ def candidate(
 
     return mark
 
-def _marks_of(obj: object) -> tuple[_Mark, ...]:
+def marks_of(obj: object) -> tuple[Mark, ...]:
     """The marks stored on ``obj`` (read from its ``__dict__`` only, so that
     objects answering every attribute, such as mocks, are not mistaken)."""
     try:

@@ -1,0 +1,473 @@
+"""Calling a candidate: one op in one direction on one input (``CallRequest``), and what came of
+it (``CallResult``).
+
+A fresh copy of every array for every call, each checked bit for bit afterwards; exceptions and
+odd outputs turned into a one-line ``error``; outputs in a wider format rounded exactly (once)
+into the input's format. The backward pass goes through the candidate's explicit backward
+function, else through torch autograd for torch candidates (``backward_mode``).
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from softaudit.candidates.arguments import Arguments, call_arguments
+from softaudit.candidates.conversion import (
+    OutputError,
+    as_format,
+    describe_value,
+    is_tensor,
+    normalise_output,
+    output_problem,
+    to_torch,
+)
+from softaudit.candidates.errors import describe_exception, one_line, real_interrupt
+from softaudit.candidates.model import Candidate, OpFunction
+from softaudit.formats import FORMATS, Format
+from softaudit.ops import BACKWARD_FUNCTIONS, LOSS_KEYWORDS, OPS
+
+if TYPE_CHECKING:
+    from softaudit.inputs import LossInputs
+
+_MAX_WARNING_NOTES = 3
+
+@dataclass(frozen=True)
+class CallRequest:
+    """One call to make: an op, a direction, and the arrays the candidate gets."""
+
+    op: str
+    """One of OPS."""
+    direction: str
+    """"forward" | "backward"."""
+    x: np.ndarray
+    """(rows, n) values of the format (the logits for cross_entropy)."""
+    fmt_name: str
+    """The format under audit (a key of FORMATS)."""
+    loss: LossInputs | None = None
+    """cross_entropy only: the target, the class weights and the keywords of the case."""
+    dy: np.ndarray | None = None
+    """backward only: the upstream gradient, shaped like the forward output (() for a reduced loss)."""
+    y: np.ndarray | None = None
+    """backward only: the correctly rounded exact forward output (softmax and log_softmax (rows, n),
+    logsumexp (rows,)); NaN on undefined rows. Unused for cross_entropy."""
+
+
+@dataclass
+class CallResult:
+    """The outcome of one ``call``."""
+
+    output: np.ndarray | None
+    """Output in the input's format: (rows, n) for softmax, log_softmax and every backward; (rows,)
+    for logsumexp; (rows,) or () for cross_entropy, as returned; None on error."""
+    error: str | None
+    """One line when the call failed: an exception, a wrong shape, a non-array."""
+    input_modified: bool
+    """True when the candidate changed any array it was given (compared bit for bit)."""
+    output_dtype: str
+    """What the candidate returned, e.g. "float32", "torch.float64 on cpu", "list"."""
+    notes: tuple[str, ...]
+    """Remarks: a different output format rounded into the input's, warnings raised."""
+    seconds: float
+    """Wall time of the candidate's own call(s), device synchronised."""
+    raised: bool = False
+    """The candidate raised a Python exception (``error`` says which), as opposed to returning a
+    bad output or taking the worker down."""
+    unsupported: str | None = None
+    """The call cannot be audited, and why (e.g. an autograd output without grad_fn): a SKIP reason."""
+    cuda_error: str | None = None
+    """The call left the CUDA context unusable (a device-side assert, an illegal memory access...):
+    the key of the error in softaudit.cuda_errors.STICKY_ERRORS (or its UNUSABLE_CONTEXT). The
+    worker that made the call was replaced; ``error`` names the cause."""
+
+
+_BACKWARD_SIGNATURES = {
+    "softmax": "softmax_backward(y, dy)",
+    "log_softmax": "log_softmax_backward(y, dy)",
+    "logsumexp": "logsumexp_backward(x, y, dy)",
+    "cross_entropy": "cross_entropy_backward(logits, target, dloss)",
+}
+"""The explicit backward function of each op, as a reason for skipping names it."""
+
+
+def backward_mode(cand: Candidate, op: str) -> tuple[str | None, str]:
+    """How ``op``'s backward pass is audited: ("function", "") through the
+    candidate's explicit backward function, ("autograd", "") through torch
+    autograd of its forward function, or (None, reason) when it cannot be (the
+    runner's SKIP reason)."""
+    if op in cand.backward:
+        return "function", ""
+    opfn = cand.ops.get(op)
+    if opfn is None:
+        return None, f"{op} is not defined"
+    if opfn.backend == "torch":
+        return "autograd", ""
+    return None, f"numpy candidate without {_BACKWARD_SIGNATURES[op]}: audited forward only"
+
+
+def accepted_keywords(opfn: OpFunction) -> tuple[str, ...]:
+    """The loss keywords a cross_entropy(_backward) function is audited with, in LOSS_KEYWORDS
+    order: those it takes, less ``reduction`` row by row (each row's call gets reduction="none",
+    so a case's mean or sum cannot be asked of it)."""
+    return tuple(k for k in LOSS_KEYWORDS if k in opfn.keywords and not (k == "reduction" and opfn.rowwise))
+
+
+def call(cand: Candidate, request: CallRequest) -> CallResult:
+    """Run ``request.op`` of ``cand`` in ``request.direction`` on the request's arrays.
+
+    The candidate gets fresh copies (numpy arrays or torch tensors on its
+    device); nothing it raises or returns escapes as an exception. A backward
+    pass that cannot be audited comes back with ``unsupported`` set. Raises
+    ValueError only for a malformed request (the caller's fault).
+    """
+    fmt = FORMATS.get(request.fmt_name)
+    if fmt is None:
+        raise ValueError(f"unknown format {request.fmt_name!r}")
+    if request.op not in OPS:
+        raise ValueError(f"unknown op {request.op!r}")
+    if request.direction == "forward":
+        opfn = cand.ops.get(request.op)
+        if opfn is None:
+            raise ValueError(f"{cand.name} defines no {request.op}")
+        return _call_forward(opfn, request, fmt)
+    if request.direction != "backward":
+        raise ValueError(f"unknown direction {request.direction!r}")
+    mode, reason = backward_mode(cand, request.op)
+    if mode is None:
+        return CallResult(None, None, False, "", (), 0.0, unsupported=reason)
+    if mode == "function":
+        return _call_backward(cand.backward[request.op], request, fmt)
+    return _call_autograd(cand.ops[request.op], request, fmt)
+
+
+def call_op(opfn: OpFunction, x: np.ndarray, fmt: Format) -> CallResult:
+    """Run one forward op (softmax, log_softmax or logsumexp) on a 2-D input ``x`` of format
+    ``fmt``: ``call`` for a single function."""
+    if opfn.op not in ("softmax", "log_softmax", "logsumexp"):
+        raise ValueError(f"call_op runs softmax, log_softmax and logsumexp, not {opfn.op}: use call()")
+    return _call_forward(opfn, CallRequest(opfn.op, "forward", x, fmt.name), fmt)
+
+
+def call_function(opfn: OpFunction, request: CallRequest) -> CallResult:
+    """Call one function as ``call`` would call it (the probes try functions, not candidates)."""
+    fmt = FORMATS[request.fmt_name]
+    if opfn.op in BACKWARD_FUNCTIONS:
+        return _call_backward(opfn, request, fmt)
+    return _call_forward(opfn, request, fmt)
+
+
+class _Unsupported(Exception):
+    """The call cannot be audited (an autograd output without grad_fn); the message is the reason."""
+
+
+@dataclass
+class Run:
+    """What the candidate's call(s) did."""
+
+    raw: list[Any]
+    error: str | None
+    raised: bool
+    unsupported: str | None
+    seconds: float
+    notes: tuple[str, ...]
+
+
+def _run(opfn: OpFunction, calls: list[tuple[tuple[Any, ...], dict[str, Any]]],
+         after: Callable[[Any, int], None] | None = None) -> Run:
+    """Make the calls (one, or one per row), timing them and recording warnings;
+    ``after(output, i)`` runs inside the timing (autograd's backward)."""
+    raw: list[Any] = []
+    error: str | None = None
+    unsupported: str | None = None
+    raised = False
+    i = 0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        start = time.perf_counter()
+        try:
+            for i, (args, kwargs) in enumerate(calls):
+                out = opfn.fn(*args, **kwargs)
+                raw.append(out)
+                if after is not None:
+                    after(out, i)
+            _synchronize(opfn)
+        except _Unsupported as exc:
+            unsupported = str(exc)
+        except OutputError as exc:
+            error = (f"row {i}: " if opfn.rowwise else "") + str(exc)
+        except BaseException as exc:  # noqa: BLE001  (BaseException, GeneratorExit, a KeyboardInterrupt raised by the candidate)
+            if real_interrupt(exc):
+                raise
+            error = (f"row {i}: " if opfn.rowwise else "") + describe_exception(exc)
+            raised = True
+        seconds = time.perf_counter() - start
+    return Run(raw, error, raised, unsupported, seconds, _warning_notes(caught))
+
+
+def finish_call(opfn: OpFunction, run: Run, args: Arguments, fmt: Format, expected: tuple[int, ...],
+            allow: Iterable[tuple[int, ...]] = (), also: Iterable[tuple[int, ...]] = (),
+            outputs: list[Any] | None = None, stack: bool = False, extra: Iterable[str] = ()) -> CallResult:
+    """The CallResult of a run: input changes, errors, and the output(s) normalised into ``fmt``.
+
+    ``stack``: the outputs are rows (``expected`` is a row's shape), stacked.
+    ``outputs`` replaces the candidate's return values (autograd's x.grad).
+    """
+    notes = run.notes + tuple(extra)
+    try:
+        changed = args.modified()
+    except Exception as exc:  # noqa: BLE001  (e.g. a device error surfacing late)
+        if run.error is not None:
+            # The call failed already, and its error made the input unreadable too (a CUDA error that
+            # breaks the context, cuda_errors): the error is the finding, not a modified input.
+            return CallResult(None, run.error, False, "", notes, run.seconds, run.raised)
+        return CallResult(None, f"input could not be read back: {describe_exception(exc)}", True, "", notes, run.seconds,
+                          run.raised)
+    others = [name for name in changed if name not in ("x", "logits")]
+    if others:
+        notes += (f"changed its {', '.join(others)} argument{'s' if len(others) > 1 else ''} in place",)
+    modified = bool(changed)
+    if run.unsupported is not None:
+        return CallResult(None, None, modified, "", notes, run.seconds, unsupported=run.unsupported)
+    if run.error is not None:
+        return CallResult(None, run.error, modified, "", notes, run.seconds, run.raised)
+    items = run.raw if outputs is None else outputs
+    allow, also = list(allow), list(also)
+    if stack:
+        parts, descs, rounding = [], [], []
+        for i, item in enumerate(items):
+            try:
+                part, desc, note = normalise_output(item, expected, fmt, allow=allow)
+            except Exception as exc:  # noqa: BLE001  (OutputError, or a failure reading a foreign array)
+                problem = f"row {i}: {output_problem(exc, item)}"
+                return CallResult(None, problem, modified, describe_value(item), notes, run.seconds)
+            parts.append(part)
+            descs.append(desc)
+            if note and note not in rounding:
+                rounding.append(note)
+        out = np.stack(parts) if parts else np.empty((0,) + expected, dtype=fmt.np_dtype)
+        return CallResult(out, None, modified, descs[0] if descs else "", notes + tuple(rounding), run.seconds)
+    try:
+        out, desc, note = normalise_output(items[0], expected, fmt, allow=allow, also=also)
+    except Exception as exc:  # noqa: BLE001  (OutputError, or a failure reading a foreign array)
+        return CallResult(None, output_problem(exc, items[0]), modified, describe_value(items[0]), notes, run.seconds)
+    return CallResult(out, None, modified, desc, notes + ((note,) if note else ()), run.seconds)
+
+
+def _placement_failure(opfn: OpFunction, exc: Exception) -> CallResult:
+    return CallResult(None, f"cannot place the input on {opfn.device}: {describe_exception(exc)}", False, "", (), 0.0)
+
+
+def _logits(request: CallRequest, fmt: Format) -> np.ndarray:
+    """The request's x in ``fmt``, checked to be 2-D."""
+    x = as_format(np.asarray(request.x), fmt)
+    if x.ndim != 2:
+        raise ValueError(f"call needs a 2-D input, got shape {x.shape}")
+    return x
+
+
+def _array(value: np.ndarray | None, name: str, fmt: Format, shapes: Iterable[tuple[int, ...]]) -> np.ndarray:
+    """A request's ``y`` or ``dy`` in ``fmt``, checked to have one of ``shapes``."""
+    if value is None:
+        raise ValueError(f"this call needs {name}")
+    arr = as_format(np.asarray(value), fmt)
+    shapes = list(shapes)
+    if arr.shape not in shapes:
+        raise ValueError(f"{name} of shape {arr.shape}, expected {' or '.join(map(str, shapes))}")
+    return arr
+
+
+def _loss(request: CallRequest) -> LossInputs:
+    if request.loss is None:
+        raise ValueError("a cross_entropy call needs loss inputs")
+    return request.loss
+
+
+def _target(loss: LossInputs, fmt: Format, rows: int, n: int) -> np.ndarray:
+    """Class indices as int64 (rows,), or probabilities in ``fmt`` (rows, n)."""
+    if loss.target_kind == "probability":
+        t = as_format(np.asarray(loss.target), fmt)
+        expected: tuple[int, ...] = (rows, n)
+    else:
+        t = np.asarray(loss.target)
+        if t.dtype.kind not in "iu":
+            raise ValueError(f"class-index targets must be integers, not {t.dtype}")
+        t = t.astype(np.int64)
+        expected = (rows,)
+    if t.shape != expected:
+        raise ValueError(f"{loss.target_kind} targets of shape {t.shape}, expected {expected}")
+    return t
+
+
+def _loss_keyword_args(opfn: OpFunction, loss: LossInputs, args: Arguments, fmt: Format) -> dict[str, Any]:
+    """The case's keywords that the function accepts (weight converted like the logits); row by
+    row, reduction="none" when it accepts reduction (each call sees one row)."""
+    kwargs: dict[str, Any] = {}
+    for key, value in loss.keywords().items():
+        if key not in opfn.keywords:
+            continue
+        if isinstance(value, np.ndarray):
+            value = args.add(key, as_format(value, fmt))
+        kwargs[key] = value
+    if opfn.rowwise and "reduction" in opfn.keywords:
+        kwargs["reduction"] = "none"
+    return kwargs
+
+
+def _rowwise_mean(opfn: OpFunction, dy: np.ndarray, loss: LossInputs | None) -> CallResult | None:
+    """Row by row, a mean-reduced loss's gradient cannot be asked for (each call sees one row)."""
+    if opfn.rowwise and loss is not None and dy.ndim == 0 and loss.reduction == "mean":
+        return CallResult(None, None, False, "", (), 0.0, unsupported=(
+            "a row-by-row cross_entropy cannot be differentiated through the mean over rows"))
+    return None
+
+
+def _call_forward(opfn: OpFunction, request: CallRequest, fmt: Format) -> CallResult:
+    """A forward op: fn(x) or, for cross_entropy, fn(logits, target, **accepted keywords)."""
+    x = _logits(request, fmt)
+    rows, n = x.shape
+    args = Arguments(opfn)
+    kwargs: dict[str, Any] = {opfn.dim_kw: -1} if opfn.dim_kw else {}
+    try:
+        if opfn.op == "cross_entropy":
+            loss = _loss(request)
+            target = _target(loss, fmt, rows, n)
+            values = [(args.add("logits", x), True), (args.add("target", target), True)]
+            kwargs.update(_loss_keyword_args(opfn, loss, args, fmt))
+        else:
+            values = [(args.add("x", x), True)]
+    except ValueError:
+        raise
+    except Exception as exc:  # noqa: BLE001  (an unusable device)
+        return _placement_failure(opfn, exc)
+    run = _run(opfn, call_arguments(opfn, values, kwargs, rows))
+    if opfn.op == "cross_entropy":
+        if opfn.rowwise:
+            return finish_call(opfn, run, args, fmt, (), allow=[(1,)], stack=True)
+        if "reduction" in kwargs and kwargs["reduction"] == "none":
+            return finish_call(opfn, run, args, fmt, (rows,))
+        if "reduction" in kwargs:
+            return finish_call(opfn, run, args, fmt, (), allow=[(1,)])
+        return finish_call(opfn, run, args, fmt, (rows,), allow=[(rows, 1)], also=[()])
+    if opfn.op == "logsumexp":
+        if opfn.rowwise:
+            return finish_call(opfn, run, args, fmt, (), allow=[(1,)], stack=True)
+        return finish_call(opfn, run, args, fmt, (rows,), allow=[(rows, 1)] + ([()] if rows == 1 else []))
+    if opfn.rowwise:
+        return finish_call(opfn, run, args, fmt, (n,), stack=True)
+    return finish_call(opfn, run, args, fmt, (rows, n))
+
+
+def _call_backward(opfn: OpFunction, request: CallRequest, fmt: Format) -> CallResult:
+    """An explicit backward function, positionally: softmax_backward(y, dy),
+    log_softmax_backward(y, dy), logsumexp_backward(x, y, dy) or
+    cross_entropy_backward(logits, target, dloss, **accepted keywords); -> (rows, n)."""
+    op = BACKWARD_FUNCTIONS[opfn.op]
+    x = _logits(request, fmt)
+    rows, n = x.shape
+    args = Arguments(opfn)
+    kwargs: dict[str, Any] = {opfn.dim_kw: -1} if opfn.dim_kw else {}
+    loss = _loss(request) if op == "cross_entropy" else None
+    row_shape = (rows,) if op in ("logsumexp", "cross_entropy") else (rows, n)
+    dy = _array(request.dy, "dy", fmt, [row_shape, ()] if op == "cross_entropy" else [row_shape])
+    skip = _rowwise_mean(opfn, dy, loss)
+    if skip is not None:
+        return skip
+    try:
+        if loss is not None:
+            target = _target(loss, fmt, rows, n)
+            values = [(args.add("logits", x), True), (args.add("target", target), True),
+                      (args.add("dloss", dy), dy.ndim == 1)]
+            kwargs.update(_loss_keyword_args(opfn, loss, args, fmt))
+        else:
+            y = _array(request.y, "y", fmt, [row_shape])
+            values = [(args.add("y", y), True), (args.add("dy", dy), True)]
+            if op == "logsumexp":
+                values.insert(0, (args.add("x", x), True))
+    except ValueError:
+        raise
+    except Exception as exc:  # noqa: BLE001  (an unusable device)
+        return _placement_failure(opfn, exc)
+    run = _run(opfn, call_arguments(opfn, values, kwargs, rows))
+    if opfn.rowwise:
+        return finish_call(opfn, run, args, fmt, (n,), stack=True)
+    return finish_call(opfn, run, args, fmt, (rows, n))
+
+
+def _call_autograd(opfn: OpFunction, request: CallRequest, fmt: Format) -> CallResult:
+    """The backward pass of a torch forward function through autograd: x is a
+    fresh leaf tensor, out = fn(x, ...), out.backward(dy); the output is x.grad."""
+    if opfn.backend != "torch":
+        raise ValueError(f"autograd needs a torch function, and {opfn.op} takes numpy arrays")
+    import torch
+
+    op = opfn.op
+    x = _logits(request, fmt)
+    rows, n = x.shape
+    loss = _loss(request) if op == "cross_entropy" else None
+    shapes = {"softmax": [(rows, n)], "log_softmax": [(rows, n)], "logsumexp": [(rows,)],
+              "cross_entropy": [(rows,), ()]}[op]
+    dy = _array(request.dy, "dy", fmt, shapes)
+    skip = _rowwise_mean(opfn, dy, loss)
+    if skip is not None:
+        return skip
+    args = Arguments(opfn)
+    kwargs: dict[str, Any] = {opfn.dim_kw: -1} if opfn.dim_kw else {}
+    try:
+        leaf = args.add("x", x, leaf=True)
+        values = [(leaf, True)]
+        if loss is not None:
+            values.append((args.add("target", _target(loss, fmt, rows, n)), True))
+            kwargs.update(_loss_keyword_args(opfn, loss, args, fmt))
+    except ValueError:
+        raise
+    except Exception as exc:  # noqa: BLE001  (an unusable device)
+        return _placement_failure(opfn, exc)
+
+    define = f"define {_BACKWARD_SIGNATURES[op]} to audit the backward pass"
+    extra: list[str] = []
+
+    def backward(out: Any, i: int) -> None:
+        if not is_tensor(out) or not out.requires_grad or out.grad_fn is None:
+            raise _Unsupported(f"output is not differentiable by autograd (no grad_fn); {define}")
+        g = dy[i] if opfn.rowwise and dy.ndim else dy
+        if out.numel() != g.size:
+            raise OutputError(f"returned shape {tuple(out.shape)} but {g.shape} was expected")
+        upstream = to_torch(np.array(g, copy=True), str(out.device)).to(out.dtype).reshape(out.shape)
+        if out.dtype != fmt.torch_dtype:
+            note = f"autograd: the output is {out.dtype}, so dy was passed in {out.dtype}"
+            if note not in extra:
+                extra.append(note)
+        args.track("dy", upstream)
+        out.backward(upstream)
+
+    with torch.enable_grad():
+        run = _run(opfn, call_arguments(opfn, values, kwargs, rows), after=backward)
+    grad = leaf.grad
+    if run.error is None and run.unsupported is None and grad is None:
+        run.unsupported = f"the gradient did not reach the input (x.grad is None after backward); {define}"
+    return finish_call(opfn, run, args, fmt, (rows, n), outputs=[grad], extra=extra)
+
+
+def _synchronize(opfn: OpFunction) -> None:
+    """Wait for queued GPU work so that timings include it."""
+    if opfn.backend == "torch" and opfn.device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def _warning_notes(caught: list[warnings.WarningMessage]) -> tuple[str, ...]:
+    """Distinct warnings raised during the call, as notes (a few at most)."""
+    notes: list[str] = []
+    for w in caught:
+        note = f"warned {w.category.__name__}: {one_line(str(w.message))}"
+        if note not in notes:
+            notes.append(note)
+    if len(notes) > _MAX_WARNING_NOTES:
+        notes = notes[:_MAX_WARNING_NOTES] + [f"and {len(notes) - _MAX_WARNING_NOTES} more warnings"]
+    return tuple(notes)
