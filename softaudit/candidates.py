@@ -49,7 +49,7 @@ from softaudit.formats import FLOAT64, FORMATS, Format, format_of_dtype, round_f
 from softaudit.ops import BACKWARD_FUNCTIONS, LOSS_KEYWORDS, OPS, backward_name
 
 if TYPE_CHECKING:
-    from softaudit.inputs import LossInputs
+    from softaudit.cases.inputs import LossInputs
 
 POSITIONAL = {
     "softmax": ("x",),

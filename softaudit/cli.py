@@ -20,14 +20,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 import softaudit
 from softaudit.candidates import CandidateError
-from softaudit.cases import OPS, CaseError, load_cases, select_cases
+from softaudit.cases.model import CaseError
+from softaudit.cases.reader import load_cases, select_cases
+from softaudit.ops import OPS
 from softaudit.ops import DIRECTIONS
 from softaudit.printable import printable_markup
 from softaudit.envelope import DEFAULT_RATIO_LIMIT, DEFAULT_RELATIVE_FACTOR, DEFAULT_RELATIVE_SLACK
 from softaudit.formats import FORMATS, FormatError, get_format
 from softaudit.isolation import DEFAULT_TIMEOUT, MAX_TIMEOUT
 from softaudit.config import ConfigError
-from softaudit.corpus import corpus_cases_dir, with_corpus_dir
+from softaudit.cases.corpus import corpus_cases_dir, with_corpus_dir
 from softaudit.results import ResultsError
 from softaudit.runner import NothingToAudit
 from softaudit.search import SearchError
@@ -274,7 +276,7 @@ def _device(device: Optional[str], cfg) -> str:  # type: ignore[no-untyped-def]
 def _corpus(path: Optional[Path], off: bool, cfg) -> Optional[Path]:  # type: ignore[no-untyped-def]
     """The corpus directory in force: --corpus, else [tool.softaudit] corpus, else the project's
     .softaudit/corpus; None with --no-corpus."""
-    from softaudit.corpus import default_corpus_dir
+    from softaudit.cases.corpus import default_corpus_dir
 
     if off:
         if path is not None:

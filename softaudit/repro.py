@@ -19,9 +19,10 @@ from pathlib import Path
 import numpy as np
 
 from softaudit.candidates import builtin_names
-from softaudit.cases import Case, CaseError, load_cases
+from softaudit.cases.model import Case, CaseError
+from softaudit.cases.reader import load_cases
 from softaudit.formats import FORMATS, Format
-from softaudit.inputs import NotApplicable, generate, loss_inputs
+from softaudit.cases.inputs import NotApplicable, generate, loss_inputs
 from softaudit.metrics import Location
 from softaudit.ops import DIRECTIONS, OPS
 from softaudit.records import Record
@@ -320,7 +321,8 @@ class _Script:
         lines += ["import sys", "from pathlib import Path", "from typing import NoReturn", "", "import numpy as np", ""]
         lines.append("from softaudit.candidates import CallRequest, CallResult, CandidateError, call, load_target")
         if needs_case:
-            lines.append("from softaudit.cases import Case, CaseError, load_cases")
+            lines.append("from softaudit.cases.model import Case, CaseError")
+            lines.append("from softaudit.cases.reader import load_cases")
         if has_location and kind == "backward":
             lines.append(f"from softaudit.envelope import {self.record.op}_backward_absolute")
         elif has_location and kind == "loss-forward":
@@ -334,7 +336,7 @@ class _Script:
         if kind in ("backward", "loss-backward"):
             inputs.append("upstream")
         if inputs:
-            lines.append(f"from softaudit.inputs import {', '.join(sorted(inputs))}")
+            lines.append(f"from softaudit.cases.inputs import {', '.join(sorted(inputs))}")
         if has_location:
             lines.append("from softaudit.metrics import CLASS_NAMES, Location, judge_elements")
         if has_location:

@@ -19,8 +19,10 @@ import numpy as np
 
 import softaudit
 from softaudit.candidates import CallRequest, CallResult, CandidateError, NoOpsError, check_target
-from softaudit.cases import OPS, Case, load_cases, select_cases
-from softaudit.corpus import with_corpus_dir
+from softaudit.cases.model import Case
+from softaudit.cases.reader import load_cases, select_cases
+from softaudit.ops import OPS
+from softaudit.cases.corpus import with_corpus_dir
 from softaudit.cuda_errors import DEVICE_ASSERT
 from softaudit.envelope import (
     DEFAULT_RELATIVE_FACTOR,
@@ -33,7 +35,7 @@ from softaudit.envelope import (
     softmax_backward_absolute,
 )
 from softaudit.formats import FORMATS, Format, get_format, to_float64
-from softaudit.inputs import LossInputs, NotApplicable, generate, loss_inputs, upstream
+from softaudit.cases.inputs import LossInputs, NotApplicable, generate, loss_inputs, upstream
 from softaudit.isolation import DEFAULT_TIMEOUT, CandidateInfo, Executor, LoadFailure, make_executor
 from softaudit.metrics import judge_elements, summarize
 from softaudit.ops import DIRECTIONS

@@ -27,10 +27,11 @@ from typing import Callable, Sequence
 import numpy as np
 
 from softaudit.candidates import check_target
-from softaudit.cases import Case, CaseError, case_from_table, load_cases
-from softaudit.corpus import FAMILY, content_digest, default_corpus_dir, save_case, with_corpus_dir
+from softaudit.cases.model import Case, CaseError
+from softaudit.cases.reader import case_from_table, load_cases
+from softaudit.cases.corpus import FAMILY, content_digest, default_corpus_dir, save_case, with_corpus_dir
 from softaudit.formats import FORMATS, Format
-from softaudit.inputs import NotApplicable, generate, loss_inputs
+from softaudit.cases.inputs import NotApplicable, generate, loss_inputs
 from softaudit.isolation import DEFAULT_TIMEOUT, CandidateInfo, Executor, make_executor
 from softaudit.mutations import Trial, mutate, random_trial
 from softaudit.ops import DIRECTIONS, OPS

@@ -26,7 +26,7 @@ from softaudit.candidates import (
     load_target,
 )
 from softaudit.formats import FORMATS, get_format, round_float64_array
-from softaudit.inputs import LossInputs
+from softaudit.cases.inputs import LossInputs
 from softaudit.isolation import CandidateInfo
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -9,19 +9,11 @@ import pytest
 
 import numpy as np
 
-from softaudit.cases import (
-    FAMILIES,
-    LOSS_KEYS,
-    OPS,
-    PARAM_DEFAULTS,
-    Case,
-    CaseError,
-    default_cases_dir,
-    load_cases,
-    select_cases,
-)
+from softaudit.cases.model import FAMILIES, LOSS_KEYS, PARAM_DEFAULTS, Case, CaseError
+from softaudit.cases.reader import default_cases_dir, load_cases, select_cases
+from softaudit.ops import OPS
 from softaudit.formats import FORMATS
-from softaudit.inputs import NotApplicable, generate
+from softaudit.cases.inputs import NotApplicable, generate
 from softaudit.ops import DIRECTIONS
 
 ELEMENT_BUDGET = 1_400_000

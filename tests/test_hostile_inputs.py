@@ -205,7 +205,8 @@ def _case_file(tmp_path: Path, body: str, name: str = "c.toml") -> Path:
 
 @pytest.mark.parametrize("shape", ["n = 10000000000", "rows = 1000000000\nn = 1", "rows = 100000\nn = 100000"])
 def test_a_case_too_large_is_refused_naming_file_case_and_cap(tmp_path, shape, monkeypatch):
-    from softaudit.cases import CaseError, load_cases
+    from softaudit.cases.model import CaseError
+    from softaudit.cases.reader import load_cases
 
     d = _case_file(tmp_path, shape + "\n")
     with pytest.raises(CaseError, match=r"c\.toml.*hostile.*over the cap of 4,194,304 elements"):
@@ -217,7 +218,8 @@ def test_a_case_too_large_is_refused_naming_file_case_and_cap(tmp_path, shape, m
 def test_case_files_that_are_not_utf8_too_deep_or_not_regular_are_refused(tmp_path):
     import os as _os
 
-    from softaudit.cases import CaseError, load_cases
+    from softaudit.cases.model import CaseError
+    from softaudit.cases.reader import load_cases
 
     bad = tmp_path / "latin1"
     bad.mkdir()

@@ -276,8 +276,8 @@ def compiled_on_the_cpu():
     import numpy as np
     import torch
 
-    from softaudit.cases import load_cases, select_cases
-    from softaudit.inputs import generate
+    from softaudit.cases.reader import load_cases, select_cases
+    from softaudit.cases.inputs import generate
     from softaudit.isolation import InProcessExecutor
 
     if shutil.which("c++") is None and shutil.which("g++") is None:
