@@ -32,7 +32,7 @@ from softaudit.config import ConfigError
 from softaudit.cases.corpus import corpus_cases_dir, with_corpus_dir
 from softaudit.results import ResultsError
 from softaudit.runner import NothingToAudit
-from softaudit.search import SearchError
+from softaudit.search.engine import SearchError
 from softaudit.verdicts import DEFAULT_UNDEFINED_POLICY, UNDEFINED_POLICIES, Gate
 
 app = typer.Typer(
@@ -461,7 +461,7 @@ def search_command(
     """
     from softaudit.reports.files import write_text
     from softaudit.reports.search_report import render_search, search_json
-    from softaudit.search import SearchOptions, search
+    from softaudit.search.engine import SearchOptions, search
 
     with _bad_input(debug):
         cfg = _gate_config(config, no_config)

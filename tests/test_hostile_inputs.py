@@ -257,7 +257,7 @@ def test_the_cases_command_refuses_a_huge_case_in_one_line(tmp_path):
 
 
 def _search_options(tmp_path: Path, **kw):
-    from softaudit.search import SearchOptions
+    from softaudit.search.engine import SearchOptions
 
     return SearchOptions(op="softmax", format=FORMATS["float32"], budget=10, seed=0, save_to=tmp_path / "corpus",
                          isolated=False, **kw)
@@ -266,7 +266,7 @@ def _search_options(tmp_path: Path, **kw):
 def test_a_candidate_that_fails_only_sometimes_is_reported_as_intermittent(tmp_path):
     """It made search exit 2 with 'please report this as a softaudit bug', leaving a case and no JSON."""
     from softaudit.reports.search_report import search_dict
-    from softaudit.search import search
+    from softaudit.search.engine import search
 
     result = search(str(FIXTURES / "flaky_softmax.py"), _search_options(tmp_path))
     assert result.found and result.exit_code == 1 and result.failure == "finite->nan"
@@ -280,7 +280,7 @@ def test_a_corpus_that_is_a_file_is_refused_before_searching(tmp_path, monkeypat
     from typer.testing import CliRunner
 
     from softaudit.cli import app
-    from softaudit.search import SearchError, search
+    from softaudit.search.engine import SearchError, search
 
     impl = tmp_path / "impl.py"
     impl.write_text((FIXTURES / "flaky_softmax.py").read_text())
@@ -295,7 +295,7 @@ def test_a_corpus_that_is_a_file_is_refused_before_searching(tmp_path, monkeypat
 
 def test_ctrl_c_while_shrinking_keeps_the_failing_input(tmp_path, monkeypatch):
     """It printed FAIL but wrote found: false, input: null."""
-    import softaudit.search as search_module
+    import softaudit.search.engine as search_module
     from softaudit.reports.search_report import search_dict
 
     def interrupted(*args, **kwargs):

@@ -8,7 +8,7 @@ hard failure (wrong class, crash, input modified, an undefined row's policy brok
 ratio, and otherwise the stability ratio (error over the envelope) is climbed.
 
 When something fails, the worst input is shrunk (shrink.py) while it still fails the same way,
-written into the corpus as a case file (corpus.py), judged once more from that file (so the saved
+written into the corpus as a case file (cases/corpus.py), judged once more from that file (so the saved
 case is known to reproduce it), and turned into a ``softaudit repro`` script.
 
 Numbers that steer the search live here and in mutations.py / shrink.py, each with its reason.
@@ -33,12 +33,12 @@ from softaudit.cases.corpus import FAMILY, content_digest, default_corpus_dir, s
 from softaudit.formats import FORMATS, Format
 from softaudit.cases.inputs import NotApplicable, generate, loss_inputs
 from softaudit.isolation import DEFAULT_TIMEOUT, CandidateInfo, Executor, make_executor
-from softaudit.mutations import Trial, mutate, random_trial
+from softaudit.search.mutations import Trial, mutate, random_trial
 from softaudit.ops import DIRECTIONS, OPS
 from softaudit.records import Record
 from softaudit.reference import ReferenceCache, default_cache_dir
 from softaudit.runner import AuditUnit, audit_record, check_device, environment, expand_targets, load_targets
-from softaudit.shrink import ShrinkStats, shrink
+from softaudit.search.shrink import ShrinkStats, shrink
 from softaudit.verdicts import FAIL, SKIP, UNDEFINED_POLICIES, Gate, fmt_num
 
 DEFAULT_BUDGET = 60.0
