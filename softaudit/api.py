@@ -23,7 +23,7 @@ from softaudit.ops import DIRECTIONS, OPS
 if TYPE_CHECKING:
     from softaudit.candidates import Candidate
     from softaudit.formats import Format
-    from softaudit.records import Record, SpeedRecord
+    from softaudit.results.records import Record, SpeedRecord
     from softaudit.runner import AuditResult
 
 MAX_LISTED_FINDINGS = 10

@@ -25,8 +25,8 @@ from softaudit.formats import FORMATS, Format
 from softaudit.cases.inputs import NotApplicable, generate, loss_inputs
 from softaudit.metrics import Location
 from softaudit.ops import DIRECTIONS, OPS
-from softaudit.records import Record
-from softaudit.results import ResultsDocument, ResultsError, rerun_command
+from softaudit.results.records import Record
+from softaudit.results.document import ResultsDocument, ResultsError, rerun_command
 from softaudit.runner import input_summary
 from softaudit.verdicts import SKIP, describe
 

@@ -39,7 +39,7 @@ from softaudit.cases.inputs import LossInputs, NotApplicable, generate, loss_inp
 from softaudit.isolation import DEFAULT_TIMEOUT, CandidateInfo, Executor, LoadFailure, make_executor
 from softaudit.metrics import judge_elements, summarize
 from softaudit.ops import DIRECTIONS
-from softaudit.records import Record, SpeedRecord
+from softaudit.results.records import Record, SpeedRecord
 from softaudit.prefetch import Prefetcher, UnitNeeds, default_jobs
 from softaudit.reference_fast import loss_coefficients
 from softaudit.reference import OpReference, ReferenceCache, ReferenceSet, default_cache_dir

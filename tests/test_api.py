@@ -13,8 +13,8 @@ import pytest
 
 import softaudit
 from softaudit.metrics import Location, RecordMetrics
-from softaudit.records import Record
-from softaudit.results import load_results
+from softaudit.results.records import Record
+from softaudit.results.schema import load_results
 from softaudit.runner import AuditOptions, AuditResult
 
 ROOT = Path(__file__).resolve().parent.parent

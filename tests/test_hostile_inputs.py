@@ -133,7 +133,7 @@ def test_the_limit_pattern_needs_the_right_values():
 def results_json(tmp_path_factory) -> dict:
     import json
 
-    from softaudit.reports.json_report import results_json as to_json
+    from softaudit.results.schema import results_json as to_json
 
     result = run_audit(["builtin:naive"], AuditOptions(formats=[FORMATS["float32"]], case_patterns=["gap-87.3"],
                                                        isolated=False, ops=["softmax"]))

@@ -18,7 +18,7 @@ import pytest
 
 from softaudit.formats import get_format
 from softaudit.metrics import Location, RecordMetrics
-from softaudit.records import Record, SpeedRecord
+from softaudit.results.records import Record, SpeedRecord
 from softaudit.reports.html_report import (
     LogScale,
     decade_label,
@@ -27,7 +27,8 @@ from softaudit.reports.html_report import (
     render_html,
     worst_findings,
 )
-from softaudit.results import ResultsDocument, document_of, repro_command, rerun_command
+from softaudit.results.document import ResultsDocument, repro_command, rerun_command
+from softaudit.results.schema import document_of
 from softaudit.runner import AuditOptions, run_audit
 from softaudit.verdicts import PASS
 

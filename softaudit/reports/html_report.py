@@ -19,9 +19,9 @@ from softaudit.envelope import DEFAULT_RATIO_LIMIT
 from softaudit.formats import FORMATS
 from softaudit.metrics import Location
 from softaudit.ops import DIRECTIONS, OPS
-from softaudit.records import Record, SpeedRecord
+from softaudit.results.records import Record, SpeedRecord
 from softaudit.reports.terminal import Row, short_number, summary_rows
-from softaudit.results import ResultsDocument, repro_command, rerun_command
+from softaudit.results.document import ResultsDocument, repro_command, rerun_command
 from softaudit.verdicts import FAIL, PASS, SEVERITY, SKIP, WARN, fmt_num, fmt_value
 
 DEFAULT_TITLE = "softaudit stability report"

@@ -14,7 +14,7 @@ from typing import Any
 
 from rich.console import Console
 
-from softaudit.reports.json_report import json_number, record_dict
+from softaudit.results.schema import json_number, record_dict
 from softaudit.search.engine import Evaluation, SearchResult, describe_class
 
 SEARCH_SCHEMA_VERSION = 1

@@ -14,7 +14,7 @@ from rich.text import Text
 from softaudit.formats import FORMATS
 from softaudit.printable import printable
 from softaudit.ops import DIRECTIONS, OPS
-from softaudit.records import Record, SpeedRecord
+from softaudit.results.records import Record, SpeedRecord
 from softaudit.runner import AuditResult
 from softaudit.verdicts import FAIL, PASS, SEVERITY, SKIP, WARN
 

@@ -35,7 +35,7 @@ from softaudit.cases.inputs import NotApplicable, generate, loss_inputs
 from softaudit.isolation import DEFAULT_TIMEOUT, CandidateInfo, Executor, make_executor
 from softaudit.search.mutations import Trial, mutate, random_trial
 from softaudit.ops import DIRECTIONS, OPS
-from softaudit.records import Record
+from softaudit.results.records import Record
 from softaudit.reference import ReferenceCache, default_cache_dir
 from softaudit.runner import AuditUnit, audit_record, check_device, environment, expand_targets, load_targets
 from softaudit.search.shrink import ShrinkStats, shrink
@@ -568,7 +568,7 @@ the candidate fails on it (10 judgings in all)."""
 def _reproducer(result: SearchResult, record: Record, corpus: Path) -> str:
     """The ``softaudit repro`` script of the saved case's record."""
     from softaudit.repro import repro_script
-    from softaudit.results import document_of
+    from softaudit.results.schema import document_of
     from softaudit.runner import AuditOptions, AuditResult
 
     o = result.options
