@@ -3,7 +3,7 @@
 A :class:`Trial` is one input the search can judge: the logits as float64 values that are exactly
 representable in the target format (rounded once, correctly, like every case's inputs), and for
 cross-entropy the targets and loss keywords. Every move returns a new Trial (or None when it does
-not apply); nothing here judges accuracy, that is the reference engine's job (search.py).
+not apply); nothing here judges accuracy, that is the reference engine's job (engine.py).
 
 The moves follow the case families (DESIGN §8): spread and offset, the gap between the max and the
 others, masks, row length, the position of the max, rows, single entries (special values, ties,

@@ -6,7 +6,7 @@ columns, then blocks of columns deleted), values replaced by simpler ones (0, in
 two, fewer significant bits), and fewer distinct values. "Simpler" is a strict order (smaller
 shapes, then simpler values, see :func:`complexity`), so shrinking always ends.
 
-What "the same way" means is the caller's (search.py): the same hard-failure class, or a stability
+What "the same way" means is the caller's (engine.py): the same hard-failure class, or a stability
 ratio still above the gate's limit. Every variant is judged by the reference engine like any other
 input; nothing here computes an error.
 """
@@ -40,7 +40,7 @@ DISTINCT_LIMIT = 64
 
 
 Judge = Callable[[Trial], bool]
-"""Whether a variant still fails the same way (search.py judges it against the exact reference)."""
+"""Whether a variant still fails the same way (engine.py judges it against the exact reference)."""
 
 
 @dataclass
