@@ -23,7 +23,7 @@ from softaudit.ops import DIRECTIONS, OPS
 if TYPE_CHECKING:
     from softaudit.candidates.model import Candidate
     from softaudit.formats import Format
-    from softaudit.records import Record, SpeedRecord
+    from softaudit.results.records import Record, SpeedRecord
     from softaudit.runner import AuditResult
 
 MAX_LISTED_FINDINGS = 10
@@ -152,13 +152,17 @@ class AuditReport:
 
     @property
     def failures(self) -> list[Record]:
-        """FAIL records, worst first."""
-        return _ordered([r for r in self.records if r.verdict == "FAIL"])
+        """FAIL records, worst first (the order every report lists findings in: results/ranking.py)."""
+        from softaudit.results.ranking import worst_findings
+
+        return [r for r in worst_findings(self.records) if r.verdict == "FAIL"]
 
     @property
     def warnings(self) -> list[Record]:
-        """WARN records (above the envelope, within the ratio limit), worst first."""
-        return _ordered([r for r in self.records if r.verdict == "WARN"])
+        """WARN records (above the envelope, within the ratio limit), worst first (results/ranking.py)."""
+        from softaudit.results.ranking import worst_findings
+
+        return [r for r in worst_findings(self.records) if r.verdict == "WARN"]
 
     @property
     def speed(self) -> list[SpeedRecord]:
@@ -385,23 +389,6 @@ def _format(value: Any) -> Format:
 
 # --------------------------------------------------------------------------
 # Findings as text
-
-
-def _badness(r: Record) -> tuple:
-    """Sort key, worst first when reversed: errors, then wrong classes, then the stability ratio."""
-    m = r.metrics
-    return (r.error is not None, m.class_mismatches if m else 0, (m.max_ratio or 0.0) if m else 0.0)
-
-
-def _ordered(records: list[Record]) -> list[Record]:
-    """Records worst first, the worst of each candidate/op/direction/format leading, so that a
-    short list shows every kind of breakage before repeating one."""
-    by_badness = sorted(records, key=_badness, reverse=True)
-    leaders: dict[tuple[str, str, str, str], Record] = {}
-    for r in by_badness:
-        leaders.setdefault((r.candidate, r.op, r.direction, r.dtype), r)
-    lead_ids = {id(r) for r in leaders.values()}
-    return list(leaders.values()) + [r for r in by_badness if id(r) not in lead_ids]
 
 
 def _finding_lines(r: Record) -> list[str]:

@@ -20,17 +20,19 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 import softaudit
 from softaudit.candidates.errors import CandidateError
-from softaudit.cases import OPS, CaseError, load_cases, select_cases
+from softaudit.cases.model import CaseError
+from softaudit.cases.reader import load_cases, select_cases
+from softaudit.ops import OPS
 from softaudit.ops import DIRECTIONS
 from softaudit.printable import printable_markup
 from softaudit.envelope import DEFAULT_RATIO_LIMIT, DEFAULT_RELATIVE_FACTOR, DEFAULT_RELATIVE_SLACK
 from softaudit.formats import FORMATS, FormatError, get_format
 from softaudit.isolation import DEFAULT_TIMEOUT, MAX_TIMEOUT
 from softaudit.config import ConfigError
-from softaudit.corpus import corpus_cases_dir, with_corpus_dir
-from softaudit.results import ResultsError
+from softaudit.cases.corpus import corpus_cases_dir, with_corpus_dir
+from softaudit.results.document import ResultsError
 from softaudit.runner import NothingToAudit
-from softaudit.search import SearchError
+from softaudit.search.engine import SearchError
 from softaudit.verdicts import DEFAULT_UNDEFINED_POLICY, UNDEFINED_POLICIES, Gate
 
 app = typer.Typer(
@@ -139,7 +141,7 @@ def run(
 ) -> None:
     """Audit TARGETS over the case library and print a verdict per candidate x op x format."""
     from softaudit.reports.files import write_text
-    from softaudit.reports.json_report import results_json
+    from softaudit.results.schema import results_json
     from softaudit.reports.terminal import render
     from softaudit.runner import AuditOptions, run_audit
 
@@ -217,7 +219,7 @@ def run(
         except OSError as exc:
             _fatal(f"--json: cannot write {str(json_path)!r}: {exc.strerror or exc}")
     if any(v is not None for k, v in outputs.items() if k != "--json"):
-        from softaudit.results import document_of
+        from softaudit.results.schema import document_of
 
         doc = document_of(result, text)
         doc.source = str(json_path) if json_path is not None else ""
@@ -274,7 +276,7 @@ def _device(device: Optional[str], cfg) -> str:  # type: ignore[no-untyped-def]
 def _corpus(path: Optional[Path], off: bool, cfg) -> Optional[Path]:  # type: ignore[no-untyped-def]
     """The corpus directory in force: --corpus, else [tool.softaudit] corpus, else the project's
     .softaudit/corpus; None with --no-corpus."""
-    from softaudit.corpus import default_corpus_dir
+    from softaudit.cases.corpus import default_corpus_dir
 
     if off:
         if path is not None:
@@ -378,7 +380,7 @@ def report(
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for bad input."),
 ) -> None:
     """Write the HTML, Markdown and/or JUnit reports of a results file (any subset)."""
-    from softaudit.results import load_results
+    from softaudit.results.schema import load_results
 
     with _bad_input(debug):
         outputs = _check_outputs({"--html": html_path, "--md": md_path, "--junit": junit_path})
@@ -404,7 +406,7 @@ def repro(
 ) -> None:
     """Write a standalone script that rebuilds a record's input, calls the candidate, prints exact and computed."""
     from softaudit.repro import repro_script
-    from softaudit.results import load_results
+    from softaudit.results.schema import load_results
 
     with _bad_input(debug):
         if output is not None:
@@ -459,7 +461,7 @@ def search_command(
     """
     from softaudit.reports.files import write_text
     from softaudit.reports.search_report import render_search, search_json
-    from softaudit.search import SearchOptions, search
+    from softaudit.search.engine import SearchOptions, search
 
     with _bad_input(debug):
         cfg = _gate_config(config, no_config)
@@ -541,9 +543,9 @@ def compare_results(
     """List regressions and improvements between two results files; exit 1 on a regression."""
     import json as json_module
 
-    from softaudit.compare import CompareOptions, compare, comparison_dict, render_comparison
+    from softaudit.reports.compare import CompareOptions, compare, comparison_dict, render_comparison
     from softaudit.reports.files import write_text
-    from softaudit.results import load_results
+    from softaudit.results.schema import load_results
 
     with _bad_input(debug):
         options = CompareOptions(factor=factor, slack_ulp=slack, slack_ratio=slack_ratio, speed_factor=speed_factor,

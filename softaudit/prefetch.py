@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from softaudit.cases import Case, load_cases
+from softaudit.cases.model import Case
+from softaudit.cases.reader import load_cases
 from softaudit.formats import Format, get_format
 from softaudit.reference import ReferenceCache
 
@@ -88,7 +89,7 @@ class _RecordingCache(ReferenceCache):
 def unit_references(needs: UnitNeeds, cache_dir: str | None) -> tuple[list[tuple[str, object]], int]:
     """Compute (and store) every reference of one unit, as the main loop would ask for them; and
     how many cache entries it found damaged (recomputed)."""
-    from softaudit.inputs import generate, upstream
+    from softaudit.cases.inputs import generate, upstream
     from softaudit.runner import AuditUnit
 
     fmt = get_format(needs.fmt_name)

@@ -52,7 +52,7 @@ from softaudit.reference import (
 )
 
 if TYPE_CHECKING:
-    from softaudit.inputs import LossInputs
+    from softaudit.cases.inputs import LossInputs
 
 _SAFETY = 2.0
 """Every error bound below is doubled: they are sums of first-order terms."""

@@ -19,13 +19,14 @@ from pathlib import Path
 import numpy as np
 
 from softaudit.candidates.loading import builtin_names
-from softaudit.cases import Case, CaseError, load_cases
+from softaudit.cases.model import Case, CaseError
+from softaudit.cases.reader import load_cases
 from softaudit.formats import FORMATS, Format
-from softaudit.inputs import NotApplicable, generate, loss_inputs
+from softaudit.cases.inputs import NotApplicable, generate, loss_inputs
 from softaudit.metrics import Location
 from softaudit.ops import DIRECTIONS, OPS
-from softaudit.records import Record
-from softaudit.results import ResultsDocument, ResultsError, rerun_command
+from softaudit.results.records import Record
+from softaudit.results.document import ResultsDocument, ResultsError, rerun_command
 from softaudit.runner import input_summary
 from softaudit.verdicts import SKIP, describe
 
@@ -322,7 +323,8 @@ class _Script:
         lines.append("from softaudit.candidates.errors import CandidateError")
         lines.append("from softaudit.candidates.loading import load_target")
         if needs_case:
-            lines.append("from softaudit.cases import Case, CaseError, load_cases")
+            lines.append("from softaudit.cases.model import Case, CaseError")
+            lines.append("from softaudit.cases.reader import load_cases")
         if has_location and kind == "backward":
             lines.append(f"from softaudit.envelope import {self.record.op}_backward_absolute")
         elif has_location and kind == "loss-forward":
@@ -336,7 +338,7 @@ class _Script:
         if kind in ("backward", "loss-backward"):
             inputs.append("upstream")
         if inputs:
-            lines.append(f"from softaudit.inputs import {', '.join(sorted(inputs))}")
+            lines.append(f"from softaudit.cases.inputs import {', '.join(sorted(inputs))}")
         if has_location:
             lines.append("from softaudit.metrics import CLASS_NAMES, Location, judge_elements")
         if has_location:

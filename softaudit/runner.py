@@ -21,8 +21,10 @@ import softaudit
 from softaudit.candidates.calling import CallRequest, CallResult
 from softaudit.candidates.errors import CandidateError, NoOpsError
 from softaudit.candidates.loading import check_target
-from softaudit.cases import OPS, Case, load_cases, select_cases
-from softaudit.corpus import with_corpus_dir
+from softaudit.cases.model import Case
+from softaudit.cases.reader import load_cases, select_cases
+from softaudit.ops import OPS
+from softaudit.cases.corpus import with_corpus_dir
 from softaudit.cuda_errors import DEVICE_ASSERT
 from softaudit.envelope import (
     DEFAULT_RELATIVE_FACTOR,
@@ -35,11 +37,11 @@ from softaudit.envelope import (
     softmax_backward_absolute,
 )
 from softaudit.formats import FORMATS, Format, get_format, to_float64
-from softaudit.inputs import LossInputs, NotApplicable, generate, loss_inputs, upstream
+from softaudit.cases.inputs import LossInputs, NotApplicable, generate, loss_inputs, upstream
 from softaudit.isolation import DEFAULT_TIMEOUT, CandidateInfo, Executor, LoadFailure, make_executor
 from softaudit.metrics import judge_elements, summarize
 from softaudit.ops import DIRECTIONS
-from softaudit.records import Record, SpeedRecord
+from softaudit.results.records import Record, SpeedRecord
 from softaudit.prefetch import Prefetcher, UnitNeeds, default_jobs
 from softaudit.reference_fast import loss_coefficients
 from softaudit.reference import OpReference, ReferenceCache, ReferenceSet, default_cache_dir

@@ -155,7 +155,7 @@ def apply_relative_rule(records: list, baseline: str, factor: float, slack: floa
     """FAIL every other candidate's record whose max stability ratio exceeds ``factor`` x the baseline
     candidate's on the same op, direction, format and case, plus ``slack``; returns how many.
 
-    Records are Record objects (records.py). The baseline's own records keep the envelope's verdict;
+    Records are Record objects (results/records.py). The baseline's own records keep the envelope's verdict;
     where the baseline has no measured error (it crashed, was skipped, or every element had the
     wrong class), no relative judgement is made.
     """

@@ -13,8 +13,8 @@ import pytest
 
 import softaudit
 from softaudit.metrics import Location, RecordMetrics
-from softaudit.records import Record
-from softaudit.results import load_results
+from softaudit.results.records import Record
+from softaudit.results.schema import load_results
 from softaudit.runner import AuditOptions, AuditResult
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -184,19 +184,19 @@ def test_to_json_writes_the_standard_results_file(unshifted_report, tmp_path: Pa
     assert document.candidates[0]["target"] == "python:unshifted_softmax"
 
 
-def _record(case: str, dtype: str, verdict: str, reason: str, ratio: float) -> Record:
+def _record(case: str, dtype: str, verdict: str, reason: str, ratio: float, op: str = "softmax") -> Record:
     loc = Location(row=0, col=1, input=2.0, computed=0.5, rounded_exact=0.25, exact="0.25000000000000000",
                    err_ulp=ratio, envelope_ulp=1.0, ratio=ratio)
     metrics = RecordMetrics(elements=4, judged=4, class_mismatches=0, mismatch_kinds={}, first_mismatch=None,
                             nan_out=0, inf_out=0, max_ulp=ratio, median_ulp=0.0, p99_ulp=0.0, max_bits=1.0,
                             max_ratio=ratio, worst=loc, above_envelope=1, above_limit=1 if ratio > 4 else 0)
-    return Record(candidate="k", target="python:k", op="softmax", dtype=dtype, case=case, family="f",
+    return Record(candidate="k", target="python:k", op=op, dtype=dtype, case=case, family="f",
                   verdict=verdict, reasons=[reason], metrics=metrics)
 
 
 def test_the_message_lists_ten_findings_fails_first_each_group_leading_and_escapes_text() -> None:
     records = [_record(f"case-{i}", "float32", "FAIL", f"float32 finding {i}", 10.0 + i) for i in range(11)]
-    records += [_record("case-b", "bfloat16", "FAIL", "bfloat16 \x1b[31mred\x1b[0m finding", 5.0),
+    records += [_record("case-b", "bfloat16", "FAIL", "bfloat16 \x1b[31mred\x1b[0m finding", 5.0, op="logsumexp"),
                 _record("case-w", "float32", "WARN", "a warning", 2.0)]
     result = AuditResult(records=records, candidates=[], options=AuditOptions(), environment={}, seconds=0.0,
                          cache_hits=0, cache_misses=0)
@@ -207,9 +207,9 @@ def test_the_message_lists_ten_findings_fails_first_each_group_leading_and_escap
     assert lines[0] == "softaudit audit of k failed: 12 FAIL; 13 records: 0 PASS, 1 WARN, 12 FAIL, 0 SKIP"
     findings = [line for line in lines if line.startswith(("FAIL ", "WARN "))]
     assert len(findings) == 10
-    # The worst float32 record, then the bfloat16 group's only one, then float32 by ratio.
+    # The worst softmax record, then the logsumexp group's only one, then softmax by ratio.
     assert findings[0].startswith("FAIL k/softmax/forward/float32/case-10: float32 finding 10")
-    assert findings[1] == r"FAIL k/softmax/forward/bfloat16/case-b: bfloat16 \x1b[31mred\x1b[0m finding"
+    assert findings[1] == r"FAIL k/logsumexp/forward/bfloat16/case-b: bfloat16 \x1b[31mred\x1b[0m finding"
     assert findings[2].startswith("FAIL k/softmax/forward/float32/case-9:")
     assert "    at row 0, col 1: input 2.0, exact 0.25000000000000000, computed 0.5" in lines
     assert lines[-1].startswith("... and 3 more")

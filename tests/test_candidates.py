@@ -18,7 +18,7 @@ from softaudit.candidates.errors import CandidateError, CandidateImportError
 from softaudit.candidates.loading import builtin_names, load_target
 from softaudit.candidates.model import Candidate, OpFunction
 from softaudit.formats import FORMATS, get_format, round_float64_array
-from softaudit.inputs import LossInputs
+from softaudit.cases.inputs import LossInputs
 from softaudit.ops import OPS
 from softaudit.isolation import CandidateInfo
 

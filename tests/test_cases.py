@@ -3,26 +3,21 @@
 from __future__ import annotations
 
 import math
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 import numpy as np
 
-from softaudit.cases import (
-    FAMILIES,
-    LOSS_KEYS,
-    OPS,
-    PARAM_DEFAULTS,
-    Case,
-    CaseError,
-    default_cases_dir,
-    load_cases,
-    select_cases,
-)
+from softaudit.cases.inputs import NotApplicable, generate
+from softaudit.cases.model import FAMILIES, LOSS_KEYS, PARAM_DEFAULTS, Case, CaseError
+from softaudit.cases.reader import default_cases_dir, load_cases, select_cases
 from softaudit.formats import FORMATS
-from softaudit.inputs import NotApplicable, generate
-from softaudit.ops import DIRECTIONS
+from softaudit.ops import DIRECTIONS, OPS
 
 ELEMENT_BUDGET = 1_400_000
 """Per-format input elements of the default library: a full cold audit must stay minutes long."""
@@ -75,6 +70,20 @@ def test_default_library_loads_sorted_with_unique_names(library):
         assert c.description and c.seen_in, c.name
         assert set(c.ops) <= set(OPS) and c.ops
         assert Path(c.source).parent == default_cases_dir()
+
+
+def test_the_shipped_library_is_found_in_an_installed_wheel(tmp_path):
+    """A wheel ships the top-level cases/ directory as softaudit/_cases (pyproject.toml)."""
+    root = Path(__file__).resolve().parent.parent
+    site = tmp_path / "site"
+    shutil.copytree(root / "softaudit", site / "softaudit", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(root / "cases", site / "softaudit" / "_cases")
+    code = "from softaudit.cases.reader import default_cases_dir, load_cases; print(default_cases_dir(), len(load_cases()))"
+    p = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(site)})
+    assert p.returncode == 0, p.stderr
+    found, count = p.stdout.split()
+    assert Path(found) == site / "softaudit" / "_cases" and int(count) == len(load_cases())
 
 
 def test_every_family_is_present_and_documented(library):

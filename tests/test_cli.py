@@ -517,7 +517,7 @@ def _seed_example_names() -> list[str]:
 
 
 def test_cases_lists_the_whole_library(cli):
-    from softaudit.cases import load_cases
+    from softaudit.cases.reader import load_cases
 
     p = cli("cases")
     assert p.returncode == 0, p.stderr

@@ -9,12 +9,13 @@ import math
 import pytest
 from rich.console import Console
 
-from softaudit.compare import CompareOptions, compare, comparison_dict, matching_names, render_comparison
+from softaudit.reports.compare import CompareOptions, compare, comparison_dict, matching_names, render_comparison
 from softaudit.formats import get_format
 from softaudit.metrics import RecordMetrics
-from softaudit.records import Record, SpeedRecord
+from softaudit.results.records import Record, SpeedRecord
 from softaudit.reports.json_report import write_json
-from softaudit.results import ResultsDocument, ResultsError, document_of, load_results
+from softaudit.results.document import ResultsDocument, ResultsError
+from softaudit.results.schema import document_of, load_results
 from softaudit.runner import AuditOptions, run_audit
 from softaudit.verdicts import FAIL, PASS, SKIP, WARN
 

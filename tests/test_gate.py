@@ -12,7 +12,7 @@ from test_cli import run_cli_in_process as run_cli  # the CLI entry point, in th
 
 from softaudit.config import ConfigError, find_config, load_config
 from softaudit.metrics import Location, RecordMetrics
-from softaudit.records import Record
+from softaudit.results.records import Record
 from softaudit.verdicts import FAIL, PASS, WARN, Gate, Limits, apply_relative_rule, decide
 
 SHIFTED_NUMPY = """import numpy as np

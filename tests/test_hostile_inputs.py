@@ -133,7 +133,7 @@ def test_the_limit_pattern_needs_the_right_values():
 def results_json(tmp_path_factory) -> dict:
     import json
 
-    from softaudit.reports.json_report import results_json as to_json
+    from softaudit.results.schema import results_json as to_json
 
     result = run_audit(["builtin:naive"], AuditOptions(formats=[FORMATS["float32"]], case_patterns=["gap-87.3"],
                                                        isolated=False, ops=["softmax"]))
@@ -205,7 +205,8 @@ def _case_file(tmp_path: Path, body: str, name: str = "c.toml") -> Path:
 
 @pytest.mark.parametrize("shape", ["n = 10000000000", "rows = 1000000000\nn = 1", "rows = 100000\nn = 100000"])
 def test_a_case_too_large_is_refused_naming_file_case_and_cap(tmp_path, shape, monkeypatch):
-    from softaudit.cases import CaseError, load_cases
+    from softaudit.cases.model import CaseError
+    from softaudit.cases.reader import load_cases
 
     d = _case_file(tmp_path, shape + "\n")
     with pytest.raises(CaseError, match=r"c\.toml.*hostile.*over the cap of 4,194,304 elements"):
@@ -217,7 +218,8 @@ def test_a_case_too_large_is_refused_naming_file_case_and_cap(tmp_path, shape, m
 def test_case_files_that_are_not_utf8_too_deep_or_not_regular_are_refused(tmp_path):
     import os as _os
 
-    from softaudit.cases import CaseError, load_cases
+    from softaudit.cases.model import CaseError
+    from softaudit.cases.reader import load_cases
 
     bad = tmp_path / "latin1"
     bad.mkdir()
@@ -255,7 +257,7 @@ def test_the_cases_command_refuses_a_huge_case_in_one_line(tmp_path):
 
 
 def _search_options(tmp_path: Path, **kw):
-    from softaudit.search import SearchOptions
+    from softaudit.search.engine import SearchOptions
 
     return SearchOptions(op="softmax", format=FORMATS["float32"], budget=10, seed=0, save_to=tmp_path / "corpus",
                          isolated=False, **kw)
@@ -264,7 +266,7 @@ def _search_options(tmp_path: Path, **kw):
 def test_a_candidate_that_fails_only_sometimes_is_reported_as_intermittent(tmp_path):
     """It made search exit 2 with 'please report this as a softaudit bug', leaving a case and no JSON."""
     from softaudit.reports.search_report import search_dict
-    from softaudit.search import search
+    from softaudit.search.engine import search
 
     result = search(str(FIXTURES / "flaky_softmax.py"), _search_options(tmp_path))
     assert result.found and result.exit_code == 1 and result.failure == "finite->nan"
@@ -278,7 +280,7 @@ def test_a_corpus_that_is_a_file_is_refused_before_searching(tmp_path, monkeypat
     from typer.testing import CliRunner
 
     from softaudit.cli import app
-    from softaudit.search import SearchError, search
+    from softaudit.search.engine import SearchError, search
 
     impl = tmp_path / "impl.py"
     impl.write_text((FIXTURES / "flaky_softmax.py").read_text())
@@ -293,7 +295,7 @@ def test_a_corpus_that_is_a_file_is_refused_before_searching(tmp_path, monkeypat
 
 def test_ctrl_c_while_shrinking_keeps_the_failing_input(tmp_path, monkeypatch):
     """It printed FAIL but wrote found: false, input: null."""
-    import softaudit.search as search_module
+    import softaudit.search.engine as search_module
     from softaudit.reports.search_report import search_dict
 
     def interrupted(*args, **kwargs):

@@ -18,16 +18,18 @@ import pytest
 
 from softaudit.formats import get_format
 from softaudit.metrics import Location, RecordMetrics
-from softaudit.records import Record, SpeedRecord
+from softaudit.results.records import Record, SpeedRecord
 from softaudit.reports.html_report import (
+    DEFAULT_MAX_FINDINGS,
     LogScale,
     decade_label,
     is_hard_failure,
     ratio_colour,
     render_html,
-    worst_findings,
 )
-from softaudit.results import ResultsDocument, document_of, repro_command, rerun_command
+from softaudit.results.document import ResultsDocument, repro_command, rerun_command
+from softaudit.results.ranking import worst_findings
+from softaudit.results.schema import document_of
 from softaudit.runner import AuditOptions, run_audit
 from softaudit.verdicts import PASS
 
@@ -342,7 +344,7 @@ def _findings(page: str) -> list[str]:
 
 
 def test_each_finding_shows_its_exact_values_excerpt_and_both_commands(audited, audited_html):
-    shown = worst_findings(audited, 4.0)
+    shown = worst_findings([r for r in audited.records if r.op != "import"], DEFAULT_MAX_FINDINGS)
     articles = _findings(audited_html)
     assert shown and len(articles) == len(shown)
     for rec, article in zip(shown, articles):

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from softaudit.candidates.calling import CallRequest
 from softaudit.formats import FORMATS
-from softaudit.inputs import LossInputs
+from softaudit.cases.inputs import LossInputs
 from softaudit.isolation import InProcessExecutor, WorkerExecutor
 from softaudit.ops import LOSS_KEYWORDS, OPS
 from softaudit.runner import AuditOptions, run_audit

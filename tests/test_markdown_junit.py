@@ -13,10 +13,11 @@ from markdown_it import MarkdownIt
 from softaudit.formats import FORMATS
 from softaudit.metrics import Location, RecordMetrics
 from softaudit.ops import DIRECTIONS, OPS
-from softaudit.records import Record
+from softaudit.results.records import Record
 from softaudit.reports.junit_report import render_junit
 from softaudit.reports.markdown_report import md_code, md_text, render_markdown
-from softaudit.results import ResultsDocument, document_of, rerun_command
+from softaudit.results.document import ResultsDocument, rerun_command
+from softaudit.results.schema import document_of
 from softaudit.runner import AuditOptions, run_audit
 from softaudit.verdicts import FAIL, PASS, SKIP, WARN
 
@@ -286,10 +287,10 @@ def test_the_relative_rules_baseline_is_reported_but_not_counted_as_failing():
     """A baseline's FAILs do not set the exit code: the JUnit counts and the Markdown verdict agree."""
     import xml.etree.ElementTree as ET
 
-    from softaudit.records import Record
+    from softaudit.results.records import Record
     from softaudit.reports.junit_report import render_junit
     from softaudit.reports.markdown_report import render_markdown
-    from softaudit.results import ResultsDocument
+    from softaudit.results.document import ResultsDocument
 
     def rec(candidate: str, verdict: str) -> Record:
         return Record(candidate=candidate, target=candidate, op="softmax", dtype="float32", case="c", family="f",
@@ -307,7 +308,7 @@ def test_the_relative_rules_baseline_is_reported_but_not_counted_as_failing():
 def _speed_doc() -> ResultsDocument:
     """Speed for two candidates: "fast" timed at two shapes (one line not timed at one shape),
     "hostile" timed nowhere but named with markup."""
-    from softaudit.records import SpeedRecord
+    from softaudit.results.records import SpeedRecord
 
     def sp(cand: str, op: str, direction: str, shape: tuple[int, int], median: float | None,
            pct: float | None = None) -> SpeedRecord:

@@ -313,7 +313,7 @@ def test_tuned_many(fmt, op):
 
 
 def _library_params():
-    from softaudit.cases import load_cases
+    from softaudit.cases.reader import load_cases
 
     return [pytest.param(c.name, id=c.name) for c in load_cases()]
 

@@ -7,7 +7,7 @@ import sys
 
 from softaudit.formats import FORMATS
 from softaudit.prefetch import Prefetcher, UnitNeeds, default_jobs, unit_references
-from softaudit.cases import load_cases
+from softaudit.cases.reader import load_cases
 from softaudit.reference import ReferenceCache
 from softaudit.runner import AuditOptions, run_audit
 

@@ -25,9 +25,9 @@ from hypothesis import strategies as st
 from softaudit import reference_double
 from softaudit import reference_fast as rf
 from softaudit.reference_double import fast_path
-from softaudit.cases import load_cases
+from softaudit.cases.reader import load_cases
 from softaudit.formats import BFLOAT16, FLOAT16, FLOAT32, FLOAT64, FORMATS, Format, round_float64_array, round_mpf
-from softaudit.inputs import LossInputs, NotApplicable, generate, loss_inputs, upstream
+from softaudit.cases.inputs import LossInputs, NotApplicable, generate, loss_inputs, upstream
 from softaudit.reference import OpReference, reference_rows
 from softaudit.reference_backward import backward_reference
 from softaudit.reference_loss import loss_gradient_reference, loss_reference

@@ -18,7 +18,8 @@ import pytest
 from softaudit.formats import FORMATS
 from softaudit.metrics import Location
 from softaudit.repro import describe, repro_script
-from softaudit.results import ResultsDocument, ResultsError, document_of, rerun_command
+from softaudit.results.document import ResultsDocument, ResultsError, rerun_command
+from softaudit.results.schema import document_of
 from softaudit.runner import AuditOptions, run_audit
 from softaudit.verdicts import fmt_value
 

@@ -20,15 +20,15 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from softaudit.cases import load_cases
+from softaudit.cases.reader import load_cases
 from softaudit.cli import app
-from softaudit.corpus import case_toml, default_corpus_dir, project_root, save_case
+from softaudit.cases.corpus import case_toml, default_corpus_dir, project_root, save_case
 from softaudit.formats import FORMATS
-from softaudit.inputs import generate
-from softaudit.mutations import Trial
+from softaudit.cases.inputs import generate
+from softaudit.search.mutations import Trial
 from softaudit.runner import AuditOptions, run_audit
-from softaudit.search import SearchOptions, case_table, search
-from softaudit.shrink import complexity, shrink, simpler_values
+from softaudit.search.engine import SearchOptions, case_table, search
+from softaudit.search.shrink import complexity, shrink, simpler_values
 
 REPO = Path(__file__).resolve().parents[1]
 SEVEN = REPO / "tests" / "fixtures" / "planted" / "multiple_of_seven.py"

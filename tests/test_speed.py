@@ -75,7 +75,7 @@ def test_autograd_timing_does_not_accumulate_into_the_input_gradient():
 
 def test_the_audit_times_in_its_worker_and_the_json_carries_every_figure(tmp_path):
     from softaudit.formats import FLOAT32
-    from softaudit.results import document_of
+    from softaudit.results.schema import document_of
     from softaudit.runner import AuditOptions, run_audit
 
     options = AuditOptions(ops=["softmax"], formats=[FLOAT32], case_patterns=["uniform-1024"], bench=True,

@@ -73,7 +73,7 @@ def test_interpreted_candidates_say_so_and_nothing_leaks_into_this_process(inter
 def test_the_audit_reports_each_builtins_kernel_variants(interpreted_audit):
     """The results carry, per Triton built-in, the kernel variants its calls launched (interpreted:
     nothing compiled, the variants counted as a GPU would compile them): a few per op and format."""
-    from softaudit.reports.json_report import result_dict
+    from softaudit.results.schema import result_dict
 
     entries = {c["target"]: c for c in result_dict(interpreted_audit)["candidates"]}
     for target in TRITON_BUILTINS:
@@ -276,8 +276,8 @@ def compiled_on_the_cpu():
     import numpy as np
     import torch
 
-    from softaudit.cases import load_cases, select_cases
-    from softaudit.inputs import generate
+    from softaudit.cases.reader import load_cases, select_cases
+    from softaudit.cases.inputs import generate
     from softaudit.isolation import InProcessExecutor
 
     if shutil.which("c++") is None and shutil.which("g++") is None:

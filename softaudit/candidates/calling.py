@@ -33,7 +33,7 @@ from softaudit.formats import FORMATS, Format
 from softaudit.ops import BACKWARD_FUNCTIONS, LOSS_KEYWORDS, OPS
 
 if TYPE_CHECKING:
-    from softaudit.inputs import LossInputs
+    from softaudit.cases.inputs import LossInputs
 
 _MAX_WARNING_NOTES = 3
 

@@ -19,9 +19,10 @@ from softaudit.envelope import DEFAULT_RATIO_LIMIT
 from softaudit.formats import FORMATS
 from softaudit.metrics import Location
 from softaudit.ops import DIRECTIONS, OPS
-from softaudit.records import Record, SpeedRecord
+from softaudit.results.records import Record, SpeedRecord
 from softaudit.reports.terminal import Row, short_number, summary_rows
-from softaudit.results import ResultsDocument, repro_command, rerun_command
+from softaudit.results.document import ResultsDocument, repro_command, rerun_command
+from softaudit.results.ranking import worst_findings
 from softaudit.verdicts import FAIL, PASS, SEVERITY, SKIP, WARN, fmt_num, fmt_value
 
 DEFAULT_TITLE = "softaudit stability report"
@@ -60,7 +61,7 @@ def render_html(doc: ResultsDocument, title: str | None = None, max_findings: in
         _summary_section(doc),
         _heatmap_section(doc, limit),
         _plots_section(doc, limit),
-        _findings_section(doc, limit, max_findings),
+        _findings_section(doc, max_findings),
         _speed_section(doc),
         _skipped_section(doc),
         _environment_section(doc),
@@ -663,34 +664,15 @@ def _scatter_markers(points: list[PlotPoint], xs: LogScale, ys: LogScale, style:
 # ----------------------------------------------------------------------------------------------
 
 
-def worst_findings(doc: ResultsDocument, limit: float, n: int = DEFAULT_MAX_FINDINGS) -> list[Record]:
-    """FAIL records, then WARN; within each, the worst of every candidate × op × direction × format
-    first (hard failures, then by ratio), then each one's next worst, so one group cannot fill the list."""
-    def badness(r: Record) -> tuple:
-        m = r.metrics
-        return (is_hard_failure(r, limit), (m.class_mismatches if m else 0), (m.max_ratio or 0.0) if m else 0.0)
-
-    groups: dict[tuple, list[Record]] = defaultdict(list)
-    for r in _audited(doc):
-        if r.verdict in (FAIL, WARN):
-            groups[(r.verdict, r.candidate, r.op, r.direction, r.dtype)].append(r)
-    ranked = []
-    for recs in groups.values():
-        recs.sort(key=badness, reverse=True)
-        ranked.extend((i, r) for i, r in enumerate(recs))
-    ranked.sort(key=lambda ir: (-SEVERITY.get(ir[1].verdict, 0), ir[0], tuple(-float(v) for v in badness(ir[1]))))
-    return [r for _, r in ranked[:n]]
-
-
-def _findings_section(doc: ResultsDocument, limit: float, n: int) -> str:
-    findings = worst_findings(doc, limit, n)
+def _findings_section(doc: ResultsDocument, n: int) -> str:
+    findings = worst_findings(_audited(doc), n)
     total = sum(1 for r in _audited(doc) if r.verdict in (FAIL, WARN))
     out = ['<section id="findings"><h2>Worst findings</h2>']
     if not findings:
         out.append("<p>No FAIL or WARN: every judged record is within its stability envelope.</p></section>")
         return "\n".join(out)
     out.append(f'<p class="note">{len(findings)} of {total} FAIL/WARN records: FAIL first, the worst of each '
-               "candidate × op × direction × format before the next worst of any. Values are exact: inputs and "
+               "candidate × op × direction before the next worst of any, the candidates taking turns. Values are exact: inputs and "
                "outputs are written with repr, the exact value with 17 significant digits.</p>")
     out.extend(_finding(r, doc, i + 1) for i, r in enumerate(findings))
     out.append("</section>")

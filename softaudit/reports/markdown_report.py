@@ -8,13 +8,14 @@ HTML, and an unescaped ``|`` would split a table cell.
 from __future__ import annotations
 
 import re
-from collections import Counter, defaultdict
+from collections import Counter
 
 from softaudit.formats import FORMATS
 from softaudit.metrics import Location
-from softaudit.records import Record
-from softaudit.reports.terminal import SPEED_LEGEND, Row, badness, short_number, speed_grid, summary_rows
-from softaudit.results import ResultsDocument, rerun_command
+from softaudit.results.records import Record
+from softaudit.reports.terminal import SPEED_LEGEND, Row, short_number, speed_grid, summary_rows
+from softaudit.results.document import ResultsDocument, rerun_command
+from softaudit.results.ranking import worst_findings
 from softaudit.verdicts import FAIL, PASS, SEVERITY, SKIP, WARN, fmt_num, fmt_value, where
 
 SMALL_TABLE_ROWS = 12
@@ -163,28 +164,6 @@ def _short_table(rows: list[Row]) -> list[str]:
     return lines
 
 
-def worst_findings(rows: list[Row]) -> list[Record]:
-    """Each table row's worst record (FAIL, then WARN), spread out for a short report: within a
-    tier, one per candidate x op x direction first (the same case in another format is usually
-    the same bug), taking the candidates in turn so one bad candidate does not hide the others."""
-    ranked = sorted((r.worst for r in rows if r.worst is not None and r.worst.verdict in (FAIL, WARN)),
-                    key=badness, reverse=True)
-    out: list[Record] = []
-    for tier in (FAIL, WARN):
-        seen: set[tuple[str, str, str]] = set()
-        distinct: dict[str, list[Record]] = defaultdict(list)
-        repeats: list[Record] = []
-        for rec in (r for r in ranked if r.verdict == tier):
-            key = (rec.candidate, rec.op, rec.direction)
-            (repeats if key in seen else distinct[rec.candidate]).append(rec)
-            seen.add(key)
-        queues = list(distinct.values())
-        while any(queues):
-            out += [q.pop(0) for q in queues if q]
-        out += repeats
-    return out
-
-
 def _finding(record: Record, doc: ResultsDocument) -> list[str]:
     """One finding as a bullet: verdict, id and first reason; the element; the case; the rerun line."""
     reason = record.reasons[0] if record.reasons else record.error or ""
@@ -292,7 +271,7 @@ def render_markdown(doc: ResultsDocument, complete: bool = False, max_findings: 
 
     Short (default, for a pull-request comment): status line, the table's FAIL/WARN rows (all rows
     when there are at most 12; at most 25 rows), the ``max_findings`` worst findings
-    (``worst_findings``) and the environment in one line. ``complete``: every row, every FAIL/WARN record, the skip reasons
+    (results.ranking.worst_findings) and the environment in one line. ``complete``: every row, every FAIL/WARN record, the skip reasons
     and the environment, options and candidates, long parts in collapsible blocks.
     """
     rows = summary_rows(doc.records)
@@ -306,10 +285,7 @@ def render_markdown(doc: ResultsDocument, complete: bool = False, max_findings: 
             out += _short_table(rows)
         out.append("")
 
-    if complete:
-        findings = sorted((r for r in doc.records if r.verdict in (FAIL, WARN)), key=lambda r: -SEVERITY[r.verdict])
-    else:
-        findings = worst_findings(rows)
+    findings = worst_findings(doc.records)
     if findings:
         shown = findings if complete else findings[:max(max_findings, 0)]
         body = [line for rec in shown for line in _finding(rec, doc)]
@@ -317,9 +293,8 @@ def render_markdown(doc: ResultsDocument, complete: bool = False, max_findings: 
             out += _details(f"All {len(findings)} findings (FAIL, then WARN)", body)
         elif shown:
             out += ["**Worst findings**" if not complete else "**Findings**", "", *body]
-        bad_records = sum(1 for r in doc.records if r.verdict in (FAIL, WARN))
-        if not complete and bad_records > len(shown):
-            out += ["", f"_{len(shown)} of {bad_records} FAIL/WARN records shown; `--md-full` lists them all._"]
+        if not complete and len(findings) > len(shown):
+            out += ["", f"_{len(shown)} of {len(findings)} FAIL/WARN records shown; `--md-full` lists them all._"]
         out.append("")
 
     speed = speed_section(doc)

@@ -14,8 +14,8 @@ from typing import Any
 
 from rich.console import Console
 
-from softaudit.reports.json_report import json_number, record_dict
-from softaudit.search import Evaluation, SearchResult, describe_class
+from softaudit.results.schema import json_number, record_dict
+from softaudit.search.engine import Evaluation, SearchResult, describe_class
 
 SEARCH_SCHEMA_VERSION = 1
 RUN_LENGTH = 4

@@ -14,7 +14,8 @@ from rich.text import Text
 from softaudit.formats import FORMATS
 from softaudit.printable import printable
 from softaudit.ops import DIRECTIONS, OPS
-from softaudit.records import Record, SpeedRecord
+from softaudit.results.ranking import worst_findings, worst_record
+from softaudit.results.records import Record, SpeedRecord
 from softaudit.runner import AuditResult
 from softaudit.verdicts import FAIL, PASS, SEVERITY, SKIP, WARN
 
@@ -52,7 +53,7 @@ def summary_rows(records: list[Record]) -> list[Row]:
         recs = groups[(cand, op, direction, dtype)]
         judged = [r for r in recs if r.verdict != SKIP]
         verdict = max((r.verdict for r in recs), key=SEVERITY.__getitem__)
-        worst = max(judged, key=badness, default=None)
+        worst = worst_record(judged)
         with_m = [r for r in judged if r.metrics is not None]
         max_ulp = max((r.metrics.max_ulp for r in with_m if r.metrics.max_ulp is not None), default=None)  # type: ignore[union-attr]
         max_ratio = max((r.metrics.max_ratio for r in with_m if r.metrics.max_ratio is not None), default=None)  # type: ignore[union-attr]
@@ -187,13 +188,6 @@ def short_number(v: float | None, missing: str = "-") -> str:
     return text
 
 
-def badness(r: Record) -> tuple:
-    """Sort key of findings, worst last: verdict, a crash, wrong classes, then the stability ratio."""
-    m = r.metrics
-    return (SEVERITY[r.verdict], r.error is not None, m.class_mismatches if m else 0,
-            (m.max_ratio or 0.0) if m else 0.0)
-
-
 def render(result: AuditResult, console: Console, max_findings: int = 10) -> None:
     """Print the summary table, the worst findings, and the closing tally."""
     rows = summary_rows(result.records)
@@ -213,8 +207,7 @@ def render(result: AuditResult, console: Console, max_findings: int = 10) -> Non
         if line:
             console.print(Text(f"  {line}", style="dim"))
 
-    findings = [r.worst for r in rows if r.worst is not None and r.worst.verdict in (FAIL, WARN)]
-    findings.sort(key=badness, reverse=True)
+    findings = worst_findings(result.records)
     if findings and max_findings > 0:  # --findings 0: none, and no heading either
         console.print()
         console.print(Text("Worst findings", style="bold"))

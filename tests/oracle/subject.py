@@ -24,7 +24,7 @@ def fmt(name: str):
 
 def loss_inputs(target, target_kind="index", weight=None, label_smoothing=0.0, ignore_index=None,
                 reduction="none", out_of_range=False):
-    from softaudit.inputs import LossInputs
+    from softaudit.cases.inputs import LossInputs
 
     return LossInputs(target=np.asarray(target), target_kind=target_kind,
                       weight=None if weight is None else np.asarray(weight), label_smoothing=label_smoothing,
@@ -91,8 +91,8 @@ def library_checks(formats=("float64", "float32", "float16", "bfloat16"), names=
     builders (inputs.generate, inputs.loss_inputs, inputs.upstream) as runner.audit_record does.
     Cross-entropy backward is checked for every reduction (the runner uses the case's, or the one a
     candidate without the keyword applies); its forward reference holds all three."""
-    from softaudit.cases import load_cases
-    from softaudit.inputs import NotApplicable, generate, loss_inputs as build_loss, upstream
+    from softaudit.cases.reader import load_cases
+    from softaudit.cases.inputs import NotApplicable, generate, loss_inputs as build_loss, upstream
 
     for case in load_cases():
         if names is not None and case.name not in names:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from softaudit.cases import Case, Value
+from softaudit.cases.model import Case, Value
 from softaudit.formats import Format, round_float64_array
 
 

@@ -3,6 +3,8 @@
 Records are matched by candidate name, op, direction, format and case; each matched pair is
 checked for a new FAIL, NaN/±inf appearing, error growth and a slowdown (regressions, exit 1)
 and for the reverse (improvements). Rules, defaults and their reasons: docs/compare.md.
+It sits with the reports: like them it reads finished results documents (two here) and renders
+what it finds, for the terminal and as JSON.
 """
 
 from __future__ import annotations
@@ -17,10 +19,10 @@ from rich.console import Console
 from rich.text import Text
 
 from softaudit.envelope import DEFAULT_RATIO_LIMIT
-from softaudit.records import Record, SpeedRecord
-from softaudit.reports.json_report import json_number
 from softaudit.reports.terminal import short_number
-from softaudit.results import ResultsDocument, ResultsError
+from softaudit.results.document import ResultsDocument, ResultsError
+from softaudit.results.records import Record, SpeedRecord
+from softaudit.results.schema import json_number
 from softaudit.verdicts import DEFAULT_UNDEFINED_POLICY, FAIL, PASS, SEVERITY, SKIP, WARN
 
 COMPARISON_VERSION = 1

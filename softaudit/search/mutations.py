@@ -3,7 +3,7 @@
 A :class:`Trial` is one input the search can judge: the logits as float64 values that are exactly
 representable in the target format (rounded once, correctly, like every case's inputs), and for
 cross-entropy the targets and loss keywords. Every move returns a new Trial (or None when it does
-not apply); nothing here judges accuracy, that is the reference engine's job (search.py).
+not apply); nothing here judges accuracy, that is the reference engine's job (engine.py).
 
 The moves follow the case families (DESIGN §8): spread and offset, the gap between the max and the
 others, masks, row length, the position of the max, rows, single entries (special values, ties,
@@ -225,7 +225,7 @@ def resize(rng: np.random.Generator, t: Trial, fmt: Format, max_elements: int) -
         keep = np.arange(start, start + new_n)
         if rng.random() < 0.3:
             keep = np.sort(rng.choice(n, size=new_n, replace=False))
-        return _keep_columns(t, keep, f"length {n} -> {new_n}", rng)
+        return keep_columns(t, keep, f"length {n} -> {new_n}", rng)
     extra = np.empty((rows, new_n - n))
     for r in range(rows):
         pool = t.x[r][np.isfinite(t.x[r])]
@@ -242,7 +242,7 @@ def resize(rng: np.random.Generator, t: Trial, fmt: Format, max_elements: int) -
     return t.moved(f"length {n} -> {new_n}", **changes)
 
 
-def _keep_columns(t: Trial, keep: np.ndarray, move: str, rng: np.random.Generator | None = None) -> Trial | None:
+def keep_columns(t: Trial, keep: np.ndarray, move: str, rng: np.random.Generator | None = None) -> Trial | None:
     """The trial with only columns ``keep`` (targets renumbered; a target whose column goes is
     moved to the kept row's max when rng is given, else the move does not apply)."""
     keep = np.asarray(keep, dtype=np.int64)
@@ -333,7 +333,7 @@ def reshape_rows(rng: np.random.Generator, t: Trial, fmt: Format, max_elements: 
     if rows > 1 and rng.random() < 0.5:
         r = int(rng.integers(rows))
         keep = [i for i in range(rows) if i != r]
-        return _keep_rows(t, keep, f"row {r} dropped")
+        return keep_rows(t, keep, f"row {r} dropped")
     if (rows + 1) * n > max_elements:
         return None
     r = int(rng.integers(rows))
@@ -345,7 +345,8 @@ def reshape_rows(rng: np.random.Generator, t: Trial, fmt: Format, max_elements: 
     return t.moved(f"row {r} copied", **changes)
 
 
-def _keep_rows(t: Trial, keep: list[int], move: str) -> Trial | None:
+def keep_rows(t: Trial, keep: list[int], move: str) -> Trial | None:
+    """The trial with only rows ``keep`` (and their targets); None when none is kept."""
     if not keep:
         return None
     changes: dict = {"x": np.ascontiguousarray(t.x[keep])}

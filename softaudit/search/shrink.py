@@ -6,7 +6,7 @@ columns, then blocks of columns deleted), values replaced by simpler ones (0, in
 two, fewer significant bits), and fewer distinct values. "Simpler" is a strict order (smaller
 shapes, then simpler values, see :func:`complexity`), so shrinking always ends.
 
-What "the same way" means is the caller's (search.py): the same hard-failure class, or a stability
+What "the same way" means is the caller's (engine.py): the same hard-failure class, or a stability
 ratio still above the gate's limit. Every variant is judged by the reference engine like any other
 input; nothing here computes an error.
 """
@@ -21,7 +21,7 @@ from typing import Callable
 import numpy as np
 
 from softaudit.formats import Format
-from softaudit.mutations import Trial, _keep_columns, _keep_rows, representable
+from softaudit.search.mutations import Trial, keep_columns, keep_rows, representable
 
 WINDOW_LENGTHS = 32
 """Row lengths 1 .. this many are tried as windows (prefix, suffix, around the max, the largest
@@ -40,7 +40,7 @@ DISTINCT_LIMIT = 64
 
 
 Judge = Callable[[Trial], bool]
-"""Whether a variant still fails the same way (search.py judges it against the exact reference)."""
+"""Whether a variant still fails the same way (engine.py judges it against the exact reference)."""
 
 
 @dataclass
@@ -118,7 +118,7 @@ def round_to_bits(v: float, bits: int) -> float:
 def _without_columns(t: Trial, start: int, size: int, move: str) -> Trial | None:
     """``t`` with columns start .. start + size - 1 deleted."""
     n = t.shape[1]
-    return _keep_columns(t, np.concatenate([np.arange(0, start), np.arange(min(start + size, n), n)]), move)
+    return keep_columns(t, np.concatenate([np.arange(0, start), np.arange(min(start + size, n), n)]), move)
 
 
 def rounded_to_bits(x: np.ndarray, bits: int) -> np.ndarray:
@@ -179,12 +179,12 @@ class Shrinker:
         if rows == 1:
             return t
         for r in range(rows):
-            variant = _keep_rows(t, [r], f"row {r} alone")
+            variant = keep_rows(t, [r], f"row {r} alone")
             if self.accept(t, variant):
                 return variant  # type: ignore[return-value]
         r = 0
         while r < t.shape[0] and t.shape[0] > 1:
-            variant = _keep_rows(t, [i for i in range(t.shape[0]) if i != r], f"row {r} dropped")
+            variant = keep_rows(t, [i for i in range(t.shape[0]) if i != r], f"row {r} dropped")
             if self.accept(t, variant):
                 t = variant  # type: ignore[assignment]
             else:
@@ -203,7 +203,7 @@ class Shrinker:
             choices = [np.arange(length), np.arange(n - length, n), np.arange(start, start + length),
                        np.sort(order[:length])]
             for keep in choices:
-                variant = _keep_columns(t, keep, f"{length} columns kept")
+                variant = keep_columns(t, keep, f"{length} columns kept")
                 if self.accept(t, variant):
                     return variant  # type: ignore[return-value]
         return t

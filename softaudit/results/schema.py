@@ -1,67 +1,135 @@
-"""A results document: what ``softaudit run --json`` wrote, read back for reports, compare and repro.
+"""The results file's JSON schema in both directions (docs/json-schema.md).
 
-Reports are built from this form only, so ``softaudit report r.json`` after the fact and
-``softaudit run --html`` in one go give the same file. A malformed file raises ResultsError
-(bad input: one line, exit 2).
+Writing turns an audit's result into the document ``softaudit run --json`` writes; reading checks
+a parsed document and turns it back into a ResultsDocument. Both live here so that a field added
+to one side is seen missing from the other. Floats that JSON cannot hold (NaN, ±inf) are written
+as the strings "nan", "inf", "-inf"; format values are written with repr, so they round-trip exactly.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from softaudit.metrics import Location, RecordMetrics
-from softaudit.records import Record, SpeedRecord
+from softaudit.results.document import ResultsDocument, ResultsError
+from softaudit.results.records import Record, SpeedRecord
+
+if TYPE_CHECKING:
+    from softaudit.runner import AuditResult
+
+# --------------------------------------------------------------------------
+# Writing: an audit's result as the JSON document
+
+SCHEMA_VERSION = 1
+
+
+def json_number(v: float | None) -> Any:
+    """A float as JSON holds it: non-finite values as the strings "nan", "inf", "-inf"."""
+    if v is None:
+        return None
+    if isinstance(v, float) and not math.isfinite(v):
+        return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
+    return v
+
+
+def _loc(loc: Location | None) -> dict | None:
+    if loc is None:
+        return None
+    return {k: json_number(v) if isinstance(v, float) else v for k, v in asdict(loc).items()}
+
+
+def record_dict(r: Record) -> dict:
+    """One record as a JSON object."""
+    out: dict[str, Any] = {
+        "id": r.id, "candidate": r.candidate, "target": r.target, "op": r.op, "direction": r.direction,
+        "dtype": r.dtype, "case": r.case, "family": r.family, "case_description": r.case_description,
+        "verdict": r.verdict, "reasons": r.reasons,
+        "error": r.error, "input_modified": r.input_modified, "output_dtype": r.output_dtype,
+        "notes": r.notes, "seconds": r.seconds, "parameters": r.parameters,
+        "input_summary": {k: json_number(v) for k, v in r.input_summary.items()},
+        "excerpt": None if r.excerpt is None else
+        {**r.excerpt, "values": [[c, json_number(v)] for c, v in r.excerpt["values"]]},
+    }
+    m = r.metrics
+    if m is not None:
+        out.update({
+            "elements": m.elements, "judged": m.judged, "class_mismatches": m.class_mismatches,
+            "mismatch_kinds": m.mismatch_kinds, "nan_out": m.nan_out, "inf_out": m.inf_out,
+            "max_ulp": json_number(m.max_ulp), "median_ulp": json_number(m.median_ulp), "p99_ulp": json_number(m.p99_ulp),
+            "max_bits": json_number(m.max_bits), "max_ratio": json_number(m.max_ratio),
+            "above_envelope": m.above_envelope, "above_limit": m.above_limit,
+            "worst": _loc(m.worst), "first_mismatch": _loc(m.first_mismatch),
+            "undefined_rows": m.undefined_rows,
+        })
+    else:
+        out.update({"max_ulp": None, "max_ratio": None, "worst": None})
+    return out
+
+
+def speed_dict(s: SpeedRecord) -> dict:
+    """One speed measurement as a JSON object: the figures at top level (null when not timed)."""
+    out: dict[str, Any] = {"id": s.id, "candidate": s.candidate, "target": s.target, "op": s.op,
+                           "direction": s.direction, "dtype": s.dtype, "shape": list(s.shape), "skipped": s.skipped}
+    for key in SPEED_FIELDS:
+        value = (s.figures or {}).get(key)
+        out[key] = json_number(value) if isinstance(value, float) else value
+    return out
+
+
+SPEED_FIELDS = ("median_s", "iqr_s", "repeats", "copies", "elements_per_s", "bytes", "gb_per_s",
+                "copy_median_s", "copy_gb_per_s", "pct_copy_bandwidth", "device", "breakdown")
+"""The figures of a speed record, in the order the JSON writes them (docs/json-schema.md)."""
+
+
+def result_dict(result: AuditResult) -> dict:
+    """The whole results document."""
+    opts = result.options
+    counts = result.counts()
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "softaudit_version": result.environment.get("softaudit"),
+        "complete": result.complete,
+        "environment": result.environment,
+        "options": {
+            "ops": list(opts.ops), "dtypes": [f.name for f in opts.formats], "cases": list(opts.case_patterns),
+            "cases_dirs": [str(p) for p in opts.cases_dirs], "seed": opts.seed,
+            "ratio_limit": opts.gate.ratio_limit, "undefined_policy": opts.gate.undefined_policy,
+            "rowwise": opts.rowwise, "isolated": opts.isolated, "timeout": opts.timeout,
+            "max_ulp": opts.gate.max_ulp, "strict": opts.gate.strict,
+            "limits": {key: {"ratio": lim.ratio, "max_ulp": lim.max_ulp} for key, lim in opts.gate.limits},
+            "relative_to": opts.relative_to, "relative_factor": opts.relative_factor,
+            "relative_slack": opts.relative_slack, "baseline": result.baseline,
+            "bench": opts.bench, "shapes": [list(shape) for shape in opts.shapes], "device": opts.device,
+        },
+        "candidates": [{"name": c.name, "target": c.target, "ops": sorted(c.ops), "backend": list(c.backends),
+                        "description": c.description,
+                        **({"kernels": result.kernels[c.target]} if c.target in getattr(result, "kernels", {}) else {})}
+                       for c in result.candidates],
+        "results": [record_dict(r) for r in result.records],
+        "speed": [speed_dict(s) for s in result.speed],
+        "summary": {
+            "records": len(result.records), **{k.lower(): v for k, v in counts.items()},
+            "exit_code": result.exit_code, "seconds": result.seconds,
+            "reference_cache": {"hits": result.cache_hits, "misses": result.cache_misses,
+                                "damaged": result.cache_damaged},
+            "reference_uncertified": result.uncertified, "worker_restarts": result.worker_restarts,
+        },
+    }
+
+
+def results_json(result: AuditResult) -> str:
+    """The results file's text (what ``--json`` writes)."""
+    return json.dumps(result_dict(result), indent=2, allow_nan=False) + "\n"
+
+
+# --------------------------------------------------------------------------
+# Reading: a parsed JSON document back as a ResultsDocument
 
 SUPPORTED_SCHEMA_VERSIONS = (1,)
-
-
-class ResultsError(ValueError):
-    """The results file cannot be read or is not a softaudit results file."""
-
-
-@dataclass
-class ResultsDocument:
-    """One audit's results with their context (environment, options, candidates, summary)."""
-
-    records: list[Record]
-    environment: dict = field(default_factory=dict)
-    speed: list[SpeedRecord] = field(default_factory=list)
-    """With --bench: the speed measurements (one per candidate x op x direction x format x shape)."""
-    options: dict = field(default_factory=dict)
-    candidates: list[dict] = field(default_factory=list)
-    summary: dict = field(default_factory=dict)
-    complete: bool = True
-    softaudit_version: str | None = None
-    schema_version: int = 1
-    source: str = ""
-    """Where the document came from: the JSON path, or "" for an audit just run."""
-
-    def record(self, record_id: str) -> Record:
-        """The record with this id; ResultsError naming near matches when there is none."""
-        for r in self.records:
-            if r.id == record_id:
-                return r
-        near = [r.id for r in self.records if record_id.split("/")[-1] in r.id][:5]
-        hint = f"; did you mean {', '.join(near)}?" if near else "; ids are candidate/op/direction/dtype/case"
-        raise ResultsError(f"no record {record_id!r} in {self.source or 'the results'}{hint}")
-
-    @property
-    def baseline(self) -> str | None:
-        """The relative rule's baseline candidate: reported, but its FAILs do not set the exit code."""
-        return self.options.get("baseline")
-
-    def counts(self, gated_only: bool = False) -> dict[str, int]:
-        """Records per verdict; ``gated_only`` leaves out the baseline's (they do not gate)."""
-        out = {"PASS": 0, "WARN": 0, "FAIL": 0, "SKIP": 0}
-        for r in self.records:
-            if gated_only and r.candidate == self.baseline:
-                continue
-            out[r.verdict] = out.get(r.verdict, 0) + 1
-        return out
 
 
 def _float(v: Any) -> float | None:
@@ -88,11 +156,8 @@ def _location(d: dict | None) -> Location | None:
                     ratio=_float(d.get("ratio")) if d.get("ratio") is not None else math.nan)
 
 
-_METRIC_KEYS = {f.name for f in fields(RecordMetrics)}
-
-
 def record_of_dict(d: dict) -> Record:
-    """A record as ``json_report.record_dict`` wrote it, back as a Record (metrics when present)."""
+    """A record as ``record_dict`` wrote it, back as a Record (metrics when present)."""
     if d.get("verdict") not in ("PASS", "WARN", "FAIL", "SKIP"):
         raise ValueError(f"verdict {d.get('verdict')!r} is not PASS, WARN, FAIL or SKIP")
     metrics = None
@@ -263,40 +328,5 @@ def load_results(path: str | Path) -> ResultsDocument:
 
 def document_of(result: Any, text: str | None = None) -> ResultsDocument:
     """The document of an audit just run (runner.AuditResult), exactly as its JSON would read back;
-    ``text``: that JSON when already serialised (json_report.results_json), not made twice."""
-    from softaudit.reports.json_report import results_json
-
+    ``text``: that JSON when already serialised (results_json), not made twice."""
     return document_of_dict(json.loads(text if text is not None else results_json(result)), "")
-
-
-def rerun_command(record: Record, document: ResultsDocument) -> str:
-    """The ``softaudit run`` line that audits just this record again (shell-quoted); for a callable
-    audited through the Python API (target ``python:NAME``), a note to rerun the test instead."""
-    import shlex
-
-    if record.target.startswith("python:"):
-        return f"# {record.target} was audited through softaudit.audit(): rerun the test that called it"
-    args = ["softaudit", "run", record.target]
-    if record.op != "import":
-        args += ["--op", record.op, "--direction", record.direction, "--dtype", record.dtype, "--case", record.case]
-    for d in document.options.get("cases_dirs") or []:
-        args += ["--cases-dir", str(d)]
-    seed = document.options.get("seed", document.environment.get("seed", 0))
-    if seed:
-        args += ["--seed", str(seed)]
-    if document.options.get("rowwise"):
-        args.append("--rowwise")
-    device = document.options.get("device")
-    if device and device != "auto":
-        args += ["--device", str(device)]
-    return " ".join(shlex.quote(a) for a in args)
-
-
-def repro_command(record: Record, document: ResultsDocument) -> str:
-    """The ``softaudit repro`` line that writes a standalone script for this record (shell-quoted)."""
-    import shlex
-
-    if record.target.startswith("python:"):
-        return f"# {record.target} was audited through softaudit.audit(): no file to reproduce from"
-    source = document.source or "RESULTS.json"
-    return " ".join(shlex.quote(a) for a in ["softaudit", "repro", source, record.id])

@@ -8,7 +8,7 @@ hard failure (wrong class, crash, input modified, an undefined row's policy brok
 ratio, and otherwise the stability ratio (error over the envelope) is climbed.
 
 When something fails, the worst input is shrunk (shrink.py) while it still fails the same way,
-written into the corpus as a case file (corpus.py), judged once more from that file (so the saved
+written into the corpus as a case file (cases/corpus.py), judged once more from that file (so the saved
 case is known to reproduce it), and turned into a ``softaudit repro`` script.
 
 Numbers that steer the search live here and in mutations.py / shrink.py, each with its reason.
@@ -27,17 +27,18 @@ from typing import Callable, Sequence
 import numpy as np
 
 from softaudit.candidates.loading import check_target
-from softaudit.cases import Case, CaseError, case_from_table, load_cases
-from softaudit.corpus import FAMILY, content_digest, default_corpus_dir, save_case, with_corpus_dir
+from softaudit.cases.model import Case, CaseError
+from softaudit.cases.reader import case_from_table, load_cases
+from softaudit.cases.corpus import FAMILY, content_digest, default_corpus_dir, save_case, with_corpus_dir
 from softaudit.formats import FORMATS, Format
-from softaudit.inputs import NotApplicable, generate, loss_inputs
+from softaudit.cases.inputs import NotApplicable, generate, loss_inputs
 from softaudit.isolation import DEFAULT_TIMEOUT, CandidateInfo, Executor, make_executor
-from softaudit.mutations import Trial, mutate, random_trial
+from softaudit.search.mutations import Trial, mutate, random_trial
 from softaudit.ops import DIRECTIONS, OPS
-from softaudit.records import Record
+from softaudit.results.records import Record
 from softaudit.reference import ReferenceCache, default_cache_dir
 from softaudit.runner import AuditUnit, audit_record, check_device, environment, expand_targets, load_targets
-from softaudit.shrink import ShrinkStats, shrink
+from softaudit.search.shrink import ShrinkStats, shrink
 from softaudit.verdicts import FAIL, SKIP, UNDEFINED_POLICIES, Gate, fmt_num
 
 DEFAULT_BUDGET = 60.0
@@ -567,7 +568,7 @@ the candidate fails on it (10 judgings in all)."""
 def _reproducer(result: SearchResult, record: Record, corpus: Path) -> str:
     """The ``softaudit repro`` script of the saved case's record."""
     from softaudit.repro import repro_script
-    from softaudit.results import document_of
+    from softaudit.results.schema import document_of
     from softaudit.runner import AuditOptions, AuditResult
 
     o = result.options
