@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from fractions import Fraction
+from types import SimpleNamespace
 
 import mpmath
 import numpy as np
@@ -36,7 +37,7 @@ from softaudit.reference import (
 from softaudit.reference import fast_long_double as rf
 from softaudit.reference.fast_double_double import DoubleDoublePath
 from softaudit.reference.fast_long_double import LongDoublePath
-from softaudit.reference.fast_path import REQUIRED_ULP_ACCURACY
+from softaudit.reference.fast_path import REQUIRED_ULP_ACCURACY, Certified, LossCoefficients, RowLosses
 
 FAST_FORMATS = [f for f in (FLOAT32, FLOAT16, BFLOAT16) if rf.applies(f)]
 VERIFIED_FORMATS = FAST_FORMATS + [FLOAT64]
@@ -136,6 +137,21 @@ def test_each_format_has_a_fast_path_long_double_for_the_narrow_ones_double_doub
     x = np.array([[0.0, -1.0, -2.5]])
     assert reference_rows(x, FLOAT64).fallback == 0  # every element proven by the double-double path
     assert reference_rows(x, FLOAT64, engine="mpmath").fallback == x.size * 2 + 1
+
+
+def test_both_fast_paths_return_the_same_types_from_the_same_methods():
+    loss = SimpleNamespace(target=np.array([2, 0]), target_kind="index", weight=None, label_smoothing=0.0,
+                           ignore_index=None, reduction="none")
+    x = np.array([[0.0, -1.0, -2.5], [1.0, 1.0, -np.inf]])
+    for path, fmt in ((LongDoublePath(), FLOAT32), (DoubleDoublePath(), FLOAT64)):
+        lc = path.loss_coefficients(loss, 2, 3)
+        assert isinstance(lc, LossCoefficients)
+        assert np.array_equal(lc.coef.astype(np.float64) + lc.coef_lo, [[0, 0, 1], [1, 0, 0]])
+        rl = path.row_losses(x, lc, fmt)
+        assert isinstance(rl, RowLosses) and isinstance(rl.entries, Certified)
+        assert list(rl.kind) == ["finite", "finite"] and rl.entries.rounded.shape == (2,)
+        g, covered = path.loss_gradient(x, lc, [Fraction(1), Fraction(1, 2)], fmt)
+        assert isinstance(g, Certified) and g.rounded.shape == (2, 3) and covered.all()
 
 
 @needs_fast

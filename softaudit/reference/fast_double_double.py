@@ -14,8 +14,8 @@ exp(x - max) is kept as 2^m (e_hi + e_lo) with the scale apart, so probabilities
 float64's underflow threshold are still known to 106 bits: a softmax output of 1e-320 is
 certified like one of 0.5.
 
-Covered: softmax, log_softmax and logsumexp forward and their VJPs. Cross-entropy in float64
-uses the mpmath engine.
+Covered: softmax, log_softmax and logsumexp forward and their VJPs, and cross-entropy (its row
+losses and its gradient), as the long double path: both implement fast_path.FastPath.
 """
 
 from __future__ import annotations
