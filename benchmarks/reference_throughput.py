@@ -28,8 +28,7 @@ import time
 import numpy as np
 
 from softaudit.formats import FORMATS, round_float64_array
-from softaudit.reference import reference_rows
-from softaudit.reference_backward import backward_reference
+from softaudit.reference import backward_reference, reference_rows
 
 
 def _rows(n: int, fmt_name: str, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,5 +1,5 @@
 """Double-double arithmetic on numpy float64 arrays, with error bounds: the working precision
-of the certified float64 references (reference_double).
+of the certified float64 references (reference.fast_double_double).
 
 A double-double holds a real as an unevaluated sum hi + lo of two float64 arrays (about 106
 significant bits). Built from error-free transformations: TwoSum (the exact error of an

@@ -351,11 +351,11 @@ class _Script:
             lines.append(f"from softaudit.reference import {reference}")
         if has_location:
             if kind == "backward":
-                lines.append("from softaudit.reference_backward import backward_reference")
+                lines.append("from softaudit.reference import backward_reference")
             elif kind == "loss-forward":
-                lines.append("from softaudit.reference_loss import loss_reference, mean_denominator, row_coefficients")
+                lines.append("from softaudit.reference import loss_reference, mean_denominator, row_coefficients")
             elif kind == "loss-backward":
-                lines.append("from softaudit.reference_loss import loss_gradient_reference, row_coefficients, "
+                lines.append("from softaudit.reference import loss_gradient_reference, row_coefficients, "
                              "upstream_scale")
             lines.append("from softaudit.runner import input_excerpt")
             lines.append("from softaudit.verdicts import describe, fmt_num, fmt_value")
@@ -717,7 +717,7 @@ def approx(ref) -> np.ndarray:
 
 _COEFFICIENTS = '''
 def coefficients(loss) -> np.ndarray:
-    """coef[i, c], the weight of -log_softmax(x)[i, c] in row i's loss (softaudit.reference_loss),
+    """coef[i, c], the weight of -log_softmax(x)[i, c] in row i's loss (softaudit.reference.loss),
     as float64; 0 on ignored and out-of-range rows."""
     coef = np.zeros((ROWS, N))
     for i, rc in enumerate(row_coefficients(loss, N)):

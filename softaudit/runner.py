@@ -43,11 +43,14 @@ from softaudit.metrics import judge_elements, summarize
 from softaudit.ops import DIRECTIONS
 from softaudit.results.records import Record, SpeedRecord
 from softaudit.prefetch import Prefetcher, UnitNeeds, default_jobs
-from softaudit.reference_fast import loss_coefficients
-from softaudit.reference import OpReference, ReferenceCache, ReferenceSet, default_cache_dir
-from softaudit.reference_backward import backward_reference
-from softaudit.reference_loss import (
+from softaudit.reference import (
     LossReference,
+    OpReference,
+    ReferenceCache,
+    ReferenceSet,
+    backward_reference,
+    default_cache_dir,
+    loss_coefficients,
     loss_gradient_reference,
     loss_reference,
     mean_denominator,
@@ -561,7 +564,7 @@ class AuditUnit:
         return self._loss
 
     def coefficients(self) -> tuple[np.ndarray, np.ndarray]:
-        """coef_ic and A_i (reference_loss) as float64, zero on ignored and out-of-range rows,
+        """coef_ic and A_i (reference.loss) as float64, zero on ignored and out-of-range rows,
         for the envelopes: the same for every candidate and reduction."""
         if self._coefficients is None:
             rows, n = self.x.shape

@@ -361,7 +361,7 @@ def test_sigterm_while_a_cache_file_is_written_leaves_no_tmp_file(tmp_path):
         "import numpy as np, sys, time\n"
         "from pathlib import Path\n"
         "from softaudit.prefetch import worker_signals\n"
-        "from softaudit.reference import _write_npz\n"
+        "from softaudit.reference.cache import write_npz\n"
         "write_array = np.lib.format.write_array\n"
         "def stalling(fp, array, **kw):\n"
         "    write_array(fp, array, **kw)\n"
@@ -369,7 +369,7 @@ def test_sigterm_while_a_cache_file_is_written_leaves_no_tmp_file(tmp_path):
         "np.lib.format.write_array = stalling\n"
         "worker_signals()\n"
         "print('ready', flush=True)\n"
-        "_write_npz(Path(sys.argv[1]) / 'ab' / 'entry.npz', {'a': np.arange(1000.0)})\n"
+        "write_npz(Path(sys.argv[1]) / 'ab' / 'entry.npz', {'a': np.arange(1000.0)})\n"
     )
     proc = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)

@@ -2,7 +2,7 @@
 
 The bounds in softaudit.double_double rest on published error analyses (Joldes, Muller and
 Popescu) and on our own for exp, expm1, log and log1p; here each is measured on many
-arguments and must stay far inside its bound. certify_dd (reference_double.certify) must
+arguments and must stay far inside its bound. certify_dd (fast_double_double.certify) must
 round like mpmath on midpoints, powers of two, subnormals and values a hair off them, and
 refuse what it cannot prove. Agreement of whole references with the mpmath engine is in
 test_reference_fast.py (float64 is one of its VERIFIED_FORMATS).
@@ -15,10 +15,9 @@ import numpy as np
 import pytest
 
 from softaudit import double_double as dd
-from softaudit import reference_double as rd
 from softaudit.formats import FLOAT64, round_mpf, ulp_exponent
-from softaudit.reference import reference_rows
-from softaudit.reference_backward import backward_reference
+from softaudit.reference import backward_reference, reference_rows
+from softaudit.reference import fast_double_double as rd
 
 _ctx = mpmath.MPContext()
 _ctx.prec = 300

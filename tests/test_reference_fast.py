@@ -1,4 +1,4 @@
-"""The certified fast paths (reference_fast for float32/float16/bfloat16, reference_double for
+"""The certified fast paths (fast_long_double for float32/float16/bfloat16, fast_double_double for
 float64) against the pure mpmath engine: zero disagreements.
 
 Every reference element the default engine stores must match the mpmath engine's:
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from fractions import Fraction
+from types import SimpleNamespace
 
 import mpmath
 import numpy as np
@@ -22,22 +23,28 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from softaudit import reference_double
-from softaudit import reference_fast as rf
-from softaudit.reference_double import fast_path
 from softaudit.cases.reader import load_cases
 from softaudit.formats import BFLOAT16, FLOAT16, FLOAT32, FLOAT64, FORMATS, Format, round_float64_array, round_mpf
 from softaudit.cases.inputs import LossInputs, NotApplicable, generate, loss_inputs, upstream
-from softaudit.reference import OpReference, reference_rows
-from softaudit.reference_backward import backward_reference
-from softaudit.reference_loss import loss_gradient_reference, loss_reference
+from softaudit.reference import (
+    OpReference,
+    backward_reference,
+    fast_path,
+    loss_gradient_reference,
+    loss_reference,
+    reference_rows,
+)
+from softaudit.reference import fast_long_double as rf
+from softaudit.reference.fast_double_double import DoubleDoublePath
+from softaudit.reference.fast_long_double import LongDoublePath
+from softaudit.reference.fast_path import REQUIRED_ULP_ACCURACY, Certified, LossCoefficients, RowLosses
 
 FAST_FORMATS = [f for f in (FLOAT32, FLOAT16, BFLOAT16) if rf.applies(f)]
 VERIFIED_FORMATS = FAST_FORMATS + [FLOAT64]
 """Every format with a fast path here: long double's, and float64's double-double (any machine)."""
 needs_fast = pytest.mark.skipif(not FAST_FORMATS, reason="long double is no wider than double on this machine: "
                                                           "the fast path is off and every reference is mpmath's")
-TOLERANCE = rf.REQUIRED_ULP_ACCURACY + 2.0**-30
+TOLERANCE = REQUIRED_ULP_ACCURACY + 2.0**-30
 W = np.longdouble
 
 
@@ -125,11 +132,26 @@ def test_each_format_has_a_fast_path_long_double_for_the_narrow_ones_double_doub
     if rf.W_BITS >= 64:
         assert FAST_FORMATS == [FLOAT32, FLOAT16, BFLOAT16]
     for fmt in FAST_FORMATS:
-        assert fast_path(fmt) is rf
-    assert fast_path(FLOAT64) is reference_double
+        assert isinstance(fast_path(fmt), LongDoublePath)
+    assert isinstance(fast_path(FLOAT64), DoubleDoublePath)
     x = np.array([[0.0, -1.0, -2.5]])
     assert reference_rows(x, FLOAT64).fallback == 0  # every element proven by the double-double path
     assert reference_rows(x, FLOAT64, engine="mpmath").fallback == x.size * 2 + 1
+
+
+def test_both_fast_paths_return_the_same_types_from_the_same_methods():
+    loss = SimpleNamespace(target=np.array([2, 0]), target_kind="index", weight=None, label_smoothing=0.0,
+                           ignore_index=None, reduction="none")
+    x = np.array([[0.0, -1.0, -2.5], [1.0, 1.0, -np.inf]])
+    for path, fmt in ((LongDoublePath(), FLOAT32), (DoubleDoublePath(), FLOAT64)):
+        lc = path.loss_coefficients(loss, 2, 3)
+        assert isinstance(lc, LossCoefficients)
+        assert np.array_equal(lc.coef.astype(np.float64) + lc.coef_lo, [[0, 0, 1], [1, 0, 0]])
+        rl = path.row_losses(x, lc, fmt)
+        assert isinstance(rl, RowLosses) and isinstance(rl.entries, Certified)
+        assert list(rl.kind) == ["finite", "finite"] and rl.entries.rounded.shape == (2,)
+        g, covered = path.loss_gradient(x, lc, [Fraction(1), Fraction(1, 2)], fmt)
+        assert isinstance(g, Certified) and g.rounded.shape == (2, 3) and covered.all()
 
 
 @needs_fast

@@ -17,8 +17,7 @@ import numpy as np
 import pytest
 
 from softaudit.formats import FORMATS, exact_sum, round_float64_array, round_mpf, ulp_exponent
-from softaudit.reference_backward import backward_reference
-from softaudit.reference_loss import loss_gradient_reference, loss_reference
+from softaudit.reference import backward_reference, loss_gradient_reference, loss_reference
 
 _mp = mpmath.MPContext()
 _mp.prec = 1500

@@ -40,7 +40,7 @@ def forward(x, fmt_name: str, engine: str = "auto"):
 
 
 def backward(op: str, x, dy, fmt_name: str, engine: str = "auto"):
-    from softaudit.reference_backward import backward_reference
+    from softaudit.reference import backward_reference
 
     ref, _ = backward_reference(op, np.asarray(x, dtype=np.float64), np.asarray(dy, dtype=np.float64),
                                 fmt(fmt_name), engine=engine)
@@ -49,14 +49,14 @@ def backward(op: str, x, dy, fmt_name: str, engine: str = "auto"):
 
 def ce(x, loss, fmt_name: str, engine: str = "auto"):
     """{"none"|"mean"|"sum": (rounded, undefined)}."""
-    from softaudit.reference_loss import loss_reference
+    from softaudit.reference import loss_reference
 
     ref = loss_reference(np.asarray(x, dtype=np.float64), loss, fmt(fmt_name), engine=engine)
     return {r: (getattr(ref, r).rounded, getattr(ref, r).undefined) for r in REDUCTIONS}
 
 
 def ce_gradient(x, loss, dy, fmt_name: str, engine: str = "auto"):
-    from softaudit.reference_loss import loss_gradient_reference
+    from softaudit.reference import loss_gradient_reference
 
     ref, _ = loss_gradient_reference(np.asarray(x, dtype=np.float64), loss, np.asarray(dy, dtype=np.float64),
                                      fmt(fmt_name), engine=engine)

@@ -17,7 +17,7 @@ or the upstream scalar over the mean's denominator (mean). Ignored rows
 
 Because the loss is a sum of non-negative terms it is computed without
 cancellation; zero losses are recognised exactly (a row with one finite logit
-has L = 0). Gradient zeros are found as in reference_backward (exps of
+has L = 0). Gradient zeros are found as in gradients (exps of
 distinct rationals are linearly independent), in exact rational arithmetic.
 Special rows follow DESIGN §5: NaN logits give NaN; a fully masked row or one
 holding +inf is undefined; a -inf logit with a positive coefficient gives +inf
@@ -35,14 +35,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from softaudit import reference_double, reference_fast
 from softaudit.formats import Format
-from softaudit.reference import (
+from softaudit.reference import exact as mp
+from softaudit.reference.engines import fast_path
+from softaudit.reference.exact import (
+    MAX_PRECISION,
     Certifier,
     Entry,
     OpReference,
-    _ctx,
-    _MAX_PREC,
     base_precision,
     certified_rows,
     fill_failed,
@@ -50,6 +50,7 @@ from softaudit.reference import (
     op_reference,
     row_terms,
 )
+from softaudit.reference.fast_path import FastPath
 
 if TYPE_CHECKING:
     from softaudit.cases.inputs import LossInputs
@@ -170,7 +171,7 @@ def _row_loss(x: np.ndarray, rc: RowCoefficients, fmt: Format, prec: int) -> _Ro
     group_sums = [sum((coef_f[k] for k in part.tolist()), Fraction(0)) for part in rt.groups()]
     a_f = sum(group_sums, Fraction(0))
     terms = [mpf_of_fraction(cs) * (-du) for cs, du in zip(group_sums, rt.d) if cs != 0 and du != 0]
-    spread = _ctx.fsum(terms)
+    spread = mp.fsum(terms)
     a_m = mpf_of_fraction(a_f)
     if rt.only_tail and rt.k_ties == 1:
         # L = log1p(t) with t in (0, tail_bound] computed as 0: the loss is the rational spread
@@ -190,9 +191,9 @@ def loss_reference(x: np.ndarray, loss: "LossInputs", fmt: Format, engine: str =
     xs = np.asarray(x).astype(np.float64)
     rows, n = xs.shape
     denom = mean_denominator(loss, rows)
-    fast_path = reference_double.fast_path(fmt) if engine == "auto" else None
-    if fast_path is not None:
-        fast = _loss_reference_fast(xs, loss, fmt, denom, fast_path)
+    path = fast_path(fmt) if engine == "auto" else None
+    if path is not None:
+        fast = _loss_reference_fast(xs, loss, fmt, denom, path)
         if fast is not None:
             return fast
     coefs = row_coefficients(loss, n)
@@ -203,7 +204,7 @@ def loss_reference(x: np.ndarray, loss: "LossInputs", fmt: Format, engine: str =
         per_row = [_entry(r, cert) for r in row_losses]
         total = _reduce(row_losses, Fraction(1), cert, rows, prec)
         mean = _reduce(row_losses, denom, cert, rows, prec) if denom != 0 else None
-        if cert.certified or prec >= _MAX_PREC:
+        if cert.certified or prec >= MAX_PRECISION:
             break
         prec *= 2
     uncertified = 0 if cert.certified else rows + 2
@@ -216,35 +217,25 @@ def loss_reference(x: np.ndarray, loss: "LossInputs", fmt: Format, engine: str =
 
 
 def _loss_reference_fast(xs: np.ndarray, loss: "LossInputs", fmt: Format, denom: Fraction,
-                         fast_path) -> LossReference | None:
-    """loss_reference through a fast path (reference_fast or reference_double): rows it cannot
-    prove come from _row_loss (Ziv's loop); the reductions are summed in mpmath from the rows'
-    values and bounds. None when a reduction cannot be certified that way (the caller then runs
-    the exact engine throughout)."""
+                         path: FastPath) -> LossReference | None:
+    """loss_reference through a fast path: rows it cannot prove come from _row_loss (Ziv's loop);
+    the reductions are summed in mpmath from the rows' values and bounds. None when a reduction
+    cannot be certified that way (the caller then runs the exact engine throughout)."""
     rows, n = xs.shape
-    lc = reference_fast.loss_coefficients(loss, rows, n)
-    if fast_path is reference_fast:
-        rl = reference_fast.row_losses(xs, lc, fmt)
-        finite = np.flatnonzero(rl.kind == "finite")
-        c = reference_fast.certify(rl.value[finite], rl.err[finite], fmt)
-        hi_all = rl.value.astype(np.float64)
-        lo_all = (rl.value - hi_all.astype(np.longdouble)).astype(np.float64)  # exact
-    else:
-        rl = reference_double.row_losses(xs, loss, lc, fmt)
-        finite = np.flatnonzero(rl.kind == "finite")
-        c = reference_double.certify(rl.hi[finite], rl.lo[finite], rl.err[finite], fmt)
-        c.ok &= rl.ok[finite]
-        hi_all, lo_all = rl.hi, rl.lo
+    rl = path.row_losses(xs, path.loss_coefficients(loss, rows, n), fmt)
+    finite = np.flatnonzero(rl.kind == "finite")
+    c = rl.entries
+    hi_all, lo_all = rl.hi, rl.lo
     coefs: list[RowCoefficients] | None = None
     cert = Certifier(fmt)
     prec = base_precision(fmt, n)
-    _ctx.prec = prec
+    mp.set_precision(prec)
     row_losses: list[_RowLoss] = [_RowLoss(str(kind)) for kind in rl.kind]
     per_row: list[Entry | None] = [_entry(r, cert) if r.kind != "finite" else None for r in row_losses]
     uncertified = 0
     for pos, i in enumerate(finite.tolist()):
         if c.ok[pos]:
-            row_losses[i] = _RowLoss("finite", _ctx.fadd(float(hi_all[i]), float(lo_all[i]), exact=True),
+            row_losses[i] = _RowLoss("finite", mp.exact_add(float(hi_all[i]), float(lo_all[i])),
                                      float(rl.err[i]))
             per_row[i] = (float(c.rounded[pos]), int(c.k[pos]), float(c.hi[pos]), float(c.lo[pos]))
             continue
@@ -255,12 +246,12 @@ def _loss_reference_fast(xs: np.ndarray, loss: "LossInputs", fmt: Format, denom:
             row_cert = Certifier(fmt)
             r = _row_loss(xs[i], coefs[i], fmt, p)
             entry = _entry(r, row_cert)
-            if row_cert.certified or p >= _MAX_PREC:
+            if row_cert.certified or p >= MAX_PRECISION:
                 break
             p *= 2
         uncertified += 0 if row_cert.certified else 1
         row_losses[i], per_row[i] = r, entry
-    _ctx.prec = prec
+    mp.set_precision(prec)
     red_cert = Certifier(fmt)
     total = _reduce(row_losses, Fraction(1), red_cert, rows, prec)
     mean = _reduce(row_losses, denom, red_cert, rows, prec) if denom != 0 else None
@@ -301,14 +292,14 @@ def _reduce(row_losses: list[_RowLoss], denom: Fraction, cert: Certifier, rows: 
     finite = [r for r in row_losses if r.kind == "finite"]
     if not finite:
         return [cert.zero_entry]
-    _ctx.prec = prec
+    mp.set_precision(prec)
     if all(r.exact is not None for r in finite):
         # Every row an exact rational plus a positive remainder: so is their total.
-        exact = sum((r.exact for r in finite), Fraction(0)) / denom  # type: ignore[misc]
-        return [cert.rational(exact, 1, _ctx.fsum(r.err for r in finite) / mpf_of_fraction(denom))]
-    eps = _ctx.ldexp(1, 2 - prec)
-    total = _ctx.fsum(r.value for r in finite)
-    err = _ctx.fsum(r.err for r in finite) + (rows + 2) * eps * abs(total)
+        exact = sum((r.exact for r in finite if r.exact is not None), Fraction(0)) / denom
+        return [cert.rational(exact, 1, mp.fsum(r.err for r in finite) / mpf_of_fraction(denom))]
+    eps = mp.unit_error(prec)
+    total = mp.fsum(r.value for r in finite)
+    err = mp.fsum(r.err for r in finite) + (rows + 2) * eps * abs(total)
     value = total / mpf_of_fraction(denom) if denom != 1 else total
     err = _SAFETY * (err / mpf_of_fraction(denom) + 2 * eps * abs(value))
     return [cert.put(value, err)]
@@ -366,7 +357,7 @@ def _gradient_row(x: np.ndarray, rc: RowCoefficients, g: Fraction, fmt: Format,
                 cache[cj] = cert.rational(g * (rc.total / k - cj))
             out[j] = cache[cj]
         return out, True
-    p_cut = _ctx.exp(rt.d_cut)  # every p_j below the cut is under this (s >= 1); an mpf never underflows
+    p_cut = mp.exp(rt.d_cut)  # every p_j below the cut is under this (s >= 1); an mpf never underflows
     ga = abs(g_m) * a_m * (1 + 4 * eps)
     want = np.ones(n, dtype=bool)
     if cols is not None:
@@ -407,13 +398,9 @@ def loss_gradient_reference(x: np.ndarray, loss: "LossInputs", dy: np.ndarray,
     if loss.reduction == "mean" and mean_denominator(loss, rows) == 0:
         per_row: list = [None] * rows  # 0 / 0: every row ignored
         return op_reference("cross_entropy_backward", per_row, (rows, n)), 0
-    fast_path = reference_double.fast_path(fmt) if engine == "auto" else None
-    if fast_path is not None:
-        lc = reference_fast.loss_coefficients(loss, rows, n)
-        if fast_path is reference_fast:
-            fast, covered = reference_fast.loss_gradient(xs, lc, reference_fast.fraction_to_w(scale), fmt)
-        else:
-            fast, covered = reference_double.loss_gradient(xs, loss, lc, scale, fmt)
+    path = fast_path(fmt) if engine == "auto" else None
+    if path is not None:
+        fast, covered = path.loss_gradient(xs, path.loss_coefficients(loss, rows, n), scale, fmt)
         lazy: list = []
 
         def row_fn(i: int, prec: int, cols: np.ndarray | None) -> tuple[list[Entry] | None, bool]:

@@ -1,11 +1,11 @@
 """Certified fast references for float64 targets, in double-double arithmetic.
 
-The long double path (reference_fast) has only 11 bits over float64, too few to prove
+The long double path (fast_long_double) has only 11 bits over float64, too few to prove
 roundings to 2^-16 ulp. This module is the same strategy with double-double working
 precision (softaudit.double_double, about 106 bits, every operation with an error bound): each
 element is computed with a rigorous bound on its absolute error and accepted when the whole
 interval rounds to one float64, lies in one binade, and is known to 2^-16 ulp
-(reference_fast.REQUIRED_ULP_ACCURACY). Whatever it cannot prove - values near a rounding
+(fast_path.REQUIRED_ULP_ACCURACY). Whatever it cannot prove - values near a rounding
 boundary, quantities outside double-double's safe range [2^-900, 2^900], rows whose answer is
 rational and exactly on a boundary - goes to the mpmath engine element by element, as for the
 other formats.
@@ -14,33 +14,52 @@ exp(x - max) is kept as 2^m (e_hi + e_lo) with the scale apart, so probabilities
 float64's underflow threshold are still known to 106 bits: a softmax output of 1e-320 is
 certified like one of 0.5.
 
-Covered: softmax, log_softmax and logsumexp forward and their VJPs. Cross-entropy in float64
-uses the mpmath engine.
+Covered: softmax, log_softmax and logsumexp forward and their VJPs, and cross-entropy (its row
+losses and its gradient), as the long double path: both implement fast_path.FastPath.
 """
 
 from __future__ import annotations
 
-import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from softaudit import double_double as dd
-from softaudit import reference_fast
 from softaudit.formats import Format, exact_sum
-from softaudit.reference_fast import (W, Certified, ForwardFast, cut, put, special_rows, store_rows, store_where,
-                                      unproven, zero_entry)
+from softaudit.reference import fast_long_double
+from softaudit.reference.fast_long_double import W, nudged, ulp_exponents
+from softaudit.reference.fast_path import (
+    REQUIRED_ULP_ACCURACY,
+    Certified,
+    ForwardFast,
+    LossCoefficients,
+    RowLosses,
+    cut,
+    cut_term,
+    forward_frame,
+    put,
+    row_chunks,
+    row_kinds,
+    special_rows,
+    store_rows,
+    store_where,
+    unproven,
+    zero_entry,
+)
+
+if TYPE_CHECKING:
+    from softaudit.cases.inputs import LossInputs
 
 _SAFETY = 2.0
-"""Each output's bound is doubled once, as in reference_fast (slack for second-order terms)."""
+"""Each output's bound is doubled once, as in fast_long_double (slack for second-order terms)."""
 
 CHUNK_ELEMENTS = 1 << 16
 """Rows are processed in chunks of about this many elements (double-double code makes ~200
 passes over each array: chunks that stay in cache are ~4x faster than 1M-element ones)."""
 
 U_F64 = 2.0**-53
-
 
 
 def _quiet() -> np.errstate:
@@ -52,16 +71,6 @@ def _quiet() -> np.errstate:
 def applies(fmt: Format) -> bool:
     """Whether this path certifies references in ``fmt``: float64 (53 bits; double-double has 106)."""
     return fmt.p == 53 and fmt.emin == -1022
-
-
-def fast_path(fmt: Format):
-    """The certified fast path for ``fmt`` on this machine (a module with forward() and
-    backward()), or None where only the mpmath engine applies."""
-    if reference_fast.applies(fmt):
-        return reference_fast
-    if applies(fmt):
-        return sys.modules[__name__]
-    return None
 
 
 # --------------------------------------------------------------------------
@@ -113,7 +122,7 @@ def certify(hi: np.ndarray, lo: np.ndarray, err: np.ndarray, fmt: Format, scale:
         n = h_int + j
         rounded = sign * np.ldexp(n, k)
         finite = np.isfinite(h) & np.isfinite(f) & np.isfinite(e_ulps) & (np.abs(rounded) <= fmt.max_finite)
-        ok = finite & binade_ok & cell_ok & range_ok & (e_ulps <= reference_fast.REQUIRED_ULP_ACCURACY)
+        ok = finite & binade_ok & cell_ok & range_ok & (e_ulps <= REQUIRED_ULP_ACCURACY)
         hi_store = np.where(finite, sign * h, 0.0)
         lo_store = np.where(finite, sign * np.ldexp(a_lo, shift), 0.0)
     rounded = np.where(finite, np.where(n == 0, np.copysign(0.0, sign), rounded), 0.0)
@@ -145,7 +154,7 @@ def pairwise_sum(h: np.ndarray, l: np.ndarray) -> tuple[np.ndarray, np.ndarray, 
 @dataclass
 class Terms:
     """The pieces of a chunk of ordinary rows (no NaN, no +inf, not all -inf), as
-    reference_fast.FastTerms but in double-double: d = x - max exactly (dh + dl), exp(d) =
+    fast_long_double.FastTerms but in double-double: d = x - max exactly (dh + dl), exp(d) =
     2^m (eh + el) on live entries (1 at the maxima, 0 elsewhere), t the sum of the live
     exps, s = k_ties + t, L = log s. err_* bound absolute errors."""
 
@@ -208,7 +217,7 @@ def terms(x: np.ndarray, fmt: Format, margin: float | np.ndarray = 0.0) -> Terms
     uh, ul = unscaled(m, eh, el)
     th, tl, err_sum = pairwise_sum(np.where(is_max, 0.0, uh), np.where(is_max, 0.0, ul))
     k_ties = is_max.sum(axis=1)
-    tail = tail_entries.sum(axis=1) * reference_fast.cut_term(d_cut[:, 0]) * 2  # x2: d may sit just below the cut
+    tail = tail_entries.sum(axis=1) * cut_term(d_cut[:, 0]) * 2  # x2: d may sit just below the cut
     # exp's error on each live term (all positive), the additions', the underflowed parts.
     err_t = th * dd.REL_EXP * (1 + 2.0**-40) + err_sum + live.sum(axis=1) * 2.0**-1073 + tail
     sh, sl, e_s = dd.add_fp(th, tl, k_ties.astype(np.float64))
@@ -234,23 +243,17 @@ def terms(x: np.ndarray, fmt: Format, margin: float | np.ndarray = 0.0) -> Terms
                  err_s, lh, ll, err_l, rel_q, d_cut[:, 0].copy(), tail)
 
 
-def row_chunks(rows: int, n: int) -> list[slice]:
-    """Slices of rows holding about CHUNK_ELEMENTS elements each (at least one row)."""
-    step = max(1, CHUNK_ELEMENTS // max(n, 1))
-    return [slice(i, min(rows, i + step)) for i in range(0, rows, step)]
-
-
 # --------------------------------------------------------------------------
 # Forward
 
 
 @_quiet()
 def forward(x: np.ndarray, fmt: Format) -> ForwardFast:
-    """softmax, log_softmax and logsumexp of every row, as reference.reference_rows stores them."""
+    """softmax, log_softmax and logsumexp of every row, as exact.reference_rows stores them."""
     x = np.asarray(x, dtype=np.float64)
     rows, n = x.shape
-    ff, ordinary = reference_fast.forward_frame(x, fmt)
-    for chunk in row_chunks(ordinary.size, n):
+    ff, ordinary = forward_frame(x, fmt)
+    for chunk in row_chunks(ordinary.size, n, CHUNK_ELEMENTS):
         idx = ordinary[chunk]
         part = _forward_chunk(x[idx], fmt)
         ff.amax[idx], ff.log_s[idx] = part.pop("amax"), part.pop("log_s")
@@ -274,7 +277,7 @@ def _delta(tm: Terms) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 
 def max_probability(tm: Terms, fmt: Format) -> tuple[np.ndarray, np.ndarray, Certified]:
     """p at the maxima where k is a power of two and t > 0: p = 1/k - delta lies just below 1/k,
-    in the binade below (reference_fast.max_probability's rule). A quotient 1/s would land on
+    in the binade below (fast_long_double.max_probability's rule). A quotient 1/s would land on
     1/k when delta is tiny and lose the binade, so delta is kept apart: where it is negligible
     (under 2^-60 ulp, or underflowing) the value is 1/k minus an infinitesimal; where it is
     under 2^-48 / k it is the double-double (1/k, -delta). Returns (rows negligible, rows kept
@@ -282,7 +285,7 @@ def max_probability(tm: Terms, fmt: Format) -> tuple[np.ndarray, np.ndarray, Cer
     rows = tm.k_ties.shape[0]
     pow2, delta_h, delta_l, err_delta = _delta(tm)
     inv_k = 1.0 / tm.k_ties.astype(np.float64)  # exact where k is a power of two
-    below = reference_fast.nudged(inv_k, -np.ones(rows), fmt)
+    below = nudged(inv_k, -np.ones(rows), fmt)
     negligible = pow2 & (np.ldexp(delta_h + err_delta, -below.k) < 2.0**-60)
     kept = (pow2 & ~negligible & (delta_h < 2.0**-48 * inv_k) & dd.in_range(delta_h)
             & (delta_h > err_delta + np.abs(delta_l)))
@@ -333,12 +336,12 @@ def _forward_chunk(x: np.ndarray, fmt: Format) -> dict:
     d_safe = np.where(usable, tm.dh, 0.0)
     dw = d_safe.astype(W) + np.where(usable, tm.dl, 0.0).astype(W)
     d_exact = (dw - d_safe.astype(W)) == np.where(usable, tm.dl, 0.0).astype(W)
-    k_d = reference_fast.ulp_exponents(d_safe, fmt)
+    k_d = ulp_exponents(d_safe, fmt)
     l_upper = np.broadcast_to((np.abs(tm.lh) + tm.err_l)[:, None], shape)
     with np.errstate(over="ignore"):
         negligible = usable & d_exact & tm.positive[:, None] & (np.ldexp(l_upper, -k_d) < 2.0**-60)
     if negligible.any():
-        put(ls, negligible, reference_fast.nudged(dw[negligible], -1, fmt), compact=True)
+        put(ls, negligible, nudged(dw[negligible], -1, fmt), compact=True)
     masked_entry = Certified(np.full(shape, -np.inf), np.full(shape, fmt.emin - fmt.p + 1, dtype=np.int64),
                              np.zeros(shape), np.zeros(shape), np.ones(shape, dtype=bool))
     put(ls, tm.masked, masked_entry)
@@ -352,13 +355,13 @@ def _forward_chunk(x: np.ndarray, fmt: Format) -> dict:
 
 
 # --------------------------------------------------------------------------
-# Backward (formulas in reference_backward)
+# Backward (formulas in gradients)
 
 
 @_quiet()
 def backward(op: str, x: np.ndarray, dy: np.ndarray, fmt: Format) -> tuple[Certified, np.ndarray]:
     """The VJP of ``op`` at every ordinary row of ``x`` for upstream ``dy`` (as
-    reference_fast.backward). Rows whose upstream leaves double-double's safe range are left
+    fast_long_double.backward). Rows whose upstream leaves double-double's safe range are left
     unproven (ok False): the mpmath engine computes them."""
     x = np.asarray(x, dtype=np.float64)
     dy = np.asarray(dy, dtype=np.float64)
@@ -369,7 +372,7 @@ def backward(op: str, x: np.ndarray, dy: np.ndarray, fmt: Format) -> tuple[Certi
     ordinary = ~nan_rows & ~undefined
     todo = np.flatnonzero(ordinary & dd.in_range(dy_rows).all(axis=1))
     fn = {"softmax": _softmax_vjp, "log_softmax": _log_softmax_vjp, "logsumexp": _logsumexp_vjp}[op]
-    for chunk in row_chunks(todo.size, n):
+    for chunk in row_chunks(todo.size, n, CHUNK_ELEMENTS):
         idx = todo[chunk]
         store_rows(out, idx, fn(x[idx], dy[idx], fmt))
     return out, ordinary
@@ -518,7 +521,7 @@ def _log_softmax_vjp(x: np.ndarray, dy: np.ndarray, fmt: Format) -> Certified:
     tail = tm.tail_entries & sign_known[:, None]
     if tail.any():
         direction = -np.sign(np.broadcast_to(big_dh[:, None], shape)[tail])
-        put(out, tail, reference_fast.nudged(dy[tail], direction, fmt), compact=True)
+        put(out, tail, nudged(dy[tail], direction, fmt), compact=True)
     out.ok &= ~(tm.tail_entries & ~sign_known[:, None])
     # Every finite entry equal: p = 1/k exactly and g = dy - D/k on them.
     for i in np.flatnonzero(np.all(tm.is_max | tm.masked, axis=1)).tolist():
@@ -549,7 +552,7 @@ def _logsumexp_vjp(x: np.ndarray, dy: np.ndarray, fmt: Format) -> Certified:
         entry = certify(a, -prod_h, (np.abs(prod_l) + np.abs(dy) * (err_delta + np.abs(delta_l))) * (1 + 2.0**-40),
                         fmt)
         entry.ok &= dd.in_range(prod_h)
-        put(entry, negligible, reference_fast.nudged(a, -np.sign(dy), fmt))
+        put(entry, negligible, nudged(a, -np.sign(dy), fmt))
         put(out, *_at_maxima(tm, (negligible | kept) & (dy != 0), entry), compact=True)
     tail_zero = zero_entry(fmt, shape)
     tail_zero.rounded = np.broadcast_to(np.copysign(0.0, dy)[:, None], shape).copy()  # dy's sign
@@ -559,9 +562,9 @@ def _logsumexp_vjp(x: np.ndarray, dy: np.ndarray, fmt: Format) -> Certified:
 
 
 # --------------------------------------------------------------------------
-# Cross-entropy's gradient (formulas in reference_loss; what is exact about the coefficients -
+# Cross-entropy's gradient (formulas in loss; what is exact about the coefficients -
 # which are positive, the rows ignored or out of range, the totals A_i - from
-# reference_fast.loss_coefficients)
+# fast_long_double.loss_coefficients)
 
 
 REL_COEF = 4 * dd.U_DD
@@ -569,7 +572,14 @@ REL_COEF = 4 * dd.U_DD
 two products and one sum of non-negative terms)."""
 
 
-def loss_coefficients(loss, rows: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+def loss_coefficients(loss: "LossInputs", rows: int, n: int) -> LossCoefficients:
+    """coef_ic as double-doubles (coef + coef_lo, within REL_COEF; 0 on ignored and out-of-range
+    rows), with what is exact about them from fast_long_double.loss_coefficients."""
+    ch, cl = _double_double_coefficients(loss, rows, n)
+    return replace(fast_long_double.loss_coefficients(loss, rows, n), coef=ch, coef_lo=cl, rel=REL_COEF)
+
+
+def _double_double_coefficients(loss: "LossInputs", rows: int, n: int) -> tuple[np.ndarray, np.ndarray]:
     """coef_ic as double-doubles (rows, n), within REL_COEF; 0 on ignored and out-of-range rows."""
     eps = Fraction(float(loss.label_smoothing))
     w64 = np.ones(n) if loss.weight is None else np.asarray(loss.weight, dtype=np.float64)
@@ -595,9 +605,9 @@ def loss_coefficients(loss, rows: int, n: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 @_quiet()
-def loss_gradient(x: np.ndarray, loss, lc: "reference_fast.LossCoefficients", scale: list[Fraction],
+def loss_gradient(x: np.ndarray, lc: LossCoefficients, scale: list[Fraction],
                   fmt: Format) -> tuple[Certified, np.ndarray]:
-    """G_ic = g_i (A_i p_ic - coef_ic) for the rows it can take (as reference_fast.loss_gradient:
+    """G_ic = g_i (A_i p_ic - coef_ic) for the rows it can take (as fast_long_double.loss_gradient:
     the mask returned; rows left unproven go to the mpmath engine)."""
     x = np.asarray(x, dtype=np.float64)
     rows, n = x.shape
@@ -608,13 +618,13 @@ def loss_gradient(x: np.ndarray, loss, lc: "reference_fast.LossCoefficients", sc
     gl = np.empty(rows)
     for i, v in enumerate(scale):
         gh[i], gl[i] = dd.from_fraction(v)
-    ch, cl = loss_coefficients(loss, rows, n)
+    ch, cl = lc.coef, lc.coef_lo
     ah, al, err_asum = pairwise_sum(ch, cl)
     zero_rows = lc.ignored | (gh == 0) | ~lc.positive.any(axis=1)
     usable = dd.in_range(gh) & dd.in_range(ah) & dd.in_range(ch).all(axis=1)
     out.ok[covered & ~zero_rows & ~usable] = False
     todo = np.flatnonzero(covered & ~zero_rows & usable)
-    for chunk in row_chunks(todo.size, n):
+    for chunk in row_chunks(todo.size, n, CHUNK_ELEMENTS):
         idx = todo[chunk]
         store_rows(out, idx, _loss_gradient_rows(x[idx], ch[idx], cl[idx], lc.positive[idx],
                                                   [lc.totals[i] for i in idx.tolist()], ah[idx], al[idx],
@@ -663,7 +673,7 @@ def _loss_gradient_rows(x, ch, cl, positive, totals, ah, al, err_asum, gh, gl, f
     m_err = np.abs(mh) * (2.0**-105 + REL_COEF + dd.U_DD)
     put(out, tm.masked, certify(mh, ml, _SAFETY * m_err, fmt))
     # Below the cut, g A p is far below ulp(0): -g coef plus that where coef > 0, else a zero of g's sign.
-    tail_p = np.maximum(np.abs(gh)[:, None] * ah[:, None] * 2 * reference_fast.cut_term(tm.d_cut)[:, None], 2.0**-1074)
+    tail_p = np.maximum(np.abs(gh)[:, None] * ah[:, None] * 2 * cut_term(tm.d_cut)[:, None], 2.0**-1074)
     put(out, tm.tail_entries & positive, certify(mh, ml, _SAFETY * m_err + tail_p, fmt))
     tail_zero = tm.tail_entries & ~positive
     if tail_zero.any():
@@ -686,33 +696,19 @@ def _loss_gradient_rows(x, ch, cl, positive, totals, ah, al, err_asum, gh, gl, f
     return out
 
 
-@dataclass
-class RowLosses:
-    """Per-row cross-entropy as double-doubles (reference_fast.RowLosses in long double)."""
-
-    kind: np.ndarray
-    hi: np.ndarray
-    lo: np.ndarray
-    err: np.ndarray
-    ok: np.ndarray
-    """False where a product left double-double's safe range (the exact engine computes the row)."""
-
-
 @_quiet()
-def row_losses(x: np.ndarray, loss, lc: "reference_fast.LossCoefficients", fmt: Format) -> RowLosses:
+def row_losses(x: np.ndarray, lc: LossCoefficients, fmt: Format) -> RowLosses:
     """A L + sum_c coef_c (-d_c) per row, every term non-negative (no cancellation)."""
     x = np.asarray(x, dtype=np.float64)
     rows, n = x.shape
-    kind = reference_fast.row_kinds(x, lc)
+    kind = row_kinds(x, lc)
     hi = np.zeros(rows)
     lo = np.zeros(rows)
     err = np.zeros(rows)
     ok = np.ones(rows, dtype=bool)
     todo = np.flatnonzero(kind == "finite")
-    if todo.size == 0:
-        return RowLosses(kind, hi, lo, err, ok)
-    ch_all, cl_all = loss_coefficients(loss, rows, n)
-    for chunk in row_chunks(todo.size, n):
+    ch_all, cl_all = lc.coef, lc.coef_lo
+    for chunk in row_chunks(todo.size, n, CHUNK_ELEMENTS):
         idx = todo[chunk]
         tm = terms(x[idx], fmt)
         ch, cl = ch_all[idx], cl_all[idx]
@@ -731,5 +727,32 @@ def row_losses(x: np.ndarray, loss, lc: "reference_fast.LossCoefficients", fmt: 
         vh, vl, e_v = dd.add(alh, all_, sh, sl)
         hi[idx], lo[idx] = vh, vl
         err[idx] = _SAFETY * (err_al + err_spread + e_v) * (1 + 2.0**-40)
-        ok[idx] = usable & dd.in_range(ah) & dd.in_range(alh)
-    return RowLosses(kind, hi, lo, err, ok)
+        ok[idx] = usable & dd.in_range(ah) & dd.in_range(alh)  # False: the exact engine computes the row
+    entries = certify(hi[todo], lo[todo], err[todo], fmt)
+    entries.ok &= ok[todo]
+    return RowLosses(kind, hi, lo, err, entries)
+
+
+class DoubleDoublePath:
+    """The double-double fast path (a FastPath): float64, on every machine."""
+
+    name = "double-double"
+
+    def applies(self, fmt: Format) -> bool:
+        return applies(fmt)
+
+    def forward(self, x: np.ndarray, fmt: Format) -> ForwardFast:
+        return forward(x, fmt)
+
+    def backward(self, op: str, x: np.ndarray, dy: np.ndarray, fmt: Format) -> tuple[Certified, np.ndarray]:
+        return backward(op, x, dy, fmt)
+
+    def loss_coefficients(self, loss: "LossInputs", rows: int, n: int) -> LossCoefficients:
+        return loss_coefficients(loss, rows, n)
+
+    def row_losses(self, x: np.ndarray, lc: LossCoefficients, fmt: Format) -> RowLosses:
+        return row_losses(x, lc, fmt)
+
+    def loss_gradient(self, x: np.ndarray, lc: LossCoefficients, scale: list[Fraction],
+                      fmt: Format) -> tuple[Certified, np.ndarray]:
+        return loss_gradient(x, lc, scale, fmt)

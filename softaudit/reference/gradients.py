@@ -14,7 +14,7 @@ holding +inf has an undefined gradient (DESIGN §5: the forward is undefined
 or a limit there).
 
 Each element is computed in mpmath with a rigorous bound on its error and
-certified as in :mod:`softaudit.reference` (Ziv's loop). Exact zeros, which
+certified as in :mod:`softaudit.reference.exact` (Ziv's loop). Exact zeros, which
 no precision could certify, are found algebraically: the exps of distinct
 rationals are linearly independent over the rationals (Lindemann-Weierstrass),
 so a combination sum_u r_u exp(d_u) with rational r_u is 0 only when every
@@ -25,24 +25,25 @@ from __future__ import annotations
 
 import math
 from fractions import Fraction
+from typing import Callable
 
 import numpy as np
 
 from softaudit.formats import Format, exact_sum, ulp_exponent
-from softaudit.reference import (
+from softaudit.reference import exact as mp
+from softaudit.reference.engines import fast_path
+from softaudit.reference.exact import (
+    NEGLIGIBLE_ULPS,
     Certifier,
     Entry,
     OpReference,
-    _ctx,
     base_precision,
     certified_rows,
     fill_failed,
     mpf_of_fraction,
-    NEGLIGIBLE_ULPS,
     op_reference,
     row_terms,
 )
-from softaudit import reference_double
 
 _SAFETY = 2.0
 """Every error bound below is doubled: they are sums of first-order terms."""
@@ -92,9 +93,9 @@ def softmax_vjp_row(x: np.ndarray, dy: np.ndarray, fmt: Format, prec: int,
     group_dy, group_abs, group_exact = _group_sums(rt, dy64[rt.finite])
     # P = s * c = sum_u e_u DY_u; the tail below the cut is bounded.
     products = [ei * dyu for ei, dyu in zip(rt.e, group_dy) if ei is not None]
-    big_p = _ctx.fsum(products)
+    big_p = mp.fsum(products)
     # Bounds in mpf (the private context): exps far below float64's range must not vanish from them.
-    abs_p = _ctx.fsum(ei * float(au) for ei, au in zip(rt.e, group_abs) if ei is not None) * (1 + 1e-12)
+    abs_p = mp.fsum(ei * float(au) for ei, au in zip(rt.e, group_abs) if ei is not None) * (1 + 1e-12)
     tail_dy = rt.tail_bound * big
     err_p = abs_p * (rt.terms + 8) * eps * _SAFETY + tail_dy
     c = big_p / rt.s
@@ -133,7 +134,7 @@ def softmax_vjp_row(x: np.ndarray, dy: np.ndarray, fmt: Format, prec: int,
             continue
         if common_mean is not None and Fraction(dyj) == common_mean:
             continue  # exactly 0
-        h = _ctx.mpf(dyj) - c
+        h = mp.mpf(dyj) - c
         g = ei * h / rt.s
         p = ei / rt.s
         err = _SAFETY * (p * (err_c + eps * abs(h)) * (1 + rt.rel_p) + abs(g) * (rt.rel_p + 3 * eps))
@@ -188,7 +189,7 @@ def log_softmax_vjp_row(x: np.ndarray, dy: np.ndarray, fmt: Format, prec: int,
     d_m = mpf_of_fraction(d_exact)
     single_group = rt.uniq.size == 1  # every finite entry equal: p_i = 1/k exactly
     out: list[Entry] = [cert.zero_entry] * x.size
-    p_cut = _ctx.exp(rt.d_cut)  # every p_j below the cut is under this (s >= 1)
+    p_cut = mp.exp(rt.d_cut)  # every p_j below the cut is under this (s >= 1)
     finite_idx = np.flatnonzero(rt.finite)
     u_of = np.full(x.size, -1)
     u_of[finite_idx] = rt.inverse
@@ -196,7 +197,7 @@ def log_softmax_vjp_row(x: np.ndarray, dy: np.ndarray, fmt: Format, prec: int,
         dyj = float(dy64[j])
         u = int(u_of[j])
         if u < 0:  # masked: p_j = 0, g_j = dy_j exactly
-            out[j] = cert.put(_ctx.mpf(dyj), 0) if dyj != 0 else cert.zero_entry
+            out[j] = cert.put(mp.mpf(dyj), 0) if dyj != 0 else cert.zero_entry
             continue
         if single_group:
             exact = Fraction(dyj) - d_exact / rt.k_ties
@@ -204,13 +205,13 @@ def log_softmax_vjp_row(x: np.ndarray, dy: np.ndarray, fmt: Format, prec: int,
                 out[j] = cert.rational(exact)
             continue
         if d_exact == 0:  # g_j = dy_j exactly (0 is the only zero of a row with two distinct values or more)
-            out[j] = cert.put(_ctx.mpf(dyj), 0) if dyj != 0 else cert.zero_entry
+            out[j] = cert.put(mp.mpf(dyj), 0) if dyj != 0 else cert.zero_entry
             continue
         ei = rt.e[u]
         if ei is None:
             # dy_j minus p_j D, 0 < p_j < p_cut: dy_j with a remainder against D's sign.
             if d_exact == 0:
-                out[j] = cert.put(_ctx.mpf(dyj), 0) if dyj != 0 else cert.zero_entry
+                out[j] = cert.put(mp.mpf(dyj), 0) if dyj != 0 else cert.zero_entry
             else:
                 out[j] = cert.rational(Fraction(dyj), -1 if d_exact > 0 else 1, abs(d_m) * p_cut * (1 + 4 * eps))
             continue
@@ -222,7 +223,7 @@ def log_softmax_vjp_row(x: np.ndarray, dy: np.ndarray, fmt: Format, prec: int,
             out[j] = cert.rational(Fraction(dyj) - d_exact / k, 1 if d_exact > 0 else -1, upper)
             continue
         pd = ei * d_m / rt.s
-        g = _ctx.mpf(dyj) - pd
+        g = mp.mpf(dyj) - pd
         err = _SAFETY * (abs(pd) * (rt.rel_p + 3 * eps) + 2 * eps * abs(g))
         out[j] = cert.put(g, err)
     return out, cert.certified
@@ -238,7 +239,7 @@ def logsumexp_vjp_row(x: np.ndarray, dy: float, fmt: Format, prec: int,
     if dy == 0:
         return [cert.zero_entry] * x.size, True
     rt = row_terms(x, fmt, prec, cut_margin=math.log(2 * abs(dy) + 2))
-    dy_m = _ctx.mpf(float(dy))
+    dy_m = mp.mpf(float(dy))
     per_u: list[Entry] = []
     k = rt.k_ties
     needed = np.zeros(len(rt.e), dtype=bool)
@@ -254,7 +255,7 @@ def logsumexp_vjp_row(x: np.ndarray, dy: float, fmt: Format, prec: int,
             per_u.append((math.copysign(0.0, dy),) + cert.zero_entry[1:])  # far below ulp(0), dy's sign
             continue
         if di == 0 and (rt.t > 0 or rt.tail > 0):
-            # p = 1/k - delta at the maxima (reference._max_probability), delta in (0, upper]: where
+            # p = 1/k - delta at the maxima (exact._max_probability), delta in (0, upper]: where
             # dy delta is negligible, the exact dy/k with a remainder toward 0 (it settles a
             # midpoint, and the binade below a power of two); for k a power of two dy (1/k - delta)
             # is formed exactly, otherwise dy/(k + t) to the precision.
@@ -262,11 +263,11 @@ def logsumexp_vjp_row(x: np.ndarray, dy: float, fmt: Format, prec: int,
             err = 2 * abs(dy_m) * (rt.err_t / (k * (rt.s - rt.err_s)) + delta * (rt.err_s / rt.s + 2 * rt.eps))
             upper = abs(dy_m) * delta + err
             r = Fraction(float(dy)) / k
-            if _ctx.ldexp(upper, -ulp_exponent(mpf_of_fraction(r), fmt)) < NEGLIGIBLE_ULPS:
+            if mp.ldexp(upper, -ulp_exponent(mpf_of_fraction(r), fmt)) < NEGLIGIBLE_ULPS:
                 per_u.append(cert.rational(r, -1 if dy > 0 else 1, upper))
             elif not k & (k - 1):
-                inv_k = _ctx.ldexp(1, -(k.bit_length() - 1))
-                per_u.append(cert.put(_ctx.fmul(dy_m, _ctx.fsub(inv_k, delta, exact=True), exact=True), err))
+                inv_k = mp.ldexp(1, -(k.bit_length() - 1))
+                per_u.append(cert.put(mp.exact_mul(dy_m, mp.exact_sub(inv_k, delta)), err))
             else:
                 g = dy_m / rt.s
                 per_u.append(cert.put(g, _SAFETY * abs(g) * (rt.rel_p + 2 * rt.eps)))
@@ -290,10 +291,12 @@ def backward_reference(op: str, x: np.ndarray, dy: np.ndarray, fmt: Format,
     if not np.isfinite(dys).all():
         raise ValueError("the upstream gradient must be finite")
     rows, n = xs.shape
-    row_fn = {"softmax": softmax_vjp_row, "log_softmax": log_softmax_vjp_row, "logsumexp": logsumexp_vjp_row}[op]
-    fast_path = reference_double.fast_path(fmt) if engine == "auto" else None
-    if fast_path is not None:
-        fast, covered = fast_path.backward(op, xs, dys, fmt)
+    row_fns: dict[str, Callable[..., tuple[list[Entry] | None, bool]]] = {
+        "softmax": softmax_vjp_row, "log_softmax": log_softmax_vjp_row, "logsumexp": logsumexp_vjp_row}
+    row_fn = row_fns[op]
+    path = fast_path(fmt) if engine == "auto" else None
+    if path is not None:
+        fast, covered = path.backward(op, xs, dys, fmt)
         # NaN and undefined rows (not covered): the row functions settle them without arithmetic.
         return fill_failed(f"{op}_backward", fast, ~covered,
                            lambda i, prec, cols: row_fn(xs[i], dys[i], fmt, prec, cols), base_precision(fmt, n))

@@ -18,37 +18,82 @@ compute errors in ulps from that form.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import math
-import os
-import tempfile
-import zipfile
 from dataclasses import dataclass
 from fractions import Fraction
-from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import mpmath
 import numpy as np
 from mpmath.libmp import from_man_exp
 
-from softaudit import reference_double, reference_fast
 from softaudit.formats import Format, round_mpf, ulp_exponent
+from softaudit.reference.engines import ENGINES, fast_path
+from softaudit.reference.fast_path import Certified, FastPath
 
 ENGINE_VERSION = "3"
 """Bump whenever a change could alter any stored reference: it invalidates the cache."""
 
 ROW_OPS = ("softmax", "log_softmax", "logsumexp")
-"""The ops whose references depend on the row alone (cross-entropy and gradients: reference_loss, reference_backward)."""
+"""The ops whose references depend on the row alone (cross-entropy and gradients: loss, gradients)."""
 
 _ctx = mpmath.MPContext()
 """A private mpmath context, so our precision changes never leak to users' code."""
 
 _LN2 = math.log(2.0)
-_MAX_PREC = 16384
+MAX_PRECISION = 16384
+"""Ziv's loop stops doubling the working precision here (bits); what is still unproven is counted."""
 _REQUIRED_ULP_ACCURACY = 2.0**-30
 """A stored reference must know its exact value to this many ulps, so reported errors are exact to ~9 digits."""
+
+
+# --------------------------------------------------------------------------
+# The context's arithmetic, for the gradient and loss engines (this module owns the context)
+
+
+def set_precision(prec: int) -> None:
+    """Set the working precision (bits) of every operation below and of the mpfs they return."""
+    _ctx.prec = prec
+
+
+def unit_error(prec: int) -> mpmath.mpf:
+    """A bound on the relative error of one mpmath operation at ``prec`` bits (2^(2 - prec))."""
+    return _ctx.ldexp(1, 2 - prec)
+
+
+def mpf(v: float | int | str) -> mpmath.mpf:
+    """``v`` as an mpf of the engine's context (floats and ints exactly)."""
+    return _ctx.mpf(v)
+
+
+def fsum(terms: Iterable) -> mpmath.mpf:
+    """The sum of ``terms`` at the working precision."""
+    return _ctx.fsum(terms)
+
+
+def exp(v) -> mpmath.mpf:
+    """exp(v) at the working precision."""
+    return _ctx.exp(v)
+
+
+def ldexp(v, n: int) -> mpmath.mpf:
+    """v * 2^n, exactly."""
+    return _ctx.ldexp(v, n)
+
+
+def exact_add(a, b) -> mpmath.mpf:
+    """a + b without rounding."""
+    return _ctx.fadd(a, b, exact=True)
+
+
+def exact_sub(a, b) -> mpmath.mpf:
+    """a - b without rounding."""
+    return _ctx.fsub(a, b, exact=True)
+
+
+def exact_mul(a, b) -> mpmath.mpf:
+    """a * b without rounding."""
+    return _ctx.fmul(a, b, exact=True)
 
 
 # --------------------------------------------------------------------------
@@ -201,7 +246,7 @@ class RowTerms:
     """The exact pieces of one row with a finite maximum, at one precision, with error bounds.
 
     Shared by the forward references here and by the gradient and loss references
-    (reference_backward, reference_loss): s = sum exp(x_j - a) = k_ties + t, L = log s.
+    (gradients, loss): s = sum exp(x_j - a) = k_ties + t, L = log s.
     Every ``err_*`` is a rigorous bound on the absolute error of the mpmath value.
     """
 
@@ -245,7 +290,7 @@ class RowTerms:
     def only_tail(self) -> bool:
         """t was computed as exactly 0 while the true t is positive (every non-maximal term lies
         below the cut): every output is then an exact quantity plus a remainder of known sign,
-        which decides the rounding at a midpoint (reference._certify's side)."""
+        which decides the rounding at a midpoint (_certify's side)."""
         return self.terms == 0 and self.tail > 0
 
     def tail_remainder(self, weights: Sequence[Fraction], curvature) -> tuple[int, mpmath.mpf]:
@@ -421,7 +466,7 @@ def _max_probability(rt: "RowTerms", fmt: Format, put) -> tuple[float, int, floa
     1/k is then a value of the format and p lies just below it: the quotient 1/s would round
     onto 1/k whenever delta is under the working precision and lose the binade of the exact
     value. delta negligible (under 2^-60 ulp): 1/k minus an infinitesimal; otherwise 1/k - delta
-    formed exactly. reference_fast.max_probability applies the same rule.
+    formed exactly. fast_long_double.max_probability applies the same rule.
     """
     k = rt.k_ties
     if k & (k - 1) or (rt.t == 0 and rt.tail == 0):
@@ -457,11 +502,6 @@ def _log_softmax_entry(di, rt: "RowTerms", t_positive: bool, fmt: Format, put) -
     return put(li, rt.err_l + 2 * rt.eps * abs(li))
 
 
-ENGINES = ("auto", "mpmath")
-"""auto: the certified fast path (reference_fast) where it applies, mpmath for what it cannot
-prove; mpmath: every element from the mpmath engine (the verification suite's referee)."""
-
-
 def reference_rows(x: np.ndarray, fmt: Format, engine: str = "auto") -> ReferenceSet:
     """Certified correctly-rounded references of every op for a 2-D input of format ``fmt``."""
     xs = np.asarray(x).astype(np.float64)
@@ -469,11 +509,11 @@ def reference_rows(x: np.ndarray, fmt: Format, engine: str = "auto") -> Referenc
         raise ValueError(f"reference_rows expects a 2-D array, got shape {xs.shape}")
     if engine not in ENGINES:
         raise ValueError(f"unknown reference engine {engine!r} (known: {', '.join(ENGINES)})")
-    fast_path = reference_double.fast_path(fmt) if engine == "auto" else None
-    if fast_path is not None:
-        return _reference_rows_fast(xs, fmt, fast_path)
+    path = fast_path(fmt) if engine == "auto" else None
+    if path is not None:
+        return _reference_rows_fast(xs, fmt, path)
     rows, n = xs.shape
-    arrays = {op: {"rounded": [], "k": [], "hi": [], "lo": []} for op in ROW_OPS}
+    arrays: dict[str, dict[str, list]] = {op: {"rounded": [], "k": [], "hi": [], "lo": []} for op in ROW_OPS}
     undefined = np.zeros(rows, dtype=bool)
     amax = np.empty(rows)
     log_s = np.empty(rows)
@@ -512,15 +552,15 @@ def _ziv_row(x_row: np.ndarray, fmt: Format) -> tuple[dict, float, float, bool]:
     prec = base_precision(fmt, x_row.size)
     while True:
         out, a, ls, ok = _row_reference(x_row, fmt, prec)
-        if ok or prec >= _MAX_PREC:
+        if ok or prec >= MAX_PRECISION:
             return out, a, ls, ok
         prec *= 2
 
 
-def _reference_rows_fast(xs: np.ndarray, fmt: Format, fast_path) -> ReferenceSet:
+def _reference_rows_fast(xs: np.ndarray, fmt: Format, path: FastPath) -> ReferenceSet:
     """reference_rows through a fast path; the elements it cannot prove come from mpmath."""
     rows, n = xs.shape
-    ff = fast_path.forward(xs, fmt)
+    ff = path.forward(xs, fmt)
     uncertified = 0
     fallback = 0
     failed = {op: ~c.ok.reshape(rows, -1) for op, c in ff.ops.items()}
@@ -562,7 +602,7 @@ def base_precision(fmt: Format, n: int) -> int:
 def certified_rows(rows: int, base_prec: int,
                    row_fn: Callable[[int, int], tuple[list[Entry] | None, bool]]) -> tuple[list, int]:
     """Run ``row_fn(row, prec)`` for every row, doubling the precision until its
-    entries are certified (Ziv's strategy, capped at _MAX_PREC).
+    entries are certified (Ziv's strategy, capped at MAX_PRECISION).
 
     ``row_fn`` returns (entries, certified), entries None for a row whose exact
     answer is undefined. Returns the per-row entries and the number of elements
@@ -574,7 +614,7 @@ def certified_rows(rows: int, base_prec: int,
         prec = base_prec
         while True:
             entries, ok = row_fn(i, prec)
-            if ok or prec >= _MAX_PREC:
+            if ok or prec >= MAX_PRECISION:
                 break
             prec *= 2
         if not ok:
@@ -583,7 +623,7 @@ def certified_rows(rows: int, base_prec: int,
     return out, uncertified
 
 
-def fill_failed(op: str, fast: "reference_fast.Certified", whole_rows: np.ndarray,
+def fill_failed(op: str, fast: Certified, whole_rows: np.ndarray,
                 row_fn: Callable[[int, int, np.ndarray | None], tuple[list[Entry] | None, bool]],
                 base_prec: int) -> tuple[OpReference, int]:
     """Assemble a fast-path result, taking from ``row_fn(row, prec, cols)`` (the mpmath engine,
@@ -667,187 +707,3 @@ def exact_element(x_row: np.ndarray, op: str, col: int | None, digits: int = 17)
     if not v:
         return "0"
     return _ctx.nstr(v, digits, min_fixed=-4, max_fixed=8)
-
-
-# --------------------------------------------------------------------------
-# On-disk cache
-
-
-def default_cache_dir() -> Path:
-    """$SOFTAUDIT_CACHE_DIR, else $XDG_CACHE_HOME/softaudit, else ~/.cache/softaudit."""
-    env = os.environ.get("SOFTAUDIT_CACHE_DIR")
-    if env:
-        return Path(env)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "softaudit"
-
-
-class ReferenceCache:
-    """Content-addressed store of ReferenceSets (one .npz per input array and format).
-
-    Keys hash the engine version, the format and the input's bytes, so a change of
-    either recomputes. Writes go to a temporary file renamed into place, so
-    concurrent runs never see half a file. Each entry carries its own key and is read
-    only when that key is the one asked for: a file swapped, copied or altered under
-    another entry's name is damage, recomputed and replaced, never a reference for
-    an input it was not computed from (counted in ``damaged``).
-    """
-
-    def __init__(self, directory: Path | None) -> None:
-        self.directory = directory
-        self.hits = 0
-        self.misses = 0
-        self.damaged = 0
-        """Entries found that did not match their key (or could not be read): recomputed."""
-        self.memory: dict[str, object] = {}
-        """Entries computed elsewhere (prefetch's worker processes) and handed over, by key."""
-
-    @staticmethod
-    def key(x: np.ndarray, fmt: Format) -> str:
-        h = hashlib.sha256()
-        h.update(f"softaudit-ref/{ENGINE_VERSION}/{fmt.name}/{x.shape}".encode())
-        h.update(np.ascontiguousarray(x).view(np.uint8).tobytes())
-        return h.hexdigest()
-
-    @staticmethod
-    def ops_key(kind: str, parts: Sequence[np.ndarray | str], fmt: Format) -> str:
-        """The key of get_or_compute_ops's entries."""
-        h = hashlib.sha256(f"softaudit-{kind}/{ENGINE_VERSION}/{fmt.name}".encode())
-        for part in parts:
-            if isinstance(part, str):
-                h.update(b"s" + part.encode() + b"\0")
-            else:
-                arr = np.ascontiguousarray(part)
-                h.update(f"a{arr.dtype.str}{arr.shape}".encode())
-                h.update(arr.view(np.uint8).tobytes())
-        return h.hexdigest()
-
-    def stored(self, key: str) -> bool:
-        """Whether the disk cache (or the memory layer) already holds ``key``."""
-        return key in self.memory or (self.directory is not None and self._path(key).exists())
-
-    def _path(self, key: str) -> Path:
-        assert self.directory is not None
-        return self.directory / "references" / key[:2] / f"{key}.npz"
-
-    def get_or_compute(self, x: np.ndarray, fmt: Format) -> ReferenceSet:
-        """The cached ReferenceSet for x, computing and storing it on a miss."""
-        key = self.key(x, fmt)
-        if key in self.memory:
-            self.misses += 1  # computed for this run (by a worker): a miss of the disk cache
-            return self.memory.pop(key)  # type: ignore[return-value]
-        if self.directory is None:
-            self.misses += 1
-            return reference_rows(x, fmt)
-        path = self._path(key)
-        if path.exists():
-            try:
-                loaded = _load(path, key)
-                self.hits += 1
-                return loaded
-            except Exception:  # noqa: BLE001  (truncated, empty, foreign, another input's: any damage)
-                self.damaged += 1  # recomputed and replaced below
-        self.misses += 1
-        ref = reference_rows(x, fmt)
-        try:
-            _store(path, ref, key)
-        except OSError:
-            pass  # a read-only or full cache directory must not stop an audit
-        return ref
-
-
-    def get_or_compute_ops(self, kind: str, parts: Sequence[np.ndarray | str], fmt: Format,
-                           compute: Callable[[], tuple[dict[str, OpReference], int]]
-                           ) -> tuple[dict[str, OpReference], int]:
-        """Cached named OpReferences (gradients, losses) keyed by ``kind``, the format and ``parts``
-        (arrays by dtype, shape and bytes; strings as they are); computed by ``compute`` on a miss."""
-        key = self.ops_key(kind, parts, fmt)
-        if key in self.memory:
-            self.misses += 1
-            return self.memory.pop(key)  # type: ignore[return-value]
-        if self.directory is None:
-            self.misses += 1
-            return compute()
-        path = self._path(key)
-        if path.exists():
-            try:
-                with _open_entry(path, key) as z:
-                    names = [str(v) for v in z["names"]]
-                    ops = {name: OpReference(str(z[f"{name}.op"]), z[f"{name}.rounded"], z[f"{name}.k"],
-                                             z[f"{name}.hi"], z[f"{name}.lo"], z[f"{name}.undefined"])
-                           for name in names}
-                    uncertified = int(z["uncertified"])
-                self.hits += 1
-                return ops, uncertified
-            except Exception:  # noqa: BLE001  (a damaged entry is recomputed and replaced)
-                self.damaged += 1
-        self.misses += 1
-        ops, uncertified = compute()
-        data: dict[str, np.ndarray] = {"key": np.array(key), "names": np.array(list(ops)),
-                                       "uncertified": np.array(uncertified)}
-        for name, r in ops.items():
-            data[f"{name}.op"] = np.array(r.op)
-            for field in ("rounded", "k", "hi", "lo", "undefined"):
-                data[f"{name}.{field}"] = getattr(r, field)
-        try:
-            _write_npz(path, data)
-        except OSError:
-            pass
-        return ops, uncertified
-
-
-CACHE_COMPRESSLEVEL = 1
-"""zlib level of the cache's .npz files. References compress 2.6x overall (10-600x on constant
-rows and masks); level 1 writes them 3x faster than numpy's default (6) for files 8% larger, and
-writing was a third of a cold audit's reference time."""
-
-
-def _write_npz(path: Path, data: dict[str, np.ndarray]) -> None:
-    """Write compressed arrays as an .npz (np.load reads it) atomically: a temporary file
-    renamed into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh, zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_DEFLATED,
-                                                         compresslevel=CACHE_COMPRESSLEVEL) as zf:
-            for name, value in data.items():
-                with zf.open(f"{name}.npy", "w", force_zip64=True) as member:
-                    np.lib.format.write_array(member, np.asanyarray(value), allow_pickle=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-class CacheEntryMismatch(ValueError):
-    """A cache file holds another key's entry (swapped, copied or altered)."""
-
-
-@contextlib.contextmanager
-def _open_entry(path: Path, key: str):  # type: ignore[no-untyped-def]
-    """The .npz at ``path``, only when it holds the entry of ``key``."""
-    with np.load(path) as z:
-        if "key" not in z.files or str(z["key"]) != key:
-            raise CacheEntryMismatch(f"{path} does not hold the entry of its key")
-        yield z
-
-
-def _store(path: Path, ref: ReferenceSet, key: str) -> None:
-    data: dict[str, np.ndarray] = {
-        "key": np.array(key), "amax": ref.stats.amax, "log_s": ref.stats.log_s,
-        "n": np.array(ref.stats.n), "uncertified": np.array(ref.uncertified),
-    }
-    for op, r in ref.ops.items():
-        for field in ("rounded", "k", "hi", "lo", "undefined"):
-            data[f"{op}.{field}"] = getattr(r, field)
-    _write_npz(path, data)
-
-
-def _load(path: Path, key: str) -> ReferenceSet:
-    with _open_entry(path, key) as z:
-        ops = {
-            op: OpReference(op, z[f"{op}.rounded"], z[f"{op}.k"], z[f"{op}.hi"], z[f"{op}.lo"], z[f"{op}.undefined"])
-            for op in ROW_OPS
-        }
-        stats = RowStats(z["amax"], z["log_s"], int(z["n"]))
-        return ReferenceSet(ops, stats, int(z["uncertified"]))

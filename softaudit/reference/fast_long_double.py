@@ -15,8 +15,8 @@ a bound on its absolute error, and accepted when
   errors are exact to 5 digits (the mpmath engine keeps 2^-30).
 
 Elements that fail either test are recomputed by the mpmath engine
-(:mod:`softaudit.reference`, :mod:`softaudit.reference_backward`,
-:mod:`softaudit.reference_loss`): the row's exact terms at Ziv's precision,
+(:mod:`softaudit.reference.exact`, :mod:`softaudit.reference.gradients`,
+:mod:`softaudit.reference.loss`): the row's exact terms at Ziv's precision,
 and only the failed elements taken from it.
 
 The bounds rest on three facts: IEEE long double addition, multiplication and
@@ -39,10 +39,32 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from softaudit.formats import Format, exact_dot, exact_sum
+from softaudit.reference.fast_path import (
+    REQUIRED_ULP_ACCURACY,
+    Certified,
+    ForwardFast,
+    LossCoefficients,
+    RowLosses,
+    cut,
+    cut_term,
+    forward_frame,
+    put,
+    row_chunks,
+    row_kinds,
+    special_rows,
+    store_rows,
+    store_where,
+    unproven,
+    zero_entry,
+)
+
+if TYPE_CHECKING:
+    from softaudit.cases.inputs import LossInputs
 
 W = np.longdouble
 """The working type."""
@@ -65,13 +87,6 @@ MARGIN_BITS = 36
 (|x_i - max| to ~2^8 before the cut where a subtraction was inexact, doubled), and for
 elements to certify that must be under 2^-16 ulp, at least 2^-16 2^-p of the value: that
 leaves room for a cancellation of 2^12 (x86-64's 64 bits against float32's 24)."""
-
-REQUIRED_ULP_ACCURACY = 2.0**-16
-"""A value the fast path stores is known to this many ulps (1.5e-5: reported ulp errors, which
-reports print to 3 or 4 digits, are exact to 5; the mpmath engine keeps 2^-30). Tighter sends
-the elements whose computation cancels (a gradient dy_i - c with dy_i within ~1e-5 of c: one
-or two per 262,144-wide float32 row at 2^-20) to mpmath, which must then recompute the whole
-row (seconds), for digits no report shows; the rounding itself is proven either way."""
 
 _SAFETY = 2.0
 
@@ -122,7 +137,7 @@ def _round_at(v: np.ndarray, k: np.ndarray, fmt: Format, below: bool = False) ->
     return out
 
 
-def nudged(a: np.ndarray, direction: np.ndarray, fmt: Format) -> "Certified":
+def nudged(a: np.ndarray, direction: np.ndarray | int, fmt: Format) -> Certified:
     """Entries for exact values a + direction * (an infinitesimal): a known exactly (in W),
     direction +1 or -1, the perturbation far below 2^-60 ulp(a).
 
@@ -145,17 +160,6 @@ def nudged(a: np.ndarray, direction: np.ndarray, fmt: Format) -> "Certified":
     hi = w.astype(np.float64)
     lo = (w - hi.astype(W)).astype(np.float64)
     return Certified(rounded, k, hi, lo, np.ones(a.shape, dtype=bool))
-
-
-@dataclass
-class Certified:
-    """Elements in the stored form (see reference.OpReference), and which of them are proven."""
-
-    rounded: np.ndarray
-    k: np.ndarray
-    hi: np.ndarray
-    lo: np.ndarray
-    ok: np.ndarray
 
 
 def certify(v: np.ndarray, err: np.ndarray, fmt: Format) -> Certified:
@@ -190,20 +194,6 @@ def certify(v: np.ndarray, err: np.ndarray, fmt: Format) -> Certified:
         accurate = np.ldexp(err, -k) <= REQUIRED_ULP_ACCURACY
     ok = finite & same & same_binade & accurate
     return Certified(r_lo, k, hi, lo, ok)
-
-
-def zero_entry(fmt: Format, shape: tuple[int, ...]) -> Certified:
-    """Exact zeros (or values below 2^-66 of the smallest subnormal), as the mpmath engine stores them."""
-    return Certified(np.zeros(shape), np.full(shape, fmt.emin - fmt.p + 1, dtype=np.int64),
-                     np.zeros(shape), np.zeros(shape), np.ones(shape, dtype=bool))
-
-
-def put(dst: Certified, mask: np.ndarray, src: Certified, compact: bool = False) -> None:
-    """dst[mask] = src[mask], field by field (src broadcast to dst's shape); with ``compact``,
-    src holds only the masked elements, in order."""
-    for name in ("rounded", "k", "hi", "lo", "ok"):
-        value = getattr(src, name)
-        getattr(dst, name)[mask] = value if compact else np.broadcast_to(value, mask.shape)[mask]
 
 
 # --------------------------------------------------------------------------
@@ -242,7 +232,7 @@ def sum_depth(n: int) -> int:
     return max(1, (max(n, 1) - 1).bit_length())
 
 
-def sum_error(total: np.ndarray, abs_total: np.ndarray, n: int) -> np.ndarray:
+def sum_error(total: np.ndarray | float, abs_total: np.ndarray | float, n: int) -> np.ndarray:
     """The bound on pairwise_sum's rounding error: u |sum| + depth^2 u^2 sum |terms| (+1 for slack)."""
     depth = sum_depth(n)
     return U_W * np.abs(total) + (depth * depth + 1) * U_W * U_W * abs_total
@@ -252,7 +242,7 @@ def sum_error(total: np.ndarray, abs_total: np.ndarray, n: int) -> np.ndarray:
 class FastTerms:
     """The pieces of a chunk of ordinary rows (no NaN, no +inf, not all -inf) in W with bounds.
 
-    Mirrors reference.RowTerms: d = x - max (exact up to d_err), e = exp(d) (0 below the cut
+    Mirrors exact.RowTerms: d = x - max (exact up to d_err), e = exp(d) (0 below the cut
     and on masked entries), s = k_ties + t, L = log s. Every err_* bounds an absolute error,
     rel_* a relative one.
     """
@@ -284,21 +274,6 @@ class FastTerms:
     tail: np.ndarray
     """Per row: a bound on the sum of the exps left out below the cut."""
     depth: int
-
-
-def cut(fmt: Format, n: int, margin: float = 0.0) -> float:
-    """Terms exp(d) with d below this move no output by 2^-66 of the smallest subnormal
-    (the mpmath engine's cut at its base precision); ``margin`` lowers it for outputs that
-    multiply probabilities by factors above 1."""
-    return (fmt.emin - fmt.p - 66) * math.log(2) - math.log(max(n, 1)) - margin
-
-
-def cut_term(d_cut: np.ndarray) -> np.ndarray:
-    """An upper bound of exp(d) for every d below the cut, never 0: exp(d_cut) underflows below
-    -745 (float64's cut is there), and a zero bound on a cut-off tail would be taken as proof that
-    the tail is absent. The smallest subnormal stands in: larger, so still a bound."""
-    with np.errstate(under="ignore"):
-        return np.maximum(np.exp(d_cut), np.nextafter(0.0, 1.0))
 
 
 def fast_terms(x: np.ndarray, fmt: Format, margin: float | np.ndarray = 0.0,
@@ -358,41 +333,12 @@ def fast_terms(x: np.ndarray, fmt: Format, margin: float | np.ndarray = 0.0,
                      big_l, err_l, rel_p, d_cut_rows[:, 0].copy(), tail, depth)
 
 
-def special_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(rows holding NaN, rows whose exact answer is undefined: a +inf or every entry -inf)."""
-    nan_rows = np.isnan(x).any(axis=1)
-    undefined = ~nan_rows & ((x == np.inf).any(axis=1) | (x == -np.inf).all(axis=1))
-    return nan_rows, undefined
-
-
-def row_chunks(rows: int, n: int) -> list[slice]:
-    """Slices of rows holding about CHUNK_ELEMENTS elements each (at least one row)."""
-    step = max(1, CHUNK_ELEMENTS // max(n, 1))
-    return [slice(i, min(rows, i + step)) for i in range(0, rows, step)]
-
-
 # --------------------------------------------------------------------------
 # Forward: softmax, log_softmax, logsumexp
 
 
-@dataclass
-class ForwardFast:
-    """The fast path's forward references of a (rows, n) input; ``ok`` False where mpmath must decide."""
-
-    ops: dict[str, Certified]
-    amax: np.ndarray
-    log_s: np.ndarray
-    undefined: np.ndarray
-
-
-def unproven(shape: tuple[int, ...]) -> Certified:
-    """Entries of ``shape`` with nothing proven yet (every ok False)."""
-    return Certified(np.zeros(shape), np.zeros(shape, dtype=np.int64), np.zeros(shape), np.zeros(shape),
-                     np.zeros(shape, dtype=bool))
-
-
 def forward(x: np.ndarray, fmt: Format) -> ForwardFast:
-    """softmax, log_softmax and logsumexp of every row, as reference.reference_rows stores them."""
+    """softmax, log_softmax and logsumexp of every row, as exact.reference_rows stores them."""
     x = np.asarray(x, dtype=np.float64)
     rows, n = x.shape
     ff, ordinary = forward_frame(x, fmt)
@@ -411,37 +357,13 @@ def forward(x: np.ndarray, fmt: Format) -> ForwardFast:
                     else:  # gathered straight into the row (np.take: no temporary; "clip" is unbuffered)
                         np.take(getattr(c, name)[0], inverse, out=getattr(ops[op], name)[i], mode="clip")
         return ForwardFast(ops, amax, log_s, undefined)
-    for chunk in row_chunks(ordinary.size, n):
+    for chunk in row_chunks(ordinary.size, n, CHUNK_ELEMENTS):
         idx = ordinary[chunk]
         part = _forward_chunk(x[idx], fmt)
         amax[idx], log_s[idx] = part.pop("amax"), part.pop("log_s")
         for op, c in part.items():
             store_rows(ops[op], idx, c)
     return ForwardFast(ops, amax, log_s, undefined)
-
-
-def forward_frame(x: np.ndarray, fmt: Format) -> tuple[ForwardFast, np.ndarray]:
-    """The forward result with its special rows settled (no arithmetic) and every other entry
-    still unproven; and the ordinary rows' indices, for a fast path to fill."""
-    rows, n = x.shape
-    zero_k = fmt.emin - fmt.p + 1
-    ops = {"softmax": unproven((rows, n)), "log_softmax": unproven((rows, n)), "logsumexp": unproven((rows,))}
-    amax = np.full(rows, np.nan)
-    log_s = np.full(rows, np.nan)
-    nan_rows, undefined = special_rows(x)
-    for op, c in ops.items():  # NaN rows: NaN everywhere; undefined rows: NaN filler (the logsumexp below)
-        fill = nan_rows | undefined if op != "logsumexp" else nan_rows
-        c.rounded[fill] = np.nan
-        c.hi[fill] = np.nan
-        c.k[fill] = np.where(undefined[fill], 0, zero_k)[(...,) + (None,) * (c.k.ndim - 1)]
-        c.ok[fill] = True
-    lse = ops["logsumexp"]
-    with np.errstate(invalid="ignore"):
-        amax[undefined] = x[undefined].max(axis=1)
-    lse.rounded[undefined] = np.where((x[undefined] == np.inf).any(axis=1), np.inf, -np.inf)
-    lse.k[undefined] = zero_k
-    lse.ok[undefined] = True
-    return ForwardFast(ops, amax, log_s, undefined), np.flatnonzero(~nan_rows & ~undefined)
 
 
 def _distinct_16_bit(row: np.ndarray, fmt: Format) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -516,7 +438,7 @@ def _forward_chunk(x: np.ndarray, fmt: Format, counts: np.ndarray | None = None)
     return result
 
 
-def max_probability(ft: FastTerms, fmt: Format) -> tuple[np.ndarray, Certified]:
+def max_probability(ft: FastTerms, fmt: Format) -> tuple[np.ndarray, np.ndarray, Certified]:
     """Per row, where it applies, the softmax at the maxima: p = 1/k - delta, delta = t / (k s) > 0.
 
     With k a power of two, 1/k is a value of the format and p lies just below it, in the binade
@@ -548,14 +470,8 @@ def max_probability(ft: FastTerms, fmt: Format) -> tuple[np.ndarray, Certified]:
     return negligible, kept_apart, entry
 
 
-def store_rows(dst: Certified, idx: np.ndarray, src: Certified) -> None:
-    """dst[idx] = src, field by field (whole rows)."""
-    for name in ("rounded", "k", "hi", "lo", "ok"):
-        getattr(dst, name)[idx] = getattr(src, name)
-
-
 # --------------------------------------------------------------------------
-# Backward: vector-Jacobian products (formulas in reference_backward)
+# Backward: vector-Jacobian products (formulas in gradients)
 
 
 def backward(op: str, x: np.ndarray, dy: np.ndarray, fmt: Format) -> tuple[Certified, np.ndarray]:
@@ -571,7 +487,7 @@ def backward(op: str, x: np.ndarray, dy: np.ndarray, fmt: Format) -> tuple[Certi
     nan_rows, undefined = special_rows(x)
     ordinary = np.flatnonzero(~nan_rows & ~undefined)
     fn = {"softmax": _softmax_vjp, "log_softmax": _log_softmax_vjp, "logsumexp": _logsumexp_vjp}[op]
-    for chunk in row_chunks(ordinary.size, n):
+    for chunk in row_chunks(ordinary.size, n, CHUNK_ELEMENTS):
         idx = ordinary[chunk]
         store_rows(out, idx, fn(x[idx], dy[idx], fmt))
     covered = np.zeros(rows, dtype=bool)
@@ -713,12 +629,6 @@ def dy_minus_rational(dy: np.ndarray, q: Fraction, k: int, fmt: Format) -> Certi
     return out
 
 
-def store_where(dst: Certified, row: int, cols: np.ndarray, src: Certified) -> None:
-    """dst[row, cols] = src, field by field."""
-    for name in ("rounded", "k", "hi", "lo", "ok"):
-        getattr(dst, name)[row, cols] = getattr(src, name)
-
-
 def _logsumexp_vjp(x: np.ndarray, dy: np.ndarray, fmt: Format) -> Certified:
     """g = dy p (dy one value per row)."""
     dy = dy.reshape(-1)
@@ -746,7 +656,7 @@ def _logsumexp_vjp(x: np.ndarray, dy: np.ndarray, fmt: Format) -> Certified:
 
 
 # --------------------------------------------------------------------------
-# Cross-entropy (formulas in reference_loss)
+# Cross-entropy (formulas in loss)
 
 
 def fraction_to_w(values) -> np.ndarray:
@@ -758,24 +668,8 @@ def fraction_to_w(values) -> np.ndarray:
     return hi.astype(W) + lo.astype(W)
 
 
-@dataclass
-class LossCoefficients:
-    """coef_ic (the loss's weights of -log_softmax, reference_loss) in W, with what is exact about them."""
-
-    coef: np.ndarray
-    """(rows, n) W; 0 on ignored and out-of-range rows."""
-    positive: np.ndarray
-    """(rows, n) bool, exact: coef_ic > 0."""
-    rel: float
-    """Relative error bound of every coef_ic."""
-    ignored: np.ndarray
-    out_of_range: np.ndarray
-    totals: list
-    """A_i = sum_c coef_ic per row, exact (Fractions)."""
-
-
-def loss_coefficients(loss, rows: int, n: int) -> LossCoefficients:
-    """coef_ic for every row, vectorised (reference_loss.row_coefficients in exact rationals)."""
+def loss_coefficients(loss: "LossInputs", rows: int, n: int) -> LossCoefficients:
+    """coef_ic for every row, vectorised in long double (loss.row_coefficients in exact rationals)."""
     eps = float(loss.label_smoothing)
     epsw = W(eps)
     w64 = np.ones(n) if loss.weight is None else np.asarray(loss.weight, dtype=np.float64)
@@ -790,7 +684,7 @@ def loss_coefficients(loss, rows: int, n: int) -> LossCoefficients:
         empty = np.zeros(rows, dtype=bool)
         # w q needs up to twice the format's bits: exact_dot keeps every product exact.
         totals = [(1 - eps_f) * exact_dot(w64, q[i]) + smooth_total for i in range(rows)]
-        return LossCoefficients(coef, positive, 5 * U_W, empty, empty, totals)
+        return LossCoefficients(coef, positive, 5 * U_W, empty, empty, totals, np.zeros(coef.shape))
     t = np.asarray(loss.target).astype(np.int64).reshape(rows)
     ignored = np.zeros(rows, dtype=bool) if loss.ignore_index is None else t == loss.ignore_index
     out_of_range = ~ignored & ((t < 0) | (t >= n))
@@ -805,35 +699,7 @@ def loss_coefficients(loss, rows: int, n: int) -> LossCoefficients:
     positive[~valid] = False
     totals = [(1 - eps_f) * Fraction(float(w64[ti])) + smooth_total if ok else Fraction(0)
               for ti, ok in zip(t.tolist(), valid.tolist())]
-    return LossCoefficients(coef, positive, 6 * U_W, ignored, out_of_range, totals)
-
-
-@dataclass
-class RowLosses:
-    """Per-row cross-entropy in W: kind per row ("finite", "zero", "nan", "+inf", "undefined")."""
-
-    kind: np.ndarray
-    value: np.ndarray
-    err: np.ndarray
-    ok: np.ndarray
-    """False where the fast path could not bound the value (the exact engine computes it)."""
-
-
-def row_kinds(x: np.ndarray, lc: LossCoefficients) -> np.ndarray:
-    """Each row's kind of loss ("finite", "zero", "nan", "+inf", "undefined"), decided exactly."""
-    rows = x.shape[0]
-    kind = np.full(rows, "finite", dtype=object)
-    nan_rows, undefined = special_rows(x)
-    masked = x == -np.inf
-    inf_rows = (masked & lc.positive).any(axis=1)
-    one_finite = (~masked).sum(axis=1) == 1
-    no_weight = ~lc.positive.any(axis=1)
-    kind[no_weight | one_finite] = "zero"
-    kind[inf_rows] = "+inf"
-    kind[undefined] = "undefined"
-    kind[nan_rows | lc.out_of_range] = "nan"
-    kind[lc.ignored] = "zero"
-    return kind
+    return LossCoefficients(coef, positive, 6 * U_W, ignored, out_of_range, totals, np.zeros(coef.shape))
 
 
 def row_losses(x: np.ndarray, lc: LossCoefficients, fmt: Format) -> RowLosses:
@@ -843,9 +709,8 @@ def row_losses(x: np.ndarray, lc: LossCoefficients, fmt: Format) -> RowLosses:
     kind = row_kinds(x, lc)
     value = np.zeros(rows, dtype=W)
     err = np.zeros(rows)
-    ok = np.ones(rows, dtype=bool)
     todo = np.flatnonzero(kind == "finite")
-    for chunk in row_chunks(todo.size, n):
+    for chunk in row_chunks(todo.size, n, CHUNK_ELEMENTS):
         idx = todo[chunk]
         ft = fast_terms(x[idx], fmt)
         coef = lc.coef[idx]
@@ -864,12 +729,16 @@ def row_losses(x: np.ndarray, lc: LossCoefficients, fmt: Format) -> RowLosses:
         v64 = v.astype(np.float64)
         value[idx] = v
         err[idx] = _SAFETY * (a64 * ft.err_l + a64 * big_l64 * (rel_a + U_W) + err_spread + U_W * v64)
-    return RowLosses(kind, value, err, ok)
+    hi = value.astype(np.float64)
+    lo = (value - hi.astype(W)).astype(np.float64)  # exact
+    return RowLosses(kind, hi, lo, err, certify(value[todo], err[todo], fmt))
 
 
-def loss_gradient(x: np.ndarray, lc: LossCoefficients, g: np.ndarray, fmt: Format) -> tuple[Certified, np.ndarray]:
-    """G_ic = g_i (A_i p_ic - coef_ic) at every row it can take (the mask returned); ``g`` (rows,)
-    in W with relative error <= U_W."""
+def loss_gradient(x: np.ndarray, lc: LossCoefficients, scale: list[Fraction],
+                  fmt: Format) -> tuple[Certified, np.ndarray]:
+    """G_ic = g_i (A_i p_ic - coef_ic) at every row it can take (the mask returned); ``scale`` the
+    exact g_i, taken into W with relative error <= U_W."""
+    g = fraction_to_w(scale)
     x = np.asarray(x, dtype=np.float64)
     rows, n = x.shape
     out = zero_entry(fmt, (rows, n))
@@ -882,7 +751,7 @@ def loss_gradient(x: np.ndarray, lc: LossCoefficients, g: np.ndarray, fmt: Forma
     a_all = pairwise_sum(lc.coef)
     zero_rows = lc.ignored | (g64 == 0) | ~lc.positive.any(axis=1)
     todo = np.flatnonzero(covered & ~zero_rows)
-    for chunk in row_chunks(todo.size, n):
+    for chunk in row_chunks(todo.size, n, CHUNK_ELEMENTS):
         idx = todo[chunk]
         xs = x[idx]
         gw = g[idx][:, None]
@@ -952,3 +821,28 @@ def loss_gradient(x: np.ndarray, lc: LossCoefficients, g: np.ndarray, fmt: Forma
             store_where(c, r, finite, row)
         store_rows(out, idx, c)
     return out, covered
+
+
+class LongDoublePath:
+    """The long double fast path (a FastPath): float32, float16 and bfloat16 where long double is wider."""
+
+    name = "long double"
+
+    def applies(self, fmt: Format) -> bool:
+        return applies(fmt)
+
+    def forward(self, x: np.ndarray, fmt: Format) -> ForwardFast:
+        return forward(x, fmt)
+
+    def backward(self, op: str, x: np.ndarray, dy: np.ndarray, fmt: Format) -> tuple[Certified, np.ndarray]:
+        return backward(op, x, dy, fmt)
+
+    def loss_coefficients(self, loss: "LossInputs", rows: int, n: int) -> LossCoefficients:
+        return loss_coefficients(loss, rows, n)
+
+    def row_losses(self, x: np.ndarray, lc: LossCoefficients, fmt: Format) -> RowLosses:
+        return row_losses(x, lc, fmt)
+
+    def loss_gradient(self, x: np.ndarray, lc: LossCoefficients, scale: list[Fraction],
+                      fmt: Format) -> tuple[Certified, np.ndarray]:
+        return loss_gradient(x, lc, scale, fmt)
