@@ -5,7 +5,8 @@ cross-entropy (forward and backward) over adversarial inputs, compares every out
 reference correctly rounded into the target format, and judges each result
 against a stability envelope (see docs/ and the README).
 
-``import softaudit`` is light (no numpy): the decorator comes from softaudit.decorator, and
+``import softaudit`` is light (no numpy): the decorator comes from softaudit.decorator, the error
+root from softaudit.errors, and
 ``audit`` and ``AuditReport`` (softaudit.api, with the audit machinery) are imported when first
 used.
 """
@@ -15,10 +16,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from softaudit.decorator import candidate  # public decorator
+from softaudit.errors import SoftauditError
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "candidate", "audit", "AuditReport"]
+__all__ = ["__version__", "candidate", "audit", "AuditReport", "SoftauditError"]
 
 _LAZY = {"audit": "softaudit.api", "AuditReport": "softaudit.api"}
 

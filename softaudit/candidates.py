@@ -45,6 +45,7 @@ import ml_dtypes
 import numpy as np
 
 from softaudit.decorator import _MARK, BACKENDS, FUNCTION_NAMES, _Mark, _marks_of, candidate  # noqa: F401  (re-exported)
+from softaudit.errors import BadInput
 from softaudit.formats import FLOAT64, FORMATS, Format, format_of_dtype, round_float64_array
 from softaudit.ops import BACKWARD_FUNCTIONS, LOSS_KEYWORDS, OPS, backward_name
 
@@ -73,7 +74,7 @@ _MAX_MESSAGE = 300
 _MAX_WARNING_NOTES = 3
 
 
-class CandidateError(Exception):
+class CandidateError(BadInput):
     """A target cannot be loaded; the message is one line that names the target."""
 
 

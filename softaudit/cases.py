@@ -27,6 +27,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
+from softaudit.errors import BadInput
 from softaudit.formats import FORMATS, FormatError, get_format
 
 from softaudit.ops import DIRECTIONS, OPS, REDUCTIONS, TARGET_KINDS
@@ -121,7 +122,7 @@ _INJECT_KEYS = ("value", "columns", "count", "rows")
 _NAME_RE = re.compile(r"^[a-z0-9]+(?:[-.][a-z0-9]+)*$")
 
 
-class CaseError(ValueError):
+class CaseError(BadInput):
     """A malformed case file, or a selection that matches nothing. The message is one line."""
 
 

@@ -13,13 +13,14 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from softaudit.errors import BadInput
 from softaudit.metrics import Location, RecordMetrics
 from softaudit.records import Record, SpeedRecord
 
 SUPPORTED_SCHEMA_VERSIONS = (1,)
 
 
-class ResultsError(ValueError):
+class ResultsError(BadInput):
     """The results file cannot be read or is not a softaudit results file."""
 
 

@@ -24,9 +24,10 @@ import numpy as np
 
 from softaudit import kernels, timing
 from softaudit.candidates import Arguments, Candidate, OpFunction, backward_mode, call_arguments, to_torch
+from softaudit.errors import SoftauditError
 from softaudit.formats import FORMATS, Format
 
-class SpeedError(Exception):
+class SpeedError(SoftauditError):
     """The call cannot be timed (a reason in one line, shown instead of figures)."""
 
 
