@@ -14,8 +14,8 @@ import dataclasses
 import signal
 import sys
 import traceback
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn, Optional
 
 import typer

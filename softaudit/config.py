@@ -64,7 +64,8 @@ class GateConfig:
     jobs: int | None = None
     bench: bool | None = None
     device: str | None = None
-    """auto, cpu, cuda or cuda:N (options.check_device_name); whether it is usable is checked when the run starts."""
+    """auto, cpu, cuda or cuda:N (options.check_device_name); whether it is usable is checked when
+    the run starts."""
     corpus: Path | None = None
     """The corpus directory of found cases (search --save-to's default, run's --corpus)."""
     shapes: list[tuple[int, int]] = field(default_factory=list)

@@ -8,10 +8,10 @@ timing runs in the process that runs the audit's calls. It answers with the
 dataclasses of softaudit.worker_replies. After every call and bench it checks the
 GPU where CUDA is in use (isolation.checked): the reply's ``sticky`` is the
 cuda_errors.StickyError that left the CUDA context unusable, or None, and a load
-that left it so answers ContextBroken; the executor then replaces this process. It ignores Ctrl-C (the CLI
-decides when to stop), limits its own address space, and sends what C code
-prints to /dev/null so that junk cannot garble the report; Python-level prints
-are captured and reported as notes.
+that left it so answers ContextBroken; the executor then replaces this process.
+It ignores Ctrl-C (the CLI decides when to stop), limits its own address space,
+and sends what C code prints to /dev/null so that junk cannot garble the report;
+Python-level prints are captured and reported as notes.
 """
 
 from __future__ import annotations
