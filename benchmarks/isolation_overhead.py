@@ -16,12 +16,13 @@ import argparse
 import statistics
 import time
 
-from softaudit.runner import AuditOptions, run_audit
+from softaudit.options import AuditOptions, WorkerOptions
+from softaudit.runner import run_audit
 
 
 def timed(target: str, isolated: bool) -> tuple[float, int]:
     started = time.perf_counter()
-    result = run_audit([target], AuditOptions(isolated=isolated))
+    result = run_audit([target], AuditOptions(worker=WorkerOptions(isolated=isolated)))
     return time.perf_counter() - started, len(result.records)
 
 

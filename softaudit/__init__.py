@@ -6,8 +6,8 @@ reference correctly rounded into the target format, and judges each result
 against a stability envelope (see docs/ and the README).
 
 ``import softaudit`` is light (no numpy): the decorator comes from softaudit.candidates.decorator,
-and ``audit`` and ``AuditReport`` (softaudit.api, with the audit machinery) are imported when
-first used.
+the error root from softaudit.errors, and ``audit`` and ``AuditReport`` (softaudit.api, with the
+audit machinery) are imported when first used.
 """
 
 from __future__ import annotations
@@ -15,10 +15,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from softaudit.candidates.decorator import candidate  # public decorator
+from softaudit.errors import SoftauditError
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "candidate", "audit", "AuditReport"]
+__all__ = ["__version__", "candidate", "audit", "AuditReport", "SoftauditError"]
 
 _LAZY = {"audit": "softaudit.api", "AuditReport": "softaudit.api"}
 

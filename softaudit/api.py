@@ -11,14 +11,13 @@ stays light.
 from __future__ import annotations
 
 import dataclasses
-import math
 import types
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from softaudit.candidates.decorator import FUNCTION_NAMES, marks_of
-from softaudit.ops import DIRECTIONS, OPS
+from softaudit.ops import OPS
 
 if TYPE_CHECKING:
     from softaudit.candidates.model import Candidate
@@ -71,24 +70,15 @@ def audit(
     """
     from softaudit.candidates.collection import candidates_from_functions, candidates_from_module
     from softaudit.candidates.errors import CandidateError
-    from softaudit.envelope import DEFAULT_RATIO_LIMIT
     from softaudit.isolation import InProcessExecutor
-    from softaudit.runner import AuditOptions, check_device, plan, run_audit
-    from softaudit.verdicts import DEFAULT_UNDEFINED_POLICY, UNDEFINED_POLICIES, Gate
+    from softaudit.options import AuditOptions, CacheOptions, WorkerOptions, checked_audit_options, overridden
+    from softaudit.runner import check_device, plan, run_audit
+    from softaudit.verdicts import Gate
 
-    limit = DEFAULT_RATIO_LIMIT if ratio_limit is None else ratio_limit
-    if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not (limit > 1.0 and math.isfinite(limit)):
-        raise ValueError(f"ratio_limit must be a finite number greater than 1 (the envelope itself), got {limit!r}")
-    policy = DEFAULT_UNDEFINED_POLICY if undefined_policy is None else undefined_policy
-    if policy not in UNDEFINED_POLICIES:
-        raise ValueError(f"unknown undefined_policy {policy!r} (known: {', '.join(UNDEFINED_POLICIES)})")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be an int, 0 or more, got {seed!r}")
     if not isinstance(strict, bool) or not isinstance(rowwise, bool):
         raise TypeError("strict and rowwise must be True or False")
     if not isinstance(device, str):
         raise TypeError(f"device must be a string (auto, cpu, cuda or cuda:N), got {type(device).__name__}")
-    check_device(device)  # DeviceError is a ValueError
     if not isinstance(bench, bool):
         raise TypeError("bench must be True or False")
     shape_list = _shapes(shapes)
@@ -97,33 +87,34 @@ def audit(
     if name is not None and (not isinstance(name, str) or not name.strip() or "/" in name):
         raise ValueError(f"name must be a non-empty string without '/' (it starts every record id), got {name!r}")
 
-    options = AuditOptions(
-        ops=_names(ops, OPS, "op"), directions=_names(directions, DIRECTIONS, "direction"),
+    options = checked_audit_options(AuditOptions(
+        ops=_strings(ops, "ops"), directions=_strings(directions, "directions"),
         formats=[_format(d) for d in _listed(dtypes)], case_patterns=_strings(cases, "cases"),
         cases_dirs=[Path(p) for p in _listed(cases_dirs)], corpus_dir=Path(corpus) if corpus is not None else None,
         seed=seed,
-        gate=Gate(ratio_limit=float(limit), undefined_policy=policy, strict=strict),
-        cache_dir=Path(cache_dir).expanduser() if cache_dir is not None else None, rowwise=rowwise, isolated=False,
-        bench=bench, shapes=shape_list, device=device,
+        gate=overridden(Gate(strict=strict), ratio_limit=ratio_limit, undefined_policy=undefined_policy),
+        worker=WorkerOptions(isolated=False, rowwise=rowwise, device=device),
+        cache=CacheOptions(directory=Path(cache_dir).expanduser() if cache_dir is not None else None),
+        bench=bench, shapes=shape_list,
         jobs=1,  # in one process: --jobs' spawned workers would re-import a caller's unguarded script
-    )
+    ))
+    check_device(device)  # usable here: a DeviceError (bad input, a ValueError) if not
     plan(options)  # unknown case patterns and malformed case files raise here, before any call
 
     source, default_name = _functions_of(impl, op)
     candidate_name = name or default_name
     target = f"python:{candidate_name}"
-    requested = None if device == "auto" else device
     try:
         if isinstance(source, types.ModuleType):
-            candidates = candidates_from_module(source, target, candidate_name, rowwise=rowwise, device=requested)
+            candidates = candidates_from_module(source, target, candidate_name, rowwise=rowwise, device=options.worker.explicit_device)
         else:
-            candidates = candidates_from_functions(source, target, candidate_name, rowwise=rowwise, device=requested)
+            candidates = candidates_from_functions(source, target, candidate_name, rowwise=rowwise, device=options.worker.explicit_device)
     except CandidateError as exc:
         raise ValueError(str(exc)) from None
     if name is not None and len(candidates) == 1:
         candidates = [_renamed(candidates[0], name)]
 
-    executor = InProcessExecutor(rowwise=rowwise, device=None if device == "auto" else device)
+    executor = InProcessExecutor(rowwise=rowwise, device=options.worker.explicit_device)
     executor.add(target, candidates)
     try:
         result = run_audit([target], options, executor=executor)
@@ -354,15 +345,6 @@ def _strings(value: Any, what: str) -> list[str]:
     for item in items:
         if not isinstance(item, str):
             raise TypeError(f"{what} must be strings, got {type(item).__name__} {item!r}")
-    return items
-
-
-def _names(value: Any, known: tuple[str, ...], what: str) -> list[str]:
-    """Op or direction names, checked against ``known``."""
-    items = _strings(value, f"{what}s")
-    for item in items:
-        if item not in known:
-            raise ValueError(f"unknown {what} {item!r} (known: {', '.join(known)})")
     return items
 
 

@@ -1,4 +1,7 @@
-"""Command line: a thin layer over runner.run_audit and the case library.
+"""Command line: a thin layer over runner.run_audit, search.search and the case library.
+
+Each command builds its options (softaudit.options: defaults < [tool.softaudit] < the flags,
+checked by the options' own rules, named by their flags), calls the API and renders the result.
 
 Exit codes: 0 no FAIL, 1 at least one FAIL, 2 bad input (one line, no traceback
 unless --debug).
@@ -7,33 +10,43 @@ unless --debug).
 from __future__ import annotations
 
 import contextlib
-import math
+import dataclasses
 import signal
 import sys
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
-from typing import NoReturn, Optional
+from typing import TYPE_CHECKING, NoReturn, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 import softaudit
-from softaudit.candidates.errors import CandidateError
-from softaudit.cases.model import CaseError
-from softaudit.cases.reader import load_cases, select_cases
 from softaudit.ops import OPS
-from softaudit.ops import DIRECTIONS
-from softaudit.printable import printable_markup
-from softaudit.envelope import DEFAULT_RATIO_LIMIT, DEFAULT_RELATIVE_FACTOR, DEFAULT_RELATIVE_SLACK
-from softaudit.formats import FORMATS, FormatError, get_format
-from softaudit.isolation import DEFAULT_TIMEOUT, MAX_TIMEOUT
-from softaudit.config import ConfigError
+from softaudit.cases.reader import load_cases, select_cases
+from softaudit.config import GateConfig
 from softaudit.cases.corpus import corpus_cases_dir, with_corpus_dir
-from softaudit.results.document import ResultsError
-from softaudit.runner import NothingToAudit
-from softaudit.search.engine import SearchError
-from softaudit.verdicts import DEFAULT_UNDEFINED_POLICY, UNDEFINED_POLICIES, Gate
+from softaudit.envelope import DEFAULT_RATIO_LIMIT, DEFAULT_RELATIVE_FACTOR, DEFAULT_RELATIVE_SLACK
+from softaudit.errors import BadInput
+from softaudit.formats import FORMATS, get_format
+from softaudit.ops import DIRECTIONS
+from softaudit.options import (
+    DEFAULT_TIMEOUT,
+    AuditOptions,
+    CacheOptions,
+    Naming,
+    WorkerOptions,
+    checked_audit_options,
+    checked_search_options,
+    memory_limit_bytes,
+    overridden,
+)
+from softaudit.printable import printable_markup
+from softaudit.verdicts import DEFAULT_UNDEFINED_POLICY, Gate
+
+if TYPE_CHECKING:
+    from softaudit.results.document import ResultsDocument
 
 app = typer.Typer(
     add_completion=False,
@@ -43,11 +56,16 @@ app = typer.Typer(
 )
 
 EXIT_BAD_INPUT = 2
-BAD_INPUT_ERRORS = (CandidateError, CaseError, FormatError, NothingToAudit, ResultsError, ConfigError, SearchError)
+
+FLAGS = Naming(seed="--seed", ratio_limit="--limit", max_ulp="--max-ulp", undefined_policy="--undefined policy",
+               relative_factor="--relative-factor", relative_slack="--relative-slack", jobs="--jobs",
+               timeout="--timeout", device="--device:", op="op", direction="--direction", budget="--budget",
+               patience="--patience")
+"""How the options' checks name the options here: by their flags."""
 
 
-class UsageProblem(ValueError):
-    """A bad option value found by our own checks."""
+class UsageProblem(BadInput):
+    """A bad combination of options, or a path that cannot serve, found by the command line itself."""
 
 
 def _fatal(message: str) -> NoReturn:
@@ -70,11 +88,11 @@ def _root(
 
 
 @contextlib.contextmanager
-def _bad_input(debug: bool):  # type: ignore[no-untyped-def]
+def _bad_input(debug: bool) -> Iterator[None]:
     """Turn bad input raised inside into one line and exit 2 (with the traceback under --debug)."""
     try:
         yield
-    except (UsageProblem, *BAD_INPUT_ERRORS) as exc:
+    except BadInput as exc:
         if debug:
             traceback.print_exc()
         _fatal(str(exc))
@@ -84,20 +102,6 @@ def _check_cases_dirs(dirs: list[Path]) -> None:
     for d in dirs:
         if not d.is_dir():
             raise UsageProblem(f"--cases-dir: {str(d)!r} is not a directory")
-
-
-def _check_ops(ops: list[str]) -> list[str]:
-    for op in ops:
-        if op not in OPS:
-            raise UsageProblem(f"unknown op {op!r} (known: {', '.join(OPS)})")
-    return ops
-
-
-def _check_directions(directions: list[str]) -> list[str]:
-    for d in directions:
-        if d not in DIRECTIONS:
-            raise UsageProblem(f"unknown --direction {d!r} (known: {', '.join(DIRECTIONS)})")
-    return directions
 
 
 @app.command()
@@ -143,7 +147,7 @@ def run(
     from softaudit.reports.files import write_text
     from softaudit.results.schema import results_json
     from softaudit.reports.terminal import render
-    from softaudit.runner import AuditOptions, run_audit
+    from softaudit.runner import run_audit
 
     with _bad_input(debug):
         cfg = _gate_config(config, no_config)
@@ -151,46 +155,28 @@ def run(
         if not targets:
             raise UsageProblem("no TARGET given, and no [tool.softaudit] targets found from the current directory "
                                "upward (softaudit run impl.py, or see docs/ci-gate.md)")
-        seed = _pick(seed, cfg and cfg.seed, 0)
-        if seed < 0:
-            raise UsageProblem(f"--seed must be 0 or more, got {seed}")
-        relative_to = _pick(relative_to, cfg and cfg.relative_to, None)
-        relative_factor = _pick(relative_factor, cfg and cfg.relative_factor, DEFAULT_RELATIVE_FACTOR)
-        if not (relative_factor >= 1 and math.isfinite(relative_factor)):
-            raise UsageProblem(f"--relative-factor must be a finite number of at least 1, got {relative_factor}")
-        relative_slack = _pick(relative_slack, cfg and cfg.relative_slack, DEFAULT_RELATIVE_SLACK)
-        if not (relative_slack >= 0 and math.isfinite(relative_slack)):
-            raise UsageProblem(f"--relative-slack must be a finite number, 0 or more, got {relative_slack}")
         if findings < 0:
             raise UsageProblem("--findings must be 0 or more")
-        memory_bytes = _worker_limits(timeout, memory_limit)
-        jobs = _pick(jobs, cfg and cfg.jobs, None)
-        if jobs is not None and not 1 <= jobs <= 1024:
-            raise UsageProblem(f"--jobs must be between 1 and 1024, got {jobs}")
-        bench = bool(_pick(bench, cfg and cfg.bench, False))
-        shapes = [_parse_shape(text) for text in shape] or (cfg.shapes if cfg else [])
-        if shape and not bench:
+        configured = cfg.over_audit(AuditOptions()) if cfg else AuditOptions()
+        options = checked_audit_options(overridden(
+            configured, ops=op, directions=direction, formats=[get_format(d) for d in dtype], case_patterns=case,
+            cases_dirs=cases_dir, seed=seed, relative_to=relative_to, relative_factor=relative_factor,
+            relative_slack=relative_slack, jobs=jobs, bench=bench, shapes=[_parse_shape(text) for text in shape],
+            gate=overridden(configured.gate, ratio_limit=limit, max_ulp=max_ulp, undefined_policy=undefined,
+                            strict=strict),
+            worker=_worker(configured.worker, no_isolation, rowwise, timeout, memory_limit, device),
+            cache=CacheOptions(directory=cache_dir, enabled=not no_cache),
+        ), FLAGS)
+        if shape and not options.bench:
             raise UsageProblem("--shape sets the shapes --bench times at: add --bench (or bench = true in "
                                "[tool.softaudit])")
-        device = _device(device, cfg)
+        _check_device(options.worker.device)
         outputs = _check_outputs({"--json": json_path, "--html": html_path, "--md": md_path, "--junit": junit_path})
         if md_full and md_path is None:
             raise UsageProblem("--md-full needs --md PATH")
-        cases_dirs = list(cases_dir) or (cfg.cases_dirs if cfg else [])
-        _check_cases_dirs(cases_dirs)
+        _check_cases_dirs(list(options.cases_dirs))
         corpus_dir = _corpus(corpus, no_corpus, cfg)
-        gate = _gate(cfg, limit, max_ulp, undefined, strict=bool(_pick(strict, cfg and cfg.strict, False)))
-        options = AuditOptions(
-            ops=_check_ops(list(op) or (cfg.ops if cfg else [])),
-            directions=_check_directions(list(direction) or (cfg.directions if cfg else [])),
-            formats=[get_format(d) for d in (list(dtype) or (cfg.formats if cfg else []))],
-            case_patterns=list(case) or (cfg.cases if cfg else []), cases_dirs=cases_dirs, corpus_dir=corpus_dir,
-            seed=seed, gate=gate,
-            cache_dir=cache_dir, use_cache=not no_cache, rowwise=rowwise, isolated=not no_isolation,
-            timeout=timeout, memory_limit=memory_bytes,
-            relative_to=relative_to, relative_factor=relative_factor, relative_slack=relative_slack, jobs=jobs,
-            bench=bench, shapes=shapes, device=device,
-        )
+        options = dataclasses.replace(options, corpus_dir=corpus_dir)
         console = Console(stderr=True)
         if cfg is not None and not quiet:
             console.print(f"softaudit: gate configuration from {cfg.source}", highlight=False)
@@ -236,44 +222,25 @@ def run(
     raise typer.Exit(result.exit_code)
 
 
-def _gate(cfg, limit: Optional[float], max_ulp: Optional[float], undefined: Optional[str],  # type: ignore[no-untyped-def]
-          strict: bool) -> Gate:
-    """The verdict rules: the command line's --limit, --max-ulp and --undefined, else
-    [tool.softaudit]'s, else the defaults; checked."""
-    undefined = _pick(undefined, cfg and cfg.undefined, DEFAULT_UNDEFINED_POLICY)
-    if undefined not in UNDEFINED_POLICIES:
-        raise UsageProblem(f"unknown --undefined policy {undefined!r} (known: {', '.join(UNDEFINED_POLICIES)})")
-    limit = _pick(limit, cfg and cfg.ratio, DEFAULT_RATIO_LIMIT)
-    if not (limit > 1.0 and math.isfinite(limit)):
-        raise UsageProblem(f"--limit must be a finite number greater than 1 (the envelope itself), got {limit}")
-    max_ulp = _pick(max_ulp, cfg and cfg.max_ulp, None)
-    if max_ulp is not None and not (max_ulp >= 0 and math.isfinite(max_ulp)):
-        raise UsageProblem(f"--max-ulp must be a finite number of ulps, 0 or more, got {max_ulp}")
-    return Gate(ratio_limit=limit, undefined_policy=undefined, max_ulp=max_ulp, strict=strict,
-                limits=tuple(cfg.limits.items()) if cfg else ())
+def _worker(configured: WorkerOptions, no_isolation: bool, rowwise: bool, timeout: float,
+            memory_limit: Optional[float], device: Optional[str]) -> WorkerOptions:
+    """The worker settings: the flags over [tool.softaudit]'s (its device) over the defaults."""
+    memory_bytes = memory_limit_bytes(memory_limit, "--memory-limit") if memory_limit is not None else None
+    return overridden(configured, isolated=not no_isolation, rowwise=rowwise, timeout=timeout,
+                      memory_limit=memory_bytes, device=device)
 
 
-def _worker_limits(timeout: float, memory_limit: Optional[float]) -> Optional[int]:
-    """--timeout and --memory-limit checked; the memory limit in bytes (None: the default)."""
-    if not 0 < timeout <= MAX_TIMEOUT:
-        raise UsageProblem(f"--timeout must be between 0 and {MAX_TIMEOUT:g} seconds, got {timeout:g}")
-    if memory_limit is not None and not 0 < memory_limit <= 2**20:
-        raise UsageProblem(f"--memory-limit must be a positive number of GiB (at most 2^20), got {memory_limit:g}")
-    return int(memory_limit * 2**30) if memory_limit is not None else None
-
-
-def _device(device: Optional[str], cfg) -> str:  # type: ignore[no-untyped-def]
-    """--device, else [tool.softaudit]'s, else auto; usable here (runner.check_device)."""
+def _check_device(device: str) -> None:
+    """The device is usable here (runner.check_device), named by its flag."""
     from softaudit.runner import DeviceError, check_device
 
-    device = _pick(device, cfg and cfg.device, "auto")
     try:
-        return check_device(device)
+        check_device(device)
     except DeviceError as exc:
         raise UsageProblem(f"--device: {exc}") from None
 
 
-def _corpus(path: Optional[Path], off: bool, cfg) -> Optional[Path]:  # type: ignore[no-untyped-def]
+def _corpus(path: Optional[Path], off: bool, cfg: Optional[GateConfig]) -> Optional[Path]:
     """The corpus directory in force: --corpus, else [tool.softaudit] corpus, else the project's
     .softaudit/corpus; None with --no-corpus."""
     from softaudit.cases.corpus import default_corpus_dir
@@ -298,16 +265,7 @@ def _parse_shape(text: str) -> tuple[int, int]:
         raise UsageProblem(f"--shape: {exc}") from None
 
 
-def _pick(cli_value, config_value, default):  # type: ignore[no-untyped-def]
-    """The command line's value, else the configuration's, else the default."""
-    if cli_value is not None:
-        return cli_value
-    if config_value is not None:
-        return config_value
-    return default
-
-
-def _gate_config(path: Optional[Path], ignore: bool):  # type: ignore[no-untyped-def]
+def _gate_config(path: Optional[Path], ignore: bool) -> Optional[GateConfig]:
     """The [tool.softaudit] settings in force: --config's file, else the nearest pyproject.toml's."""
     from softaudit.config import find_config, load_config
 
@@ -346,7 +304,7 @@ def _check_outputs(paths: dict[str, Optional[Path]], protect: bool = True) -> di
     return paths
 
 
-def _write_reports(doc, html_path: Optional[Path], md_path: Optional[Path], md_full: bool,  # type: ignore[no-untyped-def]
+def _write_reports(doc: ResultsDocument, html_path: Optional[Path], md_path: Optional[Path], md_full: bool,
                    junit_path: Optional[Path]) -> None:
     from softaudit.reports.files import write_text
 
@@ -465,38 +423,26 @@ def search_command(
 
     with _bad_input(debug):
         cfg = _gate_config(config, no_config)
-        if op not in OPS:
-            raise UsageProblem(f"unknown op {op!r} (known: {', '.join(OPS)})")
-        _check_directions([direction])
-        fmt = get_format(dtype)
-        if not (budget > 0 and math.isfinite(budget)):
-            raise UsageProblem(f"--budget must be a positive number of seconds, got {budget:g}")
-        if seed < 0:
-            raise UsageProblem(f"--seed must be 0 or more, got {seed}")
-        if patience < 1:
-            raise UsageProblem(f"--patience must be 1 or more inputs, got {patience}")
-        gate = _gate(cfg, limit, max_ulp, undefined, strict=False)
-        memory_bytes = _worker_limits(timeout, memory_limit)
-        device = _device(device, cfg)
+        gate, worker = (cfg.over_gate(Gate()), cfg.over_worker(WorkerOptions())) if cfg else (Gate(), WorkerOptions())
+        options = checked_search_options(SearchOptions(
+            op=op, direction=direction, format=get_format(dtype), budget=budget, seed=seed, patience=patience,
+            gate=overridden(gate, ratio_limit=limit, max_ulp=max_ulp, undefined_policy=undefined),
+            candidate=candidate_name, cases_dirs=list(cases_dir),
+            worker=_worker(worker, no_isolation, rowwise, timeout, memory_limit, device),
+            cache=CacheOptions(directory=cache_dir, enabled=not no_cache),
+        ), FLAGS)
+        _check_device(options.worker.device)
         _check_cases_dirs(list(cases_dir))
         if save_to is not None and save_to.exists() and not save_to.is_dir():
             raise UsageProblem(f"--save-to: {str(save_to)!r} is not a directory")
         _check_outputs({"--json": json_path, "--repro": repro_path})
         if repro_path is not None and repro_path.exists():
             raise UsageProblem(f"--repro: {str(repro_path)!r} exists (softaudit never overwrites it; choose another path)")
-        corpus_dir = save_to or _corpus(None, False, cfg)
-        options = SearchOptions(
-            op=op, direction=direction, format=fmt, budget=budget, seed=seed, patience=patience, gate=gate,
-            candidate=candidate_name,
-            save_to=corpus_dir, cases_dirs=list(cases_dir), cache_dir=cache_dir, use_cache=not no_cache,
-            isolated=not no_isolation, timeout=timeout,
-            memory_limit=memory_bytes, rowwise=rowwise,
-            device=device,
-        )
+        options = dataclasses.replace(options, save_to=save_to or _corpus(None, False, cfg))
         console = Console(stderr=True)
         with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), TimeElapsedColumn(),
                       console=console, transient=True, disable=quiet or not console.is_terminal) as bar:
-            tasks: dict[str, int] = {}
+            tasks: dict[str, TaskID] = {}
 
             def progress(phase: str, elapsed: float, total: float, best: str) -> None:
                 if phase not in tasks:
@@ -568,7 +514,7 @@ def compare_results(
 
 
 @contextlib.contextmanager
-def _signals_interrupt():  # type: ignore[no-untyped-def]
+def _signals_interrupt() -> Iterator[list[int]]:
     """SIGTERM (and SIGINT) stop the audit like Ctrl-C: run_audit keeps what it collected.
 
     Yields a list that receives the signal number, so the exit code can say which (128 + n).

@@ -1,9 +1,10 @@
 """The CI gate's configuration: ``[tool.softaudit]`` in pyproject.toml, or a file given with --config.
 
 Found from the current directory upward: the nearest pyproject.toml that has a ``[tool.softaudit]``
-table. Paths in it (targets, cases_dirs, corpus) are relative to that file's directory. Command-line options
-override it. Unknown keys and bad values raise ConfigError naming the key (bad input, exit 2).
-Every key is documented in docs/ci-gate.md.
+table. Paths in it (targets, cases_dirs, corpus) are relative to that file's directory. It is the
+layer between the defaults and the command line (``GateConfig.over_audit``); values are checked by
+softaudit.options' rules. Unknown keys and bad values raise ConfigError naming the key (bad input,
+exit 2). Every key is documented in docs/ci-gate.md.
 """
 
 from __future__ import annotations
@@ -11,12 +12,27 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from softaudit.formats import FORMATS
+from softaudit.errors import BadInput
+from softaudit.formats import FORMATS, get_format
 from softaudit.ops import DIRECTIONS, OPS
+from softaudit.options import (
+    AuditOptions,
+    OptionError,
+    WorkerOptions,
+    check_choice,
+    check_device_name,
+    check_jobs,
+    check_max_ulp,
+    check_ratio_limit,
+    check_relative_factor,
+    check_relative_slack,
+    check_seed,
+    overridden,
+)
 from softaudit.timing import parse_shape
-from softaudit.verdicts import UNDEFINED_POLICIES, Limits
+from softaudit.verdicts import UNDEFINED_POLICIES, Gate, Limits
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -24,7 +40,7 @@ else:  # Python 3.10: the same parser, from PyPI (a dependency there)
     import tomli as tomllib
 
 
-class ConfigError(ValueError):
+class ConfigError(BadInput):
     """The configuration file is malformed: one line naming the file and the key."""
 
 
@@ -48,7 +64,8 @@ class GateConfig:
     jobs: int | None = None
     bench: bool | None = None
     device: str | None = None
-    """auto, cpu, cuda or cuda:N (runner.DEVICES); checked when the run starts."""
+    """auto, cpu, cuda or cuda:N (options.check_device_name); whether it is usable is checked when
+    the run starts."""
     corpus: Path | None = None
     """The corpus directory of found cases (search --save-to's default, run's --corpus)."""
     shapes: list[tuple[int, int]] = field(default_factory=list)
@@ -59,6 +76,25 @@ class GateConfig:
     """limits.max_ulp: the largest error in ulps for every op and format."""
     limits: dict[str, Limits] = field(default_factory=dict)
     """Per "op", "format" or "op.format" limits."""
+
+    def over_gate(self, gate: Gate) -> Gate:
+        """``gate`` with the limits and the undefined policy set here (not ``strict``: search has none)."""
+        return overridden(gate, ratio_limit=self.ratio, max_ulp=self.max_ulp, undefined_policy=self.undefined,
+                          limits=tuple(self.limits.items()))
+
+    def over_worker(self, worker: WorkerOptions) -> WorkerOptions:
+        """``worker`` with the device set here."""
+        return overridden(worker, device=self.device)
+
+    def over_audit(self, options: AuditOptions) -> AuditOptions:
+        """``options`` with what this file sets: the layer between the defaults and the command line.
+        ``targets`` and ``corpus`` are the command line's to use (they are not audit options)."""
+        return overridden(
+            options, ops=self.ops, directions=self.directions, formats=[get_format(f) for f in self.formats],
+            case_patterns=self.cases, cases_dirs=self.cases_dirs, seed=self.seed, relative_to=self.relative_to,
+            relative_factor=self.relative_factor, relative_slack=self.relative_slack, jobs=self.jobs,
+            bench=self.bench, shapes=self.shapes, gate=overridden(self.over_gate(options.gate), strict=self.strict),
+            worker=self.over_worker(options.worker))
 
 
 _LIST_KEYS = ("targets", "ops", "directions", "formats", "cases", "cases_dirs", "shapes")
@@ -121,76 +157,70 @@ def _parse(table: dict, path: Path, prefix: str) -> GateConfig:
     for key, value in table.items():
         if key not in _KEYS:
             raise bad(key, f"unknown key (known: {', '.join(_KEYS)})")
-        if key in _LIST_KEYS:
-            if isinstance(value, str):
-                value = [value]
-            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                raise bad(key, "must be a list of strings")
-            known = {"ops": OPS, "directions": DIRECTIONS, "formats": tuple(FORMATS)}.get(key)
-            for v in value:
-                if known is not None and v not in known:
-                    raise bad(key, f"unknown value {v!r} (known: {', '.join(known)})")
-            if key == "targets":
-                cfg.targets = [v if v.startswith("builtin:") else str(base / v) for v in value]
-            elif key == "cases_dirs":
-                cfg.cases_dirs = [base / v for v in value]
-            elif key == "shapes":
-                try:
-                    cfg.shapes = [parse_shape(v) for v in value]
-                except ValueError as exc:
-                    raise bad(key, str(exc)) from None
-            else:
-                setattr(cfg, key, list(value))
-        elif key == "seed":
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise bad(key, f"must be an integer 0 or more, got {value!r}")
-            cfg.seed = value
-        elif key == "jobs":
-            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1024:
-                raise bad(key, f"must be an integer from 1 to 1024, got {value!r}")
-            cfg.jobs = value
-        elif key == "undefined":
-            if value not in UNDEFINED_POLICIES:
-                raise bad(key, f"unknown policy {value!r} (known: {', '.join(UNDEFINED_POLICIES)})")
-            cfg.undefined = value
-        elif key in ("strict", "bench"):
-            if not isinstance(value, bool):
-                raise bad(key, f"must be true or false, got {value!r}")
-            setattr(cfg, key, value)
-        elif key == "device":
-            if not isinstance(value, str) or not (value in ("auto", "cpu", "cuda") or
-                                                  (value.startswith("cuda:") and value[5:].isdigit())):
-                raise bad(key, f"must be auto, cpu, cuda or cuda:N, got {value!r}")
-            cfg.device = value
-        elif key == "corpus":
-            if not isinstance(value, str) or not value:
-                raise bad(key, "must be a directory path (relative to this file)")
-            cfg.corpus = base / value
-        elif key == "relative_to":
-            if not isinstance(value, str) or not value:
-                raise bad(key, "must be a target: a .py path or builtin:NAME")
-            cfg.relative_to = value if value.startswith("builtin:") else str(base / value)
-        elif key == "relative_factor":
-            cfg.relative_factor = _number(value, 1.0, "a number of at least 1", lambda why: bad(key, why))
-        elif key == "relative_slack":
-            cfg.relative_slack = _number(value, 0.0, "a number, 0 or more (stability ratio)", lambda why: bad(key, why))
-        else:
-            _parse_limits(value, cfg, lambda k, why: bad(f"limits{'.' + k if k else ''}", why))
+        try:
+            _parse_key(cfg, key, value, base, bad)
+        except OptionError as exc:
+            raise bad(key, str(exc)) from None
     return cfg
 
 
-def _number(value: Any, minimum: float, what: str, bad: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= minimum \
-            or value == float("inf"):
-        raise bad(f"must be {what}, got {value!r}")
-    return float(value)
+def _parse_key(cfg: GateConfig, key: str, value: Any, base: Path, bad: Callable[[str, str], ConfigError]) -> None:
+    """Set ``key`` of ``cfg`` from its TOML value; OptionError (softaudit.options' rules) or ``bad``
+    for a bad value."""
+    if key in _LIST_KEYS:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise bad(key, "must be a list of strings")
+        known = {"ops": OPS, "directions": DIRECTIONS, "formats": tuple(FORMATS)}.get(key)
+        for v in value:
+            if known is not None:
+                check_choice(v, known, "value")
+        if key == "targets":
+            cfg.targets = [v if v.startswith("builtin:") else str(base / v) for v in value]
+        elif key == "cases_dirs":
+            cfg.cases_dirs = [base / v for v in value]
+        elif key == "shapes":
+            try:
+                cfg.shapes = [parse_shape(v) for v in value]
+            except ValueError as exc:
+                raise bad(key, str(exc)) from None
+        else:
+            setattr(cfg, key, list(value))
+    elif key == "seed":
+        cfg.seed = check_seed(value)
+    elif key == "jobs":
+        cfg.jobs = check_jobs(value)
+    elif key == "undefined":
+        cfg.undefined = check_choice(value, UNDEFINED_POLICIES, "policy")
+    elif key in ("strict", "bench"):
+        if not isinstance(value, bool):
+            raise bad(key, f"must be true or false, got {value!r}")
+        setattr(cfg, key, value)
+    elif key == "device":
+        cfg.device = check_device_name(value)
+    elif key == "corpus":
+        if not isinstance(value, str) or not value:
+            raise bad(key, "must be a directory path (relative to this file)")
+        cfg.corpus = base / value
+    elif key == "relative_to":
+        if not isinstance(value, str) or not value:
+            raise bad(key, "must be a target: a .py path or builtin:NAME")
+        cfg.relative_to = value if value.startswith("builtin:") else str(base / value)
+    elif key == "relative_factor":
+        cfg.relative_factor = check_relative_factor(value)
+    elif key == "relative_slack":
+        cfg.relative_slack = check_relative_slack(value)
+    else:
+        _parse_limits(value, cfg, lambda k, why: bad(f"limits{'.' + k if k else ''}", why))
 
 
-def check_ratio_limit(value: Any, bad: Any) -> float:
-    """A stability-ratio limit: finite and above 1 (the envelope itself)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 1.0 < value < float("inf"):
-        raise bad(f"must be a finite number greater than 1 (the envelope itself), got {value!r}")
-    return float(value)
+def _checked(check: Any, value: Any, bad: Any) -> float:
+    """``check(value)`` (a softaudit.options rule), its OptionError turned into ``bad(why)``."""
+    try:
+        return check(value)
+    except OptionError as exc:
+        raise bad(str(exc)) from None
 
 
 def _limits(table: Any, where: str, bad: Any, nested: tuple[str, ...]) -> tuple[Limits, dict]:
@@ -202,9 +232,9 @@ def _limits(table: Any, where: str, bad: Any, nested: tuple[str, ...]) -> tuple[
     for k, v in table.items():
         path = f"{where}.{k}" if where else k
         if k == "ratio":
-            own["ratio"] = check_ratio_limit(v, lambda why: bad(path, why))
+            own["ratio"] = _checked(check_ratio_limit, v, lambda why: bad(path, why))
         elif k == "max_ulp":
-            own["max_ulp"] = _number(v, 0.0, "a number of ulps, 0 or more", lambda why: bad(path, why))
+            own["max_ulp"] = _checked(check_max_ulp, v, lambda why: bad(path, why))
         elif k in nested:
             inner[k] = v
         else:

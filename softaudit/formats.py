@@ -18,8 +18,10 @@ import ml_dtypes
 import mpmath
 import numpy as np
 
+from softaudit.errors import BadInput
 
-class FormatError(ValueError):
+
+class FormatError(BadInput):
     """An unknown format name was given."""
 
 

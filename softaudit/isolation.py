@@ -27,19 +27,12 @@ from typing import Protocol
 
 from softaudit import cuda_errors
 from softaudit.candidates.calling import CallRequest, CallResult, accepted_keywords, backward_mode, call
-from softaudit.candidates.errors import (
-    CandidateError,
-    CandidateImportError,
-    CandidateUnavailable,
-    NoOpsError,
-    describe_exception,
-)
-from softaudit.candidates.loading import load_target
 from softaudit.candidates.model import Candidate
-
-DEFAULT_TIMEOUT = 300.0
-"""Seconds one call may take before it counts as hung: generous, since a pure-Python
-row-by-row candidate on a 262,144-wide row is slow but not broken."""
+from softaudit.candidates.errors import CandidateImportError, CandidateUnavailable
+from softaudit.candidates.errors import describe_exception
+from softaudit.candidates.loading import load_target
+from softaudit.options import DEFAULT_TIMEOUT
+from softaudit.worker_replies import Benched, CallFailed, Called, ContextBroken, Imported, Loaded, LoadRefused, Reply
 
 CONSECUTIVE_FAILURE_LIMIT = 3
 """After this many calls in a row of one function (a candidate's op in one direction) that hung or
@@ -51,9 +44,6 @@ MIN_IMPORT_TIMEOUT = 60.0
 """Seconds a fresh worker may take to start and import a target (with its probe calls), at least:
 starting Python and importing numpy and torch takes seconds on a busy machine, so a short
 --timeout meant for calls (the test suite uses 2 s) must not fail the import itself."""
-
-MAX_TIMEOUT = 7 * 86400.0
-"""The largest --timeout accepted (a week): beyond it the OS's wait primitives overflow."""
 
 
 def default_memory_limit() -> int:
@@ -333,16 +323,16 @@ class WorkerExecutor:
             if target in self._lost:
                 continue
             reply, _ = self._request(("load", target, target not in self._unprobed), self.import_timeout)
-            if reply is None or reply[0] != "loaded":
+            if not isinstance(reply, Loaded):
                 self._lost.add(target)  # flaky at import: its later calls say so
-                if reply is not None and reply[0] == "cuda-unusable":
+                if isinstance(reply, ContextBroken):
                     self._replace()
                 if not self._alive():
                     self._start()
 
-    def _request(self, message: tuple, timeout: float) -> tuple[tuple | None, str]:
+    def _request(self, message: tuple, timeout: float) -> tuple[Reply | None, str]:
         """Send one message, wait for its reply; (None, what went wrong) if the worker died or hung.
-        A load's ("imported",) on the way is noted in ``imported`` (the module ran; probing followed)."""
+        A load's Imported on the way is noted in ``imported`` (the module ran; probing followed)."""
         assert self._conn is not None and self._send_conn is not None
         self.imported = False
         deadline = time.monotonic() + timeout
@@ -350,7 +340,7 @@ class WorkerExecutor:
             self._send_conn.send(message)
             while self._conn.poll(max(0.0, deadline - time.monotonic())):
                 reply = self._conn.recv()
-                if reply == ("imported",):
+                if isinstance(reply, Imported):
                     self.imported = True
                     continue
                 return reply, ""
@@ -367,8 +357,8 @@ class WorkerExecutor:
     def load(self, target: str) -> list[CandidateInfo] | LoadFailure:
         self._ensure()
         reply, failure = self._request(("load", target, True), self.import_timeout)
-        if reply is not None and reply[0] == "cuda-unusable":
-            failure = reply[1]
+        if isinstance(reply, ContextBroken):
+            failure = reply.why
             reply = None  # importing or probing it broke the CUDA context: as a crash
             self._replace()
         if reply is None and not self.imported:
@@ -379,23 +369,22 @@ class WorkerExecutor:
             # works, the fault belongs to the calls and is recorded there.
             self._ensure()
             reply, again = self._request(("load", target, False), self.import_timeout)
-            if reply is not None and reply[0] == "cuda-unusable":
+            if isinstance(reply, ContextBroken):
                 self._replace()
-                return LoadFailure(target, f"{target}: {reply[1]} while importing it")
+                return LoadFailure(target, f"{target}: {reply.why} while importing it")
             if reply is None:
                 return LoadFailure(target, f"{target}: {again} while importing it")
-            if reply[0] == "loaded":
+            if isinstance(reply, Loaded):
                 self._unprobed.add(target)
-        kind, payload = reply
-        if kind == "loaded":
+        if isinstance(reply, Loaded):
             self._good.append(target)
-            return payload
-        if kind == "import-failed":
-            return LoadFailure(target, payload)
-        if kind == "unavailable":
-            return LoadFailure(target, payload, unavailable=True)
-        exc_type = NoOpsError if kind == "no-ops" else CandidateError
-        raise exc_type(payload)
+            return reply.candidates
+        assert isinstance(reply, LoadRefused), reply
+        if isinstance(reply.error, CandidateImportError):
+            return LoadFailure(target, str(reply.error))
+        if isinstance(reply.error, CandidateUnavailable):
+            return LoadFailure(target, str(reply.error), unavailable=True)
+        raise reply.error  # no ops, or a bad target: bad input
 
     def call(self, cand: CandidateInfo, request: CallRequest) -> CallResult:
         key = (cand.target, cand.loaded_name, request.op, request.direction)
@@ -413,8 +402,9 @@ class WorkerExecutor:
             self._fatal_streak[key] = (streak + 1, failure)
             return _failed_call(failure)
         self._fatal_streak.pop(key, None)
-        kind, payload, sticky = reply
-        result = payload if kind == "result" else _failed_call(str(payload))
+        assert isinstance(reply, (Called, CallFailed)), reply
+        result = reply.result if isinstance(reply, Called) else _failed_call(reply.error)
+        sticky = reply.sticky
         if sticky is None:
             return result
         self._replace()
@@ -440,7 +430,8 @@ class WorkerExecutor:
                                         seed), budget)
         if reply is None:
             return "speed-skip", failure
-        kind, payload, sticky = reply
+        assert isinstance(reply, Benched), reply
+        kind, payload, sticky = reply.kind, reply.payload, reply.sticky
         if sticky is None:
             return kind, payload
         self._replace()

@@ -26,9 +26,8 @@ from softaudit.cases.reader import load_cases, select_cases
 from softaudit.ops import OPS
 from softaudit.cases.corpus import with_corpus_dir
 from softaudit.cuda_errors import DEVICE_ASSERT
+from softaudit.errors import BadInput
 from softaudit.envelope import (
-    DEFAULT_RELATIVE_FACTOR,
-    DEFAULT_RELATIVE_SLACK,
     cross_entropy_backward_absolute,
     cross_entropy_reduced_absolute,
     cross_entropy_row_absolute,
@@ -38,75 +37,18 @@ from softaudit.envelope import (
 )
 from softaudit.formats import FORMATS, Format, get_format, to_float64
 from softaudit.cases.inputs import LossInputs, NotApplicable, generate, loss_inputs, upstream
-from softaudit.isolation import DEFAULT_TIMEOUT, CandidateInfo, Executor, LoadFailure, make_executor
+from softaudit.isolation import CandidateInfo, Executor, LoadFailure, make_executor
 from softaudit.metrics import judge_elements, summarize
 from softaudit.ops import DIRECTIONS
+from softaudit.options import AuditOptions, check_device_name
 from softaudit.results.records import Record, SpeedRecord
 from softaudit.prefetch import Prefetcher, UnitNeeds, default_jobs
-from softaudit.reference import (
-    LossReference,
-    OpReference,
-    ReferenceCache,
-    ReferenceSet,
-    backward_reference,
-    default_cache_dir,
-    loss_coefficients,
-    loss_gradient_reference,
-    loss_reference,
-    mean_denominator,
-    upstream_scale,
-)
+from softaudit.reference import LossReference, OpReference, ReferenceCache, ReferenceSet, backward_reference, default_cache_dir, loss_coefficients, loss_gradient_reference, loss_reference, mean_denominator, upstream_scale
 from softaudit.timing import DEFAULT_SHAPES
 from softaudit.verdicts import FAIL, PASS, SKIP, Gate, apply_relative_rule, decide
 
 ProgressFn = Callable[[int, int, str], None]
 """progress(done, total, what): called as each (format, case) unit starts and at the end."""
-
-
-@dataclass
-class AuditOptions:
-    """Everything that shapes an audit besides its targets."""
-
-    ops: Sequence[str] = ()
-    """Ops to audit; empty means every op each target defines."""
-    directions: Sequence[str] = ()
-    """forward and/or backward; empty means both (backward where the candidate has one)."""
-    formats: Sequence[Format] = ()
-    """Formats; empty means all four."""
-    case_patterns: Sequence[str] = ()
-    """fnmatch patterns on case name or family; empty means the whole library."""
-    cases_dirs: Sequence[Path] = ()
-    """Extra case directories, added to the shipped library."""
-    corpus_dir: Path | None = None
-    """A corpus of cases ``softaudit search`` found (corpus.py): added to ``cases_dirs`` when it
-    holds case files. None: no corpus."""
-    seed: int = 0
-    gate: Gate = field(default_factory=Gate)
-    cache_dir: Path | None = None
-    """Reference cache directory; None uses the default location."""
-    use_cache: bool = True
-    rowwise: bool = False
-    isolated: bool = True
-    """Run candidates in a worker process (crashes and hangs become FAIL records)."""
-    timeout: float = DEFAULT_TIMEOUT
-    """Seconds one call may take before it is a FAIL ("timed out") and the worker is restarted."""
-    memory_limit: int | None = None
-    """Address-space limit of the worker, in bytes; None: half the machine's memory."""
-    relative_to: str | None = None
-    """A target (file or builtin:NAME) every other candidate is also judged against (the relative
-    rule, verdicts.apply_relative_rule); audited alongside, its own FAILs do not set the exit code."""
-    relative_factor: float = DEFAULT_RELATIVE_FACTOR
-    relative_slack: float = DEFAULT_RELATIVE_SLACK
-    jobs: int | None = None
-    """Processes for the audit: references of later units are computed in jobs - 1 worker
-    processes while the main loop calls candidates (prefetch.py); None: the machine's cores."""
-    bench: bool = False
-    """Also time every candidate x op x direction x format at ``shapes`` (speed.py), after the audit."""
-    shapes: Sequence[tuple[int, int]] = ()
-    """(rows, n) shapes to time at; empty means speed.DEFAULT_SHAPES."""
-    device: str = "auto"
-    """Where torch candidates that name no device run: "cpu", "cuda", or "auto" (CUDA when
-    available). Triton code runs under Triton's CPU interpreter when no CUDA device is used."""
 
 
 @dataclass
@@ -154,19 +96,14 @@ class AuditResult:
         return out
 
 
-DEVICES = ("auto", "cpu", "cuda")
-"""--device choices; "cuda:N" names one GPU of several."""
-
-
-class DeviceError(ValueError):
-    """The requested device is not a device, or is not usable here (one line)."""
+class DeviceError(BadInput):
+    """The requested device is not usable here (one line); options.check_device_name checks its syntax."""
 
 
 def check_device(device: str) -> str:
-    """``device`` as given when it is usable here; DeviceError otherwise. "cuda" needs torch
-    with a CUDA device (checked now: a run must not find out after loading every target)."""
-    if device not in DEVICES and not (device.startswith("cuda:") and device[5:].isdigit()):
-        raise DeviceError(f"unknown device {device!r} (choose auto, cpu, cuda or cuda:N)")
+    """``device`` as given when it is usable here; OptionError when it is not a device, DeviceError
+    when it is not usable here. "cuda" needs torch with a CUDA device (checked now: a run must not find out after loading every target)."""
+    check_device_name(device)
     if device.startswith("cuda"):
         from softaudit.candidates.detection import cuda_available
 
@@ -339,14 +276,14 @@ def _run_audit(targets: Sequence[str], options: AuditOptions | None = None,
         # before a worker process starts; what needs the file run is found by loading it.
         for target, _ in expand_targets([*targets, *([options.relative_to] if options.relative_to else [])]):
             check_target(target)
-        executor = make_executor(options.isolated, options.rowwise, options.timeout, options.memory_limit,
-                                 None if options.device == "auto" else options.device)
+        w = options.worker
+        executor = make_executor(w.isolated, w.rowwise, w.timeout, w.memory_limit, w.explicit_device)
     records: list[Record] = []
     speed: list[SpeedRecord] = []
     candidates: list[CandidateInfo] = []
     uncertified = 0
     complete = True
-    cache = ReferenceCache((options.cache_dir or default_cache_dir()) if options.use_cache else None)
+    cache = ReferenceCache((options.cache.directory or default_cache_dir()) if options.cache.enabled else None)
     prefetcher: Prefetcher | None = None
     baseline = None
     if options.relative_to is not None and options.relative_to not in targets:
@@ -407,7 +344,7 @@ def _run_audit(targets: Sequence[str], options: AuditOptions | None = None,
     if baseline is not None:
         apply_relative_rule(records, baseline, options.relative_factor, options.relative_slack)
     return AuditResult(
-        records=records, candidates=candidates, options=options, environment=environment(options.seed, options.device),
+        records=records, candidates=candidates, options=options, environment=environment(options.seed, options.worker.device),
         seconds=time.perf_counter() - started, cache_hits=cache.hits, cache_misses=cache.misses,
         cache_damaged=cache.damaged, uncertified=uncertified, complete=complete, worker_restarts=restarts, baseline=baseline,
         prefetched_units=prefetcher.units_from_workers if prefetcher is not None else 0, speed=speed,
@@ -515,7 +452,7 @@ def _load_failure_record(f: LoadFailure) -> Record:
                   verdict=FAIL, reasons=[f.reason], error=f.reason)
 
 
-class NothingToAudit(ValueError):
+class NothingToAudit(BadInput):
     """The targets, ops, formats and cases leave no combination to judge (bad input, exit 2)."""
 
 

@@ -24,12 +24,13 @@ import numpy as np
 
 from softaudit import kernels, timing
 from softaudit.candidates.arguments import Arguments, call_arguments
+from softaudit.candidates.model import Candidate, OpFunction
 from softaudit.candidates.calling import backward_mode
 from softaudit.candidates.conversion import to_torch
-from softaudit.candidates.model import Candidate, OpFunction
+from softaudit.errors import SoftauditError
 from softaudit.formats import FORMATS, Format
 
-class SpeedError(Exception):
+class SpeedError(SoftauditError):
     """The call cannot be timed (a reason in one line, shown instead of figures)."""
 
 

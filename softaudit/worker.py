@@ -4,14 +4,14 @@ It reads requests from pipe fd R and answers on pipe fd W (multiprocessing
 Connection framing): ("load", target, probe), ("call", target, name,
 request), the request a candidates.calling.CallRequest, and ("bench", target, name, op,
 direction, format, rows, n, seed): a speed measurement (softaudit.speed), so that
-timing runs in the process that runs the audit's calls. After every call and
-bench it checks the GPU where CUDA is in use (isolation.checked): the answer's
-last element is the cuda_errors.StickyError that left the CUDA context unusable,
-or None, and a load that left it so answers ("cuda-unusable", why); the executor
-then replaces this process. It ignores Ctrl-C (the CLI
-decides when to stop), limits its own address space, and sends what C code
-prints to /dev/null so that junk cannot garble the report; Python-level prints
-are captured and reported as notes.
+timing runs in the process that runs the audit's calls. It answers with the
+dataclasses of softaudit.worker_replies. After every call and bench it checks the
+GPU where CUDA is in use (isolation.checked): the reply's ``sticky`` is the
+cuda_errors.StickyError that left the CUDA context unusable, or None, and a load
+that left it so answers ContextBroken; the executor then replaces this process.
+It ignores Ctrl-C (the CLI decides when to stop), limits its own address space,
+and sends what C code prints to /dev/null so that junk cannot garble the report;
+Python-level prints are captured and reported as notes.
 """
 
 from __future__ import annotations
@@ -24,22 +24,17 @@ import signal
 import sys
 import traceback
 from multiprocessing.connection import Connection
-from typing import Any, Callable
+from typing import Callable
 
 from softaudit import cuda_errors
 from softaudit.candidates import errors as candidate_errors
 from softaudit.candidates.calling import CallResult, call
-from softaudit.candidates.errors import (
-    CandidateError,
-    CandidateImportError,
-    CandidateUnavailable,
-    NoOpsError,
-    describe_exception,
-)
+from softaudit.candidates.errors import CandidateError, CandidateImportError, describe_exception
 from softaudit.candidates.loading import load_target
 from softaudit.candidates.model import Candidate
 from softaudit.isolation import CandidateInfo, checked
 from softaudit.speed import SpeedMeter, bench
+from softaudit.worker_replies import Benched, CallFailed, Called, ContextBroken, Imported, Loaded, LoadRefused
 
 
 def _serve(requests: Connection, conn: Connection, rowwise: bool, memory_limit: int,
@@ -60,14 +55,14 @@ def _serve(requests: Connection, conn: Connection, rowwise: bool, memory_limit: 
         if message[0] == "stop":
             return
         if message[0] == "load":
-            reply = _load(message[1], rowwise, message[2], candidates, device, lambda: conn.send(("imported",)))
-            sticky = _unusable(reply[1] if reply[0] != "loaded" else None, device)
-            conn.send(reply if sticky is None else ("cuda-unusable", f"left the CUDA context unusable: {sticky.cause}"))
+            reply = _load(message[1], rowwise, message[2], candidates, device, lambda: conn.send(Imported()))
+            sticky = _unusable(str(reply.error) if isinstance(reply, LoadRefused) else None, device)
+            conn.send(reply if sticky is None else ContextBroken(f"left the CUDA context unusable: {sticky.cause}"))
         elif message[0] == "bench":
             _, target, name, *spec = message
             meter = meter or SpeedMeter()
             kind, payload = bench(meter, candidates[(target, name)], *spec)
-            conn.send((kind, payload, _unusable(payload if kind == "speed-skip" else None, device)))
+            conn.send(Benched(kind, payload, _unusable(str(payload) if kind == "speed-skip" else None, device)))
         elif message[0] == "call":
             _, target, name, request = message
             label = request.op if request.direction == "forward" else f"{request.op} backward"
@@ -76,39 +71,34 @@ def _serve(requests: Connection, conn: Connection, rowwise: bool, memory_limit: 
                     result = call(candidates[(target, name)], request)
             except Exception as exc:  # noqa: BLE001  (call catches the candidate's own errors)
                 text = f"{label}: softaudit's worker failed: {type(exc).__name__}: {exc}"
-                conn.send(("error", text, _unusable(text, device)))
+                conn.send(CallFailed(text, _unusable(text, device)))
                 continue
             result, sticky = checked(result, device)
             if printed.getvalue().strip():
                 result = _with_note(result, _printed_note(printed.getvalue()))
             try:
-                conn.send(("result", result, sticky))
+                conn.send(Called(result, sticky))
             except Exception as exc:  # noqa: BLE001  (an output that cannot be pickled)
-                conn.send(("error", f"{label} returned something softaudit cannot transfer: "
-                                    f"{type(exc).__name__}: {exc}", sticky))
+                conn.send(CallFailed(f"{label} returned something softaudit cannot transfer: "
+                                     f"{type(exc).__name__}: {exc}", sticky))
 
 
 def _load(target: str, rowwise: bool, probe: bool, candidates: dict[tuple[str, str], Candidate],
-          device: str | None = None, on_imported: Callable[[], None] | None = None) -> tuple[str, Any]:
+          device: str | None = None, on_imported: Callable[[], None] | None = None) -> Loaded | LoadRefused:
     try:
         with _captured_output():
             loaded = load_target(target, rowwise=rowwise, probe=probe, device=device, on_imported=on_imported)
-    except CandidateImportError as exc:
-        return "import-failed", str(exc)
-    except CandidateUnavailable as exc:
-        return "unavailable", str(exc)
-    except NoOpsError as exc:
-        return "no-ops", str(exc)
     except CandidateError as exc:
-        return "bad-target", str(exc)
+        return LoadRefused(exc)
     except MemoryError:
-        return "import-failed", f"{target}: raised MemoryError while importing or probing it"
+        return LoadRefused(CandidateImportError(f"{target}: raised MemoryError while importing or probing it"))
     except Exception as exc:  # noqa: BLE001  (a loader bug must still reach the user in one line)
         last = traceback.extract_tb(exc.__traceback__)[-1]
-        return "import-failed", f"{target}: {type(exc).__name__} while loading ({last.filename}:{last.lineno}): {exc}"
+        return LoadRefused(CandidateImportError(
+            f"{target}: {type(exc).__name__} while loading ({last.filename}:{last.lineno}): {exc}"))
     for c in loaded:
         candidates[(c.target, c.name)] = c
-    return "loaded", [CandidateInfo.of(c) for c in loaded]
+    return Loaded([CandidateInfo.of(c) for c in loaded])
 
 
 def _unusable(error: str | None, device: str | None) -> cuda_errors.StickyError | None:

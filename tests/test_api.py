@@ -15,7 +15,8 @@ import softaudit
 from softaudit.metrics import Location, RecordMetrics
 from softaudit.results.records import Record
 from softaudit.results.schema import load_results
-from softaudit.runner import AuditOptions, AuditResult
+from softaudit.options import AuditOptions
+from softaudit.runner import AuditResult
 
 ROOT = Path(__file__).resolve().parent.parent
 

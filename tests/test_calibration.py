@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from softaudit.formats import FORMATS
-from softaudit.runner import AuditOptions, run_audit
+from softaudit.options import AuditOptions, WorkerOptions
+from softaudit.runner import run_audit
 from softaudit.verdicts import FAIL, PASS, SKIP
 
 CALIBRATION = Path(__file__).parent / "calibration"
@@ -29,7 +30,7 @@ SMALL_CASES = [
 
 def _audit(target: str, cases=SMALL_CASES, formats=None, ops=()) -> list:
     opts = AuditOptions(case_patterns=cases, formats=[FORMATS[f] for f in formats] if formats else [], ops=ops,
-                        isolated=False)  # in this process: calibration is not about isolation
+                        worker=WorkerOptions(isolated=False))  # in this process: calibration is not about isolation
     return run_audit([target], opts).records
 
 

@@ -552,12 +552,13 @@ def test_version(cli_subprocess):
 def test_run_audit_in_process(softaudit_cache_dir):
     from softaudit.formats import get_format
     from softaudit.reference import default_cache_dir
-    from softaudit.runner import AuditOptions, run_audit
+    from softaudit.options import AuditOptions, WorkerOptions
+    from softaudit.runner import run_audit
 
     assert default_cache_dir() == softaudit_cache_dir
     calls = []
     opts = AuditOptions(case_patterns=["offset-plus-1e3", "seed-softmax-1000-to-5000"],
-                        formats=[get_format("float32")], isolated=False)
+                        formats=[get_format("float32")], worker=WorkerOptions(isolated=False))
     result = run_audit(["builtin:shifted"], opts, progress=lambda *a: calls.append(a))
     assert result.exit_code == 0
     assert len(result.records) == len(OPS) * 2 * 2  # two cases, forward and backward
@@ -571,7 +572,7 @@ def test_run_audit_in_process(softaudit_cache_dir):
     # The seed changes the generated inputs; the same seed reproduces them.
     def worst_inputs(seed):
         o = AuditOptions(ops=["softmax"], case_patterns=["offset-plus-1e3"], formats=[get_format("float32")], seed=seed,
-                         isolated=False)
+                         worker=WorkerOptions(isolated=False))
         return [r.metrics.worst.input for r in run_audit(["builtin:shifted"], o).records]
 
     assert worst_inputs(5) == worst_inputs(5)

@@ -16,7 +16,8 @@ from softaudit.results.records import Record, SpeedRecord
 from softaudit.reports.json_report import write_json
 from softaudit.results.document import ResultsDocument, ResultsError
 from softaudit.results.schema import document_of, load_results
-from softaudit.runner import AuditOptions, run_audit
+from softaudit.options import AuditOptions, CacheOptions, WorkerOptions
+from softaudit.runner import run_audit
 from softaudit.verdicts import FAIL, PASS, SKIP, WARN
 
 
@@ -309,7 +310,8 @@ def test_comparison_dict_is_strict_json():
 def audit(softaudit_cache_dir):
     """builtin:shifted and builtin:naive, forward softmax and logsumexp on one case (naive FAILs with inf/NaN)."""
     options = AuditOptions(ops=["softmax", "logsumexp"], directions=["forward"], case_patterns=["offset-plus-1e3"],
-                           formats=[get_format("float32")], cache_dir=softaudit_cache_dir, isolated=False)
+                           formats=[get_format("float32")], worker=WorkerOptions(isolated=False),
+                           cache=CacheOptions(directory=softaudit_cache_dir))
     return run_audit(["builtin:shifted", "builtin:naive"], options)
 
 

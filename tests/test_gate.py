@@ -125,7 +125,7 @@ def test_a_pyproject_without_the_table_is_passed_over(tmp_path):
     ('[tool.softaudit]\nstrict = "yes"\n', "tool.softaudit.strict: must be true or false"),
     ('[tool.softaudit]\nbench = 1\n', "tool.softaudit.bench: must be true or false"),
     ('[tool.softaudit]\nshapes = ["1024"]\n', "tool.softaudit.shapes: shape '1024' is not ROWSxN"),
-    ('[tool.softaudit]\nrelative_factor = 0.5\n', "tool.softaudit.relative_factor: must be a number of at least 1"),
+    ('[tool.softaudit]\nrelative_factor = 0.5\n', "tool.softaudit.relative_factor: must be a finite number of at least 1"),
     ('[tool.softaudit.limits]\nratio = 1\n', "tool.softaudit.limits.ratio: must be a finite number greater than 1"),
     ('[tool.softaudit.limits.softmax]\nmaxulp = 3\n', "tool.softaudit.limits.softmax.maxulp: unknown key"),
     ('[tool.softaudit.limits.float32.softmax]\nratio = 8\n', "tool.softaudit.limits.float32.softmax: unknown key"),

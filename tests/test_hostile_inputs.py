@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from softaudit.formats import FORMATS
-from softaudit.runner import AuditOptions, run_audit
+from softaudit.options import AuditOptions, CacheOptions, WorkerOptions
+from softaudit.runner import run_audit
 
 CACHE_CASES = ["gap-*", "offset-*", "confident-0.9*", "mask-*"]
 
@@ -36,8 +37,8 @@ def _shape_key(path: Path) -> tuple:
 def test_swapped_cache_entries_are_recomputed_never_used(tmp_path):
     """Swapping two valid cache files of the same shape silently changed 45 verdicts; of different
     shapes, it crashed the judging. Each entry now carries its key and is verified on read."""
-    options = AuditOptions(formats=[FORMATS["float32"]], case_patterns=CACHE_CASES, cache_dir=tmp_path,
-                           isolated=False, jobs=1)
+    options = AuditOptions(formats=[FORMATS["float32"]], case_patterns=CACHE_CASES, jobs=1,
+                           worker=WorkerOptions(isolated=False), cache=CacheOptions(directory=tmp_path))
     first = run_audit(["builtin:naive"], options)
     entries = _entries(tmp_path)
     by_shape: dict[tuple, list[Path]] = defaultdict(list)
@@ -96,7 +97,7 @@ def test_correct_code_on_rows_holding_inf_is_not_a_finding(fixture):
     """Max-shifted float64 rounded once (NaN at the +inf entries, 0 / -inf elsewhere) and code
     returning the limit (1/k, -log k) FAILed posinf-one, posinf-several and posinf-and-neginf under
     the default policy; both are what DESIGN §5 accepts."""
-    result = run_audit([str(FIXTURES / fixture)], AuditOptions(case_patterns=["posinf*"], isolated=False))
+    result = run_audit([str(FIXTURES / fixture)], AuditOptions(case_patterns=["posinf*"], worker=WorkerOptions(isolated=False)))
     assert result.records and not [r for r in result.records if r.verdict == "FAIL"]
     behaviours = {b for r in result.records if r.metrics for b in r.metrics.undefined_rows}
     assert behaviours == ({"nan"} if "once" in fixture else {"limit"})
@@ -105,7 +106,7 @@ def test_correct_code_on_rows_holding_inf_is_not_a_finding(fixture):
 def test_a_strict_policy_still_rejects_the_limit():
     from softaudit.verdicts import Gate
 
-    options = AuditOptions(case_patterns=["posinf-one"], isolated=False, gate=Gate(undefined_policy="nan"))
+    options = AuditOptions(case_patterns=["posinf-one"], gate=Gate(undefined_policy="nan"), worker=WorkerOptions(isolated=False))
     result = run_audit([str(FIXTURES / "posinf_limit.py")], options)
     assert {r.verdict for r in result.records if r.verdict != "SKIP"} == {"FAIL"}
 
@@ -136,7 +137,7 @@ def results_json(tmp_path_factory) -> dict:
     from softaudit.results.schema import results_json as to_json
 
     result = run_audit(["builtin:naive"], AuditOptions(formats=[FORMATS["float32"]], case_patterns=["gap-87.3"],
-                                                       isolated=False, ops=["softmax"]))
+                                                       ops=["softmax"], worker=WorkerOptions(isolated=False)))
     return json.loads(to_json(result))
 
 
@@ -260,7 +261,7 @@ def _search_options(tmp_path: Path, **kw):
     from softaudit.search.engine import SearchOptions
 
     return SearchOptions(op="softmax", format=FORMATS["float32"], budget=10, seed=0, save_to=tmp_path / "corpus",
-                         isolated=False, **kw)
+                         worker=WorkerOptions(isolated=False), **kw)
 
 
 def test_a_candidate_that_fails_only_sometimes_is_reported_as_intermittent(tmp_path):
@@ -394,7 +395,7 @@ def test_base_exceptions_and_unreadable_messages_are_the_calls_failures():
     __str__ raises became an import failure, so nothing was audited."""
     result = run_audit([str(FIXTURES / "odd_exceptions.py")],
                        AuditOptions(case_patterns=["gap-87.3"], formats=[FORMATS["float32"]], ops=["softmax"],
-                                    directions=["forward"], jobs=1, use_cache=False))
+                                    directions=["forward"], jobs=1, cache=CacheOptions(enabled=False)))
     by_candidate = {r.candidate: r for r in result.records}
     assert set(by_candidate) == {"base_exception", "generator_exit", "keyboard_interrupt", "unprintable"}
     assert all(r.verdict == "FAIL" for r in by_candidate.values())
@@ -422,7 +423,7 @@ def test_a_function_that_always_hangs_or_crashes_stops_being_called(fixture, op)
     started = time.monotonic()
     result = run_audit([str(FAULTS / fixture)],
                        AuditOptions(case_patterns=["gap-*", "offset-*"], formats=[FORMATS["float32"]], ops=[op],
-                                    directions=["forward"], timeout=1.0, jobs=1))
+                                    directions=["forward"], jobs=1, worker=WorkerOptions(timeout=1.0)))
     elapsed = time.monotonic() - started
     failed = [r for r in result.records if r.verdict == "FAIL"]
     not_run = [r for r in result.records if r.verdict == "SKIP" and r.reasons[0].startswith("not run:")]
@@ -472,5 +473,5 @@ def test_an_output_never_overwrites_the_candidate_or_a_case_file(tmp_path):
 def test_correct_implementations_exit_0_on_the_default_library():
     """Issue 20's bar: the max-shifted float64-rounded-once / log1p form and the limit exit 0."""
     result = run_audit([str(FIXTURES / "posinf_float64_once.py"), str(FIXTURES / "posinf_limit.py")],
-                       AuditOptions(isolated=False))
+                       AuditOptions(worker=WorkerOptions(isolated=False)))
     assert result.exit_code == 0, [r.reasons for r in result.records if r.verdict == "FAIL"][:3]

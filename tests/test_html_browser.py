@@ -19,7 +19,8 @@ from softaudit.formats import get_format
 from softaudit.reports.files import write_text
 from softaudit.reports.html_report import render_html
 from softaudit.results.schema import document_of
-from softaudit.runner import AuditOptions, run_audit
+from softaudit.options import AuditOptions, WorkerOptions
+from softaudit.runner import run_audit
 from test_html_report import HOSTILE, NAIVE_SOFTMAX
 
 CHROMIUM = shutil.which("chromium")
@@ -97,7 +98,7 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> Path:
     target = folder / f"{HOSTILE}.py"
     target.write_text(NAIVE_SOFTMAX)
     result = run_audit([str(target)], AuditOptions(case_patterns=["offset-plus-1e3", "mask-prefix"],
-                                                   formats=[get_format("float32")], isolated=False))
+                                                   formats=[get_format("float32")], worker=WorkerOptions(isolated=False)))
     path = folder / "report.html"
     write_text(path, render_html(document_of(result)))
     return path

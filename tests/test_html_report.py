@@ -30,7 +30,8 @@ from softaudit.reports.html_report import (
 from softaudit.results.document import ResultsDocument, repro_command, rerun_command
 from softaudit.results.ranking import worst_findings
 from softaudit.results.schema import document_of
-from softaudit.runner import AuditOptions, run_audit
+from softaudit.options import AuditOptions, WorkerOptions
+from softaudit.runner import run_audit
 from softaudit.verdicts import PASS
 
 HOSTILE = "<img src=x onerror=alert(1)>"
@@ -57,7 +58,7 @@ def audited(tmp_path_factory: pytest.TempPathFactory) -> ResultsDocument:
     (folder / f"{HOSTILE}.py").write_text(NAIVE_SOFTMAX)
     result = run_audit([str(folder / f"{HOSTILE}.py"), "builtin:naive"],
                        AuditOptions(case_patterns=["offset-plus-1e3"], formats=[get_format("float32")],
-                                    ops=["softmax", "logsumexp"], isolated=False))
+                                    ops=["softmax", "logsumexp"], worker=WorkerOptions(isolated=False)))
     doc = document_of(result)
     doc.source = str(folder / "r.json")
     return doc

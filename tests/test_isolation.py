@@ -21,7 +21,8 @@ from softaudit.formats import FORMATS
 from softaudit.cases.inputs import LossInputs
 from softaudit.isolation import InProcessExecutor, WorkerExecutor
 from softaudit.ops import LOSS_KEYWORDS, OPS
-from softaudit.runner import AuditOptions, run_audit
+from softaudit.options import AuditOptions, WorkerOptions
+from softaudit.runner import run_audit
 
 REPO = Path(__file__).resolve().parents[1]
 FAULTS = REPO / "tests" / "fixtures" / "faults"
@@ -152,7 +153,7 @@ def test_directory_targets_skip_helper_modules_and_need_one_candidate(tmp_path):
 
 
 def test_without_isolation_the_same_audit_runs_in_process():
-    opts = AuditOptions(case_patterns=["offset-plus-1e3"], formats=[FORMATS["float32"]], isolated=False)
+    opts = AuditOptions(case_patterns=["offset-plus-1e3"], formats=[FORMATS["float32"]], worker=WorkerOptions(isolated=False))
     records = run_audit([str(FAULTS / "raises.py"), "builtin:shifted"], opts).records
     (raised,) = [r for r in records if r.candidate == "raises" and r.direction == "forward"]
     assert raised.verdict == "FAIL" and raised.error.startswith("raised RuntimeError")

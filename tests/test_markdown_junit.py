@@ -18,7 +18,8 @@ from softaudit.reports.junit_report import render_junit
 from softaudit.reports.markdown_report import md_code, md_text, render_markdown
 from softaudit.results.document import ResultsDocument, rerun_command
 from softaudit.results.schema import document_of
-from softaudit.runner import AuditOptions, run_audit
+from softaudit.options import AuditOptions, CacheOptions, WorkerOptions
+from softaudit.runner import run_audit
 from softaudit.verdicts import FAIL, PASS, SKIP, WARN
 
 FAULTS = Path(__file__).parent / "fixtures" / "faults"
@@ -35,7 +36,7 @@ def audit_doc(softaudit_cache_dir: Path) -> ResultsDocument:
     """A tiny real audit: naive (FAIL and PASS), a candidate that raises (FAIL with an error; its
     backward is SKIP) and one whose module fails to import."""
     opts = AuditOptions(case_patterns=["offset-plus-1e3"], formats=[FORMATS["float32"]], ops=["log_softmax"],
-                        isolated=False, cache_dir=softaudit_cache_dir)
+                        worker=WorkerOptions(isolated=False), cache=CacheOptions(directory=softaudit_cache_dir))
     result = run_audit(["builtin:naive", str(FAULTS / "raises.py"), str(FAULTS / "import_error.py")], opts)
     return document_of(result)
 

@@ -9,7 +9,8 @@ from softaudit.formats import FORMATS
 from softaudit.prefetch import Prefetcher, UnitNeeds, default_jobs, unit_references
 from softaudit.cases.reader import load_cases
 from softaudit.reference import ReferenceCache
-from softaudit.runner import AuditOptions, run_audit
+from softaudit.options import AuditOptions, CacheOptions, WorkerOptions
+from softaudit.runner import run_audit
 
 CASES = ["gap-*", "mask-all-but-one", "confident-0.9", "ce-ignore-padding-mean", "ce-prob-masked", "vocab-50257"]
 
@@ -33,9 +34,9 @@ def test_two_jobs_give_the_same_records_as_one(tmp_path):
     slow = tmp_path / "slow_softmax.py"
     slow.write_text(SLOW_SOFTMAX)
     targets = ["builtin:shifted", str(slow)]
-    options = dict(formats=[FORMATS["float32"], FORMATS["bfloat16"]], case_patterns=CASES, isolated=False)
-    one = run_audit(targets, AuditOptions(cache_dir=tmp_path / "one", jobs=1, **options))
-    two = run_audit(targets, AuditOptions(cache_dir=tmp_path / "two", jobs=2, **options))
+    options = dict(formats=[FORMATS["float32"], FORMATS["bfloat16"]], case_patterns=CASES, worker=WorkerOptions(isolated=False))
+    one = run_audit(targets, AuditOptions(jobs=1, cache=CacheOptions(directory=tmp_path / "one"), **options))
+    two = run_audit(targets, AuditOptions(jobs=2, cache=CacheOptions(directory=tmp_path / "two"), **options))
     assert _summary(one) == _summary(two)
     assert len(one.records) > 50
     # Every reference was computed once in each run (by a worker or the main loop), none found cached.
@@ -43,14 +44,14 @@ def test_two_jobs_give_the_same_records_as_one(tmp_path):
     assert two.cache_misses == one.cache_misses
     assert one.prefetched_units == 0 and two.prefetched_units >= 1  # a worker did take part
     # The workers wrote the cache too: a third run finds everything.
-    again = run_audit(targets, AuditOptions(cache_dir=tmp_path / "two", jobs=2, **options))
+    again = run_audit(targets, AuditOptions(jobs=2, cache=CacheOptions(directory=tmp_path / "two"), **options))
     assert again.cache_misses == 0 and _summary(again) == _summary(one)
 
 
 def test_jobs_without_a_disk_cache_hand_references_over_in_memory(tmp_path):
-    options = dict(formats=[FORMATS["float16"]], case_patterns=CASES, isolated=False)
-    one = run_audit(["builtin:shifted"], AuditOptions(use_cache=False, jobs=1, **options))
-    two = run_audit(["builtin:shifted"], AuditOptions(use_cache=False, jobs=3, **options))
+    options = dict(formats=[FORMATS["float16"]], case_patterns=CASES, worker=WorkerOptions(isolated=False))
+    one = run_audit(["builtin:shifted"], AuditOptions(jobs=1, cache=CacheOptions(enabled=False), **options))
+    two = run_audit(["builtin:shifted"], AuditOptions(jobs=3, cache=CacheOptions(enabled=False), **options))
     assert _summary(one) == _summary(two)
 
 

@@ -20,7 +20,8 @@ from softaudit.metrics import Location
 from softaudit.repro import describe, repro_script
 from softaudit.results.document import ResultsDocument, ResultsError, rerun_command
 from softaudit.results.schema import document_of
-from softaudit.runner import AuditOptions, run_audit
+from softaudit.options import AuditOptions, CacheOptions, WorkerOptions
+from softaudit.runner import run_audit
 from softaudit.verdicts import fmt_value
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,7 +48,8 @@ def audit(softaudit_cache_dir: Path) -> ResultsDocument:
     """One small float32 audit of the naive and shifted built-ins and two faulty files, as a results document."""
     options = AuditOptions(case_patterns=["gap-87.3", "sum-overflow-float32", "ce-offset-plus-1e8",
                                           "ce-smoothing-0.1-finfo-min-mask"],
-                           formats=[FORMATS["float32"]], cache_dir=softaudit_cache_dir, isolated=False)
+                           formats=[FORMATS["float32"]], worker=WorkerOptions(isolated=False),
+                           cache=CacheOptions(directory=softaudit_cache_dir))
     targets = ["builtin:naive", "builtin:shifted", str(RAISES), str(IMPORT_ERROR)]
     return document_of(run_audit(targets, options))
 

@@ -3,7 +3,8 @@
 from pathlib import Path
 
 from softaudit.formats import FORMATS
-from softaudit.runner import AuditOptions, run_audit
+from softaudit.options import AuditOptions, WorkerOptions
+from softaudit.runner import run_audit
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SMALL = AuditOptions(case_patterns=["offset-plus-1e3", "mask-prefix"], formats=[FORMATS["float32"]])
@@ -40,11 +41,11 @@ def test_exceptions_and_wrong_shapes_become_fail_records_and_other_ops_are_still
 
 def test_seed_changes_random_inputs_and_is_reproducible():
     opts = AuditOptions(case_patterns=["offset-plus-1e3"], formats=[FORMATS["float32"]], ops=["softmax"],
-                        isolated=False)  # in this process: seeds, not isolation
+                        worker=WorkerOptions(isolated=False))  # in this process: seeds, not isolation
     a = run_audit(["builtin:torch"], opts).records[0].metrics
     b = run_audit(["builtin:torch"], opts).records[0].metrics
     c = run_audit(["builtin:torch"], AuditOptions(case_patterns=["offset-plus-1e3"], formats=[FORMATS["float32"]],
-                                                  ops=["softmax"], seed=7, isolated=False)).records[0].metrics
+                                                  ops=["softmax"], seed=7, worker=WorkerOptions(isolated=False))).records[0].metrics
     assert a.worst.input == b.worst.input and a.max_ulp == b.max_ulp
     assert c.worst.input != a.worst.input
 
@@ -53,5 +54,5 @@ def test_backward_only_cases_alone_are_audited_not_nothing_to_audit():
     """The "nothing to audit" check counts a case by the directions asked for: the backward-only
     gradients family, selected alone, is audited (it once raised NothingToAudit)."""
     result = run_audit(["builtin:naive"], AuditOptions(ops=["log_softmax"], formats=[FORMATS["float32"]],
-                                                       case_patterns=["gradients"], isolated=False, jobs=1))
+                                                       case_patterns=["gradients"], jobs=1, worker=WorkerOptions(isolated=False)))
     assert result.records and {r.direction for r in result.records} == {"backward"}

@@ -26,7 +26,8 @@ from softaudit.cases.corpus import case_toml, default_corpus_dir, project_root, 
 from softaudit.formats import FORMATS
 from softaudit.cases.inputs import generate
 from softaudit.search.mutations import Trial
-from softaudit.runner import AuditOptions, run_audit
+from softaudit.options import AuditOptions, WorkerOptions
+from softaudit.runner import run_audit
 from softaudit.search.engine import SearchOptions, case_table, search
 from softaudit.search.shrink import complexity, shrink, simpler_values
 
@@ -43,7 +44,7 @@ from test_cli import run_cli, run_cli_in_process  # noqa: E402  (the CLI as a su
 def options(tmp_path: Path, **kw) -> SearchOptions:
     kw.setdefault("op", "softmax")
     kw.setdefault("budget", 60.0)
-    return SearchOptions(save_to=tmp_path / "corpus", isolated=False, **kw)
+    return SearchOptions(save_to=tmp_path / "corpus", worker=WorkerOptions(isolated=False), **kw)
 
 
 # --------------------------------------------------------------------------
@@ -61,7 +62,7 @@ def test_tail_tile_bug_is_found_and_shrunk_to_one_row_just_over_a_tile(tmp_path)
 @pytest.mark.slow
 def test_the_case_library_misses_both_planted_bugs():
     """Why search is needed: every shipped case passes both (ratio <= the limit, no FAIL)."""
-    result = run_audit([str(SEVEN), str(TILED)], AuditOptions(ops=["softmax"], isolated=False))
+    result = run_audit([str(SEVEN), str(TILED)], AuditOptions(ops=["softmax"], worker=WorkerOptions(isolated=False)))
     assert result.exit_code == 0, [r.id for r in result.records if r.verdict == "FAIL"]
 
 
@@ -118,9 +119,9 @@ def test_cross_entropy_and_backward_searches_save_cases_that_reproduce(tmp_path)
     assert bwd.minimal.trial.x.size <= 2  # one entry with probability 0 beside the one that holds it all
     case = load_cases([bwd.case_path], include_default=False)[0]
     assert case.directions == ("backward",) and case.param("upstream") == "ones"
-    audit = run_audit([str(BACKWARD)], AuditOptions(ops=["softmax"], directions=["backward"], isolated=False, jobs=1,
+    audit = run_audit([str(BACKWARD)], AuditOptions(ops=["softmax"], directions=["backward"], jobs=1,
                                                     formats=[FORMATS["float16"]], case_patterns=[case.name],
-                                                    corpus_dir=tmp_path / "corpus"))
+                                                    corpus_dir=tmp_path / "corpus", worker=WorkerOptions(isolated=False)))
     assert [r.verdict for r in audit.records] == ["FAIL"]
 
 

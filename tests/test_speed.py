@@ -76,10 +76,11 @@ def test_autograd_timing_does_not_accumulate_into_the_input_gradient():
 def test_the_audit_times_in_its_worker_and_the_json_carries_every_figure(tmp_path):
     from softaudit.formats import FLOAT32
     from softaudit.results.schema import document_of
-    from softaudit.runner import AuditOptions, run_audit
+    from softaudit.options import AuditOptions, CacheOptions
+    from softaudit.runner import run_audit
 
     options = AuditOptions(ops=["softmax"], formats=[FLOAT32], case_patterns=["uniform-1024"], bench=True,
-                           shapes=[(4, 64), (2, 128)], cache_dir=tmp_path, jobs=1)
+                           shapes=[(4, 64), (2, 128)], jobs=1, cache=CacheOptions(directory=tmp_path))
     result = run_audit(["builtin:shifted", NAIVE_NUMPY], options)
     ids = [s.id for s in result.speed]
     assert ids == ["builtin:shifted/softmax/forward/float32/4x64", "builtin:shifted/softmax/forward/float32/2x128",
@@ -98,10 +99,12 @@ def test_the_audit_times_in_its_worker_and_the_json_carries_every_figure(tmp_pat
 
 def test_without_bench_nothing_is_timed(tmp_path):
     from softaudit.formats import FLOAT32
-    from softaudit.runner import AuditOptions, run_audit
+    from softaudit.options import AuditOptions, CacheOptions
+    from softaudit.runner import run_audit
 
     result = run_audit(["builtin:shifted"], AuditOptions(ops=["logsumexp"], formats=[FLOAT32],
-                                                        case_patterns=["uniform-1024"], cache_dir=tmp_path, jobs=1))
+                                                        case_patterns=["uniform-1024"], jobs=1,
+                                                        cache=CacheOptions(directory=tmp_path)))
     assert result.speed == []
 
 

@@ -19,7 +19,8 @@ from softaudit import cuda_errors
 from softaudit.candidates.calling import CallResult
 from softaudit.formats import FORMATS
 from softaudit.isolation import RESTARTED_NOTE, checked
-from softaudit.runner import AuditOptions, run_audit
+from softaudit.options import AuditOptions, WorkerOptions
+from softaudit.runner import run_audit
 
 REPO = Path(__file__).resolve().parents[1]
 STICKY = REPO / "tests" / "fixtures" / "sticky"
@@ -126,7 +127,7 @@ autograd, which calls softmax on the same input)."""
 def _sticky_audit(trigger: bool, monkeypatch) -> object:
     monkeypatch.setenv("STICKY_FIXTURE_TRIGGER", "1" if trigger else "0")  # the worker inherits it
     options = AuditOptions(ops=["softmax", "cross_entropy"], formats=[FORMATS["float32"]], case_patterns=CASES,
-                           jobs=1, device="cpu")
+                           jobs=1, worker=WorkerOptions(device="cpu"))
     return run_audit([POISONS, TORCH_PLAIN], options)
 
 
@@ -197,9 +198,9 @@ def test_on_a_gpu_cross_entropy_asserting_on_an_out_of_range_target_replaces_the
     """torch's CUDA kernel asserts where its CPU code raises IndexError: a PASS (the clear error),
     the worker replaced, and every later record judged as usual (issue 19: 10,821 FAILs)."""
     result = run_audit(["builtin:torch"], AuditOptions(
-        ops=["softmax", "cross_entropy"], formats=[FORMATS["float32"], FORMATS["bfloat16"]], jobs=1, device="cuda",
+        ops=["softmax", "cross_entropy"], formats=[FORMATS["float32"], FORMATS["bfloat16"]], jobs=1,
         directions=["forward"], case_patterns=["ce-target-out-of-range-*", "ce-target-below-max-100", "offset-plus-1e3",
-                                               "mask-prefix"]))
+                                               "mask-prefix"], worker=WorkerOptions(device="cuda")))
     bad = [f"{r.id}: {r.reasons}" for r in result.records if r.verdict != "PASS"]
     assert bad == []
     oor = [r for r in result.records if r.case.startswith("ce-target-out-of-range")]
@@ -217,8 +218,8 @@ def test_on_a_gpu_a_triton_out_of_bounds_store_fails_only_its_own_record(monkeyp
     pytest.importorskip("triton")
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     result = run_audit([str(STICKY / "triton_oob_store.py"), "builtin:torch"], AuditOptions(
-        ops=["softmax"], directions=["forward"], formats=[FORMATS["float32"]], jobs=1, device="cuda",
-        case_patterns=["offset-plus-1e3", "posinf-one", "mask-prefix"]))
+        ops=["softmax"], directions=["forward"], formats=[FORMATS["float32"]], jobs=1,
+        case_patterns=["offset-plus-1e3", "posinf-one", "mask-prefix"], worker=WorkerOptions(device="cuda")))
     records = {(r.candidate, r.case): r for r in result.records}
     assert len(records) == 6
     charged = records.pop(("triton_oob_store", "posinf-one"))

@@ -18,7 +18,8 @@ import pytest
 
 from softaudit.candidates.loading import INTERPRETED_NOTE, load_target, triton_interpretation
 from softaudit.formats import FORMATS
-from softaudit.runner import AuditOptions, run_audit
+from softaudit.options import AuditOptions, WorkerOptions
+from softaudit.runner import run_audit
 
 pytest.importorskip("triton", reason="triton is not installed (pip install 'softaudit[triton]')")
 
@@ -105,7 +106,8 @@ def test_the_buggy_online_softmax_fails_on_the_long_masked_prefix_and_passes_els
 def test_a_missing_triton_skips_its_candidates_with_the_install_hint(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "")  # restored (unset) afterwards: loading in-process sets it
     monkeypatch.setitem(sys.modules, "triton", None)  # "import triton" now raises ModuleNotFoundError
-    result = _audit(["builtin:triton-softmax", "builtin:shifted"], ["offset-plus-1e3"], ["float32"], isolated=False)
+    result = _audit(["builtin:triton-softmax", "builtin:shifted"], ["offset-plus-1e3"], ["float32"],
+                    worker=WorkerOptions(isolated=False))
     skipped = [r for r in result.records if r.candidate == "builtin:triton-softmax"]
     assert [(r.op, r.verdict) for r in skipped] == [("import", "SKIP")]
     assert skipped[0].reasons == ["builtin:triton-softmax needs triton, which is not installed "
@@ -230,7 +232,7 @@ def test_the_triton_builtins_pass_the_whole_default_library_interpreted():
 @pytest.mark.gpu
 def test_on_a_gpu_the_triton_builtins_compile_and_pass(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    result = _audit(TRITON_BUILTINS, [], list(FORMATS), device="cuda")
+    result = _audit(TRITON_BUILTINS, [], list(FORMATS), worker=WorkerOptions(device="cuda"))
     assert all(INTERPRETED_NOTE not in n for info in result.candidates for notes in info.notes.values() for n in notes)
     assert [r.id for r in result.records if r.verdict in ("FAIL", "WARN")] == []
     assert result.environment["device"] == "cuda:0" and result.environment["gpu"]
@@ -239,7 +241,7 @@ def test_on_a_gpu_the_triton_builtins_compile_and_pass(monkeypatch):
 @pytest.mark.gpu
 def test_on_a_gpu_torch_runs_its_cuda_kernels_and_bench_uses_cuda_events():
     result = _audit(["builtin:torch"], ["offset-plus-1e3", "mask-prefix", "confident-0.999"], ["float32", "bfloat16"],
-                    device="cuda", bench=True, shapes=[(256, 32000)])
+                    bench=True, shapes=[(256, 32000)], worker=WorkerOptions(device="cuda"))
     assert all(r.verdict == "PASS" for r in result.records), [r.id for r in result.records if r.verdict != "PASS"]
     assert {s.figures["device"] for s in result.speed if s.figures} == {"cuda"}
 
@@ -248,7 +250,7 @@ def test_on_a_gpu_torch_runs_its_cuda_kernels_and_bench_uses_cuda_events():
 def test_on_a_gpu_a_load_inline_cuda_kernel_is_audited():
     result = _audit([str(REPO / "examples" / "cuda_softmax_inline.py")],
                     ["offset-plus-1e3", "mask-prefix", "mask-fully-masked-rows", "long-zeros-65536"], list(FORMATS),
-                    timeout=600)
+                    worker=WorkerOptions(timeout=600))
     forward = [r for r in result.records if r.direction == "forward"]
     assert forward and all(r.verdict == "PASS" for r in forward), [r.id for r in forward if r.verdict != "PASS"]
 
@@ -258,7 +260,7 @@ def test_on_a_gpu_a_torch_compiled_candidate_is_audited_through_inductor():
     """Audited, not necessarily passing: Inductor's generated exp is its own (on some CPUs it FAILs
     confident-0.999 in float32, docs/devices.md); the audit must run it on the GPU and judge it."""
     result = _audit([str(REPO / "examples" / "torch_compile_softmax.py")], ["offset-plus-1e3", "mask-prefix"],
-                    ["float32", "bfloat16"], device="cuda", timeout=600)
+                    ["float32", "bfloat16"], worker=WorkerOptions(device="cuda", timeout=600))
     forward = [r for r in result.records if r.direction == "forward"]
     assert len(forward) == 8 and all(r.error is None and r.metrics is not None for r in forward)
     assert all(r.verdict == "PASS" for r in forward if r.case == "offset-plus-1e3")
@@ -287,7 +289,7 @@ def compiled_on_the_cpu():
     executor = InProcessExecutor(device="cpu")
     executor.add(target, [compiled])
     options = AuditOptions(case_patterns=["offset-plus-1e3", "confident-0.999"], formats=[FORMATS["float32"]],
-                           ops=["softmax"], directions=["forward"], device="cpu", isolated=False, jobs=1)
+                           ops=["softmax"], directions=["forward"], jobs=1, worker=WorkerOptions(device="cpu", isolated=False))
     result = run_audit([target, "builtin:torch"], options, executor=executor)
     records = {("compiled" if r.candidate == compiled.name else r.candidate, r.case): r for r in result.records}
 

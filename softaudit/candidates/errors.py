@@ -6,9 +6,11 @@ Shared by loading (errors naming the target), calling (a candidate's raise becom
 
 from __future__ import annotations
 
+from softaudit.errors import BadInput
+
 _MAX_MESSAGE = 300
 
-class CandidateError(Exception):
+class CandidateError(BadInput):
     """A target cannot be loaded; the message is one line that names the target."""
 
 

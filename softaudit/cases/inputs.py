@@ -26,10 +26,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from softaudit.cases.model import Case, Value
+from softaudit.errors import SoftauditError
 from softaudit.formats import Format, round_float64_array
 
 
-class NotApplicable(Exception):
+class NotApplicable(SoftauditError):
     """The case does not make sense in this format; ``reason`` says why in one line."""
 
     def __init__(self, reason: str) -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from softaudit.errors import BadInput
 from softaudit.formats import FORMATS, FormatError, get_format
 from softaudit.ops import DIRECTIONS
 
@@ -102,7 +103,7 @@ PARAM_DEFAULTS: Mapping[str, Any] = MappingProxyType({
 
 
 
-class CaseError(ValueError):
+class CaseError(BadInput):
     """A malformed case file, or a selection that matches nothing. The message is one line."""
 
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from softaudit.errors import BadInput
 from softaudit.results.records import Record, SpeedRecord
 
 
-class ResultsError(ValueError):
+class ResultsError(BadInput):
     """The results file cannot be read or is not a softaudit results file."""
 
 

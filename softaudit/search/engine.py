@@ -30,11 +30,12 @@ from softaudit.candidates.loading import check_target
 from softaudit.cases.model import Case, CaseError
 from softaudit.cases.reader import case_from_table, load_cases
 from softaudit.cases.corpus import FAMILY, content_digest, default_corpus_dir, save_case, with_corpus_dir
+from softaudit.errors import BadInput
 from softaudit.formats import FORMATS, Format
 from softaudit.cases.inputs import NotApplicable, generate, loss_inputs
-from softaudit.isolation import DEFAULT_TIMEOUT, CandidateInfo, Executor, make_executor
+from softaudit.isolation import CandidateInfo, Executor, make_executor
 from softaudit.search.mutations import Trial, mutate, random_trial
-from softaudit.ops import DIRECTIONS, OPS
+from softaudit.options import CacheOptions, Naming, WorkerOptions, checked_search_options
 from softaudit.results.records import Record
 from softaudit.reference import ReferenceCache, default_cache_dir
 from softaudit.runner import AuditUnit, audit_record, check_device, environment, expand_targets, load_targets
@@ -73,7 +74,7 @@ ProgressFn = Callable[[str, float, float, str], None]
 or "shrink"."""
 
 
-class SearchError(ValueError):
+class SearchError(BadInput):
     """Bad input for a search (one line): an unknown op, a target that lacks it, a broken file."""
 
 
@@ -94,13 +95,8 @@ class SearchOptions:
     """The corpus directory; None: corpus.default_corpus_dir()."""
     cases_dirs: Sequence[Path] = ()
     """Extra case directories whose cases are starting points too (the corpus is always one)."""
-    cache_dir: Path | None = None
-    use_cache: bool = True
-    isolated: bool = True
-    timeout: float = DEFAULT_TIMEOUT
-    memory_limit: int | None = None
-    rowwise: bool = False
-    device: str = "auto"
+    worker: WorkerOptions = field(default_factory=WorkerOptions)
+    cache: CacheOptions = field(default_factory=CacheOptions)
     max_elements: int = MAX_ELEMENTS
     patience: int = PATIENCE
     """Once an input fails on its ratio, exploring stops after this many inputs in a row that did
@@ -308,7 +304,7 @@ class Judge:
         self.candidate = candidate
         self.options = options
         self.gate = options.gate.for_record(options.op, options.format.name)
-        directory = (options.cache_dir or default_cache_dir()) if options.use_cache else None
+        directory = (options.cache.directory or default_cache_dir()) if options.cache.enabled else None
         self.disk = ReferenceCache(directory)
         self.memory = ReferenceCache(None)
         self.seen: dict[str, tuple[tuple[str, ...], float]] = {}
@@ -377,15 +373,8 @@ class Judge:
 # The search
 
 
-def _check(options: SearchOptions) -> None:
-    if options.op not in OPS:
-        raise SearchError(f"unknown op {options.op!r} (known: {', '.join(OPS)})")
-    if options.direction not in DIRECTIONS:
-        raise SearchError(f"unknown direction {options.direction!r} (known: {', '.join(DIRECTIONS)})")
-    if not (options.budget > 0 and math.isfinite(options.budget)):
-        raise SearchError(f"the budget must be a positive number of seconds, got {options.budget}")
-    if options.patience < 1:
-        raise SearchError(f"the patience must be 1 or more inputs, got {options.patience}")
+NAMES = Naming(budget="the budget", patience="the patience")
+"""How search's own checks name the options (the command line names them by their flags)."""
 
 
 def _pick_candidate(candidates: list[CandidateInfo], options: SearchOptions, target: str) -> CandidateInfo:
@@ -420,12 +409,12 @@ def search(target: str, options: SearchOptions, progress: ProgressFn | None = No
     """Explore for ``options.budget`` seconds, shrink the worst failing input, save it to the corpus.
 
     Bad input (unknown op, a target without it, a broken file, several candidates and none chosen)
-    raises SearchError, CandidateError or CaseError before anything is judged. Ctrl-C ends the
-    search early: the result says so and nothing is saved.
+    raises BadInput (an OptionError, SearchError, CandidateError or CaseError) before anything is
+    judged. Ctrl-C ends the search early: the result says so and nothing is saved.
     """
-    _check(options)
-    if options.device != "auto":
-        check_device(options.device)
+    options = checked_search_options(options, NAMES)
+    if options.worker.device != "auto":
+        check_device(options.worker.device)
     corpus = options.save_to or default_corpus_dir()
     if corpus.exists() and not corpus.is_dir():
         raise SearchError(f"the corpus {str(corpus)!r} is not a directory (--save-to, 'corpus' in "
@@ -433,8 +422,8 @@ def search(target: str, options: SearchOptions, progress: ProgressFn | None = No
     if executor is None:
         for file, _ in expand_targets([target]):  # an unknown built-in, a missing file: before the worker
             check_target(file)
-        executor = make_executor(options.isolated, options.rowwise, options.timeout, options.memory_limit,
-                                 None if options.device == "auto" else options.device)
+        w = options.worker
+        executor = make_executor(w.isolated, w.rowwise, w.timeout, w.memory_limit, w.explicit_device)
     try:
         candidates, failures = load_targets(executor, [target])
         if failures:
@@ -447,7 +436,7 @@ def search(target: str, options: SearchOptions, progress: ProgressFn | None = No
             _shrink_and_save(result, judge, corpus, progress)
     finally:
         executor.close()
-    result.environment = environment(options.seed, options.device)
+    result.environment = environment(options.seed, options.worker.device)
     return result
 
 
@@ -569,12 +558,13 @@ def _reproducer(result: SearchResult, record: Record, corpus: Path) -> str:
     """The ``softaudit repro`` script of the saved case's record."""
     from softaudit.repro import repro_script
     from softaudit.results.schema import document_of
-    from softaudit.runner import AuditOptions, AuditResult
+    from softaudit.options import AuditOptions
+    from softaudit.runner import AuditResult
 
     o = result.options
     options = AuditOptions(ops=[o.op], directions=[o.direction], formats=[o.format], cases_dirs=[corpus],
-                           seed=0, gate=o.gate, rowwise=o.rowwise, device=o.device)
-    audit = AuditResult(records=[record], candidates=[], options=options, environment=environment(0, o.device),
+                           seed=0, gate=o.gate, worker=WorkerOptions(rowwise=o.worker.rowwise, device=o.worker.device))
+    audit = AuditResult(records=[record], candidates=[], options=options, environment=environment(0, o.worker.device),
                         seconds=0.0, cache_hits=0, cache_misses=0)
     return repro_script(document_of(audit), record.id)
 
