@@ -52,6 +52,7 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help texts hold literal brackets ([tool.softaudit], [default: ...])
     help="Audit softmax, log_softmax, logsumexp and cross-entropy implementations (forward and backward) against exact references.",
 )
 
