@@ -18,7 +18,8 @@ def log_softmax(x):
     z = _w(x)
     d = z - z.max(axis=-1, keepdims=True)
     with np.errstate(invalid="ignore"):
-        return (d - np.log1p(_rest(d))).astype(x.dtype)
+        out = d - np.log1p(_rest(d))
+    return np.where(np.isnan(d.max(axis=-1, keepdims=True)), np.nan, out).astype(x.dtype)
 
 
 def logsumexp(x):
@@ -27,5 +28,5 @@ def logsumexp(x):
     shift = np.where(np.isfinite(m), m, 0)
     with np.errstate(invalid="ignore", divide="ignore"):
         body = shift + np.log1p(_rest(z - shift))
-    out = np.where(np.isinf(m), m, body)
+    out = np.where(np.isinf(m) | np.isnan(m), m, body)
     return out[:, 0].astype(x.dtype)

@@ -1,4 +1,8 @@
-"""Guarded online softmax in torch with GPU-sized tiles of 4096 (correct)."""
+"""Guarded online softmax in torch with GPU-sized tiles of 4096 (correct).
+
+A GPU kernel's float32/16-bit path: the work is done in float64 (calibration: float32 and 16-bit only).
+"""
+# calibration-dtypes: float32 float16 bfloat16
 import torch
 
 TILE = 4096
@@ -10,7 +14,7 @@ def _stats(w):
     s = torch.zeros(rows, dtype=w.dtype)
     for lo in range(0, n, TILE):
         blk = w[:, lo:lo + TILE]
-        m_new = torch.maximum(m, blk.amax(-1))
+        m_new = torch.maximum(m, blk.amax(-1)).detach()
         shift = torch.where(torch.isfinite(m_new), m_new, torch.zeros_like(m_new))
         scale = torch.where(s > 0, torch.exp(m - shift), torch.zeros_like(s))
         s = s * scale + torch.exp(blk - shift[:, None]).sum(-1)

@@ -1,4 +1,5 @@
-"""torch's built-ins on a float64 copy, rounded once (correct)."""
+"""torch's built-ins on a float64 copy, rounded once (correct where they are: float32 and 16-bit input)."""
+# calibration-dtypes: float32 float16 bfloat16
 import torch
 import torch.nn.functional as F
 

@@ -6,7 +6,8 @@ class _CE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, target):
         w = logits.double()
-        logp = w - torch.logsumexp(w, dim=1, keepdim=True)
+        z = w - w.amax(dim=1, keepdim=True)
+        logp = z - torch.log(torch.exp(z).sum(dim=1, keepdim=True))
         ctx.save_for_backward(logp, target)
         if target.dim() == 1:
             loss = -logp.gather(1, target.long()[:, None])[:, 0]
