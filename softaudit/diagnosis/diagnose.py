@@ -526,7 +526,7 @@ def _approx_exp(g: _Group) -> Cause | None:
     if not plain or g.op == "cross_entropy":
         return None
     dtype = g.dtype_for(plain)
-    conf, runs, settled = 0.4, [], None
+    conf, runs, settled = 0.25, [], None   # soft float32 failures alone say little: the experiment decides
     res = g.run(X.exp_accuracy, dtype)
     if res is not None:
         r = res.ratio("ramp")
