@@ -326,7 +326,7 @@ def _shift(g: _Group) -> list[Cause] | None:
         else:
             at_limit = [name for name, lim in (("float16", EXP_OVERFLOW["float16"]), ("float32", EXP_OVERFLOW["float32"]),
                                                ("float64", EXP_OVERFLOW["float64"]))
-                        if (last_pass is None or last_pass + 0.6 < lim) and first_fail + 0.6 > lim]
+                        if (last_pass is None or last_pass + 0.3 < lim) and first_fail + 0.3 > lim - math.log(X.LADDER_N)]
             if at_limit:
                 runs.append(_run_info(res, f"first failure at offset {first_fail:g} (last pass {last_pass}): "
                                            f"exp's {at_limit[0]} overflow"))
@@ -623,14 +623,19 @@ def diagnose(records: Iterable[Mapping[str, Any]], candidate: X.Subject | str | 
 def _inherit_forward(diags: list[Diagnosis]) -> None:
     """A gradient with no known cause whose forward has one: autograd carried the forward's bug."""
     forward = {(d.candidate, d.op): d for d in diags if d.direction == "forward"}
+    # (a forward cause at >= 0.85 also joins a backward group that has causes of its own, at 0.9x)
     for d in diags:
         f = forward.get((d.candidate, d.op))
-        if d.direction != "backward" or f is None or not f.causes or d.causes[0].class_id != NO_KNOWN_CAUSE:
+        if d.direction != "backward" or f is None or not f.causes:
             continue
         top = f.causes[0]
-        if top.class_id == NO_KNOWN_CAUSE:
+        unknown = d.causes[0].class_id == NO_KNOWN_CAUSE
+        if top.class_id == NO_KNOWN_CAUSE or not (unknown or top.confidence >= 0.85):
             continue
-        c = _cause(top.class_id, 0.6 * top.confidence, f"the forward's cause, carried into the gradient "
-                   f"({top.finding})", [], top.experiments, f"forward diagnosis ({top.settled_by})")
+        c = _cause(top.class_id, (0.6 if unknown else 0.9) * top.confidence, f"the forward's cause, carried into "
+                   f"the gradient ({top.finding})", [], top.experiments, f"forward diagnosis ({top.settled_by})")
         c.evidence = d.causes[0].evidence
-        d.causes.insert(0, c)
+        d.causes = [c] + [x for x in d.causes if x.class_id != c.class_id or x.confidence > c.confidence]
+        d.causes.sort(key=lambda x: -x.confidence)
+        if not unknown:
+            d.causes = [x for x in d.causes if x.class_id != NO_KNOWN_CAUSE]

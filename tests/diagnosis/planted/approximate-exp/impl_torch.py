@@ -15,7 +15,7 @@ def _exp(t):
     acc = torch.full_like(r, COEF[-1])
     for c in reversed(COEF[:-1]):
         acc = acc * r + c
-    return torch.ldexp(acc, k)
+    return torch.where(t == float("-inf"), torch.zeros_like(t), torch.ldexp(acc, k.nan_to_num(0.0)))
 
 
 def softmax(x, dim=-1):

@@ -9,6 +9,7 @@ def softmax(x, dim=-1):
 
 def logsumexp(x, dim=-1):
     m = x.amax(dim, keepdim=True)
+    m = torch.where(m.isinf(), torch.zeros_like(m), m)
     return (m + torch.exp(x - m).sum(dim, keepdim=True).log()).squeeze(dim)
 
 

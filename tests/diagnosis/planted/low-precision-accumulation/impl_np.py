@@ -17,5 +17,6 @@ def softmax(x):
 def logsumexp(x):
     z = x.astype(np.float32) if x.dtype.itemsize < 4 else x
     m = z.max(axis=-1, keepdims=True)
+    m = np.where(np.isinf(m), 0, m).astype(z.dtype)
     e = np.exp(z - m)
     return (m + np.log(_denominator(e, x.dtype)))[:, 0].astype(x.dtype)

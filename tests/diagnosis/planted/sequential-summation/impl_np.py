@@ -16,5 +16,6 @@ def softmax(x):
 def logsumexp(x):
     z = _w(x)
     m = z.max(axis=-1)
+    m = np.where(np.isinf(m), 0, m).astype(z.dtype)
     e = np.exp(z - m[:, None])
     return (m + np.log(np.add.accumulate(e, axis=-1)[:, -1])).astype(x.dtype)

@@ -28,4 +28,5 @@ def log_softmax(x, dim=-1):
 def logsumexp(x, dim=-1):
     w = x.float() if x.element_size() < 4 else x
     m = w.max(dim=-1).values
+    m = torch.where(m.isinf(), torch.zeros_like(m), m)
     return (m + torch.log(_total(torch.exp(w - m[:, None])))).to(x.dtype)
