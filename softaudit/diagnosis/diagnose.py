@@ -263,12 +263,13 @@ def _smoothing(g: _Group) -> Cause | None:
     conf, runs, settled = 0.45 + (0.15 if plain else 0.0), [], None
     res = g.run(X.smoothing, g.dtype_for(hit))
     if res is not None:
-        a, b = res.failed("eps-0.3"), res.failed("eps-0")
-        runs.append(_run_info(res, f"eps 0.3 {'fails' if a else 'passes'}, eps 0 {'fails' if b else 'passes'}"))
-        if a and not b:
+        a, b, c = res.failed("eps-0.3"), res.failed("eps-0"), res.failed("eps-0.1-finfo-min")
+        runs.append(_run_info(res, f"eps 0.3 {'fails' if a else 'passes'}, eps 0.1 over finfo.min logits "
+                                   f"{'fails' if c else 'passes'}, eps 0 {'fails' if b else 'passes'}"))
+        if (a or c) and not b:
             conf, settled = 0.92, "smoothing"
-        elif a is False:
-            conf -= 0.25
+        elif a is False and not c:
+            conf = 0.2
     return _cause("smoothing-normalisation", conf, f"{len(hit)} smoothed record(s) fail"
                   + (f", {len(plain)} unsmoothed pass" if plain else ""), hit, runs, settled or "records")
 
@@ -322,7 +323,7 @@ def _shift(g: _Group) -> list[Cause] | None:
                 last_pass = o
         if first_fail is None:
             runs.append(_run_info(res, "no hard failure up to offset 1000"))
-            no_shift, fixed = 0.3, 0.2
+            no_shift, fixed = 0.2, 0.15
         else:
             at_limit = [name for name, lim in (("float16", EXP_OVERFLOW["float16"]), ("float32", EXP_OVERFLOW["float32"]),
                                                ("float64", EXP_OVERFLOW["float64"]))
@@ -417,7 +418,7 @@ def _far_below(g: _Group) -> list[Cause] | None:
         runs.append(_run_info(res, "-inf/+inf far below the max" if minus_inf else
                               ("the far value saturates at a constant" if saturated else "no saturation")))
     if neg:
-        conf = 0.7 if res is None else (0.95 if minus_inf else 0.4)
+        conf = 0.7 if res is None else (0.95 if minus_inf else 0.25)
         out.append(_cause("log-of-softmax", conf, f"log-probabilities of -inf (loss +inf) for scores far below "
                           f"the max in {len(neg)} record(s)", neg, runs,
                           "gap-ladder" if minus_inf else "records"))

@@ -167,9 +167,11 @@ def exp_accuracy(op: str, direction: str, dtype: str) -> Experiment:
 
 
 def smoothing(op: str, direction: str, dtype: str) -> Experiment:
-    """The smoothing closed form: eps = 0.3 against eps = 0 on the same rows (reduction none)."""
+    """Smoothing: eps = 0.3, and eps = 0.1 over finfo.min-masked logits, against eps = 0 (reduction none)."""
     common = dict(rows=8, n=64, scale=2.0, seed=18)
     cases = (("eps-0.3", _base(op, direction, label_smoothing=0.3, **common)),
+             ("eps-0.1-finfo-min", _base(op, direction, label_smoothing=0.1, mask="scattered",
+                                         mask_value="finfo.min", **common)),
              ("eps-0", _base(op, direction, **common)))
     return Experiment("smoothing", "label smoothing against its closed form", op, direction, dtype, cases)
 
