@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--verbose", action="store_true")
     args = ap.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
-    from softaudit.diagnosis import diagnose, Subject
+    from softaudit.diagnosis import Subject, diagnose
 
     per_class: dict[str, list[bool]] = defaultdict(list)
     wrong_on_correct: list[str] = []

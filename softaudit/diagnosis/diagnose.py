@@ -16,9 +16,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from softaudit.diagnosis import experiments as X
 from softaudit.diagnosis.classes import CLASSES, NO_KNOWN_CAUSE
 from softaudit.diagnosis.evidence import EXP_OVERFLOW, SIXTEEN_BIT, RecordView, group_records, worst_first
-from softaudit.diagnosis import experiments as X
 
 MIN_CONFIDENCE = 0.3
 """Causes below this confidence are not reported."""
@@ -478,7 +478,6 @@ def _summation(g: _Group) -> list[Cause] | None:
         conf, runs, settled = 0.6 + (0.15 if bf_ok else 0.0), [], None
         res = g.run(X.sum_overflow, "float16")
         if res is not None:
-            a, b = res.ratio("zeros-49152"), res.ratio("zeros-98304")
             runs.append(_run_info(res, f"49152 zeros {'fail' if res.failed('zeros-49152') else 'pass'}, "
                                        f"98304 zeros {'fail' if res.failed('zeros-98304') else 'pass'}"))
             if res.failed("zeros-98304") and not res.failed("zeros-49152"):
@@ -491,14 +490,18 @@ def _summation(g: _Group) -> list[Cause] | None:
     for cls, views in (("low-precision-accumulation", low), ("sequential-summation", wide)):
         if not views:
             continue
-        short_ok = g.passes(lambda v, d={v.dtype for v in views}: v.dtype in d and v.n <= 128)
+        kinds = {v.dtype for v in views}
+        short_ok = [v for v in g.views if v.passing and v.dtype in kinds and v.n <= 128]
         conf, runs, settled = 0.45 + (0.1 if short_ok else 0.0), [], None
         dtype = g.dtype_for(views, ("bfloat16", "float16") if cls == "low-precision-accumulation"
                             else ("float32", "float64"))
         res = g.run(X.length_scaling, dtype)
         if res is not None:
-            r = [(n, res.ratio(f"len-{n}")) for n in X.LENGTHS]
-            r = [(n, x) for n, x in r if x is not None]
+            r: list[tuple[int, float]] = []
+            for n in X.LENGTHS:
+                x = res.ratio(f"len-{n}")
+                if x is not None:
+                    r.append((n, x))
             runs.append(_run_info(res, "ratios by n: " + ", ".join(f"{n}:{x:.3g}" for n, x in r)))
             fin = [(n, x) for n, x in r if math.isfinite(x)]
             first_bad = next((n for n, x in r if x > 1), None)
@@ -515,7 +518,7 @@ def _summation(g: _Group) -> list[Cause] | None:
                 elif first_bad is None:
                     conf = 0.25
         out.append(_cause(cls, conf, f"long rows fail in {len(views)} {'16-bit' if cls[0] == 'l' else 'float32/64'} "
-                          f"record(s)" + (f"; short rows pass" if short_ok else ""), views, runs, settled or "records"))
+                          f"record(s)" + ("; short rows pass" if short_ok else ""), views, runs, settled or "records"))
     return out
 
 
