@@ -639,7 +639,7 @@ def _inherit_forward(diags: list[Diagnosis]) -> None:
         c = _cause(top.class_id, (0.6 if unknown else 0.9) * top.confidence, f"the forward's cause, carried into "
                    f"the gradient ({top.finding})", [], top.experiments, f"forward diagnosis ({top.settled_by})")
         c.evidence = d.causes[0].evidence
-        d.causes = [c] + [x for x in d.causes if x.class_id != c.class_id or x.confidence > c.confidence]
-        d.causes.sort(key=lambda x: -x.confidence)
-        if not unknown:
-            d.causes = [x for x in d.causes if x.class_id != NO_KNOWN_CAUSE]
+        if any(x.class_id == c.class_id and x.confidence >= c.confidence for x in d.causes):
+            continue
+        rest = [x for x in d.causes if x.class_id not in (c.class_id, NO_KNOWN_CAUSE)]
+        d.causes = sorted([c] + rest, key=lambda x: -x.confidence)

@@ -4,7 +4,7 @@ import torch
 
 def softmax(x, dim=-1):
     w = x.float() if x.element_size() < 4 else x
-    w = w.clamp(min=torch.finfo(x.dtype).min)
+    w = torch.where(w == float("-inf"), torch.finfo(x.dtype).min, w)
     top = w.amax(dim=dim, keepdim=True)
     e = (w - top).exp()
     return (e / e.sum(dim=dim, keepdim=True)).to(x.dtype)
