@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     from softaudit.diagnosis import Subject, diagnose
 
     per_class: dict[str, list[bool]] = defaultdict(list)
+    groups_ok = groups_all = 0
     wrong_on_correct: list[str] = []
     t_audit = t_diag = 0.0
     for index, (cls, src) in enumerate(corpus()):
@@ -107,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
             # The top cause over the candidate: the class most groups rank first, ties by confidence.
             best = _overall(diags)
             per_class[cls].append(best == cls)
+            groups_all += len(diags)
+            groups_ok += sum(1 for d in diags if d.causes and d.causes[0].class_id == cls)
             mark = "ok" if best == cls else f"got {best}"
         print(f"{cls:30s} {src.name:18s} P/W/F {counts['pass']}/{counts['warn']}/{counts['fail']}  {mark}")
         if args.verbose:
@@ -120,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {cls:30s} {sum(oks)}/{len(oks)}")
     if total:
         print(f"top-1 accuracy: {sum(total)}/{len(total)} = {100 * sum(total) / len(total):.0f}%")
+    if groups_all:
+        print(f"failing op x direction groups whose top cause is the planted class: {groups_ok}/{groups_all} = "
+              f"{100 * groups_ok / groups_all:.0f}% (the rest: secondary failures, e.g. a gradient's own)")
     print(f"correct implementations diagnosed: {len(wrong_on_correct)}" + "".join(f"\n    {w}" for w in wrong_on_correct))
     print(f"audit {t_audit:.0f} s, diagnosis {t_diag:.0f} s")
     return 0
