@@ -68,6 +68,8 @@ class Diagnosis:
     verdict: str
     failing_records: int
     causes: list[Cause]
+    failing: dict[tuple[str, str], str] = field(default_factory=dict, repr=False)
+    """(dtype, case) -> record id of every failing record (not in to_dict)."""
 
     def summary_line(self) -> str:
         head = f"{self.candidate} {self.op}{' bwd' if self.direction == 'backward' else ''}"
@@ -590,7 +592,8 @@ def _diagnose_group(views: list[RecordView], subject: X.Subject | None, runner: 
         reason = (first.raw.get("reasons") or [""])[0]
         ranked = [_cause(NO_KNOWN_CAUSE, 0.0, f"worst: {first.id}: {reason}"[:300], worst)]
     verdict = "FAIL" if any(v.verdict == "FAIL" for v in g.failing) else "WARN"
-    return Diagnosis(views[0].candidate, g.op, g.direction, verdict, len(g.failing), ranked)
+    return Diagnosis(views[0].candidate, g.op, g.direction, verdict, len(g.failing), ranked,
+                     {(v.dtype, v.case): v.id for v in worst_first(g.failing)})
 
 
 def diagnose(records: Iterable[Mapping[str, Any]], candidate: X.Subject | str | None = None, *,
@@ -625,7 +628,7 @@ def diagnose(records: Iterable[Mapping[str, Any]], candidate: X.Subject | str | 
 
 
 def _inherit_forward(diags: list[Diagnosis]) -> None:
-    """A gradient with no known cause whose forward has one: autograd carried the forward's bug."""
+    """A gradient failing on the same cases and formats as its forward: autograd carried the forward's bug."""
     forward = {(d.candidate, d.op): d for d in diags if d.direction == "forward"}
     # (a forward cause at >= 0.85 also joins a backward group that has causes of its own, at 0.9x)
     for d in diags:
@@ -638,7 +641,10 @@ def _inherit_forward(diags: list[Diagnosis]) -> None:
             continue
         c = _cause(top.class_id, (0.6 if unknown else 0.9) * top.confidence, f"the forward's cause, carried into "
                    f"the gradient ({top.finding})", [], top.experiments, f"forward diagnosis ({top.settled_by})")
-        c.evidence = d.causes[0].evidence
+        shared = [rid for key, rid in d.failing.items() if key in f.failing]
+        if len(shared) < 0.5 * len(d.failing):   # the gradient fails elsewhere: not the forward's doing
+            continue
+        c.evidence = shared[:MAX_EVIDENCE]
         if any(x.class_id == c.class_id and x.confidence >= c.confidence for x in d.causes):
             continue
         rest = [x for x in d.causes if x.class_id not in (c.class_id, NO_KNOWN_CAUSE)]

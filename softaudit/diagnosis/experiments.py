@@ -154,8 +154,9 @@ GAPS = (5.0, 12.0, 20.0, 35.0, 50.0, 70.0, 85.0, 100.0, 150.0, 300.0, 600.0, 800
 
 def gap_ladder(op: str, direction: str, dtype: str) -> Experiment:
     """Rows of 8 zeros with one entry g below: its probability e^-g / 7 against g."""
-    cases = tuple((f"gap-{g:g}", _base(op, direction, rows=1, n=8, values="constant", value=0.0, gap=-g, seed=16))
-                  for g in GAPS)
+    extra: CaseTable = {"target": "min"} if op == "cross_entropy" else {}   # the loss's target: the far entry
+    cases = tuple((f"gap-{g:g}", _base(op, direction, rows=1, n=8, values="constant", value=0.0, gap=-g, seed=16,
+                                       **extra)) for g in GAPS)
     return Experiment("gap-ladder", "one score far below the max: saturation (clamp, eps) or -inf (log of 0)",
                       op, direction, dtype, cases)
 
