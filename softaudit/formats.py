@@ -4,7 +4,7 @@ Every conversion that decides a value here is exact: float64 -> format uses
 scaling by powers of two and round-half-even on integers held exactly in
 float64; mpmath -> format uses integer arithmetic on the mantissa. Neither
 goes through an intermediate format, so none of the double-rounding traps of
-DESIGN §9 (float64 -> bfloat16 via float32) can occur.
+(docs/formats.md#rounding-into-a-format: float64 -> bfloat16 via float32) can occur.
 """
 
 from __future__ import annotations
@@ -138,7 +138,7 @@ def to_float64(y: np.ndarray) -> np.ndarray:
 
 
 def ulp_exponent(v: mpmath.mpf, fmt: Format) -> int:
-    """k such that ulp(v) = 2^k in fmt (DESIGN §4); ulp(0) is the smallest subnormal."""
+    """k such that ulp(v) = 2^k in fmt (docs/formats.md#error-in-ulps); ulp(0) is the smallest subnormal."""
     if not v:
         return fmt.emin - fmt.p + 1
     sign, man, exp, bc = v._mpf_

@@ -1,4 +1,4 @@
-"""Calibration of the envelope and the default gate (DESIGN §6).
+"""Calibration of the envelope and the default gate (docs/calibration.md).
 
 The textbook-stable built-ins must PASS with margin, the known-bad algorithms
 in tests/calibration/ must FAIL on the cases that target them, and torch must
@@ -93,7 +93,7 @@ def test_known_bad_algorithms_fail_the_cases_that_target_them(module, cases, for
             if any(r.case == case and r.dtype == fmt for r in records):
                 assert (case, fmt) in failing, (module, case, fmt)
     # Failing by far, not by a hair: on every targeted case, some op has a hard
-    # failure or a ratio of 10 or more (DESIGN §6: known-bad ones reach >= 10).
+    # failure or a ratio of 10 or more (docs/calibration.md#why-the-limit-is-4: known-bad ones reach >= 10).
     for case in {c for c, _ in failing}:
         worst = [r for r in records if r.case == case and r.verdict == FAIL]
         assert any(r.metrics is not None and (r.metrics.class_mismatches or (r.metrics.max_ratio or 0.0) >= 10)
@@ -194,7 +194,7 @@ def test_full_library_torch_fails_only_where_genuinely_wrong():
     records = _judged(_audit("builtin:torch", cases=()))
     fails = [r for r in records if r.verdict == FAIL]
     explained = set()
-    # 1. float16 denominators overflow 65504 on rows of 65,536 zeros and longer (DESIGN §9):
+    # 1. float16 denominators overflow 65504 on rows of 65,536 zeros and longer (docs/calibration.md#what-it-finds-in-torch-213-cpu):
     #    logsumexp, log_softmax and cross_entropy return ±inf, and logsumexp's gradient, computed
     #    from that infinite forward output, comes out 0.
     overflow = [r for r in fails if r.dtype == "float16" and r.family in ("long-rows", "high-entropy")]

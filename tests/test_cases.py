@@ -144,7 +144,7 @@ def test_offsets_confidence_and_masks_cover_design(library):
 
 
 def test_cross_entropy_list_of_design_is_covered(library):
-    """DESIGN §8's cross-entropy list, and the issue's: each item has a case that applies to cross_entropy."""
+    """The cross-entropy list (docs/cases.md#cross-entropys-list) and the issue's: each item has a case that applies to cross_entropy."""
     ce = [c for c in library if c.applies_to("cross_entropy", "float32")]
     family = [c for c in library if c.family == "cross-entropy"]
     assert family and all(c.ops == ("cross_entropy",) for c in family)

@@ -41,7 +41,7 @@ def test_bfloat16_avoids_double_rounding():
     # 1 + 2^-8 + 2^-40 is just above a bfloat16 midpoint; through float32 it lands on it and rounds to even.
     v = 1 + 2.0**-8 + 2.0**-40
     assert float(round_float64_array(np.array([v]), BFLOAT16)[0]) == 1 + 2.0**-7
-    # The trap DESIGN §9 describes (ml_dtypes before 0.7 rounded float64 -> bfloat16 this way):
+    # The trap docs/formats.md#rounding-into-a-format describes (ml_dtypes before 0.7 rounded float64 -> bfloat16 this way):
     assert float(np.array([v]).astype(np.float32).astype(ml_dtypes.bfloat16)[0]) == 1.0
 
 

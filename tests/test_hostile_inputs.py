@@ -96,7 +96,7 @@ FIXTURES = Path(__file__).parent / "fixtures" / "hostile"
 def test_correct_code_on_rows_holding_inf_is_not_a_finding(fixture):
     """Max-shifted float64 rounded once (NaN at the +inf entries, 0 / -inf elsewhere) and code
     returning the limit (1/k, -log k) FAILed posinf-one, posinf-several and posinf-and-neginf under
-    the default policy; both are what DESIGN §5 accepts."""
+    the default policy; both are what docs/special-values.md#undefined-rows-and-the-policy accepts."""
     result = run_audit([str(FIXTURES / fixture)], AuditOptions(case_patterns=["posinf*"], worker=WorkerOptions(isolated=False)))
     assert result.records and not [r for r in result.records if r.verdict == "FAIL"]
     behaviours = {b for r in result.records if r.metrics for b in r.metrics.undefined_rows}

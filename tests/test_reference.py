@@ -11,18 +11,18 @@ from softaudit.formats import FLOAT16, FLOAT32, FORMATS, round_float64_array, ro
 from softaudit.reference import ReferenceCache, exact_element, exact_row, reference_rows
 
 SEED_ROW = [1000, 2000, 3000, 4000, 5000]
-DESIGN_DIGITS = ["6.6385371046556741e-1738", "1.3078390189212505e-1303", "2.5765358729611501e-869",
+SEED_ARTICLE_DIGITS = ["6.6385371046556741e-1738", "1.3078390189212505e-1303", "2.5765358729611501e-869",
                  "5.0759588975494576e-435", "1.0"]
 
 
-def test_seed_example_matches_design_to_15_digits():
+def test_seed_example_matches_the_seed_article_to_15_digits():
     got = exact_row(SEED_ROW).softmax
-    for v, expected in zip(got, DESIGN_DIGITS):
+    for v, expected in zip(got, SEED_ARTICLE_DIGITS):
         assert mpmath.nstr(v, 15) == mpmath.nstr(mpmath.mpf(expected), 15)
 
 
 def test_seed_example_matches_an_independent_decimal_computation_to_17_digits():
-    # DESIGN §8 prints digits 16-17 from a float64-precision computation; Python's
+    # The seed article printed digits 16-17 from a float64-precision computation (docs/cases.md#the-seed-examples); Python's
     # decimal module (no mpmath involved) settles them.
     getcontext().prec = 60
     e = [(Decimal(v) - Decimal(5000)).exp() for v in SEED_ROW]

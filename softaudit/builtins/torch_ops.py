@@ -4,7 +4,7 @@ torch.nn.functional.cross_entropy, as shipped.
 What differs: nothing of ours. The input tensor is passed in its own dtype
 (no upcast), so the audit sees how the framework itself handles float16 and
 bfloat16 — including its bugs, such as float16 logsumexp over 65,536 zeros
-returning inf (DESIGN §9). cross_entropy passes every keyword through with
+returning inf (docs/calibration.md#what-it-finds-in-torch-213-cpu). cross_entropy passes every keyword through with
 torch's own defaults. There are no explicit backward functions: all four
 backward passes are audited through torch autograd, as training computes them.
 """

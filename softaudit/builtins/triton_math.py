@@ -4,7 +4,7 @@ division, and the host-side launch helpers.
 Why not plain ``tl.exp``: on NVIDIA GPUs Triton lowers float32 ``tl.exp(z)`` to
 ``ex2.approx.f32(z * log2(e))``. Rounding the product costs a relative error of about
 |z| u in the result, so exp(x - max) of an entry 80 below the max is off by ~80 ulps: more
-than a textbook softmax loses (DESIGN §6 envelope: u (log2 n + 3) when x - max is exact),
+than a textbook softmax loses (docs/envelope.md#the-model envelope: u (log2 n + 3) when x - max is exact),
 and the audit would flag the tail of every confident row. ``libdevice.exp`` (CUDA's
 ``expf``, within 2 ulps at any argument), ``libdevice.log`` and the correctly rounded
 ``tl.div_rn`` keep the kernels within the envelope. Triton's CPU interpreter has no libdevice

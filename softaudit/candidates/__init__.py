@@ -1,7 +1,7 @@
 """Candidates: the implementations under audit, from the ``@candidate`` mark to a call's result.
 
 A *candidate* is one implementation of some of the ops ``softmax``,
-``log_softmax``, ``logsumexp`` and ``cross_entropy`` (DESIGN §7), and
+``log_softmax``, ``logsumexp`` and ``cross_entropy`` (docs/candidates.md#the-contract), and
 optionally of their explicit backward functions (``softmax_backward`` ...).
 It comes from a Python file (``impl.py``) or a built-in (``builtin:NAME``);
 both are loaded the same way, from a file executed as a fresh module.

@@ -1,4 +1,4 @@
-"""The corpus: failing inputs that ``softaudit search`` found, kept as case files (DESIGN §8).
+"""The corpus: failing inputs that ``softaudit search`` found, kept as case files (docs/search.md#the-corpus).
 
 Every input the search shrinks is written as one ``[[case]]`` file of explicit values into a corpus
 directory (default: ``.softaudit/corpus`` at the project's root), named by a hash of its content so

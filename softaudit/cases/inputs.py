@@ -4,7 +4,7 @@ Everything is generated in float64 first, identically for every format (one RNG
 stream per (audit seed, case seed), consumed in the same order whatever the
 format), and rounded once, correctly, with :func:`round_float64_array`. The same
 case and seed therefore give the same bytes on every run and machine, and the
-16-bit inputs are the correct roundings of the float64 ones (DESIGN §2, §9).
+16-bit inputs are the correct roundings of the float64 ones (docs/formats.md#rounding-into-a-format).
 
 Steps, in order (docs/cases.md): base values (scaled) -> gap -> ties -> offset ->
 mask -> injections -> rounding. Only ``offset_fraction_of_max``,

@@ -1,7 +1,7 @@
 """The case model: what a case of the library is (name, family, ops, directions, formats, shape,
 seed and generator parameters) and the vocabulary of its parameters (docs/cases.md).
 
-A case is data (DESIGN §8); :mod:`softaudit.cases.reader` reads and checks case files into
+A case is data (docs/cases.md#cases-the-input-library); :mod:`softaudit.cases.reader` reads and checks case files into
 :class:`Case` objects and :mod:`softaudit.cases.inputs` turns one into exact inputs.
 """
 
@@ -27,7 +27,7 @@ FAMILIES: Mapping[str, str] = MappingProxyType({
     "high-entropy": "uniform and near-uniform rows up to n = 262144",
     "long-rows": "long 16-bit rows (n = 512 … 262144) where 16-bit accumulation saturates",
     "shapes": "odd and awkward shapes: n = 1, 2, 3, 513, 1023, vocabulary sizes, many rows",
-    "seed-examples": "the project's own seed examples (DESIGN §8)",
+    "seed-examples": "the project's own seed examples (docs/cases.md#the-seed-examples)",
     "cross-entropy": "losses: far-off targets, offsets, smoothing, ignore_index, weights, soft targets, bad targets",
     "gradients": "backward passes with an upstream of ones on confident rows, where p - 1 cancels",
 })

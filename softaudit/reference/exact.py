@@ -3,7 +3,7 @@
 Two layers:
 
 * :func:`exact_row` is the exact engine: every output of one row as an mpmath
-  number at a chosen precision, with DESIGN §5's special-value semantics.
+  number at a chosen precision, with the special-value semantics of docs/special-values.md.
 * :func:`reference_rows` turns rows of inputs (exact binary values of the target
   format) into *certified* correctly-rounded references. Each value is computed
   at precision P together with a rigorous bound on its error; it is accepted
@@ -102,7 +102,7 @@ def exact_mul(a, b) -> mpmath.mpf:
 
 @dataclass(frozen=True)
 class ExactRow:
-    """Exact outputs for one row. ``None`` marks an undefined result (DESIGN §5)."""
+    """Exact outputs for one row. ``None`` marks an undefined result (docs/special-values.md#undefined-rows-and-the-policy)."""
 
     softmax: list[mpmath.mpf] | None
     log_softmax: list[mpmath.mpf] | None
@@ -152,7 +152,7 @@ class OpReference:
     lo: np.ndarray
     """exact / 2^k = hi + lo (float64 pair); 0 where the exact value is 0 or far below ulp(0)."""
     undefined: np.ndarray
-    """Per row (bool): the exact answer is undefined (fully masked or +inf row, DESIGN §5)."""
+    """Per row (bool): the exact answer is undefined (fully masked or +inf row, docs/special-values.md#undefined-rows-and-the-policy)."""
 
     def exact_str(self, index: tuple[int, ...], digits: int = 17) -> str | None:
         """The exact value at ``index`` from the stored (k, hi, lo), or None where they cannot say.
@@ -172,7 +172,7 @@ class OpReference:
 
 @dataclass
 class RowStats:
-    """Per-row quantities the stability envelope needs (DESIGN §6)."""
+    """Per-row quantities the stability envelope needs (docs/envelope.md#the-model)."""
 
     amax: np.ndarray
     """Row maximum (float64; NaN/±inf as they are)."""
@@ -339,7 +339,7 @@ def row_terms(x: np.ndarray, fmt: Format, prec: int, cut_margin: float = 0.0) ->
     counts = np.bincount(inverse, minlength=uniq.size)
     # Terms exp(d) below the cut are bounded, not computed: together they move no
     # output by more than 2^-66 of the format's smallest subnormal (every ulp is at
-    # least that, DESIGN §4) nor by more than 2^-(prec+20). The second bound moves
+    # least that, docs/formats.md#error-in-ulps) nor by more than 2^-(prec+20). The second bound moves
     # the cut down as Ziv's loop raises the precision, which settles the rows whose
     # exact outputs sit within a tail's worth of a rounding boundary (a difference
     # x_i - max that is exactly a midpoint, minus a tiny log(sum)).

@@ -104,7 +104,7 @@ def applies(fmt: Format) -> bool:
 
 
 def ulp_exponents(v: np.ndarray, fmt: Format) -> np.ndarray:
-    """k with ulp(v) = 2^k in fmt, per element (DESIGN §4; ulp(0) is the smallest subnormal);
+    """k with ulp(v) = 2^k in fmt, per element (docs/formats.md#error-in-ulps; ulp(0) is the smallest subnormal);
     v long double or float64."""
     _, e2 = np.frexp(v)  # v = m 2^e2 with 0.5 <= |m| < 1: floor(log2 |v|) = e2 - 1
     k = np.maximum(e2.astype(np.int64) - 1, fmt.emin) - fmt.p + 1

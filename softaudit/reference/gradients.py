@@ -10,7 +10,7 @@ With p = softmax(x) over a row and dy of the op's output shape:
 These closed forms define the gradient everywhere the forward is defined,
 masked entries included (p_i = 0 there: softmax and logsumexp give 0,
 log_softmax gives dy_i). A row with NaN gives NaN; a fully masked row or one
-holding +inf has an undefined gradient (DESIGN §5: the forward is undefined
+holding +inf has an undefined gradient (docs/special-values.md#gradients: the forward is undefined
 or a limit there).
 
 Each element is computed in mpmath with a rigorous bound on its error and

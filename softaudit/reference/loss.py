@@ -19,7 +19,7 @@ Because the loss is a sum of non-negative terms it is computed without
 cancellation; zero losses are recognised exactly (a row with one finite logit
 has L = 0). Gradient zeros are found as in gradients (exps of
 distinct rationals are linearly independent), in exact rational arithmetic.
-Special rows follow DESIGN §5: NaN logits give NaN; a fully masked row or one
+Special rows follow docs/special-values.md#the-exact-answers-class: NaN logits give NaN; a fully masked row or one
 holding +inf is undefined; a -inf logit with a positive coefficient gives +inf
 (the gradient keeps its closed form there). A target outside [0, C) that is not
 the ignore_index has no defined loss: the reference expects NaN (a raise is

@@ -5,7 +5,7 @@ representable in the target format (rounded once, correctly, like every case's i
 cross-entropy the targets and loss keywords. Every move returns a new Trial (or None when it does
 not apply); nothing here judges accuracy, that is the reference engine's job (engine.py).
 
-The moves follow the case families (DESIGN §8): spread and offset, the gap between the max and the
+The moves follow the case families (docs/cases.md#families): spread and offset, the gap between the max and the
 others, masks, row length, the position of the max, rows, single entries (special values, ties,
 ulp neighbours) and, for cross-entropy, the target and the loss keywords.
 """
@@ -72,7 +72,7 @@ def thresholds(fmt: Format) -> tuple[float, ...]:
 
 
 def ulp(v: float, fmt: Format) -> float:
-    """The spacing of ``fmt``'s values at ``v`` (DESIGN §4)."""
+    """The spacing of ``fmt``'s values at ``v`` (docs/formats.md#error-in-ulps)."""
     e = math.frexp(abs(v))[1] - 1 if v != 0 else fmt.emin
     return math.ldexp(1.0, max(e, fmt.emin) - fmt.p + 1)
 
