@@ -3,8 +3,8 @@
 Every conversion that decides a value here is exact: float64 -> format uses
 scaling by powers of two and round-half-even on integers held exactly in
 float64; mpmath -> format uses integer arithmetic on the mantissa. Neither
-goes through an intermediate format, so none of the double-rounding traps of
-(docs/formats.md#rounding-into-a-format: float64 -> bfloat16 via float32) can occur.
+goes through an intermediate format, so none of the double-rounding traps (float64 -> bfloat16
+via float32: docs/formats.md#rounding-into-a-format) can occur.
 """
 
 from __future__ import annotations
