@@ -16,7 +16,7 @@ import argparse
 import statistics
 import time
 
-from softaudit.runner import AuditOptions, run_audit
+from softaudit.runner.loop import AuditOptions, run_audit
 
 
 def timed(target: str, isolated: bool) -> tuple[float, int]:

@@ -6,8 +6,8 @@ reference correctly rounded into the target format, and judges each result
 against a stability envelope (see docs/ and the README).
 
 ``import softaudit`` is light (no numpy): the decorator comes from softaudit.decorator, and
-``audit`` and ``AuditReport`` (softaudit.api, with the audit machinery) are imported when first
-used.
+``audit`` and ``AuditReport`` (softaudit.api, with the audit machinery) and ``reproduce``
+(softaudit.reproduction) are imported when first used.
 """
 
 from __future__ import annotations
@@ -18,12 +18,13 @@ from softaudit.decorator import candidate  # public decorator
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "candidate", "audit", "AuditReport"]
+__all__ = ["__version__", "candidate", "audit", "AuditReport", "reproduce"]
 
-_LAZY = {"audit": "softaudit.api", "AuditReport": "softaudit.api"}
+_LAZY = {"audit": "softaudit.api", "AuditReport": "softaudit.api", "reproduce": "softaudit.reproduction"}
 
 if TYPE_CHECKING:
     from softaudit.api import AuditReport, audit
+    from softaudit.reproduction import reproduce
 
 
 def __getattr__(name: str) -> Any:

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from softaudit.candidates import Candidate
     from softaudit.formats import Format
     from softaudit.records import Record, SpeedRecord
-    from softaudit.runner import AuditResult
+    from softaudit.runner.loop import AuditResult
 
 MAX_LISTED_FINDINGS = 10
 """How many findings ``assert_ok``'s message spells out (FAILs first, then WARNs)."""
@@ -63,17 +63,19 @@ def audit(
     directions, all four formats, the whole case library); ``strict`` judges as
     ``softaudit run --strict`` does (a WARN is recorded as a FAIL, its reasons prefixed "strict:").
     ``bench=True`` also times every op x direction x format at ``shapes`` ("ROWSxN" strings or
-    (rows, n) pairs; default timing.DEFAULT_SHAPES) as ``softaudit run --bench`` does; the figures
+    (rows, n) pairs; default speed.DEFAULT_SHAPES) as ``softaudit run --bench`` does; the figures
     are in ``report.speed``. ``corpus`` adds a directory of cases ``softaudit search`` found
     (docs/search.md) when it holds any, as ``softaudit run`` adds the project's. ``device``
     ("auto", "cpu", "cuda", "cuda:N") places torch callables that do not name a device with ``@candidate``: inputs are created there and outputs
     brought back for judging. Bad arguments raise ValueError or TypeError with a one-line message.
     """
     from softaudit.candidates import CandidateError, _collect
-    from softaudit.envelope import DEFAULT_RATIO_LIMIT
-    from softaudit.isolation import InProcessExecutor
-    from softaudit.runner import AuditOptions, check_device, plan, run_audit
-    from softaudit.verdicts import DEFAULT_UNDEFINED_POLICY, UNDEFINED_POLICIES, Gate
+    from softaudit.judging.envelope import DEFAULT_RATIO_LIMIT
+    from softaudit.runner.isolation import InProcessExecutor
+    from softaudit.runner.environment import check_device
+    from softaudit.runner.loop import AuditOptions, run_audit
+    from softaudit.runner.planning import plan
+    from softaudit.judging.verdicts import DEFAULT_UNDEFINED_POLICY, UNDEFINED_POLICIES, Gate
 
     limit = DEFAULT_RATIO_LIMIT if ratio_limit is None else ratio_limit
     if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not (limit > 1.0 and math.isfinite(limit)):
@@ -349,7 +351,7 @@ def _listed(value: Any) -> list[Any]:
 
 def _shapes(value: Any) -> list[tuple[int, int]]:
     """Timing shapes: "ROWSxN" strings or (rows, n) pairs, one or several."""
-    from softaudit.timing import parse_shape
+    from softaudit.speed import parse_shape
 
     if isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, int) for v in value):
         value = [value]
@@ -427,7 +429,7 @@ def _ordered(records: list[Record]) -> list[Record]:
 def _finding_lines(r: Record) -> list[str]:
     """A finding for an assertion message: id and first reason, then the exact and computed
     values at the worst element (when the reason does not already say them), then the case."""
-    from softaudit.verdicts import where
+    from softaudit.judging.verdicts import where
 
     reason = r.reasons[0] if r.reasons else (r.error or "")
     lines = [f"{r.verdict} {_plain(r.id)}: {_plain(reason)}"]

@@ -193,7 +193,7 @@ class CallResult:
     """The call cannot be audited, and why (e.g. an autograd output without grad_fn): a SKIP reason."""
     cuda_error: str | None = None
     """The call left the CUDA context unusable (a device-side assert, an illegal memory access...):
-    the key of the error in softaudit.cuda_errors.STICKY_ERRORS (or its UNUSABLE_CONTEXT). The
+    the key of the error in softaudit.runner.cuda_errors.STICKY_ERRORS (or its UNUSABLE_CONTEXT). The
     worker that made the call was replaced; ``error`` names the cause."""
 
 
@@ -1533,7 +1533,7 @@ def _real_interrupt(exc: BaseException) -> bool:
 
 
 WORKER_PROCESS = False
-"""True in softaudit's worker process (set by softaudit.worker), where SIGINT is ignored."""
+"""True in softaudit's worker process (set by softaudit.runner.worker), where SIGINT is ignored."""
 
 
 def _one_line(text: str) -> str:

@@ -1,4 +1,4 @@
-"""Command line: a thin layer over runner.run_audit and the case library.
+"""Command line: a thin layer over runner.loop.run_audit and the case library.
 
 Exit codes: 0 no FAIL, 1 at least one FAIL, 2 bad input (one line, no traceback
 unless --debug).
@@ -23,15 +23,15 @@ from softaudit.candidates import CandidateError
 from softaudit.cases import OPS, CaseError, load_cases, select_cases
 from softaudit.ops import DIRECTIONS
 from softaudit.printable import printable_markup
-from softaudit.envelope import DEFAULT_RATIO_LIMIT, DEFAULT_RELATIVE_FACTOR, DEFAULT_RELATIVE_SLACK
+from softaudit.judging.envelope import DEFAULT_RATIO_LIMIT, DEFAULT_RELATIVE_FACTOR, DEFAULT_RELATIVE_SLACK
 from softaudit.formats import FORMATS, FormatError, get_format
-from softaudit.isolation import DEFAULT_TIMEOUT, MAX_TIMEOUT
+from softaudit.runner.isolation import DEFAULT_TIMEOUT, MAX_TIMEOUT
 from softaudit.config import ConfigError
 from softaudit.corpus import corpus_cases_dir, with_corpus_dir
 from softaudit.results import ResultsError
-from softaudit.runner import NothingToAudit
+from softaudit.runner.planning import NothingToAudit
 from softaudit.search import SearchError
-from softaudit.verdicts import DEFAULT_UNDEFINED_POLICY, UNDEFINED_POLICIES, Gate
+from softaudit.judging.verdicts import DEFAULT_UNDEFINED_POLICY, UNDEFINED_POLICIES, Gate
 
 app = typer.Typer(
     add_completion=False,
@@ -141,7 +141,7 @@ def run(
     from softaudit.reports.files import write_text
     from softaudit.reports.json_report import results_json
     from softaudit.reports.terminal import render
-    from softaudit.runner import AuditOptions, run_audit
+    from softaudit.runner.loop import AuditOptions, run_audit
 
     with _bad_input(debug):
         cfg = _gate_config(config, no_config)
@@ -261,8 +261,8 @@ def _worker_limits(timeout: float, memory_limit: Optional[float]) -> Optional[in
 
 
 def _device(device: Optional[str], cfg) -> str:  # type: ignore[no-untyped-def]
-    """--device, else [tool.softaudit]'s, else auto; usable here (runner.check_device)."""
-    from softaudit.runner import DeviceError, check_device
+    """--device, else [tool.softaudit]'s, else auto; usable here (runner.environment.check_device)."""
+    from softaudit.runner.environment import DeviceError, check_device
 
     device = _pick(device, cfg and cfg.device, "auto")
     try:
@@ -288,7 +288,7 @@ def _corpus(path: Optional[Path], off: bool, cfg) -> Optional[Path]:  # type: ig
 
 
 def _parse_shape(text: str) -> tuple[int, int]:
-    from softaudit.timing import parse_shape
+    from softaudit.speed import parse_shape
 
     try:
         return parse_shape(text)

@@ -15,8 +15,8 @@ from typing import Any
 
 from softaudit.formats import FORMATS
 from softaudit.ops import DIRECTIONS, OPS
-from softaudit.timing import parse_shape
-from softaudit.verdicts import UNDEFINED_POLICIES, Limits
+from softaudit.speed import parse_shape
+from softaudit.judging.verdicts import UNDEFINED_POLICIES, Limits
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -48,7 +48,7 @@ class GateConfig:
     jobs: int | None = None
     bench: bool | None = None
     device: str | None = None
-    """auto, cpu, cuda or cuda:N (runner.DEVICES); checked when the run starts."""
+    """auto, cpu, cuda or cuda:N (runner.environment.DEVICES); checked when the run starts."""
     corpus: Path | None = None
     """The corpus directory of found cases (search --save-to's default, run's --corpus)."""
     shapes: list[tuple[int, int]] = field(default_factory=list)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from softaudit.metrics import Location, RecordMetrics
+from softaudit.judging.metrics import Location, RecordMetrics
 from softaudit.records import Record, SpeedRecord
 
 SUPPORTED_SCHEMA_VERSIONS = (1,)
@@ -262,7 +262,7 @@ def load_results(path: str | Path) -> ResultsDocument:
 
 
 def document_of(result: Any, text: str | None = None) -> ResultsDocument:
-    """The document of an audit just run (runner.AuditResult), exactly as its JSON would read back;
+    """The document of an audit just run (runner.loop.AuditResult), exactly as its JSON would read back;
     ``text``: that JSON when already serialised (json_report.results_json), not made twice."""
     from softaudit.reports.json_report import results_json
 

@@ -31,14 +31,17 @@ from softaudit.cases import Case, CaseError, case_from_table, load_cases
 from softaudit.corpus import FAMILY, content_digest, default_corpus_dir, save_case, with_corpus_dir
 from softaudit.formats import FORMATS, Format
 from softaudit.inputs import NotApplicable, generate, loss_inputs
-from softaudit.isolation import DEFAULT_TIMEOUT, CandidateInfo, Executor, make_executor
+from softaudit.runner.isolation import DEFAULT_TIMEOUT, CandidateInfo, Executor, make_executor
 from softaudit.mutations import Trial, mutate, random_trial
 from softaudit.ops import DIRECTIONS, OPS
 from softaudit.records import Record
 from softaudit.reference import ReferenceCache, default_cache_dir
-from softaudit.runner import AuditUnit, audit_record, check_device, environment, expand_targets, load_targets
+from softaudit.judging.unit import AuditUnit
+from softaudit.runner.environment import check_device, environment
+from softaudit.runner.loop import audit_record
+from softaudit.runner.planning import expand_targets, load_targets
 from softaudit.shrink import ShrinkStats, shrink
-from softaudit.verdicts import FAIL, SKIP, UNDEFINED_POLICIES, Gate, fmt_num
+from softaudit.judging.verdicts import FAIL, SKIP, UNDEFINED_POLICIES, Gate, fmt_num
 
 DEFAULT_BUDGET = 60.0
 """Seconds of exploring by default: enough for a few hundred to a few thousand inputs on a CPU."""
@@ -568,7 +571,7 @@ def _reproducer(result: SearchResult, record: Record, corpus: Path) -> str:
     """The ``softaudit repro`` script of the saved case's record."""
     from softaudit.repro import repro_script
     from softaudit.results import document_of
-    from softaudit.runner import AuditOptions, AuditResult
+    from softaudit.runner.loop import AuditOptions, AuditResult
 
     o = result.options
     options = AuditOptions(ops=[o.op], directions=[o.direction], formats=[o.format], cases_dirs=[corpus],

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 import softaudit
-from softaudit.metrics import Location, RecordMetrics
+from softaudit.judging.metrics import Location, RecordMetrics
 from softaudit.records import Record
 from softaudit.results import load_results
-from softaudit.runner import AuditOptions, AuditResult
+from softaudit.runner.loop import AuditOptions, AuditResult
 
 ROOT = Path(__file__).resolve().parent.parent
 

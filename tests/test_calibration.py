@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from softaudit.formats import FORMATS
-from softaudit.runner import AuditOptions, run_audit
-from softaudit.verdicts import FAIL, PASS, SKIP
+from softaudit.runner.loop import AuditOptions, run_audit
+from softaudit.judging.verdicts import FAIL, PASS, SKIP
 
 CALIBRATION = Path(__file__).parent / "calibration"
 REPO = Path(__file__).resolve().parents[1]

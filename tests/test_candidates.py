@@ -27,7 +27,7 @@ from softaudit.candidates import (
 )
 from softaudit.formats import FORMATS, get_format, round_float64_array
 from softaudit.inputs import LossInputs
-from softaudit.isolation import CandidateInfo
+from softaudit.runner.isolation import CandidateInfo
 
 FIXTURES = Path(__file__).parent / "fixtures"
 EXAMPLES = Path(__file__).parent.parent / "examples"

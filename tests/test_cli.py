@@ -552,7 +552,7 @@ def test_version(cli_subprocess):
 def test_run_audit_in_process(softaudit_cache_dir):
     from softaudit.formats import get_format
     from softaudit.reference import default_cache_dir
-    from softaudit.runner import AuditOptions, run_audit
+    from softaudit.runner.loop import AuditOptions, run_audit
 
     assert default_cache_dir() == softaudit_cache_dir
     calls = []

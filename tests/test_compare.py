@@ -11,12 +11,12 @@ from rich.console import Console
 
 from softaudit.compare import CompareOptions, compare, comparison_dict, matching_names, render_comparison
 from softaudit.formats import get_format
-from softaudit.metrics import RecordMetrics
+from softaudit.judging.metrics import RecordMetrics
 from softaudit.records import Record, SpeedRecord
 from softaudit.reports.json_report import write_json
 from softaudit.results import ResultsDocument, ResultsError, document_of, load_results
-from softaudit.runner import AuditOptions, run_audit
-from softaudit.verdicts import FAIL, PASS, SKIP, WARN
+from softaudit.runner.loop import AuditOptions, run_audit
+from softaudit.judging.verdicts import FAIL, PASS, SKIP, WARN
 
 
 def rec(case: str = "c1", *, candidate: str = "impl", target: str = "impl.py", op: str = "softmax",

@@ -19,7 +19,7 @@ from softaudit.formats import get_format
 from softaudit.reports.files import write_text
 from softaudit.reports.html_report import render_html
 from softaudit.results import document_of
-from softaudit.runner import AuditOptions, run_audit
+from softaudit.runner.loop import AuditOptions, run_audit
 from test_html_report import HOSTILE, NAIVE_SOFTMAX
 
 CHROMIUM = shutil.which("chromium")

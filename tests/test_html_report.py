@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from softaudit.formats import get_format
-from softaudit.metrics import Location, RecordMetrics
+from softaudit.judging.metrics import Location, RecordMetrics
 from softaudit.records import Record, SpeedRecord
 from softaudit.reports.html_report import (
     LogScale,
@@ -28,8 +28,8 @@ from softaudit.reports.html_report import (
     worst_findings,
 )
 from softaudit.results import ResultsDocument, document_of, repro_command, rerun_command
-from softaudit.runner import AuditOptions, run_audit
-from softaudit.verdicts import PASS
+from softaudit.runner.loop import AuditOptions, run_audit
+from softaudit.judging.verdicts import PASS
 
 HOSTILE = "<img src=x onerror=alert(1)>"
 NAIVE_SOFTMAX = (

@@ -19,9 +19,9 @@ import torch.nn.functional as F
 from softaudit.candidates import CallRequest
 from softaudit.formats import FORMATS
 from softaudit.inputs import LossInputs
-from softaudit.isolation import InProcessExecutor, WorkerExecutor
+from softaudit.runner.isolation import InProcessExecutor, WorkerExecutor
 from softaudit.ops import LOSS_KEYWORDS, OPS
-from softaudit.runner import AuditOptions, run_audit
+from softaudit.runner.loop import AuditOptions, run_audit
 
 REPO = Path(__file__).resolve().parents[1]
 FAULTS = REPO / "tests" / "fixtures" / "faults"

@@ -11,14 +11,14 @@ import pytest
 from markdown_it import MarkdownIt
 
 from softaudit.formats import FORMATS
-from softaudit.metrics import Location, RecordMetrics
+from softaudit.judging.metrics import Location, RecordMetrics
 from softaudit.ops import DIRECTIONS, OPS
 from softaudit.records import Record
 from softaudit.reports.junit_report import render_junit
 from softaudit.reports.markdown_report import md_code, md_text, render_markdown
 from softaudit.results import ResultsDocument, document_of, rerun_command
-from softaudit.runner import AuditOptions, run_audit
-from softaudit.verdicts import FAIL, PASS, SKIP, WARN
+from softaudit.runner.loop import AuditOptions, run_audit
+from softaudit.judging.verdicts import FAIL, PASS, SKIP, WARN
 
 FAULTS = Path(__file__).parent / "fixtures" / "faults"
 HOSTILE = "<img src=x onerror=alert(1)>"

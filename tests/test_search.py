@@ -26,7 +26,7 @@ from softaudit.corpus import case_toml, default_corpus_dir, project_root, save_c
 from softaudit.formats import FORMATS
 from softaudit.inputs import generate
 from softaudit.mutations import Trial
-from softaudit.runner import AuditOptions, run_audit
+from softaudit.runner.loop import AuditOptions, run_audit
 from softaudit.search import SearchOptions, case_table, search
 from softaudit.shrink import complexity, shrink, simpler_values
 

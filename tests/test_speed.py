@@ -11,7 +11,7 @@ from softaudit import timing
 from softaudit.candidates import load_target
 from softaudit.formats import FORMATS
 from softaudit.speed import SpeedError, SpeedMeter, bench_arrays, prepare
-from softaudit.timing import DEFAULT_SHAPES, parse_shape
+from softaudit.speed import DEFAULT_SHAPES, parse_shape
 
 NAIVE_NUMPY = str(Path(__file__).resolve().parents[1] / "examples" / "naive_numpy.py")
 
@@ -76,7 +76,7 @@ def test_autograd_timing_does_not_accumulate_into_the_input_gradient():
 def test_the_audit_times_in_its_worker_and_the_json_carries_every_figure(tmp_path):
     from softaudit.formats import FLOAT32
     from softaudit.results import document_of
-    from softaudit.runner import AuditOptions, run_audit
+    from softaudit.runner.loop import AuditOptions, run_audit
 
     options = AuditOptions(ops=["softmax"], formats=[FLOAT32], case_patterns=["uniform-1024"], bench=True,
                            shapes=[(4, 64), (2, 128)], cache_dir=tmp_path, jobs=1)
@@ -98,7 +98,7 @@ def test_the_audit_times_in_its_worker_and_the_json_carries_every_figure(tmp_pat
 
 def test_without_bench_nothing_is_timed(tmp_path):
     from softaudit.formats import FLOAT32
-    from softaudit.runner import AuditOptions, run_audit
+    from softaudit.runner.loop import AuditOptions, run_audit
 
     result = run_audit(["builtin:shifted"], AuditOptions(ops=["logsumexp"], formats=[FLOAT32],
                                                         case_patterns=["uniform-1024"], cache_dir=tmp_path, jobs=1))

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from softaudit import cuda_errors
+from softaudit.runner import cuda_errors
 from softaudit.candidates import CallResult
 from softaudit.formats import FORMATS
-from softaudit.isolation import RESTARTED_NOTE, checked
-from softaudit.runner import AuditOptions, run_audit
+from softaudit.runner.isolation import RESTARTED_NOTE, checked
+from softaudit.runner.loop import AuditOptions, run_audit
 
 REPO = Path(__file__).resolve().parents[1]
 STICKY = REPO / "tests" / "fixtures" / "sticky"

@@ -18,7 +18,7 @@ import pytest
 
 from softaudit.candidates import INTERPRETED_NOTE, load_target, triton_interpretation
 from softaudit.formats import FORMATS
-from softaudit.runner import AuditOptions, run_audit
+from softaudit.runner.loop import AuditOptions, run_audit
 
 pytest.importorskip("triton", reason="triton is not installed (pip install 'softaudit[triton]')")
 
@@ -278,7 +278,7 @@ def compiled_on_the_cpu():
 
     from softaudit.cases import load_cases, select_cases
     from softaudit.inputs import generate
-    from softaudit.isolation import InProcessExecutor
+    from softaudit.runner.isolation import InProcessExecutor
 
     if shutil.which("c++") is None and shutil.which("g++") is None:
         pytest.skip("torch.compile on the CPU needs a C++ compiler (none on PATH)")
@@ -310,7 +310,7 @@ def test_a_torch_compiled_candidate_is_audited_on_the_cpu(compiled_on_the_cpu):
     judges it by the gate. The verdict on the confident row itself depends on the CPU's vector width,
     the compiler and torch's summation order (WARN here and on an AVX2 machine, FAIL on another), so
     it is checked against the measured ratio, not asserted."""
-    from softaudit.envelope import DEFAULT_RATIO_LIMIT
+    from softaudit.judging.envelope import DEFAULT_RATIO_LIMIT
 
     records, compiled_ulps, _ = compiled_on_the_cpu
     assert records[("compiled", "offset-plus-1e3")].verdict == "PASS"

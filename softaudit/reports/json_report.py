@@ -12,10 +12,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from softaudit.metrics import Location
+from softaudit.judging.metrics import Location
 from softaudit.records import Record, SpeedRecord
 from softaudit.reports.files import write_text
-from softaudit.runner import AuditResult
+from softaudit.runner.loop import AuditResult
 
 SCHEMA_VERSION = 1
 

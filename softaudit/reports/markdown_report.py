@@ -11,11 +11,11 @@ import re
 from collections import Counter, defaultdict
 
 from softaudit.formats import FORMATS
-from softaudit.metrics import Location
+from softaudit.judging.metrics import Location
 from softaudit.records import Record
 from softaudit.reports.terminal import SPEED_LEGEND, Row, badness, short_number, speed_grid, summary_rows
 from softaudit.results import ResultsDocument, rerun_command
-from softaudit.verdicts import FAIL, PASS, SEVERITY, SKIP, WARN, fmt_num, fmt_value, where
+from softaudit.judging.verdicts import FAIL, PASS, SEVERITY, SKIP, WARN, fmt_num, fmt_value, where
 
 SMALL_TABLE_ROWS = 12
 """A summary table this long is shown whole even in the short form."""

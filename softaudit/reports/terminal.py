@@ -15,8 +15,8 @@ from softaudit.formats import FORMATS
 from softaudit.printable import printable
 from softaudit.ops import DIRECTIONS, OPS
 from softaudit.records import Record, SpeedRecord
-from softaudit.runner import AuditResult
-from softaudit.verdicts import FAIL, PASS, SEVERITY, SKIP, WARN
+from softaudit.runner.loop import AuditResult
+from softaudit.judging.verdicts import FAIL, PASS, SEVERITY, SKIP, WARN
 
 STYLES = {PASS: "green", WARN: "yellow", FAIL: "bold red", SKIP: "dim"}
 

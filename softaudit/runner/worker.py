@@ -1,4 +1,4 @@
-"""The worker process that runs candidates: ``python -m softaudit.worker R W MEMORY ROWWISE``.
+"""The worker process that runs candidates: ``python -m softaudit.runner.worker R W MEMORY ROWWISE``.
 
 It reads requests from pipe fd R and answers on pipe fd W (multiprocessing
 Connection framing): ("load", target, probe), ("call", target, name,
@@ -37,9 +37,9 @@ from softaudit.candidates import (
     call,
     load_target,
 )
-from softaudit import cuda_errors
+from softaudit.runner import cuda_errors
 from softaudit.candidates import _describe
-from softaudit.isolation import CandidateInfo, checked
+from softaudit.runner.isolation import CandidateInfo, checked
 from softaudit.speed import SpeedMeter, bench
 
 
