@@ -65,7 +65,7 @@ def repro_script(doc: ResultsDocument, record_id: str) -> str:
         raise ResultsError(f"record {record.id!r}: case {record.case!r} no longer applies to {fmt.name} "
                            f"({exc.reason})") from None
     _check_same_input(record, x)
-    return _Script(record, doc, case, fmt, seed, cases_dirs, x).render()
+    return _Script(record, doc, fmt, seed, cases_dirs, x).render()
 
 
 # --------------------------------------------------------------------------
@@ -169,9 +169,9 @@ def _short_hex(v: float) -> str:
     return f"{mantissa}p{exponent}"
 
 
-def _embedded(x: np.ndarray, fmt: Format) -> tuple[str, list[list[str]]] | None:
-    """The X_HEX literal of a small input and its rows, or None when it is too large or would not
-    come back byte for byte (a NaN with a payload)."""
+def _embedded(x: np.ndarray, fmt: Format) -> str | None:
+    """The X_HEX literal of a small input, or None when it is too large or would not come back
+    byte for byte (a NaN with a payload)."""
     if x.size > EMBED_LIMIT:
         return None
     rows = [[_short_hex(v) for v in row] for row in x.astype(np.float64).tolist()]
@@ -186,7 +186,7 @@ def _embedded(x: np.ndarray, fmt: Format) -> tuple[str, list[list[str]]] | None:
         lines.extend(f"        {line}" for line in body)
         lines.append("    ],")
     lines.append("]")
-    return "\n".join(lines), rows
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------
@@ -199,7 +199,6 @@ class _Script:
 
     record: Record
     doc: ResultsDocument
-    case: Case
     fmt: Format
     seed: int
     cases_dirs: list[str]
@@ -217,7 +216,7 @@ class _Script:
                  self._data(), _main(embedded is not None)]
         if embedded is not None:
             parts.append("# The audited input: ROWS x N values of its format, each as float.hex of the float64 "
-                         "holding it.\n" + embedded[0])
+                         "holding it.\n" + embedded)
         parts.append(_FOOTER)
         return "\n\n\n".join(p.strip("\n") for p in parts) + "\n"
 
@@ -227,8 +226,8 @@ class _Script:
         gate = None
         if "ratio_limit" in options:
             gate = {key: options.get(key) for key in ("ratio_limit", "undefined_policy", "max_ulp", "strict", "limits")}
-        data = reproduction_data(self.record, record_dict(self.record), self.seed, self.cases_dirs,
-                                 bool(options.get("rowwise")), gate, self.x, None)
+        data = reproduction_data(record_dict(self.record), self.seed, self.cases_dirs, bool(options.get("rowwise")),
+                                 gate, self.x)
         lines = ["# The record, its run's seed, case directories and gate, and the input's SHA-256, as",
                  "# softaudit.reproduce takes them.", "REPRO = json.loads("]
         lines += [f"    {line + chr(10)!r}" for line in _json_lines(data)]

@@ -60,9 +60,10 @@ class Reproduction:
 # The data
 
 
-def reproduction_data(record: Record, record_json: dict, seed: int, cases_dirs: list[str], rowwise: bool,
-                      gate: dict | None, x: np.ndarray, embed_hex: list[list[str]] | None) -> dict:
-    """The data ``reproduce`` takes, for one record of a results document (JSON types only)."""
+def reproduction_data(record_json: dict, seed: int, cases_dirs: list[str], rowwise: bool, gate: dict | None,
+                      x: np.ndarray) -> dict:
+    """The data ``reproduce`` takes, for one record (as the results JSON holds it) of a run (JSON
+    types only); a script adds the input itself under ``input.hex`` when it is small."""
     data: dict[str, Any] = {
         "softaudit_reproduce": DATA_VERSION,
         "record": record_json,
@@ -73,8 +74,6 @@ def reproduction_data(record: Record, record_json: dict, seed: int, cases_dirs: 
     }
     if gate is not None:
         data["gate"] = gate
-    if embed_hex is not None:
-        data["input"]["hex"] = embed_hex
     return data
 
 

@@ -155,7 +155,7 @@ def _in_a_fresh_interpreter(check: str) -> str:
     import textwrap
 
     prelude = ("import os\nos.environ['TRITON_INTERPRET'] = '1'\nimport torch\n"
-               "from softaudit.candidates import load_target\nfrom softaudit import kernels\n")
+               "from softaudit.candidates import load_target\nfrom softaudit.runner import kernels\n")
     done = subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(check)], capture_output=True, text=True,
                           timeout=900, env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=REPO)
     assert done.returncode == 0, done.stderr[-3000:]
