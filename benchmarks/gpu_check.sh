@@ -105,7 +105,7 @@ step 3-audit-buggy "$T_BUGGY" softaudit run builtin:torch "${TRITON[@]}" example
 step 3-check 10 "$PY" - "$DEST/audit-cold.json" "$DEST/audit-warm.json" "$DEST/audit-buggy.json" <<'EOF'
 """Per JSON: FAILs blaming a CUDA error on a record whose own input is not expected to cause one."""
 import fnmatch, json, sys
-from softaudit.cuda_errors import sticky_error
+from softaudit.runner.cuda_errors import sticky_error
 
 EXPECTED = [("builtin:torch", "cross_entropy", "ce-target-out-of-range-*")]  # torch's kernel asserts there
 for path in sys.argv[1:]:

@@ -17,7 +17,7 @@ import statistics
 import time
 
 from softaudit.options import AuditOptions, WorkerOptions
-from softaudit.runner import run_audit
+from softaudit.runner.loop import run_audit
 
 
 def timed(target: str, isolated: bool) -> tuple[float, int]:

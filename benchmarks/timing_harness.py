@@ -29,7 +29,7 @@ from softaudit import timing
 from softaudit.candidates.loading import load_target
 from softaudit.formats import FORMATS
 from softaudit.speed import SpeedMeter, bench_arrays, prepare
-from softaudit.timing import parse_shape
+from softaudit.speed import parse_shape
 
 
 def main() -> None:

@@ -7,7 +7,7 @@ against a stability envelope (see docs/ and the README).
 
 ``import softaudit`` is light (no numpy): the decorator comes from softaudit.candidates.decorator,
 the error root from softaudit.errors, and ``audit`` and ``AuditReport`` (softaudit.api, with the
-audit machinery) are imported when first used.
+audit machinery) and ``reproduce`` (softaudit.reproduction) are imported when first used.
 """
 
 from __future__ import annotations
@@ -19,12 +19,13 @@ from softaudit.errors import SoftauditError
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "candidate", "audit", "AuditReport", "SoftauditError"]
+__all__ = ["__version__", "candidate", "audit", "AuditReport", "reproduce", "SoftauditError"]
 
-_LAZY = {"audit": "softaudit.api", "AuditReport": "softaudit.api"}
+_LAZY = {"audit": "softaudit.api", "AuditReport": "softaudit.api", "reproduce": "softaudit.reproduction"}
 
 if TYPE_CHECKING:
     from softaudit.api import AuditReport, audit
+    from softaudit.reproduction import reproduce
 
 
 def __getattr__(name: str) -> Any:

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from softaudit.candidates.model import Candidate
     from softaudit.formats import Format
     from softaudit.results.records import Record, SpeedRecord
-    from softaudit.runner import AuditResult
+    from softaudit.runner.loop import AuditResult
 
 MAX_LISTED_FINDINGS = 10
 """How many findings ``assert_ok``'s message spells out (FAILs first, then WARNs)."""
@@ -62,7 +62,7 @@ def audit(
     directions, all four formats, the whole case library); ``strict`` judges as
     ``softaudit run --strict`` does (a WARN is recorded as a FAIL, its reasons prefixed "strict:").
     ``bench=True`` also times every op x direction x format at ``shapes`` ("ROWSxN" strings or
-    (rows, n) pairs; default timing.DEFAULT_SHAPES) as ``softaudit run --bench`` does; the figures
+    (rows, n) pairs; default speed.DEFAULT_SHAPES) as ``softaudit run --bench`` does; the figures
     are in ``report.speed``. ``corpus`` adds a directory of cases ``softaudit search`` found
     (docs/search.md) when it holds any, as ``softaudit run`` adds the project's. ``device``
     ("auto", "cpu", "cuda", "cuda:N") places torch callables that do not name a device with ``@candidate``: inputs are created there and outputs
@@ -70,10 +70,12 @@ def audit(
     """
     from softaudit.candidates.collection import candidates_from_functions, candidates_from_module
     from softaudit.candidates.errors import CandidateError
-    from softaudit.isolation import InProcessExecutor
+    from softaudit.runner.isolation import InProcessExecutor
     from softaudit.options import AuditOptions, CacheOptions, WorkerOptions, checked_audit_options, overridden
-    from softaudit.runner import check_device, plan, run_audit
-    from softaudit.verdicts import Gate
+    from softaudit.runner.environment import check_device
+    from softaudit.runner.planning import plan
+    from softaudit.runner.loop import run_audit
+    from softaudit.judging.verdicts import Gate
 
     if not isinstance(strict, bool) or not isinstance(rowwise, bool):
         raise TypeError("strict and rowwise must be True or False")
@@ -324,7 +326,7 @@ def _listed(value: Any) -> list[Any]:
 
 def _shapes(value: Any) -> list[tuple[int, int]]:
     """Timing shapes: "ROWSxN" strings or (rows, n) pairs, one or several."""
-    from softaudit.timing import parse_shape
+    from softaudit.speed import parse_shape
 
     if isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, int) for v in value):
         value = [value]
@@ -376,7 +378,7 @@ def _format(value: Any) -> Format:
 def _finding_lines(r: Record) -> list[str]:
     """A finding for an assertion message: id and first reason, then the exact and computed
     values at the worst element (when the reason does not already say them), then the case."""
-    from softaudit.verdicts import where
+    from softaudit.judging.verdicts import where
 
     reason = r.reasons[0] if r.reasons else (r.error or "")
     lines = [f"{r.verdict} {_plain(r.id)}: {_plain(reason)}"]

@@ -1,4 +1,4 @@
-"""Command line: a thin layer over runner.run_audit, search.search and the case library.
+"""Command line: a thin layer over runner.loop.run_audit, search.engine.search and the case library.
 
 Each command builds its options (softaudit.options: defaults < [tool.softaudit] < the flags,
 checked by the options' own rules, named by their flags), calls the API and renders the result.
@@ -27,7 +27,7 @@ from softaudit.ops import OPS
 from softaudit.cases.reader import load_cases, select_cases
 from softaudit.config import GateConfig
 from softaudit.cases.corpus import corpus_cases_dir, with_corpus_dir
-from softaudit.envelope import DEFAULT_RATIO_LIMIT, DEFAULT_RELATIVE_FACTOR, DEFAULT_RELATIVE_SLACK
+from softaudit.judging.envelope import DEFAULT_RATIO_LIMIT, DEFAULT_RELATIVE_FACTOR, DEFAULT_RELATIVE_SLACK
 from softaudit.errors import BadInput
 from softaudit.formats import FORMATS, get_format
 from softaudit.ops import DIRECTIONS
@@ -43,7 +43,7 @@ from softaudit.options import (
     overridden,
 )
 from softaudit.printable import printable_markup
-from softaudit.verdicts import DEFAULT_UNDEFINED_POLICY, Gate
+from softaudit.judging.verdicts import DEFAULT_UNDEFINED_POLICY, Gate
 
 if TYPE_CHECKING:
     from softaudit.results.document import ResultsDocument
@@ -148,7 +148,7 @@ def run(
     from softaudit.reports.files import write_text
     from softaudit.results.schema import results_json
     from softaudit.reports.terminal import render
-    from softaudit.runner import run_audit
+    from softaudit.runner.loop import run_audit
 
     with _bad_input(debug):
         cfg = _gate_config(config, no_config)
@@ -232,8 +232,8 @@ def _worker(configured: WorkerOptions, no_isolation: bool, rowwise: bool, timeou
 
 
 def _check_device(device: str) -> None:
-    """The device is usable here (runner.check_device), named by its flag."""
-    from softaudit.runner import DeviceError, check_device
+    """The device is usable here (runner.environment.check_device), named by its flag."""
+    from softaudit.runner.environment import DeviceError, check_device
 
     try:
         check_device(device)
@@ -258,7 +258,7 @@ def _corpus(path: Optional[Path], off: bool, cfg: Optional[GateConfig]) -> Optio
 
 
 def _parse_shape(text: str) -> tuple[int, int]:
-    from softaudit.timing import parse_shape
+    from softaudit.speed import parse_shape
 
     try:
         return parse_shape(text)

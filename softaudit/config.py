@@ -31,8 +31,8 @@ from softaudit.options import (
     check_seed,
     overridden,
 )
-from softaudit.timing import parse_shape
-from softaudit.verdicts import UNDEFINED_POLICIES, Gate, Limits
+from softaudit.speed import parse_shape
+from softaudit.judging.verdicts import UNDEFINED_POLICIES, Gate, Limits
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -16,19 +16,36 @@ with the loss's defaults (reduction "mean" where the function takes a ``reductio
 
 from __future__ import annotations
 
+import re
 import time
 import warnings
 from typing import Any, Callable
 
 import numpy as np
 
-from softaudit import kernels, timing
+from softaudit import timing
+from softaudit.runner import kernels
 from softaudit.candidates.arguments import Arguments, call_arguments
 from softaudit.candidates.model import Candidate, OpFunction
 from softaudit.candidates.calling import backward_mode
 from softaudit.candidates.conversion import to_torch
 from softaudit.errors import SoftauditError
 from softaudit.formats import FORMATS, Format
+
+DEFAULT_SHAPES: tuple[tuple[int, int], ...] = ((4096, 1024), (1024, 32000), (256, 128256), (64, 262144))
+"""rows x n timed by default: attention rows (4,096 queries x 1,024 keys), then vocabularies
+(Llama 2's 32,000, Llama 3's 128,256, Gemma's 262,144) at batch x sequence sizes of one step."""
+
+_SHAPE = re.compile(r"^\s*(\d+)\s*[xX×]\s*(\d+)\s*$")
+
+
+def parse_shape(text: str) -> tuple[int, int]:
+    """``"ROWSxN"`` -> (rows, n); ValueError with the cause for anything else."""
+    m = _SHAPE.match(text)
+    if not m or int(m.group(1)) < 1 or int(m.group(2)) < 1:
+        raise ValueError(f"shape {text!r} is not ROWSxN with positive integers (e.g. 1024x32000)")
+    return int(m.group(1)), int(m.group(2))
+
 
 class SpeedError(SoftauditError):
     """The call cannot be timed (a reason in one line, shown instead of figures)."""
@@ -284,7 +301,7 @@ class SpeedMeter:
             "draw_s": drawn - started,        # the logits (drawn once per format x shape, then kept)
             "reference_s": computed - drawn,  # the backward's y and dy, cross-entropy's targets
             "transfer_s": prepared - computed,  # the arguments converted and placed on the device
-            "compile_s": compile_s,           # kernel compilations noted during the timing (softaudit.kernels)
+            "compile_s": compile_s,           # kernel compilations noted during the timing (softaudit.runner.kernels)
             "timing_s": timed - prepared,     # warm-up and timed calls, compilations included
             "copy_s": done - timed,           # the copy of the same bytes (measured once per size)
             "total_s": done - started,

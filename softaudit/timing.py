@@ -18,27 +18,11 @@ stream around the call, then a synchronisation (:func:`cuda_clock`).
 
 from __future__ import annotations
 
-import re
 import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
-
-DEFAULT_SHAPES: tuple[tuple[int, int], ...] = ((4096, 1024), (1024, 32000), (256, 128256), (64, 262144))
-"""rows x n timed by default: attention rows (4,096 queries x 1,024 keys), then vocabularies
-(Llama 2's 32,000, Llama 3's 128,256, Gemma's 262,144) at batch x sequence sizes of one step."""
-
-_SHAPE = re.compile(r"^\s*(\d+)\s*[xX×]\s*(\d+)\s*$")
-
-
-def parse_shape(text: str) -> tuple[int, int]:
-    """``"ROWSxN"`` -> (rows, n); ValueError with the cause for anything else."""
-    m = _SHAPE.match(text)
-    if not m or int(m.group(1)) < 1 or int(m.group(2)) < 1:
-        raise ValueError(f"shape {text!r} is not ROWSxN with positive integers (e.g. 1024x32000)")
-    return int(m.group(1)), int(m.group(2))
-
 
 WARMUP_CALLS = 2
 """Untimed calls first (and one on every copy of the arguments): allocator, caches of the

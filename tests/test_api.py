@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 
 import softaudit
-from softaudit.metrics import Location, RecordMetrics
+from softaudit.judging.metrics import Location, RecordMetrics
 from softaudit.results.records import Record
 from softaudit.results.schema import load_results
 from softaudit.options import AuditOptions
-from softaudit.runner import AuditResult
+from softaudit.runner.loop import AuditResult
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -14,8 +14,8 @@ import pytest
 
 from softaudit.formats import FORMATS
 from softaudit.options import AuditOptions, WorkerOptions
-from softaudit.runner import run_audit
-from softaudit.verdicts import FAIL, PASS, SKIP
+from softaudit.runner.loop import run_audit
+from softaudit.judging.verdicts import FAIL, PASS, SKIP
 
 CALIBRATION = Path(__file__).parent / "calibration"
 REPO = Path(__file__).resolve().parents[1]

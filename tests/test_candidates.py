@@ -20,7 +20,7 @@ from softaudit.candidates.model import Candidate, OpFunction
 from softaudit.formats import FORMATS, get_format, round_float64_array
 from softaudit.cases.inputs import LossInputs
 from softaudit.ops import OPS
-from softaudit.isolation import CandidateInfo
+from softaudit.runner.isolation import CandidateInfo
 
 FIXTURES = Path(__file__).parent / "fixtures"
 EXAMPLES = Path(__file__).parent.parent / "examples"

@@ -553,7 +553,7 @@ def test_run_audit_in_process(softaudit_cache_dir):
     from softaudit.formats import get_format
     from softaudit.reference import default_cache_dir
     from softaudit.options import AuditOptions, WorkerOptions
-    from softaudit.runner import run_audit
+    from softaudit.runner.loop import run_audit
 
     assert default_cache_dir() == softaudit_cache_dir
     calls = []

@@ -11,9 +11,9 @@ import pytest
 from test_cli import run_cli_in_process as run_cli  # the CLI entry point, in this process
 
 from softaudit.config import ConfigError, find_config, load_config
-from softaudit.metrics import Location, RecordMetrics
+from softaudit.judging.metrics import Location, RecordMetrics
 from softaudit.results.records import Record
-from softaudit.verdicts import FAIL, PASS, WARN, Gate, Limits, apply_relative_rule, decide
+from softaudit.judging.verdicts import FAIL, PASS, WARN, Gate, Limits, apply_relative_rule, decide
 
 SHIFTED_NUMPY = """import numpy as np
 def softmax(x):

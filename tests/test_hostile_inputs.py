@@ -15,7 +15,7 @@ import pytest
 
 from softaudit.formats import FORMATS
 from softaudit.options import AuditOptions, CacheOptions, WorkerOptions
-from softaudit.runner import run_audit
+from softaudit.runner.loop import run_audit
 
 CACHE_CASES = ["gap-*", "offset-*", "confident-0.9*", "mask-*"]
 
@@ -104,7 +104,7 @@ def test_correct_code_on_rows_holding_inf_is_not_a_finding(fixture):
 
 
 def test_a_strict_policy_still_rejects_the_limit():
-    from softaudit.verdicts import Gate
+    from softaudit.judging.verdicts import Gate
 
     options = AuditOptions(case_patterns=["posinf-one"], gate=Gate(undefined_policy="nan"), worker=WorkerOptions(isolated=False))
     result = run_audit([str(FIXTURES / "posinf_limit.py")], options)
@@ -112,7 +112,7 @@ def test_a_strict_policy_still_rejects_the_limit():
 
 
 def test_the_limit_pattern_needs_the_right_values():
-    from softaudit.metrics import undefined_behaviour
+    from softaudit.judging.metrics import undefined_behaviour
 
     x = np.array([np.inf, 1.0, np.inf])
     assert undefined_behaviour("softmax", np.array([0.5, 0.0, 0.5]), x) == "limit"
@@ -361,7 +361,7 @@ def test_sigterm_while_a_cache_file_is_written_leaves_no_tmp_file(tmp_path):
     script = (  # the write stalls half-way (a slow disk), so the signal surely lands inside it
         "import numpy as np, sys, time\n"
         "from pathlib import Path\n"
-        "from softaudit.prefetch import worker_signals\n"
+        "from softaudit.runner.prefetch import worker_signals\n"
         "from softaudit.reference.cache import write_npz\n"
         "write_array = np.lib.format.write_array\n"
         "def stalling(fp, array, **kw):\n"
@@ -418,7 +418,7 @@ def test_a_function_that_always_hangs_or_crashes_stops_being_called(fixture, op)
     records; one that segfaults on every call took 2 min 14 s."""
     import time
 
-    from softaudit.isolation import CONSECUTIVE_FAILURE_LIMIT
+    from softaudit.runner.isolation import CONSECUTIVE_FAILURE_LIMIT
 
     started = time.monotonic()
     result = run_audit([str(FAULTS / fixture)],
@@ -437,7 +437,7 @@ def test_a_hung_import_costs_one_import_timeout(monkeypatch):
     """The loader retried a failed load without probing: a hung import waited for two timeouts."""
     import time
 
-    import softaudit.isolation as isolation
+    import softaudit.runner.isolation as isolation
 
     monkeypatch.setattr(isolation, "MIN_IMPORT_TIMEOUT", 3.0)
     executor = isolation.WorkerExecutor(timeout=1.0)

@@ -20,7 +20,7 @@ from softaudit.reports.files import write_text
 from softaudit.reports.html_report import render_html
 from softaudit.results.schema import document_of
 from softaudit.options import AuditOptions, WorkerOptions
-from softaudit.runner import run_audit
+from softaudit.runner.loop import run_audit
 from test_html_report import HOSTILE, NAIVE_SOFTMAX
 
 CHROMIUM = shutil.which("chromium")

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from softaudit.formats import get_format
-from softaudit.metrics import Location, RecordMetrics
+from softaudit.judging.metrics import Location, RecordMetrics
 from softaudit.results.records import Record, SpeedRecord
 from softaudit.reports.html_report import (
     DEFAULT_MAX_FINDINGS,
@@ -31,8 +31,8 @@ from softaudit.results.document import ResultsDocument, repro_command, rerun_com
 from softaudit.results.ranking import worst_findings
 from softaudit.results.schema import document_of
 from softaudit.options import AuditOptions, WorkerOptions
-from softaudit.runner import run_audit
-from softaudit.verdicts import PASS
+from softaudit.runner.loop import run_audit
+from softaudit.judging.verdicts import PASS
 
 HOSTILE = "<img src=x onerror=alert(1)>"
 NAIVE_SOFTMAX = (

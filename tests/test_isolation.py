@@ -19,10 +19,10 @@ import torch.nn.functional as F
 from softaudit.candidates.calling import CallRequest
 from softaudit.formats import FORMATS
 from softaudit.cases.inputs import LossInputs
-from softaudit.isolation import InProcessExecutor, WorkerExecutor
+from softaudit.runner.isolation import InProcessExecutor, WorkerExecutor
 from softaudit.ops import LOSS_KEYWORDS, OPS
 from softaudit.options import AuditOptions, WorkerOptions
-from softaudit.runner import run_audit
+from softaudit.runner.loop import run_audit
 
 REPO = Path(__file__).resolve().parents[1]
 FAULTS = REPO / "tests" / "fixtures" / "faults"

@@ -11,7 +11,7 @@ import pytest
 from markdown_it import MarkdownIt
 
 from softaudit.formats import FORMATS
-from softaudit.metrics import Location, RecordMetrics
+from softaudit.judging.metrics import Location, RecordMetrics
 from softaudit.ops import DIRECTIONS, OPS
 from softaudit.results.records import Record
 from softaudit.reports.junit_report import render_junit
@@ -19,8 +19,8 @@ from softaudit.reports.markdown_report import md_code, md_text, render_markdown
 from softaudit.results.document import ResultsDocument, rerun_command
 from softaudit.results.schema import document_of
 from softaudit.options import AuditOptions, CacheOptions, WorkerOptions
-from softaudit.runner import run_audit
-from softaudit.verdicts import FAIL, PASS, SKIP, WARN
+from softaudit.runner.loop import run_audit
+from softaudit.judging.verdicts import FAIL, PASS, SKIP, WARN
 
 FAULTS = Path(__file__).parent / "fixtures" / "faults"
 HOSTILE = "<img src=x onerror=alert(1)>"

@@ -4,11 +4,11 @@ import math
 
 import numpy as np
 
-from softaudit.envelope import envelope_ulp, shift_error_term
+from softaudit.judging.envelope import envelope_ulp, shift_error_term
 from softaudit.formats import BFLOAT16, FLOAT16, FLOAT32, FLOAT64
-from softaudit.metrics import bits_of_error, judge_elements, summarize, ulp_error
+from softaudit.judging.metrics import bits_of_error, judge_elements, summarize, ulp_error
 from softaudit.reference import reference_rows
-from softaudit.verdicts import FAIL, PASS, WARN, Gate, decide
+from softaudit.judging.verdicts import FAIL, PASS, WARN, Gate, decide
 
 
 def test_ulp_error_is_exact_in_the_ulps_of_the_exact_value():

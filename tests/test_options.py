@@ -20,8 +20,8 @@ from softaudit.options import (
     overridden,
 )
 from softaudit.search.engine import SearchError, SearchOptions
-from softaudit.verdicts import Gate
-from softaudit.worker_replies import LoadRefused
+from softaudit.judging.verdicts import Gate
+from softaudit.runner.worker_replies import LoadRefused
 
 
 def test_a_layer_sets_only_what_it_gives():

@@ -32,7 +32,7 @@ except ImportError:  # pragma: no cover - depends on the environment
 import ml_dtypes  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the oracle package beside this file, from any cwd
-from oracle import exact, generators, subject  # noqa: E402
+from oracle import generators, subject  # noqa: E402
 from oracle.compare import (compare, oracle_backward, oracle_ce, oracle_ce_gradient,  # noqa: E402
                             oracle_forward)
 from oracle.rounding import FORMATS, boundary_info, rne_dyadic, rne_float, rne_fraction  # noqa: E402

@@ -6,11 +6,11 @@ import subprocess
 import sys
 
 from softaudit.formats import FORMATS
-from softaudit.prefetch import Prefetcher, UnitNeeds, default_jobs, unit_references
+from softaudit.runner.prefetch import Prefetcher, UnitNeeds, default_jobs, unit_references
 from softaudit.cases.reader import load_cases
 from softaudit.reference import ReferenceCache
 from softaudit.options import AuditOptions, CacheOptions, WorkerOptions
-from softaudit.runner import run_audit
+from softaudit.runner.loop import run_audit
 
 CASES = ["gap-*", "mask-all-but-one", "confident-0.9", "ce-ignore-padding-mean", "ce-prob-masked", "vocab-50257"]
 

@@ -8,14 +8,15 @@ import io
 from rich.console import Console
 
 import softaudit
-from softaudit.metrics import RecordMetrics
+from softaudit.judging.metrics import RecordMetrics
 from softaudit.reports.html_report import render_html
 from softaudit.reports.markdown_report import render_markdown
 from softaudit.reports.terminal import render
 from softaudit.results.document import ResultsDocument
 from softaudit.results.ranking import badness, worst_findings, worst_record
 from softaudit.results.records import Record
-from softaudit.runner import AuditOptions, AuditResult
+from softaudit.options import AuditOptions
+from softaudit.runner.loop import AuditResult
 
 
 def _rec(case: str, verdict: str, ratio: float | None = 2.0, *, candidate: str = "alpha", op: str = "softmax",

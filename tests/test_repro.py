@@ -9,6 +9,7 @@ import dataclasses
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,13 +17,14 @@ from pathlib import Path
 import pytest
 
 from softaudit.formats import FORMATS
-from softaudit.metrics import Location
-from softaudit.repro import describe, repro_script
+from softaudit.judging.metrics import Location
+from softaudit.repro import repro_script
 from softaudit.results.document import ResultsDocument, ResultsError, rerun_command
 from softaudit.results.schema import document_of
 from softaudit.options import AuditOptions, CacheOptions, WorkerOptions
-from softaudit.runner import run_audit
-from softaudit.verdicts import fmt_value
+from softaudit.runner.loop import run_audit
+from softaudit.judging.verdicts import fmt_value
+from softaudit.judging.verdicts import describe
 
 ROOT = Path(__file__).resolve().parent.parent
 FAULTS = ROOT / "tests" / "fixtures" / "faults"
@@ -111,10 +113,59 @@ def test_the_script_prints_the_values_the_record_shows(audit, record_id, tmp_pat
 
 def test_small_inputs_are_embedded_and_large_ones_regenerated(audit):
     small, large = repro_script(audit, FORWARD_FAIL), repro_script(audit, LARGE_INPUT)
-    assert "X_HEX = [" in small and "generate(case, FMT, seed=SEED)" in small
-    assert "X_HEX" not in large and "checked(generate(case, FMT, seed=SEED))" in large
+    assert "X_HEX = [" in small and 'REPRO["input"]["hex"] = X_HEX' in small
+    assert "X_HEX" not in large and '"sha256": ' in large  # regenerated from its case, then checked
     for source in (small, large):
         compile(source, "repro.py", "exec")
+
+
+@pytest.mark.parametrize("record_id", [FORWARD_FAIL, LOSS_BACKWARD])
+def test_the_script_uses_nothing_of_softaudit_but_reproduce(audit, record_id):
+    tree = ast.parse(repro_script(audit, record_id))
+    imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert imported == {"__future__", "argparse", "json", "sys", "softaudit"}
+    used = {node.attr for node in ast.walk(tree)
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "softaudit"}
+    assert used == {"reproduce"}
+
+
+def _renamed_copy(tmp_path: Path) -> Path:
+    """softaudit copied, with two internal modules renamed and every import of them rewritten: the
+    judging package (judging -> judgement) and the module behind reproduce (reproduction -> rerun)."""
+    root = tmp_path / "renamed"
+    shutil.copytree(ROOT / "softaudit", root / "softaudit", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "cases", root / "cases")  # the case library, beside the package as in a checkout
+    package = root / "softaudit"
+    (package / "judging").rename(package / "judgement")
+    (package / "reproduction.py").rename(package / "rerun.py")
+    for path in package.rglob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        renamed = re.sub(r"\bsoftaudit\.judging\b", "softaudit.judgement", text)
+        renamed = re.sub(r"\bsoftaudit\.reproduction\b", "softaudit.rerun", renamed)
+        if renamed != text:
+            path.write_text(renamed, encoding="utf-8")
+    return root
+
+
+@pytest.mark.parametrize("record_id", [FORWARD_FAIL, LOSS_BACKWARD])
+def test_a_saved_script_runs_after_an_internal_rename(audit, record_id, tmp_path, softaudit_cache_dir):
+    """Scripts call only softaudit.reproduce: one written now runs against a softaudit whose
+    internal modules have since been renamed, and prints what it printed before."""
+    script = repro_script(audit, record_id)
+    before = _run(script, tmp_path, softaudit_cache_dir)
+    assert before.returncode == 0, before.stderr
+    root = _renamed_copy(tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(root), "SOFTAUDIT_CACHE_DIR": str(softaudit_cache_dir)}
+    probe = subprocess.run([sys.executable, "-c", "import softaudit, softaudit.rerun; print(softaudit.__file__)"],
+                           env=env, capture_output=True, text=True, cwd=tmp_path)
+    assert probe.stdout.strip() == str(root / "softaudit" / "__init__.py"), probe.stderr
+    after = subprocess.run([sys.executable, str(tmp_path / "repro.py")], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert after.returncode == 0, after.stderr
+    assert after.stdout == before.stdout
+    assert _printed(after.stdout)["reproduced"] == [describe(audit.record(record_id).metrics.first_mismatch
+                                                             or audit.record(record_id).metrics.worst)]
 
 
 def test_the_docstring_names_the_record_its_verdict_first_reason_and_command(audit):
@@ -241,3 +292,21 @@ def test_the_rerun_line_in_the_file_is_correctly_quoted(audit, tmp_path, cases_d
     assert printed.stdout.splitlines()[-1] == cases_dir and printed.stdout.splitlines()[0] == "run"
     assert not (tmp_path / "pwned").exists()
     compile(source, "repro.py", "exec")
+
+
+def test_reproduce_from_python_takes_a_bare_record_and_judges_as_the_audit(audit, softaudit_cache_dir, monkeypatch):
+    import softaudit
+    from softaudit.results.schema import record_dict
+
+    monkeypatch.setenv("SOFTAUDIT_CACHE_DIR", str(softaudit_cache_dir))
+    record = audit.record(FORWARD_FAIL)
+    printed: list[str] = []
+    found = softaudit.reproduce(record_dict(record), echo=printed.append)
+    assert found.verdict == record.verdict == found.recorded_verdict and found.reasons == record.reasons
+    assert found.metrics is not None and record.metrics is not None
+    for key in ("elements", "class_mismatches", "mismatch_kinds", "max_ulp", "max_ratio", "above_limit"):
+        assert getattr(found.metrics, key) == getattr(record.metrics, key)
+    assert found.element is not None and describe(found.element) == describe(record.metrics.first_mismatch)
+    assert printed[0].startswith(f"reproducing {FORWARD_FAIL} with ")
+    with pytest.raises(ValueError, match="skipped"):
+        softaudit.reproduce(record_dict(audit.record(SKIPPED)), echo=None)

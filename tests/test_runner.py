@@ -4,7 +4,7 @@ from pathlib import Path
 
 from softaudit.formats import FORMATS
 from softaudit.options import AuditOptions, WorkerOptions
-from softaudit.runner import run_audit
+from softaudit.runner.loop import run_audit
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SMALL = AuditOptions(case_patterns=["offset-plus-1e3", "mask-prefix"], formats=[FORMATS["float32"]])

@@ -27,7 +27,7 @@ from softaudit.formats import FORMATS
 from softaudit.cases.inputs import generate
 from softaudit.search.mutations import Trial
 from softaudit.options import AuditOptions, WorkerOptions
-from softaudit.runner import run_audit
+from softaudit.runner.loop import run_audit
 from softaudit.search.engine import SearchOptions, case_table, search
 from softaudit.search.shrink import complexity, shrink, simpler_values
 

@@ -11,7 +11,7 @@ from softaudit import timing
 from softaudit.candidates.loading import load_target
 from softaudit.formats import FORMATS
 from softaudit.speed import SpeedError, SpeedMeter, bench_arrays, prepare
-from softaudit.timing import DEFAULT_SHAPES, parse_shape
+from softaudit.speed import DEFAULT_SHAPES, parse_shape
 
 NAIVE_NUMPY = str(Path(__file__).resolve().parents[1] / "examples" / "naive_numpy.py")
 
@@ -77,7 +77,7 @@ def test_the_audit_times_in_its_worker_and_the_json_carries_every_figure(tmp_pat
     from softaudit.formats import FLOAT32
     from softaudit.results.schema import document_of
     from softaudit.options import AuditOptions, CacheOptions
-    from softaudit.runner import run_audit
+    from softaudit.runner.loop import run_audit
 
     options = AuditOptions(ops=["softmax"], formats=[FLOAT32], case_patterns=["uniform-1024"], bench=True,
                            shapes=[(4, 64), (2, 128)], jobs=1, cache=CacheOptions(directory=tmp_path))
@@ -100,7 +100,7 @@ def test_the_audit_times_in_its_worker_and_the_json_carries_every_figure(tmp_pat
 def test_without_bench_nothing_is_timed(tmp_path):
     from softaudit.formats import FLOAT32
     from softaudit.options import AuditOptions, CacheOptions
-    from softaudit.runner import run_audit
+    from softaudit.runner.loop import run_audit
 
     result = run_audit(["builtin:shifted"], AuditOptions(ops=["logsumexp"], formats=[FLOAT32],
                                                         case_patterns=["uniform-1024"], jobs=1,

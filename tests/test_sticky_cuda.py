@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from softaudit import cuda_errors
+from softaudit.runner import cuda_errors
 from softaudit.candidates.calling import CallResult
 from softaudit.formats import FORMATS
-from softaudit.isolation import RESTARTED_NOTE, checked
+from softaudit.runner.isolation import RESTARTED_NOTE, checked
 from softaudit.options import AuditOptions, WorkerOptions
-from softaudit.runner import run_audit
+from softaudit.runner.loop import run_audit
 
 REPO = Path(__file__).resolve().parents[1]
 STICKY = REPO / "tests" / "fixtures" / "sticky"

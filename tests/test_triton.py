@@ -19,7 +19,7 @@ import pytest
 from softaudit.candidates.loading import INTERPRETED_NOTE, load_target, triton_interpretation
 from softaudit.formats import FORMATS
 from softaudit.options import AuditOptions, WorkerOptions
-from softaudit.runner import run_audit
+from softaudit.runner.loop import run_audit
 
 pytest.importorskip("triton", reason="triton is not installed (pip install 'softaudit[triton]')")
 
@@ -157,7 +157,7 @@ def _in_a_fresh_interpreter(check: str) -> str:
     import textwrap
 
     prelude = ("import os\nos.environ['TRITON_INTERPRET'] = '1'\nimport torch\n"
-               "from softaudit.candidates.loading import load_target\nfrom softaudit import kernels\n")
+               "from softaudit.candidates.loading import load_target\nfrom softaudit.runner import kernels\n")
     done = subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(check)], capture_output=True, text=True,
                           timeout=900, env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=REPO)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -280,7 +280,7 @@ def compiled_on_the_cpu():
 
     from softaudit.cases.reader import load_cases, select_cases
     from softaudit.cases.inputs import generate
-    from softaudit.isolation import InProcessExecutor
+    from softaudit.runner.isolation import InProcessExecutor
 
     if shutil.which("c++") is None and shutil.which("g++") is None:
         pytest.skip("torch.compile on the CPU needs a C++ compiler (none on PATH)")
@@ -312,7 +312,7 @@ def test_a_torch_compiled_candidate_is_audited_on_the_cpu(compiled_on_the_cpu):
     judges it by the gate. The verdict on the confident row itself depends on the CPU's vector width,
     the compiler and torch's summation order (WARN here and on an AVX2 machine, FAIL on another), so
     it is checked against the measured ratio, not asserted."""
-    from softaudit.envelope import DEFAULT_RATIO_LIMIT
+    from softaudit.judging.envelope import DEFAULT_RATIO_LIMIT
 
     records, compiled_ulps, _ = compiled_on_the_cpu
     assert records[("compiled", "offset-plus-1e3")].verdict == "PASS"

@@ -82,7 +82,7 @@ class CallResult:
     """The call cannot be audited, and why (e.g. an autograd output without grad_fn): a SKIP reason."""
     cuda_error: str | None = None
     """The call left the CUDA context unusable (a device-side assert, an illegal memory access...):
-    the key of the error in softaudit.cuda_errors.STICKY_ERRORS (or its UNUSABLE_CONTEXT). The
+    the key of the error in softaudit.runner.cuda_errors.STICKY_ERRORS (or its UNUSABLE_CONTEXT). The
     worker that made the call was replaced; ``error`` names the cause."""
 
 

@@ -52,7 +52,7 @@ def real_interrupt(exc: BaseException) -> bool:
 
 
 WORKER_PROCESS = False
-"""True in softaudit's worker process (set by softaudit.worker), where SIGINT is ignored."""
+"""True in softaudit's worker process (set by softaudit.runner.worker), where SIGINT is ignored."""
 
 
 def one_line(text: str) -> str:

@@ -7,9 +7,10 @@ from typing import TYPE_CHECKING
 
 from softaudit.reports.files import write_text
 from softaudit.results.schema import results_json
+from softaudit.runner.loop import AuditResult
 
 if TYPE_CHECKING:
-    from softaudit.runner import AuditResult
+    from softaudit.runner.loop import AuditResult
 
 
 def write_json(path: Path, result: AuditResult) -> None:

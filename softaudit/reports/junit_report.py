@@ -32,7 +32,7 @@ from softaudit.results.records import SpeedRecord
 from softaudit.reports.markdown_report import describe_element
 from softaudit.reports.terminal import SPEED_LEGEND, speed_grid
 from softaudit.results.document import ResultsDocument, rerun_command
-from softaudit.verdicts import FAIL, SKIP, UNDEFINED_POLICIES, WARN
+from softaudit.judging.verdicts import FAIL, SKIP, UNDEFINED_POLICIES, WARN
 
 _XML_ILLEGAL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 SUITE_PROPERTIES = ("softaudit", "torch", "numpy", "device", "seed", "python", "platform")

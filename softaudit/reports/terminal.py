@@ -16,8 +16,8 @@ from softaudit.printable import printable
 from softaudit.ops import DIRECTIONS, OPS
 from softaudit.results.ranking import worst_findings, worst_record
 from softaudit.results.records import Record, SpeedRecord
-from softaudit.runner import AuditResult
-from softaudit.verdicts import FAIL, PASS, SEVERITY, SKIP, WARN
+from softaudit.runner.loop import AuditResult
+from softaudit.judging.verdicts import FAIL, PASS, SEVERITY, SKIP, WARN
 
 STYLES = {PASS: "green", WARN: "yellow", FAIL: "bold red", SKIP: "dim"}
 

@@ -11,7 +11,7 @@ from collections import Counter
 from collections.abc import Sequence
 
 from softaudit.results.records import Record
-from softaudit.verdicts import FAIL, SEVERITY, WARN
+from softaudit.judging.verdicts import FAIL, SEVERITY, WARN
 
 FINDING_VERDICTS = (FAIL, WARN)
 """The verdicts that make a record a finding, in tier order."""

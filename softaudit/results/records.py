@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from softaudit.metrics import RecordMetrics
+from softaudit.judging.metrics import RecordMetrics
 
 
 @dataclass

@@ -14,12 +14,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from softaudit.metrics import Location, RecordMetrics
+from softaudit.judging.metrics import Location, RecordMetrics
 from softaudit.results.document import ResultsDocument, ResultsError
 from softaudit.results.records import Record, SpeedRecord
 
 if TYPE_CHECKING:
-    from softaudit.runner import AuditResult
+    from softaudit.runner.loop import AuditResult
 
 # --------------------------------------------------------------------------
 # Writing: an audit's result as the JSON document
@@ -327,6 +327,6 @@ def load_results(path: str | Path) -> ResultsDocument:
 
 
 def document_of(result: Any, text: str | None = None) -> ResultsDocument:
-    """The document of an audit just run (runner.AuditResult), exactly as its JSON would read back;
+    """The document of an audit just run (runner.loop.AuditResult), exactly as its JSON would read back;
     ``text``: that JSON when already serialised (results_json), not made twice."""
     return document_of_dict(json.loads(text if text is not None else results_json(result)), "")

@@ -33,14 +33,17 @@ from softaudit.cases.corpus import FAMILY, content_digest, default_corpus_dir, s
 from softaudit.errors import BadInput
 from softaudit.formats import FORMATS, Format
 from softaudit.cases.inputs import NotApplicable, generate, loss_inputs
-from softaudit.isolation import CandidateInfo, Executor, make_executor
+from softaudit.runner.isolation import CandidateInfo, Executor, make_executor
 from softaudit.search.mutations import Trial, mutate, random_trial
 from softaudit.options import CacheOptions, Naming, WorkerOptions, checked_search_options
 from softaudit.results.records import Record
 from softaudit.reference import ReferenceCache, default_cache_dir
-from softaudit.runner import AuditUnit, audit_record, check_device, environment, expand_targets, load_targets
+from softaudit.judging.unit import AuditUnit
+from softaudit.runner.loop import audit_record
+from softaudit.runner.environment import check_device, environment
+from softaudit.runner.planning import expand_targets, load_targets
 from softaudit.search.shrink import ShrinkStats, shrink
-from softaudit.verdicts import FAIL, SKIP, UNDEFINED_POLICIES, Gate, fmt_num
+from softaudit.judging.verdicts import FAIL, SKIP, UNDEFINED_POLICIES, Gate, fmt_num
 
 DEFAULT_BUDGET = 60.0
 """Seconds of exploring by default: enough for a few hundred to a few thousand inputs on a CPU."""
@@ -559,7 +562,7 @@ def _reproducer(result: SearchResult, record: Record, corpus: Path) -> str:
     from softaudit.repro import repro_script
     from softaudit.results.schema import document_of
     from softaudit.options import AuditOptions
-    from softaudit.runner import AuditResult
+    from softaudit.runner.loop import AuditResult
 
     o = result.options
     options = AuditOptions(ops=[o.op], directions=[o.direction], formats=[o.format], cases_dirs=[corpus],

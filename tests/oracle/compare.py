@@ -11,8 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import exact
-from .exact import UNDECIDED, UNDEFINED, CELoss
-from .rounding import fmt_of
+from .exact import UNDEFINED, CELoss
 
 
 def oracle_forward(x, fmt) -> dict[str, list]:

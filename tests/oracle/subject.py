@@ -88,7 +88,7 @@ class Check:
 def library_checks(formats=("float64", "float32", "float16", "bfloat16"), names=None,
                    seed: int = 0) -> Iterator[Check]:
     """Every (case, format, op, direction) of the shipped library, inputs built by softaudit's own
-    builders (inputs.generate, inputs.loss_inputs, inputs.upstream) as runner.audit_record does.
+    builders (inputs.generate, inputs.loss_inputs, inputs.upstream) as runner.loop.audit_record does.
     Cross-entropy backward is checked for every reduction (the runner uses the case's, or the one a
     candidate without the keyword applies); its forward reference holds all three."""
     from softaudit.cases.reader import load_cases

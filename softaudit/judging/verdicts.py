@@ -11,8 +11,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from softaudit.envelope import DEFAULT_RATIO_LIMIT
-from softaudit.metrics import Location, RecordMetrics
+from softaudit.judging.envelope import DEFAULT_RATIO_LIMIT
+from softaudit.judging.metrics import Location, RecordMetrics
 
 PASS, WARN, FAIL, SKIP = "PASS", "WARN", "FAIL", "SKIP"
 SEVERITY = {SKIP: 0, PASS: 1, WARN: 2, FAIL: 3}

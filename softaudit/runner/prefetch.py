@@ -1,6 +1,6 @@
 """Reference computation in worker processes (``--jobs N``), overlapping the audit's main loop.
 
-The audit's main loop (runner.run_audit) walks the (format, case) units in order: it
+The audit's main loop (softaudit.runner.loop.run_audit) walks the (format, case) units in order: it
 generates a unit's input, calls every candidate on it (each in its isolated worker) and
 judges the outputs against the references. Before the loop starts, every unit whose
 references the cache lacks is submitted to a pool of N - 1 processes, last unit first,
@@ -10,7 +10,7 @@ withdraws and computes itself. So with N jobs, N processes compute references an
 main loop calls candidates and judges in between: on a cold cache the references are
 most of an audit's time.
 
-Workers compute exactly what the main loop would (the same runner.AuditUnit methods, the
+Workers compute exactly what the main loop would (the same judging.unit.AuditUnit methods, the
 same cache keys), store it in the disk cache when there is one, and hand it back; the
 main loop finds it in ReferenceCache.memory. With one job nothing is submitted and the
 main loop computes as before.
@@ -30,6 +30,7 @@ from typing import Callable, Sequence
 from softaudit.cases.model import Case
 from softaudit.cases.reader import load_cases
 from softaudit.formats import Format, get_format
+from softaudit.judging.unit import AuditUnit
 from softaudit.reference import ReferenceCache
 
 
@@ -90,7 +91,6 @@ def unit_references(needs: UnitNeeds, cache_dir: str | None) -> tuple[list[tuple
     """Compute (and store) every reference of one unit, as the main loop would ask for them; and
     how many cache entries it found damaged (recomputed)."""
     from softaudit.cases.inputs import generate, upstream
-    from softaudit.runner import AuditUnit
 
     fmt = get_format(needs.fmt_name)
     case = _library(needs.cases_dirs)[needs.case_name]

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import mpmath
 import numpy as np
 
-from softaudit.envelope import absolute_to_ulp, envelope_ulp, log_domain_absolute
+from softaudit.judging.envelope import absolute_to_ulp, envelope_ulp, log_domain_absolute
 from softaudit.formats import Format, round_float64_array
 from softaudit.reference import OpReference, RowStats
 
@@ -252,7 +252,7 @@ def summarize(op: str, x: np.ndarray, y: np.ndarray, ref: OpReference, j: Elemen
             key = f"{CLASS_NAMES[int(e)]}->{CLASS_NAMES[int(g)]}"
             m.mismatch_kinds[key] = m.mismatch_kinds.get(key, 0) + 1
         idx = tuple(int(i) for i in np.argwhere(j.class_mismatch)[0])
-        m.first_mismatch = _locate(op, x64, y64, ref, j, idx)
+        m.first_mismatch = locate(op, x64, y64, ref, j, idx)
     for r in np.flatnonzero(ref.undefined):
         b = undefined_behaviour(ref.op, y64[r], x64[r] if x64.ndim == 2 and x64.shape[0] == y64.shape[0] else None)
         m.undefined_rows[b] = m.undefined_rows.get(b, 0) + 1
@@ -269,7 +269,7 @@ def summarize(op: str, x: np.ndarray, y: np.ndarray, ref: OpReference, j: Elemen
         # Worst = highest ratio; among equal ratios, the largest ulp error.
         flat = np.lexsort((np.nan_to_num(j.err_ulp, nan=-1.0).ravel(), ratio.ravel()))[-1]
         idx = tuple(int(i) for i in np.unravel_index(flat, ratio.shape))
-        m.worst = _locate(op, x64, y64, ref, j, idx)
+        m.worst = locate(op, x64, y64, ref, j, idx)
     return m
 
 
@@ -291,7 +291,7 @@ def _exact_text(op: str, x: np.ndarray, ref: OpReference, idx: tuple[int, ...]) 
     return exact_element(x[idx[0]], op, col)
 
 
-def _locate(op: str, x: np.ndarray, y: np.ndarray, ref: OpReference, j: ElementJudgement,
+def locate(op: str, x: np.ndarray, y: np.ndarray, ref: OpReference, j: ElementJudgement,
             idx: tuple[int, ...]) -> Location:
     row = idx[0]
     col = idx[1] if len(idx) > 1 else None

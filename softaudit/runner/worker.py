@@ -1,4 +1,4 @@
-"""The worker process that runs candidates: ``python -m softaudit.worker R W MEMORY ROWWISE``.
+"""The worker process that runs candidates: ``python -m softaudit.runner.worker R W MEMORY ROWWISE``.
 
 It reads requests from pipe fd R and answers on pipe fd W (multiprocessing
 Connection framing): ("load", target, probe), ("call", target, name,
@@ -26,15 +26,15 @@ import traceback
 from multiprocessing.connection import Connection
 from typing import Callable
 
-from softaudit import cuda_errors
 from softaudit.candidates import errors as candidate_errors
 from softaudit.candidates.calling import CallResult, call
 from softaudit.candidates.errors import CandidateError, CandidateImportError, describe_exception
 from softaudit.candidates.loading import load_target
 from softaudit.candidates.model import Candidate
-from softaudit.isolation import CandidateInfo, checked
+from softaudit.runner import cuda_errors
+from softaudit.runner.isolation import CandidateInfo, checked
+from softaudit.runner.worker_replies import Benched, CallFailed, Called, ContextBroken, Imported, Loaded, LoadRefused
 from softaudit.speed import SpeedMeter, bench
-from softaudit.worker_replies import Benched, CallFailed, Called, ContextBroken, Imported, Loaded, LoadRefused
 
 
 def _serve(requests: Connection, conn: Connection, rowwise: bool, memory_limit: int,

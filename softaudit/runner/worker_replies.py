@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING, Union
 
 from softaudit.candidates.calling import CallResult
 from softaudit.candidates.errors import CandidateError
-from softaudit.cuda_errors import StickyError
+from softaudit.runner.cuda_errors import StickyError
 
 if TYPE_CHECKING:
-    from softaudit.isolation import CandidateInfo
+    from softaudit.runner.isolation import CandidateInfo
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ So after every candidate call the worker (and the in-process executor) runs ``ch
    probe (``torch.zeros(1, device=...) + 1``, synchronised) that fails.
 
 The worker executor then discards the worker and starts a fresh one (candidates reloaded), and the
-call's record names the cause in plain words; no other record is charged (softaudit.isolation).
+call's record names the cause in plain words; no other record is charged (softaudit.runner.isolation).
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ target once and then serves many calls over a pipe. A segfault, an abort, an
 exit, a hang past the timeout or a memory blow-up ends that worker, becomes
 the result of the call that caused it, and the next call starts a fresh
 worker. So does a CUDA error that leaves the worker's CUDA context unusable (a
-device-side assert, an illegal memory access: softaudit.cuda_errors): the
+device-side assert, an illegal memory access: softaudit.runner.cuda_errors): the
 worker checks the GPU after every call, and the executor replaces it.
 ``InProcessExecutor`` runs the same protocol in the CLI's own process
 (``--no-isolation``): faster to start, but unprotected.
@@ -25,14 +25,13 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Protocol
 
-from softaudit import cuda_errors
 from softaudit.candidates.calling import CallRequest, CallResult, accepted_keywords, backward_mode, call
-from softaudit.candidates.model import Candidate
-from softaudit.candidates.errors import CandidateImportError, CandidateUnavailable
-from softaudit.candidates.errors import describe_exception
+from softaudit.candidates.errors import CandidateImportError, CandidateUnavailable, describe_exception
 from softaudit.candidates.loading import load_target
+from softaudit.candidates.model import Candidate
 from softaudit.options import DEFAULT_TIMEOUT
-from softaudit.worker_replies import Benched, CallFailed, Called, ContextBroken, Imported, Loaded, LoadRefused, Reply
+from softaudit.runner import cuda_errors
+from softaudit.runner.worker_replies import Benched, CallFailed, Called, ContextBroken, Imported, Loaded, LoadRefused, Reply
 
 CONSECUTIVE_FAILURE_LIMIT = 3
 """After this many calls in a row of one function (a candidate's op in one direction) that hung or
@@ -135,7 +134,7 @@ class Executor(Protocol):
 
 
 RESTARTED_NOTE = "the CUDA context was unusable after this call: softaudit's worker was replaced by a fresh one"
-"""The note of a call whose CUDA error ended its worker (softaudit.cuda_errors)."""
+"""The note of a call whose CUDA error ended its worker (softaudit.runner.cuda_errors)."""
 
 IN_PROCESS_NOTE = ("the CUDA context is unusable after this call, and softaudit runs the candidates in its own "
                    "process (--no-isolation): later CUDA calls fail too")
@@ -270,15 +269,15 @@ class WorkerExecutor:
     # -- process management
 
     def _start(self) -> None:
-        """Start ``python -m softaudit.worker`` with a pipe each way (no fork, no re-import of __main__)."""
+        """Start ``python -m softaudit.runner.worker`` with a pipe each way (no fork, no re-import of __main__)."""
         to_child_r, to_child_w = os.pipe()
         from_child_r, from_child_w = os.pipe()
-        package_root = str(Path(__file__).resolve().parent.parent)
+        package_root = str(Path(__file__).resolve().parents[2])
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([package_root, *sys.path[1:], env.get("PYTHONPATH", "")]).strip(os.pathsep)
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "softaudit.worker", str(to_child_r), str(from_child_w),
+                [sys.executable, "-m", "softaudit.runner.worker", str(to_child_r), str(from_child_w),
                  str(self.memory_limit), "1" if self.rowwise else "0", self.device or "auto"],
                 pass_fds=(to_child_r, from_child_w), stdin=subprocess.DEVNULL, env=env,
                 start_new_session=True,  # Ctrl-C goes to softaudit, which decides what to stop

@@ -1,0 +1,45 @@
+"""Bench orchestration: every candidate x op x direction x format x shape timed in the audit's
+own executor (softaudit.speed measures each), after the audit."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from softaudit.formats import Format
+from softaudit.results.records import SpeedRecord
+from softaudit.runner.isolation import CandidateInfo, Executor
+
+ProgressFn = Callable[[int, int, str], None]
+"""progress(done, total, what): called as each measurement starts and at the end."""
+
+
+def run_bench(executor: Executor, candidates: list[CandidateInfo], wanted_ops: list[str], directions: list[str],
+              formats: list[Format], shapes: list[tuple[int, int]], seed: int, out: list[SpeedRecord],
+              progress: ProgressFn | None) -> None:
+    """Time every candidate x op x direction x format x shape in the executor (the audit's own
+    worker), adding to ``out`` what was measured, also when interrupted."""
+    # Measured with format and shape outermost (the worker draws one set of logits per format x
+    # shape and times every op and direction on it); listed in ``out`` candidate, op, direction,
+    # format, shape, as the reports read them.
+    todo = [(c, op, d, fmt, shape) for fmt in formats for shape in shapes for c in candidates
+            for op in wanted_ops if op in c.ops for d in directions]  # one draw per format x shape
+    listed = {(id(c), op, d, fmt.name, shape): i for i, (c, op, d, fmt, shape) in enumerate(
+        (c, op, d, fmt, shape) for c in candidates for op in wanted_ops if op in c.ops
+        for d in directions for fmt in formats for shape in shapes)}
+    measured: list[tuple[int, SpeedRecord]] = []
+    try:
+        for done, (c, op, d, fmt, (rows, n)) in enumerate(todo):
+            label = op if d == "forward" else f"{op} bwd"
+            if progress:
+                progress(done, len(todo), f"speed · {c.name} {label} {fmt.name} {rows}x{n}")
+            if d == "backward" and op not in c.backward:
+                figures, reason = None, c.backward_missing.get(op, f"{op}'s backward pass cannot be timed")
+            else:
+                kind, payload = executor.bench(c, op, d, fmt.name, rows, n, seed)
+                figures, reason = (dict(payload), None) if kind == "speed" else (None, str(payload))  # type: ignore[call-overload]
+            measured.append((listed[(id(c), op, d, fmt.name, (rows, n))],
+                             SpeedRecord(c.name, c.target, op, d, fmt.name, (rows, n), figures, reason)))
+    finally:  # an interrupt keeps what was measured
+        out.extend(sp for _, sp in sorted(measured, key=lambda pair: pair[0]))
+    if progress and todo:
+        progress(len(todo), len(todo), "done")
