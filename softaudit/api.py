@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from softaudit.candidates.decorator import FUNCTION_NAMES, marks_of
+from softaudit.errors import BadInput
 from softaudit.ops import OPS
 
 if TYPE_CHECKING:
@@ -85,9 +86,9 @@ def audit(
         raise TypeError("bench must be True or False")
     shape_list = _shapes(shapes)
     if shape_list and not bench:
-        raise ValueError("shapes= sets what bench=True times; pass bench=True as well")
+        raise BadInput("shapes= sets what bench=True times; pass bench=True as well")
     if name is not None and (not isinstance(name, str) or not name.strip() or "/" in name):
-        raise ValueError(f"name must be a non-empty string without '/' (it starts every record id), got {name!r}")
+        raise BadInput(f"name must be a non-empty string without '/' (it starts every record id), got {name!r}")
 
     options = checked_audit_options(AuditOptions(
         ops=_strings(ops, "ops"), directions=_strings(directions, "directions"),
@@ -112,7 +113,7 @@ def audit(
         else:
             candidates = candidates_from_functions(source, target, candidate_name, rowwise=rowwise, device=options.worker.explicit_device)
     except CandidateError as exc:
-        raise ValueError(str(exc)) from None
+        raise BadInput(str(exc)) from None
     if name is not None and len(candidates) == 1:
         candidates = [_renamed(candidates[0], name)]
 
@@ -121,7 +122,7 @@ def audit(
     try:
         result = run_audit([target], options, executor=executor)
     except CandidateError as exc:
-        raise ValueError(str(exc)) from None
+        raise BadInput(str(exc)) from None
     if not result.complete:
         raise KeyboardInterrupt  # run_audit keeps partial results for the CLI; a test run must stop
     return AuditReport(result, candidate_name, strict=strict)
@@ -257,20 +258,20 @@ class AuditReport:
 def _functions_of(impl: Impl, op: str | None) -> tuple[types.ModuleType | dict[str, Callable[..., Any]], str]:
     """(impl's module, or its functions keyed by their contract names; the default candidate name)."""
     if op is not None and (not isinstance(op, str) or op not in FUNCTION_NAMES):
-        raise ValueError(f"unknown op {op!r} (known: {', '.join(FUNCTION_NAMES)})")
+        raise BadInput(f"unknown op {op!r} (known: {', '.join(FUNCTION_NAMES)})")
     if isinstance(impl, types.ModuleType):
         if op is not None:
-            raise ValueError("op= names a single callable's role; a module's functions are found by their names")
+            raise BadInput("op= names a single callable's role; a module's functions are found by their names")
         return impl, impl.__name__.rpartition(".")[2]
     if isinstance(impl, Mapping):
         if op is not None:
-            raise ValueError("op= names a single callable's role; a mapping's keys name its functions")
+            raise BadInput("op= names a single callable's role; a mapping's keys name its functions")
         functions = dict(impl)
         if not functions:
-            raise ValueError("nothing to audit: the mapping is empty")
+            raise BadInput("nothing to audit: the mapping is empty")
         for key, fn in functions.items():
             if key not in FUNCTION_NAMES:
-                raise ValueError(f"unknown function name {key!r} in the mapping (known: {', '.join(FUNCTION_NAMES)})")
+                raise BadInput(f"unknown function name {key!r} in the mapping (known: {', '.join(FUNCTION_NAMES)})")
             if not callable(fn):
                 raise TypeError(f"{key} is a {type(fn).__name__}, not a callable")
         forward = next((functions[o] for o in OPS if o in functions), next(iter(functions.values())))
@@ -282,7 +283,7 @@ def _functions_of(impl: Impl, op: str | None) -> tuple[types.ModuleType | dict[s
                         f"not {type(impl).__name__}{hint}")
     role = op or _marked_op(impl) or getattr(impl, "__name__", None)
     if role not in FUNCTION_NAMES:
-        raise ValueError(f"cannot tell which op {_callable_name(impl)!r} implements: pass op= "
+        raise BadInput(f"cannot tell which op {_callable_name(impl)!r} implements: pass op= "
                          f"(one of {', '.join(FUNCTION_NAMES)})")
     return {role: impl}, _callable_name(impl)
 
@@ -338,7 +339,7 @@ def _shapes(value: Any) -> list[tuple[int, int]]:
               and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in item)):
             out.append((int(item[0]), int(item[1])))
         else:
-            raise ValueError(f"shapes must be 'ROWSxN' strings or (rows, n) pairs of positive ints, got {item!r}")
+            raise BadInput(f"shapes must be 'ROWSxN' strings or (rows, n) pairs of positive ints, got {item!r}")
     return out
 
 
@@ -367,7 +368,7 @@ def _format(value: Any) -> Format:
         except (TypeError, ValueError):
             fmt = None
     if fmt is None:
-        raise ValueError(f"unknown dtype {value!r} (give a format name: float64, float32, float16, bfloat16)")
+        raise BadInput(f"unknown dtype {value!r} (give a format name: float64, float32, float16, bfloat16)")
     return fmt
 
 

@@ -30,6 +30,7 @@ from softaudit.judging.metrics import CLASS_NAMES, Location, RecordMetrics, loca
 from softaudit.judging.rules import Judgement, Output, input_excerpt, judge
 from softaudit.judging.unit import AuditUnit
 from softaudit.judging.verdicts import SKIP, Gate, Limits, describe, fmt_num, fmt_value
+from softaudit.errors import BadInput
 from softaudit.ops import DIRECTIONS, OPS
 from softaudit.results.records import Record
 from softaudit.reference import ReferenceCache, default_cache_dir
@@ -39,7 +40,7 @@ DATA_VERSION = 1
 """The version of the reproduction data (``"softaudit_reproduce"``) this softaudit writes and reads."""
 
 
-class ReproduceError(ValueError):
+class ReproduceError(BadInput):
     """The record cannot be reproduced here: nothing to call, or its candidate, case or input
     cannot be had (one line)."""
 

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from softaudit.errors import BadInput
 from softaudit.ops import BACKWARD_FUNCTIONS, OPS
 
 FUNCTION_NAMES = OPS + tuple(BACKWARD_FUNCTIONS)
@@ -55,18 +56,18 @@ def candidate(
     if callable(name):
         return candidate()(name)
     if name is not None and (not isinstance(name, str) or not name.strip()):
-        raise ValueError(f"@candidate: name must be a non-empty string, not {name!r}")
+        raise BadInput(f"@candidate: name must be a non-empty string, not {name!r}")
     if op is not None and op not in FUNCTION_NAMES:
-        raise ValueError(f"@candidate: op must be one of {', '.join(FUNCTION_NAMES)}, not {op!r}")
+        raise BadInput(f"@candidate: op must be one of {', '.join(FUNCTION_NAMES)}, not {op!r}")
     if backend is not None and backend not in BACKENDS:
-        raise ValueError(f"@candidate: backend must be 'numpy' or 'torch', not {backend!r}")
+        raise BadInput(f"@candidate: backend must be 'numpy' or 'torch', not {backend!r}")
     if device is not None and backend == "numpy":
-        raise ValueError("@candidate: device applies to torch only, not to backend='numpy'")
+        raise BadInput("@candidate: device applies to torch only, not to backend='numpy'")
 
     def mark(fn: _F) -> _F:
         fn_op = op if op is not None else getattr(fn, "__name__", None)
         if fn_op not in FUNCTION_NAMES:
-            raise ValueError(
+            raise BadInput(
                 f"@candidate: {getattr(fn, '__name__', fn)!r} is not named after an op; "
                 f"pass op= (one of {', '.join(FUNCTION_NAMES)})"
             )
