@@ -32,7 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the oracle package
 
-from oracle import generators, subject  # noqa: E402
+from oracle import generators, subject
 
 FORMATS = ("float64", "float32", "float16", "bfloat16")
 

@@ -6,7 +6,7 @@ shapes, times the same call both ways, in this process:
 * softaudit: ``SpeedMeter.measure`` (warm-up, repetitions to a stable median, arguments
   rotated through copies that exceed the last-level cache);
 * torch: ``torch.utils.benchmark.Timer(...).blocked_autorange(min_run_time=...)`` on the
-  same prepared call (softaudit.speed.prepare) with the same rotation of argument copies,
+  same prepared call (softaudit.runner.speed.prepare) with the same rotation of argument copies,
   its median taken over blocks of calls;
 
 and prints both medians and their ratio (softaudit / torch): the comparison isolates the
@@ -25,11 +25,10 @@ import statistics
 import torch
 import torch.utils.benchmark as tb
 
-from softaudit import timing
 from softaudit.candidates.loading import load_target
 from softaudit.formats import FORMATS
-from softaudit.speed import SpeedMeter, bench_arrays, prepare
-from softaudit.speed import parse_shape
+from softaudit.runner import timing
+from softaudit.runner.speed import SpeedMeter, bench_arrays, parse_shape, prepare
 
 
 def main() -> None:

@@ -71,12 +71,12 @@ def audit(
     """
     from softaudit.candidates.collection import candidates_from_functions, candidates_from_module
     from softaudit.candidates.errors import CandidateError
-    from softaudit.runner.isolation import InProcessExecutor
+    from softaudit.judging.verdicts import Gate
     from softaudit.options import AuditOptions, CacheOptions, WorkerOptions, checked_audit_options, overridden
     from softaudit.runner.environment import check_device
-    from softaudit.runner.planning import plan
+    from softaudit.runner.isolation import InProcessExecutor
     from softaudit.runner.loop import run_audit
-    from softaudit.judging.verdicts import Gate
+    from softaudit.runner.planning import plan
 
     if not isinstance(strict, bool) or not isinstance(rowwise, bool):
         raise TypeError("strict and rowwise must be True or False")
@@ -327,7 +327,7 @@ def _listed(value: Any) -> list[Any]:
 
 def _shapes(value: Any) -> list[tuple[int, int]]:
     """Timing shapes: "ROWSxN" strings or (rows, n) pairs, one or several."""
-    from softaudit.speed import parse_shape
+    from softaudit.runner.speed import parse_shape
 
     if isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, int) for v in value):
         value = [value]

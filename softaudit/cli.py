@@ -16,21 +16,21 @@ import sys
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn, Optional
+from typing import TYPE_CHECKING, NoReturn
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 import softaudit
-from softaudit.ops import OPS
+from softaudit.cases.corpus import corpus_cases_dir, with_corpus_dir
 from softaudit.cases.reader import load_cases, select_cases
 from softaudit.config import GateConfig
-from softaudit.cases.corpus import corpus_cases_dir, with_corpus_dir
-from softaudit.judging.envelope import DEFAULT_RATIO_LIMIT, DEFAULT_RELATIVE_FACTOR, DEFAULT_RELATIVE_SLACK
 from softaudit.errors import BadInput
 from softaudit.formats import FORMATS, get_format
-from softaudit.ops import DIRECTIONS
+from softaudit.judging.envelope import DEFAULT_RATIO_LIMIT, DEFAULT_RELATIVE_FACTOR, DEFAULT_RELATIVE_SLACK
+from softaudit.judging.verdicts import DEFAULT_UNDEFINED_POLICY, Gate
+from softaudit.ops import DIRECTIONS, OPS
 from softaudit.options import (
     DEFAULT_TIMEOUT,
     AuditOptions,
@@ -43,7 +43,6 @@ from softaudit.options import (
     overridden,
 )
 from softaudit.printable import printable_markup
-from softaudit.judging.verdicts import DEFAULT_UNDEFINED_POLICY, Gate
 
 if TYPE_CHECKING:
     from softaudit.results.document import ResultsDocument
@@ -113,41 +112,41 @@ def run(
     dtype: list[str] = typer.Option([], "--dtype", "-d", help="Format (repeatable): float64, float32, float16, bfloat16. Default: all four."),
     case: list[str] = typer.Option([], "--case", "-c", help="Case name or family pattern, fnmatch style (repeatable). Default: the whole library."),
     cases_dir: list[Path] = typer.Option([], "--cases-dir", help="Extra directory of case files, added to the shipped library (repeatable)."),
-    corpus: Optional[Path] = typer.Option(None, "--corpus", help="Directory of cases softaudit search found, added to the library when it holds any. [default: .softaudit/corpus at the project's root]", show_default=False),
+    corpus: Path | None = typer.Option(None, "--corpus", help="Directory of cases softaudit search found, added to the library when it holds any. [default: .softaudit/corpus at the project's root]", show_default=False),
     no_corpus: bool = typer.Option(False, "--no-corpus", help="Leave the corpus of found cases out."),
-    json_path: Optional[Path] = typer.Option(None, "--json", help="Write every record to this JSON file (schema: docs/json-schema.md)."),
-    html_path: Optional[Path] = typer.Option(None, "--html", help="Write the stability report as one self-contained HTML file (docs/report.md)."),
-    md_path: Optional[Path] = typer.Option(None, "--md", help="Write a Markdown summary for a pull-request comment (short; --md-full for everything)."),
+    json_path: Path | None = typer.Option(None, "--json", help="Write every record to this JSON file (schema: docs/json-schema.md)."),
+    html_path: Path | None = typer.Option(None, "--html", help="Write the stability report as one self-contained HTML file (docs/report.md)."),
+    md_path: Path | None = typer.Option(None, "--md", help="Write a Markdown summary for a pull-request comment (short; --md-full for everything)."),
     md_full: bool = typer.Option(False, "--md-full", help="Make the --md summary complete: every row, every finding, the skips and the environment."),
-    junit_path: Optional[Path] = typer.Option(None, "--junit", help="Write JUnit XML: one test case per candidate x op x direction x format x case."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Seed mixed into every case's own seed; recorded in the JSON. [default: 0]", show_default=False),
-    limit: Optional[float] = typer.Option(None, "--limit", help=f"Stability-ratio limit: FAIL above it, WARN between 1 and it. [default: {DEFAULT_RATIO_LIMIT:g}]", show_default=False),
-    max_ulp: Optional[float] = typer.Option(None, "--max-ulp", help="Also FAIL any record whose max error exceeds this many ulps. [default: no such limit]", show_default=False),
-    undefined: Optional[str] = typer.Option(None, "--undefined", help=f"Accepted output on undefined rows (fully masked or +inf): nan-or-zero, nan, zero, any. [default: {DEFAULT_UNDEFINED_POLICY}]", show_default=False),
-    strict: Optional[bool] = typer.Option(None, "--strict/--no-strict", help="WARN fails too (exit 1). [default: no]", show_default=False),
-    relative_to: Optional[str] = typer.Option(None, "--relative-to", help="Baseline target (e.g. builtin:torch), audited alongside: FAIL any other candidate whose stability ratio exceeds the factor x the baseline's on the same input, plus the slack.", show_default=False),
-    relative_factor: Optional[float] = typer.Option(None, "--relative-factor", help=f"The relative rule's factor k. [default: {DEFAULT_RELATIVE_FACTOR:g}]", show_default=False),
-    relative_slack: Optional[float] = typer.Option(None, "--relative-slack", help=f"The relative rule's slack, in stability ratio (envelopes). [default: {DEFAULT_RELATIVE_SLACK:g}]", show_default=False),
-    config: Optional[Path] = typer.Option(None, "--config", help="Gate configuration file (a pyproject.toml with [tool.softaudit], or the same keys in a TOML file). Default: the nearest pyproject.toml with [tool.softaudit], from the current directory upward.", show_default=False),
+    junit_path: Path | None = typer.Option(None, "--junit", help="Write JUnit XML: one test case per candidate x op x direction x format x case."),
+    seed: int | None = typer.Option(None, "--seed", help="Seed mixed into every case's own seed; recorded in the JSON. [default: 0]", show_default=False),
+    limit: float | None = typer.Option(None, "--limit", help=f"Stability-ratio limit: FAIL above it, WARN between 1 and it. [default: {DEFAULT_RATIO_LIMIT:g}]", show_default=False),
+    max_ulp: float | None = typer.Option(None, "--max-ulp", help="Also FAIL any record whose max error exceeds this many ulps. [default: no such limit]", show_default=False),
+    undefined: str | None = typer.Option(None, "--undefined", help=f"Accepted output on undefined rows (fully masked or +inf): nan-or-zero, nan, zero, any. [default: {DEFAULT_UNDEFINED_POLICY}]", show_default=False),
+    strict: bool | None = typer.Option(None, "--strict/--no-strict", help="WARN fails too (exit 1). [default: no]", show_default=False),
+    relative_to: str | None = typer.Option(None, "--relative-to", help="Baseline target (e.g. builtin:torch), audited alongside: FAIL any other candidate whose stability ratio exceeds the factor x the baseline's on the same input, plus the slack.", show_default=False),
+    relative_factor: float | None = typer.Option(None, "--relative-factor", help=f"The relative rule's factor k. [default: {DEFAULT_RELATIVE_FACTOR:g}]", show_default=False),
+    relative_slack: float | None = typer.Option(None, "--relative-slack", help=f"The relative rule's slack, in stability ratio (envelopes). [default: {DEFAULT_RELATIVE_SLACK:g}]", show_default=False),
+    config: Path | None = typer.Option(None, "--config", help="Gate configuration file (a pyproject.toml with [tool.softaudit], or the same keys in a TOML file). Default: the nearest pyproject.toml with [tool.softaudit], from the current directory upward.", show_default=False),
     no_config: bool = typer.Option(False, "--no-config", help="Ignore any [tool.softaudit] configuration."),
     rowwise: bool = typer.Option(False, "--rowwise", help="Call every op one row (1-D vector) at a time."),
     timeout: float = typer.Option(DEFAULT_TIMEOUT, "--timeout", help="Seconds one call may take; past it the call FAILs as hung and the worker restarts."),
-    memory_limit: Optional[float] = typer.Option(None, "--memory-limit", help="GiB of address space the candidates' worker may use (default: half the machine's memory)."),
+    memory_limit: float | None = typer.Option(None, "--memory-limit", help="GiB of address space the candidates' worker may use (default: half the machine's memory)."),
     no_isolation: bool = typer.Option(False, "--no-isolation", help="Call candidates in softaudit's own process: a crash or hang then ends the audit."),
-    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Reference cache directory (default: $SOFTAUDIT_CACHE_DIR or ~/.cache/softaudit)."),
+    cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Reference cache directory (default: $SOFTAUDIT_CACHE_DIR or ~/.cache/softaudit)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Compute every reference afresh and store nothing."),
-    jobs: Optional[int] = typer.Option(None, "--jobs", "-j", help="Processes to use: references are computed in JOBS - 1 worker processes while candidates are called. [default: the machine's cores]", show_default=False),
-    bench: Optional[bool] = typer.Option(None, "--bench/--no-bench", help="Also time every candidate x op x direction x format at LLM-typical shapes (after the audit), against the copy bandwidth of the same device. [default: no]", show_default=False),
+    jobs: int | None = typer.Option(None, "--jobs", "-j", help="Processes to use: references are computed in JOBS - 1 worker processes while candidates are called. [default: the machine's cores]", show_default=False),
+    bench: bool | None = typer.Option(None, "--bench/--no-bench", help="Also time every candidate x op x direction x format at LLM-typical shapes (after the audit), against the copy bandwidth of the same device. [default: no]", show_default=False),
     shape: list[str] = typer.Option([], "--shape", help="Shape ROWSxN to time at with --bench (repeatable). Default: 4096x1024, 1024x32000, 256x128256, 64x262144."),
-    device: Optional[str] = typer.Option(None, "--device", help="Where torch and Triton candidates run: cpu, cuda (or cuda:N), or auto (CUDA when available). Without a GPU, Triton kernels run under Triton's CPU interpreter. [default: auto]", show_default=False),
+    device: str | None = typer.Option(None, "--device", help="Where torch and Triton candidates run: cpu, cuda (or cuda:N), or auto (CUDA when available). Without a GPU, Triton kernels run under Triton's CPU interpreter. [default: auto]", show_default=False),
     findings: int = typer.Option(10, "--findings", help="How many worst findings to explain after the table."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no table; the exit code (and the files asked for) only."),
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for bad input."),
 ) -> None:
     """Audit TARGETS over the case library and print a verdict per candidate x op x format."""
-    from softaudit.reports.files import write_text
-    from softaudit.results.schema import results_json
+    from softaudit.files import write_text
     from softaudit.reports.terminal import render
+    from softaudit.results.schema import results_json
     from softaudit.runner.loop import run_audit
 
     with _bad_input(debug):
@@ -224,7 +223,7 @@ def run(
 
 
 def _worker(configured: WorkerOptions, no_isolation: bool, rowwise: bool, timeout: float,
-            memory_limit: Optional[float], device: Optional[str]) -> WorkerOptions:
+            memory_limit: float | None, device: str | None) -> WorkerOptions:
     """The worker settings: the flags over [tool.softaudit]'s (its device) over the defaults."""
     memory_bytes = memory_limit_bytes(memory_limit, "--memory-limit") if memory_limit is not None else None
     return overridden(configured, isolated=not no_isolation, rowwise=rowwise, timeout=timeout,
@@ -241,7 +240,7 @@ def _check_device(device: str) -> None:
         raise UsageProblem(f"--device: {exc}") from None
 
 
-def _corpus(path: Optional[Path], off: bool, cfg: Optional[GateConfig]) -> Optional[Path]:
+def _corpus(path: Path | None, off: bool, cfg: GateConfig | None) -> Path | None:
     """The corpus directory in force: --corpus, else [tool.softaudit] corpus, else the project's
     .softaudit/corpus; None with --no-corpus."""
     from softaudit.cases.corpus import default_corpus_dir
@@ -258,7 +257,7 @@ def _corpus(path: Optional[Path], off: bool, cfg: Optional[GateConfig]) -> Optio
 
 
 def _parse_shape(text: str) -> tuple[int, int]:
-    from softaudit.speed import parse_shape
+    from softaudit.runner.speed import parse_shape
 
     try:
         return parse_shape(text)
@@ -266,7 +265,7 @@ def _parse_shape(text: str) -> tuple[int, int]:
         raise UsageProblem(f"--shape: {exc}") from None
 
 
-def _gate_config(path: Optional[Path], ignore: bool) -> Optional[GateConfig]:
+def _gate_config(path: Path | None, ignore: bool) -> GateConfig | None:
     """The [tool.softaudit] settings in force: --config's file, else the nearest pyproject.toml's."""
     from softaudit.config import find_config, load_config
 
@@ -283,7 +282,7 @@ PROTECTED_SUFFIXES = (".py", ".toml", ".pyi")
 victim.py` overwrote the candidate's own source."""
 
 
-def _check_outputs(paths: dict[str, Optional[Path]], protect: bool = True) -> dict[str, Optional[Path]]:
+def _check_outputs(paths: dict[str, Path | None], protect: bool = True) -> dict[str, Path | None]:
     """Output files: their directories exist, they are not directories or (``protect``: reports,
     not the scripts repro writes under its own --force rule) existing source files, no two are
     the same file."""
@@ -305,9 +304,9 @@ def _check_outputs(paths: dict[str, Optional[Path]], protect: bool = True) -> di
     return paths
 
 
-def _write_reports(doc: ResultsDocument, html_path: Optional[Path], md_path: Optional[Path], md_full: bool,
-                   junit_path: Optional[Path]) -> None:
-    from softaudit.reports.files import write_text
+def _write_reports(doc: ResultsDocument, html_path: Path | None, md_path: Path | None, md_full: bool,
+                   junit_path: Path | None) -> None:
+    from softaudit.files import write_text
 
     jobs = []
     if html_path is not None:
@@ -332,10 +331,10 @@ def _write_reports(doc: ResultsDocument, html_path: Optional[Path], md_path: Opt
 @app.command("report")
 def report(
     results: Path = typer.Argument(..., metavar="RESULTS.json", help="A results file written by softaudit run --json.", show_default=False),
-    html_path: Optional[Path] = typer.Option(None, "--html", help="Write the stability report as one self-contained HTML file."),
-    md_path: Optional[Path] = typer.Option(None, "--md", help="Write a Markdown summary for a pull-request comment."),
+    html_path: Path | None = typer.Option(None, "--html", help="Write the stability report as one self-contained HTML file."),
+    md_path: Path | None = typer.Option(None, "--md", help="Write a Markdown summary for a pull-request comment."),
     md_full: bool = typer.Option(False, "--md-full", help="Make the --md summary complete."),
-    junit_path: Optional[Path] = typer.Option(None, "--junit", help="Write JUnit XML for CI systems."),
+    junit_path: Path | None = typer.Option(None, "--junit", help="Write JUnit XML for CI systems."),
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for bad input."),
 ) -> None:
     """Write the HTML, Markdown and/or JUnit reports of a results file (any subset)."""
@@ -359,7 +358,7 @@ def report(
 def repro(
     results: Path = typer.Argument(..., metavar="RESULTS.json", help="A results file written by softaudit run --json.", show_default=False),
     record_id: str = typer.Argument(..., metavar="RECORD_ID", help="The record's id: candidate/op/direction/dtype/case (shown in the reports).", show_default=False),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the script here (default: print it)."),
+    output: Path | None = typer.Option(None, "--output", "-o", help="Write the script here (default: print it)."),
     force: bool = typer.Option(False, "--force", help="Overwrite --output if it exists."),
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for bad input."),
 ) -> None:
@@ -376,7 +375,7 @@ def repro(
     if output is None:
         sys.stdout.write(script)
         return
-    from softaudit.reports.files import write_text
+    from softaudit.files import write_text
 
     try:
         write_text(output, script)
@@ -394,23 +393,23 @@ def search_command(
     budget: float = typer.Option(60.0, "--budget", help="Seconds to explore; shrinking a failure then takes at most as long again (usually seconds)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the search's random choices: the same seed explores the same inputs in the same order."),
     patience: int = typer.Option(300, "--patience", help="Once an input fails on its ratio, stop exploring after this many inputs in a row that did not make the worst 10% worse (a NaN, inf or crash stops it at once)."),
-    candidate_name: Optional[str] = typer.Option(None, "--candidate", help="Which candidate, when TARGET defines several.", show_default=False),
-    save_to: Optional[Path] = typer.Option(None, "--save-to", help="Corpus directory the shrunk failing input is saved into, as a case file that softaudit run picks up. [default: .softaudit/corpus at the project's root]", show_default=False),
+    candidate_name: str | None = typer.Option(None, "--candidate", help="Which candidate, when TARGET defines several.", show_default=False),
+    save_to: Path | None = typer.Option(None, "--save-to", help="Corpus directory the shrunk failing input is saved into, as a case file that softaudit run picks up. [default: .softaudit/corpus at the project's root]", show_default=False),
     cases_dir: list[Path] = typer.Option([], "--cases-dir", help="Extra directory of case files to start from, besides the shipped library and the corpus (repeatable)."),
-    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the result (minimal input, error, ratio, failure class, saved case) to this JSON file (docs/search.md)."),
-    repro_path: Optional[Path] = typer.Option(None, "--repro", help="Write the reproducer script here instead of printing it (an existing file is an error: never overwritten).", show_default=False),
-    limit: Optional[float] = typer.Option(None, "--limit", help=f"Stability-ratio limit: an input fails above it. [default: {DEFAULT_RATIO_LIMIT:g}]", show_default=False),
-    max_ulp: Optional[float] = typer.Option(None, "--max-ulp", help="Also fail inputs whose max error exceeds this many ulps. [default: no such limit]", show_default=False),
-    undefined: Optional[str] = typer.Option(None, "--undefined", help=f"Accepted output on undefined rows: nan-or-zero, nan, zero, any. [default: {DEFAULT_UNDEFINED_POLICY}]", show_default=False),
-    config: Optional[Path] = typer.Option(None, "--config", help="Gate configuration file (limits, undefined, device, corpus from [tool.softaudit]). Default: the nearest pyproject.toml with [tool.softaudit].", show_default=False),
+    json_path: Path | None = typer.Option(None, "--json", help="Write the result (minimal input, error, ratio, failure class, saved case) to this JSON file (docs/search.md)."),
+    repro_path: Path | None = typer.Option(None, "--repro", help="Write the reproducer script here instead of printing it (an existing file is an error: never overwritten).", show_default=False),
+    limit: float | None = typer.Option(None, "--limit", help=f"Stability-ratio limit: an input fails above it. [default: {DEFAULT_RATIO_LIMIT:g}]", show_default=False),
+    max_ulp: float | None = typer.Option(None, "--max-ulp", help="Also fail inputs whose max error exceeds this many ulps. [default: no such limit]", show_default=False),
+    undefined: str | None = typer.Option(None, "--undefined", help=f"Accepted output on undefined rows: nan-or-zero, nan, zero, any. [default: {DEFAULT_UNDEFINED_POLICY}]", show_default=False),
+    config: Path | None = typer.Option(None, "--config", help="Gate configuration file (limits, undefined, device, corpus from [tool.softaudit]). Default: the nearest pyproject.toml with [tool.softaudit].", show_default=False),
     no_config: bool = typer.Option(False, "--no-config", help="Ignore any [tool.softaudit] configuration."),
     rowwise: bool = typer.Option(False, "--rowwise", help="Call the op one row (1-D vector) at a time."),
     timeout: float = typer.Option(DEFAULT_TIMEOUT, "--timeout", help="Seconds one call may take; past it the input fails as hung."),
-    memory_limit: Optional[float] = typer.Option(None, "--memory-limit", help="GiB of address space the candidate's worker may use (default: half the machine's memory)."),
+    memory_limit: float | None = typer.Option(None, "--memory-limit", help="GiB of address space the candidate's worker may use (default: half the machine's memory)."),
     no_isolation: bool = typer.Option(False, "--no-isolation", help="Call the candidate in softaudit's own process: a crash or hang then ends the search."),
-    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Reference cache directory, for the library cases and the saved case (default: $SOFTAUDIT_CACHE_DIR or ~/.cache/softaudit)."),
+    cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Reference cache directory, for the library cases and the saved case (default: $SOFTAUDIT_CACHE_DIR or ~/.cache/softaudit)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Compute every reference afresh and store nothing."),
-    device: Optional[str] = typer.Option(None, "--device", help="Where torch and Triton candidates run: cpu, cuda (or cuda:N), or auto. [default: auto]", show_default=False),
+    device: str | None = typer.Option(None, "--device", help="Where torch and Triton candidates run: cpu, cuda (or cuda:N), or auto. [default: auto]", show_default=False),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress and no summary; the exit code (and the files asked for) only."),
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for bad input."),
 ) -> None:
@@ -418,7 +417,7 @@ def search_command(
 
     Exit 1 when a failing input was found (and saved), 0 when none was within the budget, 2 on bad input.
     """
-    from softaudit.reports.files import write_text
+    from softaudit.files import write_text
     from softaudit.reports.search_report import render_search, search_json
     from softaudit.search.engine import SearchOptions, search
 
@@ -483,15 +482,15 @@ def compare_results(
     speed_factor: float = typer.Option(1.5, "--speed-factor", help="Slowdown that counts: NEW's median time above F x BASE's (when both files have speed figures)."),
     fail_on_missing: bool = typer.Option(False, "--fail-on-missing", help="A BASE record missing from NEW is a regression."),
     fail_on_ulp: bool = typer.Option(False, "--fail-on-ulp", help="Max ulp growth alone is a regression (default: listed only)."),
-    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the comparison as JSON (docs/compare.md)."),
+    json_path: Path | None = typer.Option(None, "--json", help="Write the comparison as JSON (docs/compare.md)."),
     limit: int = typer.Option(50, "--limit", help="Lines per list in the terminal."),
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for bad input."),
 ) -> None:
     """List regressions and improvements between two results files; exit 1 on a regression."""
     import json as json_module
 
+    from softaudit.files import write_text
     from softaudit.reports.compare import CompareOptions, compare, comparison_dict, render_comparison
-    from softaudit.reports.files import write_text
     from softaudit.results.schema import load_results
 
     with _bad_input(debug):
@@ -538,7 +537,7 @@ def _signals_interrupt() -> Iterator[list[int]]:
 def list_cases(
     case: list[str] = typer.Option([], "--case", "-c", help="Only cases whose name or family matches (repeatable)."),
     cases_dir: list[Path] = typer.Option([], "--cases-dir", help="Extra directory of case files (repeatable)."),
-    corpus: Optional[Path] = typer.Option(None, "--corpus", help="Directory of cases softaudit search found, listed when it holds any. [default: .softaudit/corpus at the project's root]", show_default=False),
+    corpus: Path | None = typer.Option(None, "--corpus", help="Directory of cases softaudit search found, listed when it holds any. [default: .softaudit/corpus at the project's root]", show_default=False),
     no_corpus: bool = typer.Option(False, "--no-corpus", help="Leave the corpus of found cases out."),
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for bad input."),
 ) -> None:

@@ -10,12 +10,14 @@ exit 2). Every key is documented in docs/ci-gate.md.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from softaudit.errors import BadInput
 from softaudit.formats import FORMATS, get_format
+from softaudit.judging.verdicts import UNDEFINED_POLICIES, Gate, Limits
 from softaudit.ops import DIRECTIONS, OPS
 from softaudit.options import (
     AuditOptions,
@@ -31,8 +33,7 @@ from softaudit.options import (
     check_seed,
     overridden,
 )
-from softaudit.speed import parse_shape
-from softaudit.judging.verdicts import UNDEFINED_POLICIES, Gate, Limits
+from softaudit.runner.speed import parse_shape
 
 if sys.version_info >= (3, 11):
     import tomllib

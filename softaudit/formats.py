@@ -58,7 +58,7 @@ class Format:
         return math.ldexp(1.0, self.emin - self.p + 1)
 
     @property
-    def torch_dtype(self):  # type: ignore[no-untyped-def]
+    def torch_dtype(self):
         """The matching torch dtype (imported lazily: torch is slow to import)."""
         import torch
 

@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from softaudit.judging.envelope import DEFAULT_RELATIVE_FACTOR, DEFAULT_RELATIVE_SLACK
 from softaudit.errors import BadInput
 from softaudit.formats import Format
-from softaudit.ops import DIRECTIONS, OPS
+from softaudit.judging.envelope import DEFAULT_RELATIVE_FACTOR, DEFAULT_RELATIVE_SLACK
 from softaudit.judging.verdicts import UNDEFINED_POLICIES, Gate
+from softaudit.ops import DIRECTIONS, OPS
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance

@@ -19,15 +19,12 @@ from pathlib import Path
 import numpy as np
 
 from softaudit.candidates.loading import builtin_names
+from softaudit.cases.inputs import NotApplicable, generate
 from softaudit.cases.model import Case, CaseError
 from softaudit.cases.reader import load_cases
 from softaudit.formats import FORMATS, Format
-from softaudit.cases.inputs import NotApplicable, generate
 from softaudit.judging.metrics import Location
-from softaudit.results.records import Record
-from softaudit.results.document import ResultsDocument, ResultsError, rerun_command
 from softaudit.judging.unit import input_summary
-from softaudit.results.schema import record_dict
 from softaudit.reproduction import (
     ReproduceError,
     check_reproducible,
@@ -35,6 +32,9 @@ from softaudit.reproduction import (
     record_element,
     reproduction_data,
 )
+from softaudit.results.document import ResultsDocument, ResultsError, rerun_command
+from softaudit.results.records import Record
+from softaudit.results.schema import record_dict
 
 EMBED_LIMIT = 4096
 """Inputs of at most this many elements are written into the script as well as regenerated."""

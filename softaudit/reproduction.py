@@ -12,28 +12,29 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, cast
+from typing import Any, cast
 
 import numpy as np
 
 from softaudit.candidates.calling import CallResult, call
-from softaudit.candidates.model import Candidate
 from softaudit.candidates.errors import CandidateError
 from softaudit.candidates.loading import load_target
+from softaudit.candidates.model import Candidate
+from softaudit.cases.inputs import LossInputs, NotApplicable, generate, loss_inputs
 from softaudit.cases.model import Case, CaseError
 from softaudit.cases.reader import load_cases
+from softaudit.errors import BadInput
 from softaudit.formats import FORMATS, Format, to_float64
-from softaudit.cases.inputs import LossInputs, NotApplicable, generate, loss_inputs
 from softaudit.judging.metrics import CLASS_NAMES, Location, RecordMetrics, locate
 from softaudit.judging.rules import Judgement, Output, input_excerpt, judge
 from softaudit.judging.unit import AuditUnit
 from softaudit.judging.verdicts import SKIP, Gate, Limits, describe, fmt_num, fmt_value
-from softaudit.errors import BadInput
 from softaudit.ops import DIRECTIONS, OPS
-from softaudit.results.records import Record
 from softaudit.reference import ReferenceCache, default_cache_dir
+from softaudit.results.records import Record
 from softaudit.runner.loop import call_request
 
 DATA_VERSION = 1

@@ -13,9 +13,9 @@ import pytest
 
 import softaudit
 from softaudit.judging.metrics import Location, RecordMetrics
+from softaudit.options import AuditOptions
 from softaudit.results.records import Record
 from softaudit.results.schema import load_results
-from softaudit.options import AuditOptions
 from softaudit.runner.loop import AuditResult
 
 ROOT = Path(__file__).resolve().parent.parent

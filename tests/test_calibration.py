@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from softaudit.formats import FORMATS
+from softaudit.judging.verdicts import FAIL, PASS, SKIP
 from softaudit.options import AuditOptions, WorkerOptions
 from softaudit.runner.loop import run_audit
-from softaudit.judging.verdicts import FAIL, PASS, SKIP
 
 CALIBRATION = Path(__file__).parent / "calibration"
 REPO = Path(__file__).resolve().parents[1]

@@ -17,8 +17,8 @@ from softaudit.candidates.decorator import candidate
 from softaudit.candidates.errors import CandidateError, CandidateImportError
 from softaudit.candidates.loading import builtin_names, load_target
 from softaudit.candidates.model import Candidate, OpFunction
-from softaudit.formats import FORMATS, get_format, round_float64_array
 from softaudit.cases.inputs import LossInputs
+from softaudit.formats import FORMATS, get_format, round_float64_array
 from softaudit.ops import OPS
 from softaudit.runner.isolation import CandidateInfo
 

@@ -9,9 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 import numpy as np
+import pytest
 
 from softaudit.cases.inputs import NotApplicable, generate
 from softaudit.cases.model import FAMILIES, LOSS_KEYS, PARAM_DEFAULTS, Case, CaseError

@@ -551,8 +551,8 @@ def test_version(cli_subprocess):
 
 def test_run_audit_in_process(softaudit_cache_dir):
     from softaudit.formats import get_format
-    from softaudit.reference import default_cache_dir
     from softaudit.options import AuditOptions, WorkerOptions
+    from softaudit.reference import default_cache_dir
     from softaudit.runner.loop import run_audit
 
     assert default_cache_dir() == softaudit_cache_dir

@@ -9,16 +9,16 @@ import math
 import pytest
 from rich.console import Console
 
-from softaudit.reports.compare import CompareOptions, compare, comparison_dict, matching_names, render_comparison
 from softaudit.formats import get_format
 from softaudit.judging.metrics import RecordMetrics
-from softaudit.results.records import Record, SpeedRecord
+from softaudit.judging.verdicts import FAIL, PASS, SKIP, WARN
+from softaudit.options import AuditOptions, CacheOptions, WorkerOptions
+from softaudit.reports.compare import CompareOptions, compare, comparison_dict, matching_names, render_comparison
 from softaudit.reports.json_report import write_json
 from softaudit.results.document import ResultsDocument, ResultsError
+from softaudit.results.records import Record, SpeedRecord
 from softaudit.results.schema import document_of, load_results
-from softaudit.options import AuditOptions, CacheOptions, WorkerOptions
 from softaudit.runner.loop import run_audit
-from softaudit.judging.verdicts import FAIL, PASS, SKIP, WARN
 
 
 def rec(case: str = "c1", *, candidate: str = "impl", target: str = "impl.py", op: str = "softmax",

@@ -12,7 +12,7 @@ import pytest
 
 import softaudit
 from softaudit.diagnosis import CLASSES, NO_KNOWN_CAUSE, Subject, diagnose
-from softaudit.diagnosis.experiments import _load
+from softaudit.diagnosis.experiments import load_subject
 
 ROOT = Path(__file__).resolve().parents[1]
 PLANTED = ROOT / "tests" / "diagnosis" / "planted"
@@ -20,7 +20,7 @@ PLANTED = ROOT / "tests" / "diagnosis" / "planted"
 
 def _records(path: Path, tmp_path: Path, **kw) -> tuple[list[dict], Subject]:
     subject = Subject(name="cand", target=str(path))
-    report = softaudit.audit(_load(subject), name="cand", **kw)
+    report = softaudit.audit(load_subject(subject), name="cand", **kw)
     out = report.to_json(tmp_path / "r.json")
     return json.loads(Path(out).read_text())["results"], subject
 

@@ -7,7 +7,16 @@ import mpmath
 import numpy as np
 import pytest
 
-from softaudit.formats import BFLOAT16, FLOAT16, FLOAT32, FORMATS, FormatError, get_format, round_float64_array, round_mpf
+from softaudit.formats import (
+    BFLOAT16,
+    FLOAT16,
+    FLOAT32,
+    FORMATS,
+    FormatError,
+    get_format,
+    round_float64_array,
+    round_mpf,
+)
 
 
 def _awkward_values() -> np.ndarray:

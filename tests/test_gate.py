@@ -12,8 +12,8 @@ from test_cli import run_cli_in_process as run_cli  # the CLI entry point, in th
 
 from softaudit.config import ConfigError, find_config, load_config
 from softaudit.judging.metrics import Location, RecordMetrics
-from softaudit.results.records import Record
 from softaudit.judging.verdicts import FAIL, PASS, WARN, Gate, Limits, apply_relative_rule, decide
+from softaudit.results.records import Record
 
 SHIFTED_NUMPY = """import numpy as np
 def softmax(x):

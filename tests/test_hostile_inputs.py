@@ -332,7 +332,7 @@ def test_escape_sequences_in_case_files_and_candidates_are_printed_escaped(tmp_p
     assert "\\x1b[2J" in listed.output and "evil[bold]" in listed.output  # shown, escaped, not interpreted
 
     cand = tmp_path / "evil.py"
-    cand.write_text("import numpy as np\n\ndef softmax(x):\n    raise ValueError(%r)\n" % EVIL)
+    cand.write_text(f"import numpy as np\n\ndef softmax(x):\n    raise ValueError({EVIL!r})\n")
     ran = CliRunner().invoke(app, ["run", str(cand), "--cases-dir", str(d), "--case", "hostile-text",
                                    "--dtype", "float32", "--no-isolation"])
     assert ran.exit_code == 1, ran.output

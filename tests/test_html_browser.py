@@ -4,24 +4,24 @@ CI=true (as CI sets it), where a missing chromium is a failure: .ci/run installs
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import struct
-import os
 import subprocess
 import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
+from test_html_report import HOSTILE, NAIVE_SOFTMAX
 
+from softaudit.files import write_text
 from softaudit.formats import get_format
-from softaudit.reports.files import write_text
+from softaudit.options import AuditOptions, WorkerOptions
 from softaudit.reports.html_report import render_html
 from softaudit.results.schema import document_of
-from softaudit.options import AuditOptions, WorkerOptions
 from softaudit.runner.loop import run_audit
-from test_html_report import HOSTILE, NAIVE_SOFTMAX
 
 CHROMIUM = shutil.which("chromium")
 IN_CI = os.environ.get("CI", "").lower() == "true"

@@ -18,7 +18,8 @@ import pytest
 
 from softaudit.formats import get_format
 from softaudit.judging.metrics import Location, RecordMetrics
-from softaudit.results.records import Record, SpeedRecord
+from softaudit.judging.verdicts import PASS
+from softaudit.options import AuditOptions, WorkerOptions
 from softaudit.reports.html_report import (
     DEFAULT_MAX_FINDINGS,
     LogScale,
@@ -29,10 +30,9 @@ from softaudit.reports.html_report import (
 )
 from softaudit.results.document import ResultsDocument, repro_command, rerun_command
 from softaudit.results.ranking import worst_findings
+from softaudit.results.records import Record, SpeedRecord
 from softaudit.results.schema import document_of
-from softaudit.options import AuditOptions, WorkerOptions
 from softaudit.runner.loop import run_audit
-from softaudit.judging.verdicts import PASS
 
 HOSTILE = "<img src=x onerror=alert(1)>"
 NAIVE_SOFTMAX = (

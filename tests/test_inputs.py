@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from softaudit.cases.inputs import LossInputs, NotApplicable, float64_values, generate, loss_inputs, upstream
 from softaudit.cases.model import Case
 from softaudit.cases.reader import load_cases
 from softaudit.formats import BFLOAT16, FLOAT16, FLOAT32, FLOAT64, FORMATS, round_float64_array
-from softaudit.cases.inputs import LossInputs, NotApplicable, float64_values, generate, loss_inputs, upstream
 
 
 @pytest.fixture(scope="module")

@@ -17,11 +17,11 @@ import torch
 import torch.nn.functional as F
 
 from softaudit.candidates.calling import CallRequest
-from softaudit.formats import FORMATS
 from softaudit.cases.inputs import LossInputs
-from softaudit.runner.isolation import InProcessExecutor, WorkerExecutor
+from softaudit.formats import FORMATS
 from softaudit.ops import LOSS_KEYWORDS, OPS
 from softaudit.options import AuditOptions, WorkerOptions
+from softaudit.runner.isolation import InProcessExecutor, WorkerExecutor
 from softaudit.runner.loop import run_audit
 
 REPO = Path(__file__).resolve().parents[1]

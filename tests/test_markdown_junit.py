@@ -12,15 +12,15 @@ from markdown_it import MarkdownIt
 
 from softaudit.formats import FORMATS
 from softaudit.judging.metrics import Location, RecordMetrics
+from softaudit.judging.verdicts import FAIL, PASS, SKIP, WARN
 from softaudit.ops import DIRECTIONS, OPS
-from softaudit.results.records import Record
+from softaudit.options import AuditOptions, CacheOptions, WorkerOptions
 from softaudit.reports.junit_report import render_junit
 from softaudit.reports.markdown_report import md_code, md_text, render_markdown
 from softaudit.results.document import ResultsDocument, rerun_command
+from softaudit.results.records import Record
 from softaudit.results.schema import document_of
-from softaudit.options import AuditOptions, CacheOptions, WorkerOptions
 from softaudit.runner.loop import run_audit
-from softaudit.judging.verdicts import FAIL, PASS, SKIP, WARN
 
 FAULTS = Path(__file__).parent / "fixtures" / "faults"
 HOSTILE = "<img src=x onerror=alert(1)>"
@@ -288,10 +288,10 @@ def test_the_relative_rules_baseline_is_reported_but_not_counted_as_failing():
     """A baseline's FAILs do not set the exit code: the JUnit counts and the Markdown verdict agree."""
     import xml.etree.ElementTree as ET
 
-    from softaudit.results.records import Record
     from softaudit.reports.junit_report import render_junit
     from softaudit.reports.markdown_report import render_markdown
     from softaudit.results.document import ResultsDocument
+    from softaudit.results.records import Record
 
     def rec(candidate: str, verdict: str) -> Record:
         return Record(candidate=candidate, target=candidate, op="softmax", dtype="float32", case="c", family="f",

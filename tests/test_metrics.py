@@ -4,16 +4,18 @@ import math
 
 import numpy as np
 
-from softaudit.judging.envelope import envelope_ulp, shift_error_term
 from softaudit.formats import BFLOAT16, FLOAT16, FLOAT32, FLOAT64
+from softaudit.judging.envelope import envelope_ulp, shift_error_term
 from softaudit.judging.metrics import bits_of_error, judge_elements, summarize, ulp_error
-from softaudit.reference import reference_rows
 from softaudit.judging.verdicts import FAIL, PASS, WARN, Gate, decide
+from softaudit.reference import reference_rows
 
 
 def test_ulp_error_is_exact_in_the_ulps_of_the_exact_value():
     # exact value 1 + 0.25 ulp, stored as k, hi, lo; y one float above 1.
-    k = np.array([-23]); hi = np.array([2.0**23]); lo = np.array([0.25])
+    k = np.array([-23])
+    hi = np.array([2.0**23])
+    lo = np.array([0.25])
     assert ulp_error(np.array([1.0]), k, hi, lo)[0] == 0.25
     assert ulp_error(np.array([1.0 + 2.0**-23]), k, hi, lo)[0] == 0.75
     # A value so far from the exact one that scaling overflows float64 goes through mpmath.
@@ -91,7 +93,8 @@ def test_envelope_follows_design_model():
     xi = np.array([[1e-7 + 1.0, 1e4]], dtype=np.float32).astype(np.float64)
     delta = shift_error_term(xi, np.array([1e4]), FLOAT32)[0]
     assert delta[0] == abs(xi[0, 0] - 1e4) and delta[1] == 0.0
-    hi = np.array([[2.0**23, 2.0**23]]); k = np.array([[-24, -24]])
+    hi = np.array([[2.0**23, 2.0**23]])
+    k = np.array([[-24, -24]])
     env = envelope_ulp("softmax", xi, np.array([1e4]), np.array([0.0]), k, hi, FLOAT32)
     assert env[0, 0] == FLOAT32.u * (delta[0] + 1 + 3) * 2.0**23
     assert env[0, 1] == 2.0  # 2^-24 * (0 + log2(2) + 3) * 2^23

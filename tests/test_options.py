@@ -9,6 +9,7 @@ import pytest
 from softaudit.candidates.errors import CandidateImportError, NoOpsError
 from softaudit.config import ConfigError, load_config
 from softaudit.errors import BadInput, SoftauditError
+from softaudit.judging.verdicts import Gate
 from softaudit.options import (
     KEYWORDS,
     AuditOptions,
@@ -19,9 +20,8 @@ from softaudit.options import (
     checked_audit_options,
     overridden,
 )
-from softaudit.search.engine import SearchError, SearchOptions
-from softaudit.judging.verdicts import Gate
 from softaudit.runner.worker_replies import LoadRefused
+from softaudit.search.engine import SearchError, SearchOptions
 
 
 def test_a_layer_sets_only_what_it_gives():

@@ -29,13 +29,12 @@ except ImportError:  # pragma: no cover - depends on the environment
     pytest.skip("python-flint is not installed (the independent oracle's ball arithmetic; "
                 "pip install -e '.[test]')", allow_module_level=True)
 
-import ml_dtypes  # noqa: E402
+import ml_dtypes
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the oracle package beside this file, from any cwd
-from oracle import generators, subject  # noqa: E402
-from oracle.compare import (compare, oracle_backward, oracle_ce, oracle_ce_gradient,  # noqa: E402
-                            oracle_forward)
-from oracle.rounding import FORMATS, boundary_info, rne_dyadic, rne_float, rne_fraction  # noqa: E402
+from oracle import generators, subject
+from oracle.compare import compare, oracle_backward, oracle_ce, oracle_ce_gradient, oracle_forward
+from oracle.rounding import FORMATS, boundary_info, rne_dyadic, rne_float, rne_fraction
 
 FMTS = ("float64", "float32", "float16", "bfloat16")
 ENGINES = ("auto", "mpmath")

@@ -5,12 +5,12 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from softaudit.formats import FORMATS
-from softaudit.runner.prefetch import Prefetcher, UnitNeeds, default_jobs, unit_references
 from softaudit.cases.reader import load_cases
-from softaudit.reference import ReferenceCache
+from softaudit.formats import FORMATS
 from softaudit.options import AuditOptions, CacheOptions, WorkerOptions
+from softaudit.reference import ReferenceCache
 from softaudit.runner.loop import run_audit
+from softaudit.runner.prefetch import Prefetcher, UnitNeeds, default_jobs, unit_references
 
 CASES = ["gap-*", "mask-all-but-one", "confident-0.9", "ce-ignore-padding-mean", "ce-prob-masked", "vocab-50257"]
 

@@ -9,13 +9,13 @@ from rich.console import Console
 
 import softaudit
 from softaudit.judging.metrics import RecordMetrics
+from softaudit.options import AuditOptions
 from softaudit.reports.html_report import render_html
 from softaudit.reports.markdown_report import render_markdown
 from softaudit.reports.terminal import render
 from softaudit.results.document import ResultsDocument
 from softaudit.results.ranking import badness, worst_findings, worst_record
 from softaudit.results.records import Record
-from softaudit.options import AuditOptions
 from softaudit.runner.loop import AuditResult
 
 

@@ -23,10 +23,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from softaudit.cases.inputs import LossInputs, NotApplicable, generate, loss_inputs, upstream
 from softaudit.cases.reader import load_cases
 from softaudit.formats import BFLOAT16, FLOAT16, FLOAT32, FLOAT64, FORMATS, Format, round_float64_array, round_mpf
-from softaudit.cases.inputs import LossInputs, NotApplicable, generate, loss_inputs, upstream
-from softaudit.reference import OpReference, backward_reference, fast_path, loss_gradient_reference, loss_reference, reference_rows
+from softaudit.reference import (
+    OpReference,
+    backward_reference,
+    fast_path,
+    loss_gradient_reference,
+    loss_reference,
+    reference_rows,
+)
 from softaudit.reference import fast_long_double as rf
 from softaudit.reference.fast_double_double import DoubleDoublePath
 from softaudit.reference.fast_long_double import LongDoublePath

@@ -18,13 +18,12 @@ import pytest
 
 from softaudit.formats import FORMATS
 from softaudit.judging.metrics import Location
+from softaudit.judging.verdicts import describe, fmt_value
+from softaudit.options import AuditOptions, CacheOptions, WorkerOptions
 from softaudit.repro import repro_script
 from softaudit.results.document import ResultsDocument, ResultsError, rerun_command
 from softaudit.results.schema import document_of
-from softaudit.options import AuditOptions, CacheOptions, WorkerOptions
 from softaudit.runner.loop import run_audit
-from softaudit.judging.verdicts import fmt_value
-from softaudit.judging.verdicts import describe
 
 ROOT = Path(__file__).resolve().parent.parent
 FAULTS = ROOT / "tests" / "fixtures" / "faults"

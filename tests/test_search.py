@@ -20,15 +20,15 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from softaudit.cases.corpus import case_toml, default_corpus_dir, project_root, save_case
+from softaudit.cases.inputs import generate
 from softaudit.cases.reader import load_cases
 from softaudit.cli import app
-from softaudit.cases.corpus import case_toml, default_corpus_dir, project_root, save_case
 from softaudit.formats import FORMATS
-from softaudit.cases.inputs import generate
-from softaudit.search.mutations import Trial
 from softaudit.options import AuditOptions, WorkerOptions
 from softaudit.runner.loop import run_audit
 from softaudit.search.engine import SearchOptions, case_table, search
+from softaudit.search.mutations import Trial
 from softaudit.search.shrink import complexity, shrink, simpler_values
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""Timing candidates' calls at given shapes (softaudit.speed), in this process, at small shapes."""
+"""Timing candidates' calls at given shapes (softaudit.runner.speed), in this process, at small shapes."""
 
 from __future__ import annotations
 
@@ -7,11 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from softaudit import timing
 from softaudit.candidates.loading import load_target
 from softaudit.formats import FORMATS
-from softaudit.speed import SpeedError, SpeedMeter, bench_arrays, prepare
-from softaudit.speed import DEFAULT_SHAPES, parse_shape
+from softaudit.runner import timing
+from softaudit.runner.speed import DEFAULT_SHAPES, SpeedError, SpeedMeter, bench_arrays, parse_shape, prepare
 
 NAIVE_NUMPY = str(Path(__file__).resolve().parents[1] / "examples" / "naive_numpy.py")
 
@@ -75,8 +74,8 @@ def test_autograd_timing_does_not_accumulate_into_the_input_gradient():
 
 def test_the_audit_times_in_its_worker_and_the_json_carries_every_figure(tmp_path):
     from softaudit.formats import FLOAT32
-    from softaudit.results.schema import document_of
     from softaudit.options import AuditOptions, CacheOptions
+    from softaudit.results.schema import document_of
     from softaudit.runner.loop import run_audit
 
     options = AuditOptions(ops=["softmax"], formats=[FLOAT32], case_patterns=["uniform-1024"], bench=True,
@@ -110,7 +109,7 @@ def test_without_bench_nothing_is_timed(tmp_path):
 
 @pytest.mark.gpu
 def test_cuda_events_time_a_device_copy():
-    from softaudit.speed import copy_call
+    from softaudit.runner.speed import copy_call
 
     call, clock = copy_call(64 << 20, "cuda", 1)
     t = timing.measure(call, clock=clock)

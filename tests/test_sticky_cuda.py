@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from softaudit.runner import cuda_errors
 from softaudit.candidates.calling import CallResult
 from softaudit.formats import FORMATS
-from softaudit.runner.isolation import RESTARTED_NOTE, checked
 from softaudit.options import AuditOptions, WorkerOptions
+from softaudit.runner import cuda_errors
+from softaudit.runner.isolation import RESTARTED_NOTE, checked
 from softaudit.runner.loop import run_audit
 
 REPO = Path(__file__).resolve().parents[1]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from softaudit import timing
+from softaudit.runner import timing
 
 
 def _clock_of(durations: list[float]):

@@ -157,7 +157,7 @@ def _in_a_fresh_interpreter(check: str) -> str:
     import textwrap
 
     prelude = ("import os\nos.environ['TRITON_INTERPRET'] = '1'\nimport torch\n"
-               "from softaudit.candidates.loading import load_target\nfrom softaudit.runner import kernels\n")
+               "from softaudit.candidates.loading import load_target\nfrom softaudit.candidates import kernels\n")
     done = subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(check)], capture_output=True, text=True,
                           timeout=900, env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=REPO)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -278,8 +278,8 @@ def compiled_on_the_cpu():
     import numpy as np
     import torch
 
-    from softaudit.cases.reader import load_cases, select_cases
     from softaudit.cases.inputs import generate
+    from softaudit.cases.reader import load_cases, select_cases
     from softaudit.runner.isolation import InProcessExecutor
 
     if shutil.which("c++") is None and shutil.which("g++") is None:

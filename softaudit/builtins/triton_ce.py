@@ -135,7 +135,7 @@ def _cross_entropy_rows(x_ptr, t_ptr, w_ptr, g_ptr, eps_ptr, loss_ptr, dx_ptr, b
                             soft, WIDE, PRECISE)
         else:
             tiles = tl.cdiv(n, TILE)
-            for i in range(0, tiles):
+            for i in range(tiles):
                 cols = (tiles - 1 - i) * TILE + tl.arange(0, TILE)  # last tile first: still in L2
                 x, w = _tile(x_ptr, w_ptr, r, cols, valid, n, stride, zero, HAS_WEIGHT)
                 _write_gradient(dx_ptr, x, w, cols, r, valid, n, stride, t, ignored, defined, shift, s, g, a, hard,

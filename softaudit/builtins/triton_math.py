@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
-from softaudit.runner import kernels
+from softaudit.candidates import kernels
 
 ROW_BLOCKS = (128, 1024, 4096, 16384, 32768)
 """The blocks a whole row is held in (builtin:triton-softmax): a row of n elements takes the
@@ -271,7 +271,7 @@ def quiet() -> np.errstate:
 
 
 # --------------------------------------------------------------------------
-# Launching, with the compilations counted (softaudit.runner.kernels)
+# Launching, with the compilations counted (softaudit.candidates.kernels)
 
 _variants: set[tuple] = set()
 
@@ -279,7 +279,7 @@ _variants: set[tuple] = set()
 def launch(target: str, kernel: Any, grid_: tuple[int, ...], args: tuple, n: int, num_warps: int,
            **constexprs: Any) -> None:
     """``kernel[grid_](*args, **constexprs)`` with num_warps, noting a new compilation
-    (softaudit.runner.kernels.note): on a GPU when Triton's cache of compiled kernels grows (the launch's
+    (softaudit.candidates.kernels.note): on a GPU when Triton's cache of compiled kernels grows (the launch's
     time is the compilation's, as the launch is asynchronous); under the interpreter, the first
     launch of each variant (kernel, constexprs, the tensors' dtypes, num_warps, and n's
     specialisation: Triton compiles n == 1 and n divisible by 16 apart, so the count is what a GPU

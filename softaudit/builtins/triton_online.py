@@ -84,7 +84,7 @@ def _forward_rows(x_ptr, out_ptr, rows, n, stride, OP: tl.constexpr, ROWS: tl.co
             log_s = tm.log(s, PRECISE)
             defined = tm.finite(m)
             tiles = tl.cdiv(n, TILE)
-            for i in range(0, tiles):
+            for i in range(tiles):
                 cols = (tiles - 1 - i) * TILE + tl.arange(0, TILE)  # last tile first: still in L2
                 x = _load(x_ptr, r, cols, rows, n, stride, float("-inf"), WIDE)
                 if OP == 0:
@@ -129,7 +129,7 @@ def _backward_rows(a_ptr, dy_ptr, dx_ptr, rows, n, stride, OP: tl.constexpr, ROW
                 else:
                     total += tl.sum(g, axis=1)
         tiles = tl.cdiv(n, TILE)
-        for i in range(0, tiles):
+        for i in range(tiles):
             cols = (tiles - 1 - i) * TILE + tl.arange(0, TILE)  # last tile first: still in L2
             if OP == 0:
                 dx = _load(a_ptr, r, cols, rows, n, stride, 0.0, WIDE) * (

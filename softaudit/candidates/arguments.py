@@ -11,6 +11,7 @@ import numpy as np
 from softaudit.candidates.conversion import raw_bits, to_torch
 from softaudit.candidates.model import OpFunction
 
+
 class Arguments:
     """The arrays of one call as the candidate gets them (fresh copies: numpy
     arrays, or torch tensors on its device), with their bits as given, to find

@@ -13,7 +13,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
 
@@ -33,7 +33,11 @@ from softaudit.formats import FORMATS, Format
 from softaudit.ops import BACKWARD_FUNCTIONS, LOSS_KEYWORDS, OPS
 
 if TYPE_CHECKING:
+    from softaudit.candidates.probes import ProbeLoss
     from softaudit.cases.inputs import LossInputs
+
+    LossLike: TypeAlias = LossInputs | ProbeLoss
+    """An audit's loss inputs, or a probe's stand-in with the attributes a call reads."""
 
 _MAX_WARNING_NOTES = 3
 
@@ -49,7 +53,7 @@ class CallRequest:
     """(rows, n) values of the format (the logits for cross_entropy)."""
     fmt_name: str
     """The format under audit (a key of FORMATS)."""
-    loss: LossInputs | None = None
+    loss: LossLike | None = None
     """cross_entropy only: the target, the class weights and the keywords of the case."""
     dy: np.ndarray | None = None
     """backward only: the upstream gradient, shaped like the forward output (() for a reduced loss)."""
@@ -200,7 +204,7 @@ def _run(opfn: OpFunction, calls: list[tuple[tuple[Any, ...], dict[str, Any]]],
             unsupported = str(exc)
         except OutputError as exc:
             error = (f"row {i}: " if opfn.rowwise else "") + str(exc)
-        except BaseException as exc:  # noqa: BLE001  (BaseException, GeneratorExit, a KeyboardInterrupt raised by the candidate)
+        except BaseException as exc:
             if real_interrupt(exc):
                 raise
             error = (f"row {i}: " if opfn.rowwise else "") + describe_exception(exc)
@@ -220,7 +224,7 @@ def finish_call(opfn: OpFunction, run: Run, args: Arguments, fmt: Format, expect
     notes = run.notes + tuple(extra)
     try:
         changed = args.modified()
-    except Exception as exc:  # noqa: BLE001  (e.g. a device error surfacing late)
+    except Exception as exc:
         if run.error is not None:
             # The call failed already, and its error made the input unreadable too (a CUDA error that
             # breaks the context, cuda_errors): the error is the finding, not a modified input.
@@ -242,7 +246,7 @@ def finish_call(opfn: OpFunction, run: Run, args: Arguments, fmt: Format, expect
         for i, item in enumerate(items):
             try:
                 part, desc, note = normalise_output(item, expected, fmt, allow=allow)
-            except Exception as exc:  # noqa: BLE001  (OutputError, or a failure reading a foreign array)
+            except Exception as exc:
                 problem = f"row {i}: {output_problem(exc, item)}"
                 return CallResult(None, problem, modified, describe_value(item), notes, run.seconds)
             parts.append(part)
@@ -253,7 +257,7 @@ def finish_call(opfn: OpFunction, run: Run, args: Arguments, fmt: Format, expect
         return CallResult(out, None, modified, descs[0] if descs else "", notes + tuple(rounding), run.seconds)
     try:
         out, desc, note = normalise_output(items[0], expected, fmt, allow=allow, also=also)
-    except Exception as exc:  # noqa: BLE001  (OutputError, or a failure reading a foreign array)
+    except Exception as exc:
         return CallResult(None, output_problem(exc, items[0]), modified, describe_value(items[0]), notes, run.seconds)
     return CallResult(out, None, modified, desc, notes + ((note,) if note else ()), run.seconds)
 
@@ -281,13 +285,14 @@ def _array(value: np.ndarray | None, name: str, fmt: Format, shapes: Iterable[tu
     return arr
 
 
-def _loss(request: CallRequest) -> LossInputs:
+def _loss(request: CallRequest) -> LossLike:
+    """The request's loss inputs (a probe's stand-in has the attributes a call reads)."""
     if request.loss is None:
         raise ValueError("a cross_entropy call needs loss inputs")
     return request.loss
 
 
-def _target(loss: LossInputs, fmt: Format, rows: int, n: int) -> np.ndarray:
+def _target(loss: LossLike, fmt: Format, rows: int, n: int) -> np.ndarray:
     """Class indices as int64 (rows,), or probabilities in ``fmt`` (rows, n)."""
     if loss.target_kind == "probability":
         t = as_format(np.asarray(loss.target), fmt)
@@ -303,7 +308,7 @@ def _target(loss: LossInputs, fmt: Format, rows: int, n: int) -> np.ndarray:
     return t
 
 
-def _loss_keyword_args(opfn: OpFunction, loss: LossInputs, args: Arguments, fmt: Format) -> dict[str, Any]:
+def _loss_keyword_args(opfn: OpFunction, loss: LossLike, args: Arguments, fmt: Format) -> dict[str, Any]:
     """The case's keywords that the function accepts (weight converted like the logits); row by
     row, reduction="none" when it accepts reduction (each call sees one row)."""
     kwargs: dict[str, Any] = {}
@@ -318,7 +323,7 @@ def _loss_keyword_args(opfn: OpFunction, loss: LossInputs, args: Arguments, fmt:
     return kwargs
 
 
-def _rowwise_mean(opfn: OpFunction, dy: np.ndarray, loss: LossInputs | None) -> CallResult | None:
+def _rowwise_mean(opfn: OpFunction, dy: np.ndarray, loss: LossLike | None) -> CallResult | None:
     """Row by row, a mean-reduced loss's gradient cannot be asked for (each call sees one row)."""
     if opfn.rowwise and loss is not None and dy.ndim == 0 and loss.reduction == "mean":
         return CallResult(None, None, False, "", (), 0.0, unsupported=(
@@ -342,7 +347,7 @@ def _call_forward(opfn: OpFunction, request: CallRequest, fmt: Format) -> CallRe
             values = [(args.add("x", x), True)]
     except ValueError:
         raise
-    except Exception as exc:  # noqa: BLE001  (an unusable device)
+    except Exception as exc:
         return _placement_failure(opfn, exc)
     run = _run(opfn, call_arguments(opfn, values, kwargs, rows))
     if opfn.op == "cross_entropy":
@@ -390,7 +395,7 @@ def _call_backward(opfn: OpFunction, request: CallRequest, fmt: Format) -> CallR
                 values.insert(0, (args.add("x", x), True))
     except ValueError:
         raise
-    except Exception as exc:  # noqa: BLE001  (an unusable device)
+    except Exception as exc:
         return _placement_failure(opfn, exc)
     run = _run(opfn, call_arguments(opfn, values, kwargs, rows))
     if opfn.rowwise:
@@ -409,8 +414,9 @@ def _call_autograd(opfn: OpFunction, request: CallRequest, fmt: Format) -> CallR
     x = _logits(request, fmt)
     rows, n = x.shape
     loss = _loss(request) if op == "cross_entropy" else None
-    shapes = {"softmax": [(rows, n)], "log_softmax": [(rows, n)], "logsumexp": [(rows,)],
-              "cross_entropy": [(rows,), ()]}[op]
+    row_shapes: dict[str, list[tuple[int, ...]]] = {
+        "softmax": [(rows, n)], "log_softmax": [(rows, n)], "logsumexp": [(rows,)], "cross_entropy": [(rows,), ()]}
+    shapes = row_shapes[op]
     dy = _array(request.dy, "dy", fmt, shapes)
     skip = _rowwise_mean(opfn, dy, loss)
     if skip is not None:
@@ -425,7 +431,7 @@ def _call_autograd(opfn: OpFunction, request: CallRequest, fmt: Format) -> CallR
             kwargs.update(_loss_keyword_args(opfn, loss, args, fmt))
     except ValueError:
         raise
-    except Exception as exc:  # noqa: BLE001  (an unusable device)
+    except Exception as exc:
         return _placement_failure(opfn, exc)
 
     define = f"define {_BACKWARD_SIGNATURES[op]} to audit the backward pass"

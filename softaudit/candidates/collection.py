@@ -16,6 +16,7 @@ from softaudit.candidates.errors import CandidateError, NoOpsError
 from softaudit.candidates.model import Candidate, OpFunction
 from softaudit.ops import BACKWARD_FUNCTIONS, OPS, backward_name
 
+
 def candidates_from_module(module: types.ModuleType, target: str, default_name: str, rowwise: bool = False,
                            probe: bool = True, device: str | None = None) -> list[Candidate]:
     """The candidates a module defines: its ``@candidate`` functions, else its functions named after

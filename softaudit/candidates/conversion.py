@@ -15,6 +15,7 @@ import numpy as np
 from softaudit.candidates.errors import describe_exception, one_line
 from softaudit.formats import FLOAT64, Format, format_of_dtype, round_float64_array
 
+
 class OutputError(Exception):
     """An output that cannot be judged; the message reads "returned ..."."""
 
@@ -110,7 +111,7 @@ def _to_array(raw: object) -> tuple[np.ndarray, str]:
         return np.asarray(raw), desc
     except OutputError:
         raise
-    except Exception as exc:  # noqa: BLE001  (ragged lists, foreign array types)
+    except Exception as exc:
         raise OutputError(f"returned a {desc} that is not a regular array ({one_line(str(exc))})") from None
 
 

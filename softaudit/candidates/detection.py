@@ -58,7 +58,7 @@ def cuda_available() -> bool:
         import torch
 
         return bool(torch.cuda.is_available())
-    except Exception:  # noqa: BLE001  (a broken torch install: no CUDA as far as we can tell)
+    except Exception:
         return False
 
 
@@ -76,7 +76,7 @@ def _roots_of(obj: object) -> set[str]:
     else:
         try:
             names.append(getattr(obj, "__module__", None))
-        except Exception:  # noqa: BLE001  (arbitrary user objects)
+        except Exception:
             pass
         names.append(type(obj).__module__)
     return {n.split(".")[0] for n in names if isinstance(n, str)}
@@ -107,7 +107,7 @@ def _library_roots(obj: object, seen: set[int] | None = None, depth: int = 0) ->
         inner += [obj.func, *obj.args, *obj.keywords.values()]
     try:
         wrapped = getattr(obj, "__wrapped__", None) if callable(obj) else None
-    except Exception:  # noqa: BLE001  (arbitrary user objects)
+    except Exception:
         wrapped = None
     if wrapped is not None:
         inner.append(wrapped)
@@ -204,7 +204,7 @@ def _check_device(device: str, target: str) -> None:
 
     try:
         torch.empty(1, device=device)
-    except Exception as exc:  # noqa: BLE001  (torch raises several kinds)
+    except Exception as exc:
         raise CandidateError(f"{target}: device {device!r} is not usable here: {one_line(str(exc))}") from None
 
 
@@ -348,7 +348,7 @@ def _device_options(backend: str, device: str | None, uses_triton: bool) -> list
         import torch
 
         cuda = torch.cuda.is_available()
-    except Exception:  # noqa: BLE001  (a broken torch install: the probe will report it)
+    except Exception:
         cuda = False
     if not cuda:
         return ["cpu"]

@@ -37,7 +37,7 @@ def describe_exception(exc: BaseException) -> str:
     name = getattr(type(exc), "__name__", "an exception")
     try:
         message = one_line(str(exc))
-    except BaseException as inner:  # noqa: BLE001  (an exception's __str__ is the candidate's code)
+    except BaseException as inner:
         if real_interrupt(inner):
             raise
         message = f"<its message could not be read: str() raised {getattr(type(inner), '__name__', '?')}>"

@@ -153,7 +153,7 @@ def _exec_file(path: Path, display: str, device: str | None = None) -> tuple[typ
         if exc.name:
             raise CandidateError(f"{display} imports {exc.name!r}, which is not installed") from None
         raise CandidateError(f"{display}:{_line_in(exc, filename)}: {describe_exception(exc)}") from None
-    except BaseException as exc:  # noqa: BLE001  (whatever the module raises, a real Ctrl-C aside)
+    except BaseException as exc:
         del sys.modules[modname]
         if real_interrupt(exc):
             raise
@@ -202,7 +202,7 @@ def correct_interpreter_bfloat16() -> bool:
     try:
         import triton.language as tl
         from triton.runtime import interpreter
-    except Exception:  # noqa: BLE001  (no triton, or one that fails to import: the load will say)
+    except Exception:
         return False
     original = getattr(interpreter, "_convert_float", None)
     if original is None:

@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+
 @dataclass(frozen=True)
 class OpFunction:
     """One function of a candidate (an op or an explicit backward), with everything needed to call it."""

@@ -68,7 +68,7 @@ def probe_request(
     kind = "probability" if probabilities else "index"
     if fname == "cross_entropy":
         per_row = -exact["log_softmax"][np.arange(rows), _PROBE_TARGET]
-        expected = {(rows,): per_row}
+        expected: dict[tuple[int, ...], np.ndarray] = {(rows,): per_row}
         if dict(passed).get("reduction") != "none":
             expected[()] = np.array(per_row.mean())
         loss = ProbeLoss(target, kind, "none", passed)
@@ -84,7 +84,7 @@ def probe_request(
         else:
             dloss = np.array(_PROBE_DY_ROWS[0])
             g = np.full(rows, float(dloss) / rows)
-        loss = ProbeLoss(target, kind, kw.get("reduction", loss_style), tuple(kw.items()))
+        loss = ProbeLoss(target, kind, str(kw.get("reduction", loss_style)), tuple(kw.items()))
         onehot = np.eye(n)[_PROBE_TARGET]
         request = CallRequest("cross_entropy", "backward", _PROBE, "float32", loss=loss, dy=dloss)
         return request, {(rows, n): g[:, None] * (p - onehot)}

@@ -11,10 +11,11 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
-from softaudit.reports.files import write_text
+from softaudit.files import write_text
 
 CORPUS_DIR = Path(".softaudit") / "corpus"
 """Where the corpus lives, relative to the project's root (project_root)."""

@@ -240,7 +240,7 @@ class Subject:
 Runner = Callable[[Subject, Experiment], ExperimentResult]
 
 
-def _load(subject: Subject) -> Any:
+def load_subject(subject: Subject) -> Any:
     if subject.impl is not None:
         return subject.impl
     target = subject.target or ""
@@ -294,7 +294,7 @@ class AuditRunner:
         try:
             key = subject.target or subject.name
             if key not in self._impls:
-                self._impls[key] = _load(subject)
+                self._impls[key] = load_subject(subject)
             impl = self._impls[key]
             self._count += 1
             tag = f"x{os.getpid()}n{self._count}"

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 import mpmath
 import numpy as np
 
-from softaudit.judging.envelope import absolute_to_ulp, envelope_ulp, log_domain_absolute
 from softaudit.formats import Format, round_float64_array
+from softaudit.judging.envelope import absolute_to_ulp, envelope_ulp, log_domain_absolute
 from softaudit.reference import OpReference, RowStats
 
 _FLOAT_MAX = sys.float_info.max

@@ -4,13 +4,13 @@ The audit loop (softaudit.runner.loop) and reproduce (softaudit.reproduction) bo
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
-from softaudit.formats import Format
 from softaudit.cases.inputs import LossInputs
+from softaudit.formats import Format
 from softaudit.judging.envelope import (
     cross_entropy_backward_absolute,
     cross_entropy_reduced_absolute,

@@ -4,15 +4,16 @@ summary of the input that every record of the unit carries."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
+from softaudit.cases.inputs import LossInputs, loss_inputs
 from softaudit.cases.model import Case
 from softaudit.formats import Format
-from softaudit.cases.inputs import LossInputs, loss_inputs
 from softaudit.reference import OpReference, ReferenceCache, ReferenceSet
-from softaudit.reference.gradients import backward_reference
 from softaudit.reference.fast_long_double import loss_coefficients
+from softaudit.reference.gradients import backward_reference
 from softaudit.reference.loss import LossReference, loss_gradient_reference, loss_reference
 
 
@@ -113,7 +114,7 @@ def input_summary(x: np.ndarray) -> dict:
     """What reports plot error against: the input's offset and dynamic range (finite values only)."""
     x64 = np.asarray(x, dtype=np.float64)
     finite = x64[np.isfinite(x64)]
-    out = {"rows": int(x64.shape[0]), "n": int(x64.shape[-1]), "neg_inf": int(np.count_nonzero(x64 == -np.inf)),
+    out: dict[str, Any] = {"rows": int(x64.shape[0]), "n": int(x64.shape[-1]), "neg_inf": int(np.count_nonzero(x64 == -np.inf)),
            "nan": int(np.count_nonzero(np.isnan(x64)))}
     if finite.size:
         hi, lo = float(finite.max()), float(finite.min())

@@ -58,7 +58,7 @@ class Gate:
     limits: tuple[tuple[str, Limits], ...] = ()
     """Per-op and per-format overrides keyed "op", "format" or "op.format"."""
 
-    def for_record(self, op: str, dtype: str) -> "Gate":
+    def for_record(self, op: str, dtype: str) -> Gate:
         """The gate one record is judged by: the most specific limit wins, field by field
         ("op.format" over "op" over "format" over the gate's own)."""
         if not self.limits:

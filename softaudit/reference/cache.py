@@ -11,8 +11,8 @@ import hashlib
 import os
 import tempfile
 import zipfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -92,7 +92,7 @@ class ReferenceCache:
                 loaded = _load(path, key)
                 self.hits += 1
                 return loaded
-            except Exception:  # noqa: BLE001  (truncated, empty, foreign, another input's: any damage)
+            except Exception:
                 self.damaged += 1  # recomputed and replaced below
         self.misses += 1
         ref = reference_rows(x, fmt)
@@ -126,7 +126,7 @@ class ReferenceCache:
                     uncertified = int(z["uncertified"])
                 self.hits += 1
                 return ops, uncertified
-            except Exception:  # noqa: BLE001  (a damaged entry is recomputed and replaced)
+            except Exception:
                 self.damaged += 1
         self.misses += 1
         ops, uncertified = compute()
@@ -171,7 +171,7 @@ class CacheEntryMismatch(ValueError):
 
 
 @contextlib.contextmanager
-def _open_entry(path: Path, key: str):  # type: ignore[no-untyped-def]
+def _open_entry(path: Path, key: str):
     """The .npz at ``path``, only when it holds the entry of ``key``."""
     with np.load(path) as z:
         if "key" not in z.files or str(z["key"]) != key:

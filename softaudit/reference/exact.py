@@ -19,9 +19,9 @@ compute errors in ulps from that form.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Callable, Iterable, Sequence
 
 import mpmath
 import numpy as np
@@ -459,7 +459,7 @@ def _row_reference(x: np.ndarray, fmt: Format, prec: int) -> tuple[dict, float, 
     return {"softmax": sm, "log_softmax": ls, "logsumexp": [lse_entry]}, rt.a, rt.big_l_f, cert.certified
 
 
-def _max_probability(rt: "RowTerms", fmt: Format, put) -> tuple[float, int, float, float] | None:
+def _max_probability(rt: RowTerms, fmt: Format, put) -> tuple[float, int, float, float] | None:
     """softmax at the row's maxima as 1/k - delta, delta = t / (k s), for k a power of two
     (None otherwise, or when no other entry is finite: p = 1/k exactly).
 
@@ -486,7 +486,7 @@ that value (the remainder's sign settles a midpoint; its size is then irrelevant
 and below what a stored reference keeps, _REQUIRED_ULP_ACCURACY)."""
 
 
-def _log_softmax_entry(di, rt: "RowTerms", t_positive: bool, fmt: Format, put) -> tuple[float, int, float, float]:
+def _log_softmax_entry(di, rt: RowTerms, t_positive: bool, fmt: Format, put) -> tuple[float, int, float, float]:
     """log_softmax = d_i - L, certified even when L is far below ulp(d_i).
 
     d_i is exact and 0 <= L <= L + err_l, with L > 0 whenever t > 0 (the tail included). When

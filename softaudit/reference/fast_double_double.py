@@ -572,14 +572,14 @@ REL_COEF = 4 * dd.U_DD
 two products and one sum of non-negative terms)."""
 
 
-def loss_coefficients(loss: "LossInputs", rows: int, n: int) -> LossCoefficients:
+def loss_coefficients(loss: LossInputs, rows: int, n: int) -> LossCoefficients:
     """coef_ic as double-doubles (coef + coef_lo, within REL_COEF; 0 on ignored and out-of-range
     rows), with what is exact about them from fast_long_double.loss_coefficients."""
     ch, cl = _double_double_coefficients(loss, rows, n)
     return replace(fast_long_double.loss_coefficients(loss, rows, n), coef=ch, coef_lo=cl, rel=REL_COEF)
 
 
-def _double_double_coefficients(loss: "LossInputs", rows: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+def _double_double_coefficients(loss: LossInputs, rows: int, n: int) -> tuple[np.ndarray, np.ndarray]:
     """coef_ic as double-doubles (rows, n), within REL_COEF; 0 on ignored and out-of-range rows."""
     eps = Fraction(float(loss.label_smoothing))
     w64 = np.ones(n) if loss.weight is None else np.asarray(loss.weight, dtype=np.float64)
@@ -747,7 +747,7 @@ class DoubleDoublePath:
     def backward(self, op: str, x: np.ndarray, dy: np.ndarray, fmt: Format) -> tuple[Certified, np.ndarray]:
         return backward(op, x, dy, fmt)
 
-    def loss_coefficients(self, loss: "LossInputs", rows: int, n: int) -> LossCoefficients:
+    def loss_coefficients(self, loss: LossInputs, rows: int, n: int) -> LossCoefficients:
         return loss_coefficients(loss, rows, n)
 
     def row_losses(self, x: np.ndarray, lc: LossCoefficients, fmt: Format) -> RowLosses:

@@ -668,7 +668,7 @@ def fraction_to_w(values) -> np.ndarray:
     return hi.astype(W) + lo.astype(W)
 
 
-def loss_coefficients(loss: "LossInputs", rows: int, n: int) -> LossCoefficients:
+def loss_coefficients(loss: LossInputs, rows: int, n: int) -> LossCoefficients:
     """coef_ic for every row, vectorised in long double (loss.row_coefficients in exact rationals)."""
     eps = float(loss.label_smoothing)
     epsw = W(eps)
@@ -837,7 +837,7 @@ class LongDoublePath:
     def backward(self, op: str, x: np.ndarray, dy: np.ndarray, fmt: Format) -> tuple[Certified, np.ndarray]:
         return backward(op, x, dy, fmt)
 
-    def loss_coefficients(self, loss: "LossInputs", rows: int, n: int) -> LossCoefficients:
+    def loss_coefficients(self, loss: LossInputs, rows: int, n: int) -> LossCoefficients:
         return loss_coefficients(loss, rows, n)
 
     def row_losses(self, x: np.ndarray, lc: LossCoefficients, fmt: Format) -> RowLosses:

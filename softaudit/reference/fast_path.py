@@ -208,7 +208,7 @@ class FastPath(Protocol):
         rows are left to the caller)."""
         ...
 
-    def loss_coefficients(self, loss: "LossInputs", rows: int, n: int) -> LossCoefficients:
+    def loss_coefficients(self, loss: LossInputs, rows: int, n: int) -> LossCoefficients:
         """Cross-entropy's coef_ic for every row, in this path's working precision."""
         ...
 

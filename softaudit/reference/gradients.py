@@ -24,8 +24,8 @@ r_u is 0, and that is checked in exact rational arithmetic.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from fractions import Fraction
-from typing import Callable
 
 import numpy as np
 

@@ -92,7 +92,7 @@ def _fraction_vector(values: np.ndarray | None, n: int) -> list[Fraction]:
     return [Fraction(float(v)) for v in np.asarray(values, dtype=np.float64)]
 
 
-def row_coefficients(loss: "LossInputs", n: int) -> list[RowCoefficients]:
+def row_coefficients(loss: LossInputs, n: int) -> list[RowCoefficients]:
     """The exact coefficients coef_ic of every row (see the module docstring)."""
     eps = Fraction(float(loss.label_smoothing))
     weights = _fraction_vector(loss.weight, n)
@@ -117,7 +117,7 @@ def row_coefficients(loss: "LossInputs", n: int) -> list[RowCoefficients]:
     return out
 
 
-def mean_denominator(loss: "LossInputs", rows: int) -> Fraction:
+def mean_denominator(loss: LossInputs, rows: int) -> Fraction:
     """The mean's denominator: sum of w[t_i] over non-ignored rows (index targets), or rows."""
     if loss.target_kind == "probability":
         return Fraction(rows)
@@ -186,7 +186,7 @@ def _row_loss(x: np.ndarray, rc: RowCoefficients, fmt: Format, prec: int) -> _Ro
     return _RowLoss("finite", value, err)
 
 
-def loss_reference(x: np.ndarray, loss: "LossInputs", fmt: Format, engine: str = "auto") -> LossReference:
+def loss_reference(x: np.ndarray, loss: LossInputs, fmt: Format, engine: str = "auto") -> LossReference:
     """Certified per-row, mean and sum references of cross-entropy for logits ``x``."""
     xs = np.asarray(x).astype(np.float64)
     rows, n = xs.shape
@@ -216,7 +216,7 @@ def loss_reference(x: np.ndarray, loss: "LossInputs", fmt: Format, engine: str =
     )
 
 
-def _loss_reference_fast(xs: np.ndarray, loss: "LossInputs", fmt: Format, denom: Fraction,
+def _loss_reference_fast(xs: np.ndarray, loss: LossInputs, fmt: Format, denom: Fraction,
                          path: FastPath) -> LossReference | None:
     """loss_reference through a fast path: rows it cannot prove come from _row_loss (Ziv's loop);
     the reductions are summed in mpmath from the rows' values and bounds. None when a reduction
@@ -309,7 +309,7 @@ def _reduce(row_losses: list[_RowLoss], denom: Fraction, cert: Certifier, rows: 
 # Gradient
 
 
-def upstream_scale(loss: "LossInputs", dy: np.ndarray, rows: int) -> list[Fraction]:
+def upstream_scale(loss: LossInputs, dy: np.ndarray, rows: int) -> list[Fraction]:
     """g_i for every row: the upstream gradient as the reduction distributes it."""
     dys = np.asarray(dy, dtype=np.float64)
     if loss.reduction == "none":
@@ -388,7 +388,7 @@ def _gradient_row(x: np.ndarray, rc: RowCoefficients, g: Fraction, fmt: Format,
     return out, cert.certified
 
 
-def loss_gradient_reference(x: np.ndarray, loss: "LossInputs", dy: np.ndarray,
+def loss_gradient_reference(x: np.ndarray, loss: LossInputs, dy: np.ndarray,
                             fmt: Format, engine: str = "auto") -> tuple[OpReference, int]:
     """Certified gradient of cross-entropy (reduction ``loss.reduction``) w.r.t. the logits, for
     upstream ``dy`` ((rows,) for reduction none, () otherwise); and the uncertified count."""

@@ -19,11 +19,11 @@ from rich.console import Console
 from rich.text import Text
 
 from softaudit.judging.envelope import DEFAULT_RATIO_LIMIT
+from softaudit.judging.verdicts import DEFAULT_UNDEFINED_POLICY, FAIL, PASS, SEVERITY, SKIP, WARN
 from softaudit.reports.terminal import short_number
 from softaudit.results.document import ResultsDocument, ResultsError
 from softaudit.results.records import Record, SpeedRecord
 from softaudit.results.schema import json_number
-from softaudit.judging.verdicts import DEFAULT_UNDEFINED_POLICY, FAIL, PASS, SEVERITY, SKIP, WARN
 
 COMPARISON_VERSION = 1
 """Version of the ``--json`` output of compare (docs/compare.md); bumped on incompatible changes."""

@@ -15,15 +15,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from softaudit.judging.envelope import DEFAULT_RATIO_LIMIT
 from softaudit.formats import FORMATS
+from softaudit.judging.envelope import DEFAULT_RATIO_LIMIT
 from softaudit.judging.metrics import Location
+from softaudit.judging.verdicts import FAIL, PASS, SEVERITY, SKIP, WARN, fmt_num, fmt_value
 from softaudit.ops import DIRECTIONS, OPS
-from softaudit.results.records import Record, SpeedRecord
 from softaudit.reports.terminal import Row, short_number, summary_rows
 from softaudit.results.document import ResultsDocument, repro_command, rerun_command
 from softaudit.results.ranking import worst_findings
-from softaudit.judging.verdicts import FAIL, PASS, SEVERITY, SKIP, WARN, fmt_num, fmt_value
+from softaudit.results.records import Record, SpeedRecord
 
 DEFAULT_TITLE = "softaudit stability report"
 DEFAULT_MAX_FINDINGS = 20

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from softaudit.reports.files import write_text
+from softaudit.files import write_text
 from softaudit.results.schema import results_json
 from softaudit.runner.loop import AuditResult
 
@@ -14,5 +14,5 @@ if TYPE_CHECKING:
 
 
 def write_json(path: Path, result: AuditResult) -> None:
-    """Write the results document atomically (reports.files.write_text)."""
+    """Write the results document atomically (softaudit.files.write_text)."""
     write_text(path, results_json(result))

@@ -27,12 +27,11 @@ import math
 import re
 import xml.etree.ElementTree as ET
 
-from softaudit.results.records import Record
-from softaudit.results.records import SpeedRecord
+from softaudit.judging.verdicts import FAIL, SKIP, UNDEFINED_POLICIES, WARN
 from softaudit.reports.markdown_report import describe_element
 from softaudit.reports.terminal import SPEED_LEGEND, speed_grid
 from softaudit.results.document import ResultsDocument, rerun_command
-from softaudit.judging.verdicts import FAIL, SKIP, UNDEFINED_POLICIES, WARN
+from softaudit.results.records import Record, SpeedRecord
 
 _XML_ILLEGAL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 SUITE_PROPERTIES = ("softaudit", "torch", "numpy", "device", "seed", "python", "platform")

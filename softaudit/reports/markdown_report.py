@@ -12,11 +12,11 @@ from collections import Counter
 
 from softaudit.formats import FORMATS
 from softaudit.judging.metrics import Location
-from softaudit.results.records import Record
+from softaudit.judging.verdicts import FAIL, PASS, SEVERITY, SKIP, WARN, fmt_num, fmt_value, where
 from softaudit.reports.terminal import SPEED_LEGEND, Row, short_number, speed_grid, summary_rows
 from softaudit.results.document import ResultsDocument, rerun_command
 from softaudit.results.ranking import worst_findings
-from softaudit.judging.verdicts import FAIL, PASS, SEVERITY, SKIP, WARN, fmt_num, fmt_value, where
+from softaudit.results.records import Record
 
 SMALL_TABLE_ROWS = 12
 """A summary table this long is shown whole even in the short form."""

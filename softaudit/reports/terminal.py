@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections import Counter, defaultdict
 from dataclasses import dataclass
+from typing import Any
 
 from rich import box
 from rich.console import Console
@@ -12,12 +13,12 @@ from rich.table import Table
 from rich.text import Text
 
 from softaudit.formats import FORMATS
-from softaudit.printable import printable
+from softaudit.judging.verdicts import FAIL, PASS, SEVERITY, SKIP, WARN
 from softaudit.ops import DIRECTIONS, OPS
+from softaudit.printable import printable
 from softaudit.results.ranking import worst_findings, worst_record
 from softaudit.results.records import Record, SpeedRecord
 from softaudit.runner.loop import AuditResult
-from softaudit.judging.verdicts import FAIL, PASS, SEVERITY, SKIP, WARN
 
 STYLES = {PASS: "green", WARN: "yellow", FAIL: "bold red", SKIP: "dim"}
 
@@ -54,10 +55,10 @@ def summary_rows(records: list[Record]) -> list[Row]:
         judged = [r for r in recs if r.verdict != SKIP]
         verdict = max((r.verdict for r in recs), key=SEVERITY.__getitem__)
         worst = worst_record(judged)
-        with_m = [r for r in judged if r.metrics is not None]
-        max_ulp = max((r.metrics.max_ulp for r in with_m if r.metrics.max_ulp is not None), default=None)  # type: ignore[union-attr]
-        max_ratio = max((r.metrics.max_ratio for r in with_m if r.metrics.max_ratio is not None), default=None)  # type: ignore[union-attr]
-        wrong = sum(r.metrics.class_mismatches for r in with_m)  # type: ignore[union-attr]
+        metrics = [r.metrics for r in judged if r.metrics is not None]
+        max_ulp = max((m.max_ulp for m in metrics if m.max_ulp is not None), default=None)
+        max_ratio = max((m.max_ratio for m in metrics if m.max_ratio is not None), default=None)
+        wrong = sum(m.class_mismatches for m in metrics)
         t = {v: sum(1 for r in recs if r.verdict == v) for v in (PASS, WARN, FAIL, SKIP)}
         tally = f"{t[PASS]}/{t[WARN]}/{t[FAIL]}/{t[SKIP]}"
         rows.append(Row(cand, op, direction, dtype, verdict, worst.case if worst and worst.verdict != PASS else "-",
@@ -80,7 +81,7 @@ def _table(candidate: str, rows: list[Row], wide: bool = True) -> Table:
         table.add_column(col, justify="left" if left else "right", no_wrap=col != "worst case",
                          overflow="fold", min_width=widths.get(col, 22 if col == "worst case" else 8))
     for r in rows:
-        cells = [r.op if r.direction == "forward" else f"{r.op} bwd", r.dtype,
+        cells: list[Any] = [r.op if r.direction == "forward" else f"{r.op} bwd", r.dtype,
                  Text(r.verdict, style=STYLES[r.verdict])]
         cells += [printable(r.worst_case)] if wide else []
         cells += [short_number(r.max_ulp), short_number(r.max_ratio), r.nan_inf, r.tally]
@@ -99,17 +100,17 @@ def speed_grid(speed: list[SpeedRecord]) -> tuple[list[tuple[int, int]], list[tu
         cells[(sp.op, sp.direction, sp.dtype)][sp.shape] = sp
     lines: list[tuple[str, str, list[str | None]]] = []
     for op, direction, dtype in sorted(cells, key=lambda k: tuple(order.get(v, 99) for v in k)):
-        line = cells[(op, direction, dtype)]
-        if all(sp.median_s is None for sp in line.values()):
+        by_shape = cells[(op, direction, dtype)]
+        if all(sp.median_s is None for sp in by_shape.values()):
             continue  # not timed at any shape (a numpy candidate's missing backward): said elsewhere
         row: list[str | None] = []
         for shape in shapes:
-            sp = line.get(shape)
-            if sp is None or sp.median_s is None:
-                row.append(None if sp is None else "not timed")
+            timed = by_shape.get(shape)
+            if timed is None or timed.median_s is None:
+                row.append(None if timed is None else "not timed")
                 continue
-            pct = (sp.figures or {}).get("pct_copy_bandwidth")
-            row.append(f"{short_number(pct)}% · {seconds_text(sp.median_s)}")
+            pct = (timed.figures or {}).get("pct_copy_bandwidth")
+            row.append(f"{short_number(pct)}% · {seconds_text(timed.median_s)}")
         lines.append((op if direction == "forward" else f"{op} bwd", dtype, row))
     return shapes, lines
 
@@ -223,12 +224,12 @@ def render(result: AuditResult, console: Console, max_findings: int = 10) -> Non
             console.print(f"... and {len(findings) - max_findings} more (all records are in --json)")
     c = result.counts()
     console.print()
-    line = Text(f"{len(result.records)} records: ")
+    tally = Text(f"{len(result.records)} records: ")
     for v in (PASS, WARN, FAIL, SKIP):
-        line.append(f"{c[v]} {v}", style=STYLES[v])
-        line.append("  ")
-    line.append(f"in {result.seconds:.1f} s (references: {result.cache_hits} cached, {result.cache_misses} computed)")
-    console.print(line)
+        tally.append(f"{c[v]} {v}", style=STYLES[v])
+        tally.append("  ")
+    tally.append(f"in {result.seconds:.1f} s (references: {result.cache_hits} cached, {result.cache_misses} computed)")
+    console.print(tally)
     if result.uncertified:
         console.print(Text(f"{result.uncertified} reference elements could not be certified correctly rounded "
                            "within the precision cap; their verdicts rest on an uncertified rounding.",

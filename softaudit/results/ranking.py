@@ -10,8 +10,8 @@ import math
 from collections import Counter
 from collections.abc import Sequence
 
-from softaudit.results.records import Record
 from softaudit.judging.verdicts import FAIL, SEVERITY, WARN
+from softaudit.results.records import Record
 
 FINDING_VERDICTS = (FAIL, WARN)
 """The verdicts that make a record a finding, in tier order."""

@@ -151,9 +151,14 @@ def _location(d: dict | None) -> Location | None:
     return Location(row=int(d["row"]), col=None if d.get("col") is None else int(d["col"]),
                     input=_float(d.get("input")), computed=_float(d["computed"]),  # type: ignore[arg-type]
                     rounded_exact=_float(d["rounded_exact"]), exact=str(d.get("exact", "")),  # type: ignore[arg-type]
-                    err_ulp=_float(d.get("err_ulp")) if d.get("err_ulp") is not None else math.nan,
-                    envelope_ulp=_float(d.get("envelope_ulp")) if d.get("envelope_ulp") is not None else math.nan,
-                    ratio=_float(d.get("ratio")) if d.get("ratio") is not None else math.nan)
+                    err_ulp=_float_or_nan(d.get("err_ulp")), envelope_ulp=_float_or_nan(d.get("envelope_ulp")),
+                    ratio=_float_or_nan(d.get("ratio")))
+
+
+def _float_or_nan(v: Any) -> float:
+    """A JSON number (or "nan"/"inf" string) as a float; NaN where the field is missing."""
+    f = _float(v)
+    return math.nan if f is None else f
 
 
 def record_of_dict(d: dict) -> Record:
@@ -194,7 +199,7 @@ def speed_of_dict(d: dict) -> SpeedRecord:
     shape = d["shape"]
     if not (isinstance(shape, list) and len(shape) == 2 and all(isinstance(v, int) and v > 0 for v in shape)):
         raise ValueError(f"shape {shape!r} is not [rows, n]")
-    figures = None
+    figures: dict[str, Any] | None = None
     if d.get("median_s") is not None:
         figures = {k: _float(d.get(k)) for k in ("median_s", "iqr_s", "elements_per_s", "gb_per_s", "copy_median_s",
                                                  "copy_gb_per_s", "pct_copy_bandwidth")}

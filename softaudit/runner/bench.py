@@ -1,9 +1,10 @@
 """Bench orchestration: every candidate x op x direction x format x shape timed in the audit's
-own executor (softaudit.speed measures each), after the audit."""
+own executor (softaudit.runner.speed measures each), after the audit."""
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
+from typing import cast
 
 from softaudit.formats import Format
 from softaudit.results.records import SpeedRecord
@@ -32,11 +33,16 @@ def run_bench(executor: Executor, candidates: list[CandidateInfo], wanted_ops: l
             label = op if d == "forward" else f"{op} bwd"
             if progress:
                 progress(done, len(todo), f"speed · {c.name} {label} {fmt.name} {rows}x{n}")
+            figures: dict | None = None
+            reason: str | None = None
             if d == "backward" and op not in c.backward:
-                figures, reason = None, c.backward_missing.get(op, f"{op}'s backward pass cannot be timed")
+                reason = c.backward_missing.get(op, f"{op}'s backward pass cannot be timed")
             else:
                 kind, payload = executor.bench(c, op, d, fmt.name, rows, n, seed)
-                figures, reason = (dict(payload), None) if kind == "speed" else (None, str(payload))  # type: ignore[call-overload]
+                if kind == "speed":
+                    figures = dict(cast(dict, payload))
+                else:
+                    reason = str(payload)
             measured.append((listed[(id(c), op, d, fmt.name, (rows, n))],
                              SpeedRecord(c.name, c.target, op, d, fmt.name, (rows, n), figures, reason)))
     finally:  # an interrupt keeps what was measured

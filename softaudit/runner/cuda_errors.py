@@ -85,7 +85,7 @@ def cuda_in_use() -> bool:
         return False
     try:
         return bool(torch.cuda.is_initialized())
-    except Exception:  # noqa: BLE001  (a torch without CUDA support, a broken install)
+    except Exception:
         return False
 
 
@@ -100,7 +100,7 @@ def synchronize(device: str | None = None) -> BaseException | None:
         torch.cuda.synchronize()
         if device is not None and device.startswith("cuda:"):
             torch.cuda.synchronize(device)
-    except Exception as exc:  # noqa: BLE001  (whatever CUDA raises is the answer)
+    except Exception as exc:
         return exc
     return None
 
@@ -118,7 +118,7 @@ def probe(device: str | None = None) -> str | None:
         torch.cuda.synchronize(where)
         if float(value.item()) != 1.0:
             return "returned a wrong result"
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
         return f"raised {type(exc).__name__}" + (f": {first}" if first else "")
     return None

@@ -14,6 +14,7 @@ import softaudit
 from softaudit.errors import BadInput
 from softaudit.options import check_device_name
 
+
 class DeviceError(BadInput):
     """The requested device is not usable here (one line); options.check_device_name checks its syntax."""
 

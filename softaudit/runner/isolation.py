@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from softaudit.candidates.calling import CallRequest, CallResult, accepted_keywords, backward_mode, call
 from softaudit.candidates.errors import CandidateImportError, CandidateUnavailable, describe_exception
@@ -31,7 +31,16 @@ from softaudit.candidates.loading import load_target
 from softaudit.candidates.model import Candidate
 from softaudit.options import DEFAULT_TIMEOUT
 from softaudit.runner import cuda_errors
-from softaudit.runner.worker_replies import Benched, CallFailed, Called, ContextBroken, Imported, Loaded, LoadRefused, Reply
+from softaudit.runner.worker_replies import (
+    Benched,
+    Called,
+    CallFailed,
+    ContextBroken,
+    Imported,
+    Loaded,
+    LoadRefused,
+    Reply,
+)
 
 CONSECUTIVE_FAILURE_LIMIT = 3
 """After this many calls in a row of one function (a candidate's op in one direction) that hung or
@@ -82,7 +91,7 @@ class CandidateInfo:
     probability targets (False only for a cross-entropy function whose probability probe raised)."""
 
     @staticmethod
-    def of(c: Candidate) -> "CandidateInfo":
+    def of(c: Candidate) -> CandidateInfo:
         functions = {**c.ops, **{f.op: f for f in c.backward.values()}}
         notes = {name: tuple(f.notes) for name, f in functions.items()}
         backward: dict[str, str] = {}
@@ -179,7 +188,7 @@ class InProcessExecutor:
         self.device = device
         self._candidates: dict[tuple[str, str], Candidate] = {}
         self._preloaded: dict[str, list[Candidate]] = {}
-        self._meter = None  # a speed.SpeedMeter, made on the first bench (importing speed costs nothing else)
+        self._meter: Any = None  # a speed.SpeedMeter, made on the first bench (importing speed costs nothing else)
 
     def add(self, target: str, candidates: list[Candidate]) -> None:
         """Hold candidates built in this process (the Python API's callables) under ``target``."""
@@ -207,8 +216,8 @@ class InProcessExecutor:
 
     def bench(self, cand: CandidateInfo, op: str, direction: str, fmt_name: str, rows: int, n: int,
               seed: int) -> tuple[str, object]:
-        """A speed measurement (softaudit.speed.bench) in this process."""
-        from softaudit.speed import SpeedMeter, bench
+        """A speed measurement (softaudit.runner.speed.bench) in this process."""
+        from softaudit.runner.speed import SpeedMeter, bench
 
         self._meter = self._meter or SpeedMeter()
         return bench(self._meter, self._candidates[(cand.target, cand.loaded_name)], op, direction, fmt_name,
@@ -417,9 +426,9 @@ class WorkerExecutor:
 
     def bench(self, cand: CandidateInfo, op: str, direction: str, fmt_name: str, rows: int, n: int,
               seed: int) -> tuple[str, object]:
-        """A speed measurement in the worker (softaudit.speed.bench): ("speed", figures) or
+        """A speed measurement in the worker (softaudit.runner.speed.bench): ("speed", figures) or
         ("speed-skip", reason). It may take MIN_REPEATS + WARMUP_CALLS + 1 calls' timeouts."""
-        from softaudit import timing
+        from softaudit.runner import timing
 
         self._ensure()
         if cand.target in self._lost:

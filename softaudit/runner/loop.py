@@ -8,25 +8,24 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
 from softaudit.candidates.calling import CallRequest, CallResult
 from softaudit.candidates.loading import check_target
-from softaudit.ops import OPS
+from softaudit.cases.inputs import LossInputs, NotApplicable, generate, upstream
 from softaudit.cases.model import Case
 from softaudit.formats import Format, to_float64
-from softaudit.cases.inputs import LossInputs, NotApplicable, generate, upstream
 from softaudit.judging.rules import Output, judge
 from softaudit.judging.unit import AuditUnit
 from softaudit.judging.verdicts import FAIL, PASS, SKIP, Gate, apply_relative_rule
-from softaudit.ops import DIRECTIONS
+from softaudit.ops import DIRECTIONS, OPS
 from softaudit.options import AuditOptions
-from softaudit.results.records import Record, SpeedRecord
 from softaudit.reference import ReferenceCache, default_cache_dir
+from softaudit.results.records import Record, SpeedRecord
 from softaudit.runner.bench import run_bench
 from softaudit.runner.cuda_errors import DEVICE_ASSERT
 from softaudit.runner.environment import environment
@@ -43,7 +42,7 @@ from softaudit.runner.planning import (
     with_corpus,
 )
 from softaudit.runner.prefetch import Prefetcher, default_jobs
-from softaudit.speed import DEFAULT_SHAPES
+from softaudit.runner.speed import DEFAULT_SHAPES
 
 ProgressFn = Callable[[int, int, str], None]
 """progress(done, total, what): called as each (format, case) unit starts and at the end."""
@@ -76,7 +75,7 @@ class AuditResult:
     speed: list[SpeedRecord] = field(default_factory=list)
     """With ``bench``: one per candidate x op x direction x format x shape."""
     kernels: dict = field(default_factory=dict)
-    """Target -> the kernel compilations its calls made (softaudit.runner.kernels.summary): the Triton
+    """Target -> the kernel compilations its calls made (softaudit.candidates.kernels.summary): the Triton
     built-ins note theirs; other candidates have none."""
 
     @property
@@ -97,12 +96,12 @@ class AuditResult:
 def run_audit(targets: Sequence[str], options: AuditOptions | None = None,
               progress: ProgressFn | None = None, executor: Executor | None = None) -> AuditResult:
     """Audit every target's ops over the selected cases and formats (``_run_audit``), with the
-    kernel compilations the candidates noted in the worker (softaudit.runner.kernels) collected
+    kernel compilations the candidates noted in the worker (softaudit.candidates.kernels) collected
     through a log file named in the environment the worker inherits."""
     import os
     import tempfile
 
-    from softaudit.runner import kernels
+    from softaudit.candidates import kernels
 
     fd, log = tempfile.mkstemp(prefix="softaudit-kernels-", suffix=".jsonl")
     os.close(fd)
@@ -174,20 +173,20 @@ def _run_audit(targets: Sequence[str], options: AuditOptions | None = None,
                 progress(done, len(units), f"{fmt.name} · {case.name}")
             directions = [d for d in DIRECTIONS if d in case.directions
                           and (not options.directions or d in options.directions)]
-            jobs = [(c, op) for c in candidates for op in wanted_ops
+            calls = [(c, op) for c in candidates for op in wanted_ops
                     if op in c.ops and op in case.ops and case.applies_to_format(fmt.name)] if directions else []
-            if not jobs:
+            if not calls:
                 continue
             try:
                 x = generate(case, fmt, seed=options.seed)
             except NotApplicable as exc:
-                records.extend(_skip(c, op, d, fmt, case, exc.reason) for c, op in jobs for d in directions)
+                records.extend(_skip(c, op, d, fmt, case, exc.reason) for c, op in calls for d in directions)
                 continue
             prefetcher.wait(fmt, case)
             refs = cache.get_or_compute(x, fmt)
             uncertified += refs.uncertified
             unit = AuditUnit(case, fmt, x, refs, cache, options.seed)
-            for c, op in jobs:
+            for c, op in calls:
                 for direction in directions:
                     records.append(audit_record(executor, c, op, direction, unit, options.gate.for_record(op, fmt.name)))
             uncertified += unit.uncertified

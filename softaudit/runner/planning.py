@@ -4,21 +4,21 @@ ones told before anything runs), its cases and formats, and each unit's referenc
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 from softaudit.candidates.errors import CandidateError, NoOpsError
-from softaudit.ops import OPS
+from softaudit.cases.corpus import with_corpus_dir
+from softaudit.cases.inputs import NotApplicable, generate
 from softaudit.cases.model import Case
 from softaudit.cases.reader import load_cases, select_cases
-from softaudit.cases.corpus import with_corpus_dir
 from softaudit.errors import BadInput
 from softaudit.formats import FORMATS, Format, get_format
-from softaudit.cases.inputs import NotApplicable, generate
 from softaudit.judging.verdicts import FAIL, SKIP
-from softaudit.ops import DIRECTIONS
-from softaudit.results.records import Record
+from softaudit.ops import DIRECTIONS, OPS
 from softaudit.reference import ReferenceCache
+from softaudit.results.records import Record
 from softaudit.runner.isolation import CandidateInfo, Executor, LoadFailure
 from softaudit.runner.prefetch import UnitNeeds
 

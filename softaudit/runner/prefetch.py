@@ -23,9 +23,9 @@ import multiprocessing
 import os
 import queue
 import signal
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 from softaudit.cases.model import Case
 from softaudit.cases.reader import load_cases
@@ -72,14 +72,14 @@ class _RecordingCache(ReferenceCache):
         super().__init__(directory)
         self.computed: list[tuple[str, object]] = []
 
-    def get_or_compute(self, x, fmt):  # type: ignore[no-untyped-def]
+    def get_or_compute(self, x, fmt):
         misses = self.misses
         ref = super().get_or_compute(x, fmt)
         if self.misses > misses:
             self.computed.append((self.key(x, fmt), ref))
         return ref
 
-    def get_or_compute_ops(self, kind, parts, fmt, compute):  # type: ignore[no-untyped-def]
+    def get_or_compute_ops(self, kind, parts, fmt, compute):
         misses = self.misses
         value = super().get_or_compute_ops(kind, parts, fmt, compute)
         if self.misses > misses:
@@ -113,7 +113,7 @@ def unit_references(needs: UnitNeeds, cache_dir: str | None) -> tuple[list[tuple
     return cache.computed, cache.damaged
 
 
-def _stop_quietly(signum: int, frame) -> None:  # noqa: ANN001
+def _stop_quietly(signum: int, frame) -> None:
     """SIGTERM in a prefetch worker: unwind (so a cache file being written is removed, not left as
     a tmp*.tmp) and exit without a traceback."""
     raise SystemExit(0)
@@ -126,7 +126,7 @@ def worker_signals() -> None:
     signal.signal(signal.SIGTERM, _stop_quietly)
 
 
-def _worker(todo: list[UnitNeeds], cache_dir: str | None, lock, front, back, results) -> None:  # noqa: ANN001
+def _worker(todo: list[UnitNeeds], cache_dir: str | None, lock, front, back, results) -> None:
     """Take units from the back of ``todo`` until it meets the main loop's front; send each
     unit's (index, computed entries), or (index, None) when it raised. Ctrl-C is the main
     process's to handle (it stops the workers); SIGTERM unwinds quietly."""
@@ -139,7 +139,7 @@ def _worker(todo: list[UnitNeeds], cache_dir: str | None, lock, front, back, res
             back.value = j - 1
         try:
             results.put((j, unit_references(todo[j], cache_dir)))
-        except Exception:  # noqa: BLE001  (the main loop recomputes the unit and reports any error)
+        except Exception:
             results.put((j, None))
 
 

@@ -3,7 +3,7 @@
 It reads requests from pipe fd R and answers on pipe fd W (multiprocessing
 Connection framing): ("load", target, probe), ("call", target, name,
 request), the request a candidates.calling.CallRequest, and ("bench", target, name, op,
-direction, format, rows, n, seed): a speed measurement (softaudit.speed), so that
+direction, format, rows, n, seed): a speed measurement (softaudit.runner.speed), so that
 timing runs in the process that runs the audit's calls. It answers with the
 dataclasses of softaudit.worker_replies. After every call and bench it checks the
 GPU where CUDA is in use (isolation.checked): the reply's ``sticky`` is the
@@ -23,8 +23,8 @@ import resource
 import signal
 import sys
 import traceback
+from collections.abc import Callable
 from multiprocessing.connection import Connection
-from typing import Callable
 
 from softaudit.candidates import errors as candidate_errors
 from softaudit.candidates.calling import CallResult, call
@@ -33,8 +33,8 @@ from softaudit.candidates.loading import load_target
 from softaudit.candidates.model import Candidate
 from softaudit.runner import cuda_errors
 from softaudit.runner.isolation import CandidateInfo, checked
-from softaudit.runner.worker_replies import Benched, CallFailed, Called, ContextBroken, Imported, Loaded, LoadRefused
-from softaudit.speed import SpeedMeter, bench
+from softaudit.runner.speed import SpeedMeter, bench
+from softaudit.runner.worker_replies import Benched, Called, CallFailed, ContextBroken, Imported, Loaded, LoadRefused
 
 
 def _serve(requests: Connection, conn: Connection, rowwise: bool, memory_limit: int,
@@ -69,7 +69,7 @@ def _serve(requests: Connection, conn: Connection, rowwise: bool, memory_limit: 
             try:
                 with _captured_output() as printed:
                     result = call(candidates[(target, name)], request)
-            except Exception as exc:  # noqa: BLE001  (call catches the candidate's own errors)
+            except Exception as exc:
                 text = f"{label}: softaudit's worker failed: {type(exc).__name__}: {exc}"
                 conn.send(CallFailed(text, _unusable(text, device)))
                 continue
@@ -78,7 +78,7 @@ def _serve(requests: Connection, conn: Connection, rowwise: bool, memory_limit: 
                 result = _with_note(result, _printed_note(printed.getvalue()))
             try:
                 conn.send(Called(result, sticky))
-            except Exception as exc:  # noqa: BLE001  (an output that cannot be pickled)
+            except Exception as exc:
                 conn.send(CallFailed(f"{label} returned something softaudit cannot transfer: "
                                      f"{type(exc).__name__}: {exc}", sticky))
 
@@ -92,7 +92,7 @@ def _load(target: str, rowwise: bool, probe: bool, candidates: dict[tuple[str, s
         return LoadRefused(exc)
     except MemoryError:
         return LoadRefused(CandidateImportError(f"{target}: raised MemoryError while importing or probing it"))
-    except Exception as exc:  # noqa: BLE001  (a loader bug must still reach the user in one line)
+    except Exception as exc:
         last = traceback.extract_tb(exc.__traceback__)[-1]
         return LoadRefused(CandidateImportError(
             f"{target}: {type(exc).__name__} while loading ({last.filename}:{last.lineno}): {exc}"))
@@ -120,7 +120,7 @@ def _silence_fds() -> None:
 
 
 @contextlib.contextmanager
-def _captured_output():  # type: ignore[no-untyped-def]
+def _captured_output():
     """Capture Python-level prints of the candidate, to report them as a note."""
     buffer = io.StringIO()
     with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):

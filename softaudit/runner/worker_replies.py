@@ -7,7 +7,7 @@ loader's own exception (its class says why), not as a string tag to be turned ba
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING
 
 from softaudit.candidates.calling import CallResult
 from softaudit.candidates.errors import CandidateError
@@ -64,7 +64,7 @@ class CallFailed:
 
 @dataclass(frozen=True)
 class Benched:
-    """A speed measurement (softaudit.speed.bench): kind "speed" with the figures, or "speed-skip"
+    """A speed measurement (softaudit.runner.speed.bench): kind "speed" with the figures, or "speed-skip"
     with the reason; and the CUDA error that left the context unusable (None: none did)."""
 
     kind: str
@@ -72,5 +72,5 @@ class Benched:
     sticky: StickyError | None
 
 
-Reply = Union[Imported, Loaded, LoadRefused, ContextBroken, Called, CallFailed, Benched]
+Reply = Imported | Loaded | LoadRefused | ContextBroken | Called | CallFailed | Benched
 """Every reply the worker sends."""

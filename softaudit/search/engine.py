@@ -20,30 +20,30 @@ from __future__ import annotations
 import hashlib
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
 from softaudit.candidates.loading import check_target
+from softaudit.cases.corpus import FAMILY, content_digest, default_corpus_dir, save_case, with_corpus_dir
+from softaudit.cases.inputs import NotApplicable, generate, loss_inputs
 from softaudit.cases.model import Case, CaseError
 from softaudit.cases.reader import case_from_table, load_cases
-from softaudit.cases.corpus import FAMILY, content_digest, default_corpus_dir, save_case, with_corpus_dir
 from softaudit.errors import BadInput
 from softaudit.formats import FORMATS, Format
-from softaudit.cases.inputs import NotApplicable, generate, loss_inputs
-from softaudit.runner.isolation import CandidateInfo, Executor, make_executor
-from softaudit.search.mutations import Trial, mutate, random_trial
-from softaudit.options import CacheOptions, Naming, WorkerOptions, checked_search_options
-from softaudit.results.records import Record
-from softaudit.reference import ReferenceCache, default_cache_dir
 from softaudit.judging.unit import AuditUnit
-from softaudit.runner.loop import audit_record
-from softaudit.runner.environment import check_device, environment
-from softaudit.runner.planning import expand_targets, load_targets
-from softaudit.search.shrink import ShrinkStats, shrink
 from softaudit.judging.verdicts import FAIL, SKIP, UNDEFINED_POLICIES, Gate, fmt_num
+from softaudit.options import CacheOptions, Naming, WorkerOptions, checked_search_options
+from softaudit.reference import ReferenceCache, default_cache_dir
+from softaudit.results.records import Record
+from softaudit.runner.environment import check_device, environment
+from softaudit.runner.isolation import CandidateInfo, Executor, make_executor
+from softaudit.runner.loop import audit_record
+from softaudit.runner.planning import expand_targets, load_targets
+from softaudit.search.mutations import Trial, mutate, random_trial
+from softaudit.search.shrink import ShrinkStats, shrink
 
 DEFAULT_BUDGET = 60.0
 """Seconds of exploring by default: enough for a few hundred to a few thousand inputs on a CPU."""
@@ -559,9 +559,9 @@ the candidate fails on it (10 judgings in all)."""
 
 def _reproducer(result: SearchResult, record: Record, corpus: Path) -> str:
     """The ``softaudit repro`` script of the saved case's record."""
+    from softaudit.options import AuditOptions
     from softaudit.repro import repro_script
     from softaudit.results.schema import document_of
-    from softaudit.options import AuditOptions
     from softaudit.runner.loop import AuditResult
 
     o = result.options

@@ -13,8 +13,8 @@ ulp neighbours) and, for cross-entropy, the target and the loss keywords.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Callable
 
 import numpy as np
 
@@ -48,7 +48,7 @@ class Trial:
     def shape(self) -> tuple[int, int]:
         return int(self.x.shape[0]), int(self.x.shape[1])
 
-    def moved(self, move: str, **changes: object) -> "Trial":
+    def moved(self, move: str, **changes: object) -> Trial:
         """A copy with ``changes`` and ``move`` added to its history."""
         return replace(self, moves=self.moves + (move,), **changes)  # type: ignore[arg-type]
 
@@ -376,8 +376,8 @@ def loss_keys(rng: np.random.Generator, t: Trial, fmt: Format) -> Trial | None:
         return t.moved(f"label_smoothing {eps:.3g}", label_smoothing=eps)
     if kind == 2:
         if t.ignore_index is not None:
-            targets = tuple(int(rng.integers(n)) if tt == t.ignore_index else tt for tt in t.target)
-            return t.moved("no ignore_index", ignore_index=None, target=targets)
+            kept = tuple(int(rng.integers(n)) if tt == t.ignore_index else tt for tt in t.target)
+            return t.moved("no ignore_index", ignore_index=None, target=kept)
         targets = list(t.target)
         for r in rng.choice(rows, size=int(rng.integers(1, rows + 1)), replace=False):
             targets[int(r)] = -100

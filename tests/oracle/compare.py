@@ -61,7 +61,7 @@ class Comparison:
     """(row, col) the oracle could not decide within its precision cap (not compared)."""
     disagreements: list = field(default_factory=list)
 
-    def add(self, other: "Comparison") -> None:
+    def add(self, other: Comparison) -> None:
         self.compared += other.compared
         self.undecided += other.undecided
         self.disagreements += other.disagreements

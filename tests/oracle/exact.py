@@ -32,9 +32,9 @@ log_softmax -inf.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Callable, Sequence
 
 import numpy as np
 from flint import arb, ctx, fmpq
@@ -142,7 +142,7 @@ def decide(q: Fraction, e_ball: arb, fmt: Fmt) -> float | None:
     return None
 
 
-def certify(make: Callable[[int], "tuple[Fraction, arb] | float"], fmt: Fmt) -> float | str:
+def certify(make: Callable[[int], tuple[Fraction, arb] | float], fmt: Fmt) -> float | str:
     """Ziv's loop: make(P) gives (Q, E) at precision P (or an exact float); UNDECIDED past the cap."""
     p = START_PREC
     saved = ctx.prec
@@ -203,7 +203,7 @@ class Row:
     _balls: dict = field(default_factory=dict)
 
     @classmethod
-    def of(cls, x) -> "Row":
+    def of(cls, x) -> Row:
         x = np.asarray(x, dtype=np.float64).ravel()
         r = cls(x)
         if np.isnan(x).any():
@@ -269,7 +269,7 @@ def exp_neg(d: Fraction, p: int) -> arb:
 # Forward ops
 
 
-def _per_group(row: Row, fmt: Fmt, make_u: Callable[[int, int], "tuple[Fraction, arb] | float"]) -> list:
+def _per_group(row: Row, fmt: Fmt, make_u: Callable[[int, int], tuple[Fraction, arb] | float]) -> list:
     return [certify(lambda p, u=u: make_u(u, p), fmt) for u in range(row.groups)]
 
 
@@ -340,7 +340,6 @@ def softmax_vjp_row(x, dy, fmt) -> list | str:
     if special is not None:
         return special
     dy = np.asarray(dy, dtype=np.float64).ravel()
-    n = row.x.size
     k0 = row.k0
     D = _group_dy_sums(row, dy)
     ratios = {D[u] / row.k[u] for u in range(1, row.groups)}
@@ -417,7 +416,6 @@ def log_softmax_vjp_row(x, dy, fmt) -> list | str:
     if special is not None:
         return special
     dy = np.asarray(dy, dtype=np.float64).ravel()
-    n = row.x.size
     k0 = row.k0
     total = exact_sum(dy.tolist())
     out = []
@@ -444,7 +442,6 @@ def logsumexp_vjp_row(x, dy: float, fmt) -> list | str:
     f, row, special = _vjp_row(x, fmt)
     if special is not None:
         return special
-    n = row.x.size
     k0 = row.k0
     g = Fraction(float(dy))
 
@@ -476,7 +473,7 @@ class CELoss:
     reduction: str = "none"
 
     @classmethod
-    def of(cls, loss) -> "CELoss":
+    def of(cls, loss) -> CELoss:
         return cls(np.asarray(loss.target), loss.target_kind,
                    None if loss.weight is None else np.asarray(loss.weight, dtype=np.float64),
                    float(loss.label_smoothing), loss.ignore_index, loss.reduction)
@@ -580,7 +577,7 @@ def ce_forward(x, loss: CELoss, fmt) -> dict:
 
         def make(p):
             e = arb(0)
-            for r, (q, a) in fin:
+            for r, (_q, a) in fin:
                 if a:
                     e += arb_q(a) * r.balls(p).L
             return q_tot, e / arb_q(denom)

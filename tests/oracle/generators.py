@@ -61,7 +61,7 @@ def tuned_items(fmt: str, op: str, count: int, seed: int) -> list[Item]:
     rng = np.random.default_rng([seed, list(FORMATS).index(fmt), OPS.index(op)])
     f = FORMATS[fmt]
     out: list[Item] = []
-    for i in range(count):
+    for _ in range(count):
         c = math.exp(rng.uniform(math.log(30), math.log(_max_c(fmt))))
         base = midpoint_row(fmt, c, [])
         far = []

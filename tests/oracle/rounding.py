@@ -46,11 +46,11 @@ FORMATS = {
 }
 
 
-def fmt_of(fmt: "Fmt | str | object") -> Fmt:
+def fmt_of(fmt: Fmt | str | object) -> Fmt:
     """A Fmt from a Fmt, a name, or any object with a ``name`` (softaudit's Format)."""
     if isinstance(fmt, Fmt):
         return fmt
-    name = fmt if isinstance(fmt, str) else getattr(fmt, "name")
+    name = fmt if isinstance(fmt, str) else fmt.name
     return FORMATS[name]
 
 

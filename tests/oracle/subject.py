@@ -7,8 +7,8 @@ The only module of the oracle package that imports softaudit.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 
@@ -91,8 +91,9 @@ def library_checks(formats=("float64", "float32", "float16", "bfloat16"), names=
     builders (inputs.generate, inputs.loss_inputs, inputs.upstream) as runner.loop.audit_record does.
     Cross-entropy backward is checked for every reduction (the runner uses the case's, or the one a
     candidate without the keyword applies); its forward reference holds all three."""
+    from softaudit.cases.inputs import NotApplicable, generate, upstream
+    from softaudit.cases.inputs import loss_inputs as build_loss
     from softaudit.cases.reader import load_cases
-    from softaudit.cases.inputs import NotApplicable, generate, loss_inputs as build_loss, upstream
 
     for case in load_cases():
         if names is not None and case.name not in names:

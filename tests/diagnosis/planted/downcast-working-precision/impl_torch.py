@@ -1,5 +1,4 @@
 """Torch softmax on float tensors (planted corpus)."""
-import torch
 
 
 def softmax(x, dim=-1):

@@ -1,5 +1,4 @@
 """Torch softmax, exponent kept in a safe range (planted corpus)."""
-import torch
 
 
 def softmax(x, dim=-1):

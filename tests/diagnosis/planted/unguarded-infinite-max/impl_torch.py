@@ -1,5 +1,4 @@
 """Torch log-sum-exp and log-softmax by hand (planted corpus)."""
-import torch
 
 
 def logsumexp(x, dim=-1):

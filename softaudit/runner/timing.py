@@ -18,11 +18,13 @@ stream around the call, then a synchronisation (:func:`cuda_clock`).
 
 from __future__ import annotations
 
+import functools
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 WARMUP_CALLS = 2
 """Untimed calls first (and one on every copy of the arguments): allocator, caches of the
@@ -124,14 +126,14 @@ def measure(call: Callable[[int], Any], clock: Clock = cpu_clock, copies: int = 
     min_seconds have passed, or ``max_repeats`` calls were made; a long call gets MIN_REPEATS_LONG."""
     i = 0
     while i < max(warmup, copies):  # every copy once at least: its pages touched, its caches warm
-        t = clock(lambda i=i: call(i % copies))
+        t = clock(functools.partial(call, i % copies))
         i += 1
         if t >= LONG_CALL_S:
             break
     samples: list[float] = []
     total = 0.0
     while len(samples) < max_repeats:
-        t = clock(lambda i=i: call(i % copies))
+        t = clock(functools.partial(call, i % copies))
         samples.append(t)
         total += t
         i += 1

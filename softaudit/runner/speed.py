@@ -3,9 +3,9 @@
 Runs where the candidate's calls run (the isolation worker, or the CLI's process with
 ``--no-isolation``): :func:`measure_call` builds the arguments of one op x direction x
 format x shape once (several independent copies when they fit in the last-level cache,
-:func:`softaudit.timing.rotation`), times the candidate's own call on them with
-:func:`softaudit.timing.measure`, and times a device copy of the bytes the op must move
-(:func:`softaudit.timing.bytes_moved`) the same way. Only the candidate's call is timed:
+:func:`softaudit.runner.timing.rotation`), times the candidate's own call on them with
+:func:`softaudit.runner.timing.measure`, and times a device copy of the bytes the op must move
+(:func:`softaudit.runner.timing.bytes_moved`) the same way. Only the candidate's call is timed:
 the arrays are converted and placed on its device beforehand, and nothing is checked or
 copied back in between.
 
@@ -16,21 +16,24 @@ with the loss's defaults (reduction "mean" where the function takes a ``reductio
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import re
 import time
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
-from softaudit import timing
-from softaudit.runner import kernels
+from softaudit.candidates import kernels
 from softaudit.candidates.arguments import Arguments, call_arguments
-from softaudit.candidates.model import Candidate, OpFunction
 from softaudit.candidates.calling import backward_mode
 from softaudit.candidates.conversion import to_torch
+from softaudit.candidates.model import Candidate, OpFunction
 from softaudit.errors import SoftauditError
 from softaudit.formats import FORMATS, Format
+from softaudit.runner import timing
 
 DEFAULT_SHAPES: tuple[tuple[int, int], ...] = ((4096, 1024), (1024, 32000), (256, 128256), (64, 262144))
 """rows x n timed by default: attention rows (4,096 queries x 1,024 keys), then vocabularies
@@ -74,6 +77,7 @@ def bench_arrays(op: str, direction: str, fmt: Format, rows: int, n: int, seed: 
         xs = x.astype(work)
         shifted = xs - xs.max(axis=1, keepdims=True)
         lse = np.log(np.exp(shifted).sum(axis=1, dtype=np.float64)).astype(work)
+        y: np.ndarray
         if op == "softmax":
             y = np.exp(shifted - lse[:, None])
         elif op == "log_softmax":
@@ -200,7 +204,7 @@ def _autograd(opfn: OpFunction, arrays: dict[str, np.ndarray], copies: int) -> C
         leaf, outs, upstream = graphs[i]
         torch.autograd.grad(outs, leaf, upstream, retain_graph=True)
 
-    call.leaves = [g[0] for g in graphs]  # type: ignore[attr-defined]  (for tests: x.grad stays None)
+    call.leaves = [g[0] for g in graphs]  # type: ignore[attr-defined]  # for tests: x.grad stays None
     return call
 
 
@@ -219,10 +223,9 @@ def copy_call(nbytes: int, device: str, copies: int) -> tuple[Callable[[int], An
     uses every core, as torch's kernels do (numpy's copy uses one, and a multi-threaded op would
     then beat "the limit"); numpy's otherwise."""
     half = max(1, nbytes // 2)
-    try:
-        import torch
-    except ImportError:
-        torch = None
+    torch: Any = None
+    with contextlib.suppress(ImportError):
+        torch = importlib.import_module("torch")
     if device == "cpu" and torch is None:
         pairs = [(np.ones(half, dtype=np.uint8), np.ones(half, dtype=np.uint8)) for _ in range(copies)]  # touched
 
@@ -291,8 +294,8 @@ class SpeedMeter:
                 compile_s = kernels.totals()[1] - compiled_before
             except SpeedError:
                 raise
-            except Exception as exc:  # noqa: BLE001  (the candidate's own failure: reported, not raised)
-                raise SpeedError(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": "))
+            except Exception as exc:
+                raise SpeedError(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")) from None
         device = opfn.device if opfn.backend == "torch" else "cpu"
         moved = timing.bytes_moved(op, direction, rows, n, np.dtype(fmt.np_dtype).itemsize)
         copy = self.copy_timing(device, moved)
@@ -301,7 +304,7 @@ class SpeedMeter:
             "draw_s": drawn - started,        # the logits (drawn once per format x shape, then kept)
             "reference_s": computed - drawn,  # the backward's y and dy, cross-entropy's targets
             "transfer_s": prepared - computed,  # the arguments converted and placed on the device
-            "compile_s": compile_s,           # kernel compilations noted during the timing (softaudit.runner.kernels)
+            "compile_s": compile_s,           # kernel compilations noted during the timing (softaudit.candidates.kernels)
             "timing_s": timed - prepared,     # warm-up and timed calls, compilations included
             "copy_s": done - timed,           # the copy of the same bytes (measured once per size)
             "total_s": done - started,
