@@ -1,4 +1,4 @@
-"""The stability envelope (DESIGN §6) and every number that judges a result.
+"""The stability envelope (docs/envelope.md#the-model) and every number that judges a result.
 
 The envelope is the error, in ulps of the exact value, that a textbook-stable
 algorithm working in the target format stays within. The gate fails a result
@@ -19,7 +19,7 @@ import numpy as np
 from softaudit.formats import Format, round_float64_array
 
 DEFAULT_RATIO_LIMIT = 4.0
-"""Gate: FAIL above this stability ratio, WARN between 1 and this (DESIGN §6: "about 4")."""
+"""Gate: FAIL above this stability ratio, WARN between 1 and this (docs/calibration.md#why-the-limit-is-4)."""
 
 DEFAULT_RELATIVE_FACTOR = 2.0
 """Relative rule (--relative-to): a candidate FAILs where its error exceeds this many times the
@@ -38,7 +38,7 @@ ROUNDING_TERMS = 3.0
 """The '+3' of every envelope: exp, the division or log, and the final rounding."""
 
 FINAL_ROUNDING_ULP = 0.5
-"""Added to the absolute (log-domain) envelopes: DESIGN §6's log_softmax model omits the
+"""Added to the absolute (log-domain) envelopes: docs/envelope.md#the-model's log_softmax model omits the
 rounding of x_i - a - log(s) at |l_i| when x_i - a is exact (calibration: builtin:shifted
 float32 log_softmax on confident rows reached 1.10 without it)."""
 
@@ -47,7 +47,7 @@ MIN_ENVELOPE_ULP = 1.0
 
 
 def shift_error_term(x: np.ndarray, amax: np.ndarray, fmt: Format) -> np.ndarray:
-    """delta_i = |x_i - a| where that subtraction is inexact in ``fmt``, else 0 (DESIGN §6).
+    """delta_i = |x_i - a| where that subtraction is inexact in ``fmt``, else 0 (docs/envelope.md#the-model).
 
     Computed in float64 with an exactness test (TwoSum residual, then a
     round trip through the format): no rounding can hide an inexact difference.
@@ -103,7 +103,7 @@ def envelope_ulp(op: str, x: np.ndarray, amax: np.ndarray, log_s: np.ndarray,
 # --------------------------------------------------------------------------
 # Gradients and cross-entropy (docs/envelope.md, "Backward passes" and "Cross-entropy")
 #
-# Derived as DESIGN §6 derives the forward envelopes: the first-order error of the
+# Derived as docs/envelope.md#the-model derives the forward envelopes: the first-order error of the
 # textbook algorithm in the target format, term by term, from the forward
 # envelopes of the quantities it reuses (p from softmax, l from log_softmax, y from
 # logsumexp). Every model below is an absolute error; absolute_to_ulp turns it into
@@ -169,7 +169,7 @@ def cross_entropy_row_absolute(x: np.ndarray, coef: np.ndarray, loss: np.ndarray
                                log_s: np.ndarray, fmt: Format) -> np.ndarray:
     """loss_i = sum_c coef_c (-l_c): each -l_c with log_softmax's envelope, and the weighted sum.
 
-    For a hard target this is DESIGN §6's u (|a - x_t| + |log s| + log2 n + 3), with
+    For a hard target this is docs/envelope.md#the-model's u (|a - x_t| + |log s| + log2 n + 3), with
     log_softmax's model of -l_t in place of |a - x_t| + |log s|.
     """
     u, n = fmt.u, x.shape[-1]

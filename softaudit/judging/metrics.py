@@ -1,7 +1,7 @@
 """Per-element measurements of a candidate's output against the exact reference.
 
-* class check (DESIGN §5): NaN / +inf / -inf / finite expected vs produced;
-* error in ulps of the exact value (DESIGN §4), from the reference's
+* class check (docs/special-values.md#the-exact-answers-class): NaN / +inf / -inf / finite expected vs produced;
+* error in ulps of the exact value (docs/formats.md#error-in-ulps), from the reference's
   (k, hi, lo) form: |y * 2^-k - hi - lo|, with y * 2^-k exact (a power-of-two
   scaling) and the subtraction done by TwoSum, so the figure is exact to a
   relative 2^-52 plus the reference's own certified accuracy (2^-30 ulp from
@@ -156,7 +156,7 @@ def judge_elements(op: str, x: np.ndarray, y: np.ndarray, ref: OpReference,
 
 
 def undefined_behaviour(op: str, y_row: np.ndarray, x_row: np.ndarray | None = None) -> str:
-    """What a candidate produced on a row whose exact answer is undefined (DESIGN §5): "nan",
+    """What a candidate produced on a row whose exact answer is undefined (docs/special-values.md#undefined-rows-and-the-policy): "nan",
     "zero", "limit" (a row holding +inf: the limit of the op there) or "other".
 
     On a row holding k entries of +inf, what correct max-shifted code returns - NaN at the +inf

@@ -1,4 +1,4 @@
-"""Verdict tiers (DESIGN §6) and the one-line explanation of every finding.
+"""Verdict tiers (docs/verdicts.md#verdict-tiers) and the one-line explanation of every finding.
 
 FAIL: a hard failure (class mismatch, crash, wrong shape, modified input, an
 undefined row the policy rejects) or a stability ratio above the gate's limit.

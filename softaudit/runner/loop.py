@@ -324,7 +324,7 @@ def _loss_function(c: CandidateInfo, direction: str) -> str:
 
 def _effective_reduction(c: CandidateInfo, unit: AuditUnit, loss: LossInputs) -> str:
     """The reduction a cross_entropy applies: the case's when it takes the keyword, else what its
-    forward output showed (a scalar is the mean, DESIGN §7)."""
+    forward output showed (a scalar is the mean, docs/candidates.md#cross-entropy)."""
     if "reduction" in c.keywords.get(_loss_function(c, "backward"), ()):
         return loss.reduction
     return unit.reductions.get(c.name, "none")
@@ -346,7 +346,7 @@ def _judge_output(rec: Record, op: str, direction: str, unit: AuditUnit, loss: L
 
 def _forward_reduction(rec: Record, c: CandidateInfo, unit: AuditUnit, loss: LossInputs, y: np.ndarray) -> str:
     """The reduction a cross_entropy output is judged under, noted in the record and the unit: a
-    scalar is the case's reduction when the candidate takes the keyword, else the mean (DESIGN §7);
+    scalar is the case's reduction when the candidate takes the keyword, else the mean (docs/candidates.md#cross-entropy);
     per-row losses are judged per row."""
     takes_reduction = "reduction" in c.keywords.get("cross_entropy", ())
     if y.ndim == 0:
