@@ -57,6 +57,24 @@ class Cause:
         d["confidence"] = round(self.confidence, 2)
         return d
 
+    @staticmethod
+    def from_dict(d: Mapping[str, Any]) -> Cause:
+        """A cause as ``to_dict`` wrote it (KeyError, TypeError or ValueError when malformed)."""
+        conf = d["confidence"]
+        if isinstance(conf, bool) or not isinstance(conf, (int, float)) or not 0.0 <= conf <= 1.0:
+            raise ValueError(f"confidence {conf!r} is not a number in [0, 1]")
+        runs = []
+        for e in d.get("experiments") or []:
+            runs.append(ExperimentRun(str(e["id"]), str(e.get("purpose", "")), str(e.get("dtype", "")),
+                                      str(e.get("outcome", "")), float(e.get("seconds", 0.0))))
+        evidence = d.get("evidence") or []
+        if not isinstance(evidence, list):
+            raise ValueError("evidence is not a list of record ids")
+        settled = d.get("settled_by")
+        return Cause(str(d["class_id"]), str(d.get("title", "")), float(conf), str(d.get("finding", "")),
+                     [str(x) for x in evidence], runs, None if settled is None else str(settled),
+                     str(d.get("explanation", "")), str(d.get("fix", "")), str(d.get("sketch", "")))
+
 
 @dataclass
 class Diagnosis:
@@ -79,6 +97,19 @@ class Diagnosis:
         more = f" (+{len(self.causes) - 1} more)" if len(self.causes) > 1 else ""
         by = f"; settled by {c.settled_by}" if c.settled_by else ""
         return f"{head}: {c.class_id} ({c.confidence:.2f}) {c.finding}{by}{more}"
+
+    @staticmethod
+    def from_dict(d: Mapping[str, Any]) -> Diagnosis:
+        """A diagnosis as ``to_dict`` wrote it (KeyError, TypeError or ValueError when malformed)."""
+        if d.get("direction") not in ("forward", "backward"):
+            raise ValueError(f"direction {d.get('direction')!r} is not forward or backward")
+        if d.get("verdict") not in ("FAIL", "WARN"):
+            raise ValueError(f"verdict {d.get('verdict')!r} is not FAIL or WARN")
+        causes = d["causes"]
+        if not isinstance(causes, list):
+            raise ValueError("causes is not a list")
+        return Diagnosis(str(d["candidate"]), str(d["op"]), str(d["direction"]), str(d["verdict"]),
+                         int(d.get("failing_records", 0)), [Cause.from_dict(c) for c in causes])
 
     def to_dict(self) -> dict[str, Any]:
         return {"candidate": self.candidate, "op": self.op, "direction": self.direction, "verdict": self.verdict,
