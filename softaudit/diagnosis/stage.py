@@ -64,9 +64,7 @@ class _TemporaryCases:
                     result.records[suffix] = r
             if not result.records:
                 result.error = "the experiment gave no records for this candidate"
-        except KeyboardInterrupt:
-            raise
-        except Exception as exc:  # noqa: BLE001  (an experiment that cannot run is no evidence, not an error)
+        except Exception as exc:  # an experiment that cannot run is no evidence, not an error
             result.error = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
         result.seconds = time.perf_counter() - t0
         self.seconds += result.seconds
