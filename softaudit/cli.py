@@ -147,7 +147,10 @@ def run(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no table; the exit code (and the files asked for) only."),
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for bad input."),
 ) -> None:
-    """Audit TARGETS over the case library and print a verdict per candidate x op x format, then the likely cause of each failure."""
+    """Audit TARGETS over the case library and print a verdict per candidate x op x format.
+
+    Then name the likely cause of each FAIL and WARN (docs/diagnosis.md; --no-diagnose skips it).
+    """
     from softaudit.reports.files import write_text
     from softaudit.results.schema import results_json
     from softaudit.reports.terminal import render
