@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import signal
 import sys
+import time
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
@@ -207,7 +208,8 @@ def run(
                 result = run_audit(targets, options, progress=progress)
             if not result.complete and received:
                 result.interrupted_by = received[0]  # the exit code (130 or 143) every report states
-    diagnoses, stopped_by = (None, None) if no_diagnose or not result.complete else _diagnose(result, console, quiet)
+    diagnoses, stopped_by, diagnosis_note = ((None, None, "") if no_diagnose or not result.complete
+                                             else _diagnose(result, console, quiet, debug))
     text = results_json(result, diagnoses) if any(outputs.values()) else ""
     if json_path is not None:
         try:
@@ -221,7 +223,8 @@ def run(
         doc.source = str(json_path) if json_path is not None else ""
         _write_reports(doc, html_path, md_path, md_full, junit_path)
     if not quiet:
-        render(result, Console(), max_findings=findings, diagnoses=diagnoses, explain=explain)
+        render(result, Console(), max_findings=findings, diagnoses=diagnoses, explain=explain,
+               diagnosis_note=diagnosis_note)
         written = [str(p) for p in outputs.values() if p is not None]
         if written:
             Console().print(f"Written: {', '.join(written)}", highlight=False)
@@ -236,16 +239,19 @@ def run(
     raise typer.Exit(result.exit_code)
 
 
-def _diagnose(result: AuditResult, console: Console, quiet: bool) -> tuple[list | None, int | None]:
+def _diagnose(result: AuditResult, console: Console, quiet: bool, debug: bool) -> tuple[list | None, int | None, str]:
     """The diagnosis of the audit's FAILs and WARNs, its experiments run in a worker with the
     audit's isolation options (a crash there is a FAIL record, evidence); a progress line once the
-    first experiment starts. (None, signal) when interrupted (SIGINT, SIGTERM)."""
+    first experiment starts. Returns (diagnoses, None, what it ran: "N experiments in S s");
+    (None, signal, "") when interrupted (SIGINT, SIGTERM); (None, None, "") when the diagnosis
+    itself failed (said in one line: the audit's records and reports are kept)."""
     from softaudit.diagnosis.stage import WorkerRunner, diagnose_records, failing_candidates
     from softaudit.results.schema import record_dict
 
+    started = time.perf_counter()
     records = [record_dict(r) for r in result.records]
     if not failing_candidates(records):
-        return [], None
+        return [], None, ""
     bar = Progress(SpinnerColumn(), TextColumn("[progress.description]{task.description}"), TimeElapsedColumn(),
                    console=console, transient=True, disable=quiet or not console.is_terminal)
     task = bar.add_task("diagnosing", total=None)
@@ -259,9 +265,18 @@ def _diagnose(result: AuditResult, console: Console, quiet: bool) -> tuple[list 
     try:
         with _signals_interrupt() as received:
             try:
-                return diagnose_records(records, {c.name: c.target for c in result.candidates}, runner), None
+                diagnoses = diagnose_records(records, {c.name: c.target for c in result.candidates}, runner)
+                ran = f"{runner.started} experiment{'s' if runner.started != 1 else ''} in " if runner.started else ""
+                return diagnoses, None, f"{ran}{time.perf_counter() - started:.1f} s"
             except KeyboardInterrupt:
-                return None, received[0] if received else signal.SIGINT.value
+                return None, received[0] if received else signal.SIGINT.value, ""
+            except Exception as exc:  # a diagnosis bug must not cost the audit's results
+                if debug:
+                    traceback.print_exc()
+                Console(stderr=True).print(f"softaudit: the diagnosis failed ({type(exc).__name__}: "
+                                           f"{printable_markup(exc)}); the records are kept, without a diagnosis",
+                                           highlight=False)
+                return None, None, ""
     finally:
         bar.stop()
         runner.close()

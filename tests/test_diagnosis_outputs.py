@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -40,7 +41,7 @@ def test_run_names_the_planted_cause_after_the_findings(planted_run):
     r, _ = planted_run
     assert r.returncode == 1, r.stderr
     out = r.stdout
-    assert out.index("Worst findings") < out.index("\nDiagnosis\n") < out.index("records: ")
+    assert out.index("Worst findings") < out.index("\nDiagnosis (1 experiment in ") < out.index("records: ")
     line = next(x for x in out.splitlines() if "no-max-shift (" in x)
     assert "FAIL impl_np softmax: no-max-shift (0.9" in line and "settled by offset-ladder" in line
     # --explain: the finding, the experiment's outcome, the paragraph and the fix with its sketch
@@ -118,7 +119,7 @@ def test_a_crash_during_an_experiment_is_evidence_not_the_end(tmp_path):
     target.write_text(CRASHER)
     r = run_cli_in_process(["run", target, *NARROW, "--json", tmp_path / "r.json"], tmp_path)
     assert r.returncode == 1, r.stderr
-    assert "\nDiagnosis\n" in r.stdout
+    assert re.search(r"\nDiagnosis \(\d+ experiments? in [\d.]+ s\)\n", r.stdout)
     [diag] = json.loads((tmp_path / "r.json").read_text())["diagnoses"]
     assert diag["causes"][0]["class_id"] == "no-max-shift"   # the offset ladder ran (and crashed past 120)
 
@@ -153,3 +154,16 @@ def test_api_report_has_diagnoses(tmp_path):
     assert softaudit.audit(_module(PLANTED / "correct" / "f64_once.py"), **kw).diagnoses == []
     with pytest.raises(TypeError):
         softaudit.audit(_module(NO_MAX_SHIFT), diagnose="yes", **kw)  # type: ignore[arg-type]
+
+
+def test_a_failing_diagnosis_keeps_the_audit(tmp_path, monkeypatch):
+    import softaudit.diagnosis.stage as stage
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("rule bug")
+
+    monkeypatch.setattr(stage, "diagnose_records", broken)
+    r = run_cli_in_process(["run", NO_MAX_SHIFT, *NARROW, "--json", tmp_path / "r.json"], tmp_path)
+    assert r.returncode == 1 and "the diagnosis failed (RuntimeError: rule bug)" in r.stderr
+    raw = json.loads((tmp_path / "r.json").read_text())
+    assert "diagnoses" not in raw and len(raw["results"]) == 2

@@ -191,7 +191,7 @@ def short_number(v: float | None, missing: str = "-") -> str:
 
 
 def render(result: AuditResult, console: Console, max_findings: int = 10, diagnoses: Sequence[Any] | None = None,
-           explain: bool = False) -> None:
+           explain: bool = False, diagnosis_note: str = "") -> None:
     """Print the summary table, the worst findings, the diagnosis (when there is one), and the closing tally."""
     rows = summary_rows(result.records)
     for name in dict.fromkeys(r.candidate for r in rows):
@@ -225,7 +225,7 @@ def render(result: AuditResult, console: Console, max_findings: int = 10, diagno
         if len(findings) > max_findings:
             console.print(f"... and {len(findings) - max_findings} more (all records are in --json)")
     if diagnoses:
-        render_diagnoses(diagnoses, console, explain=explain)
+        render_diagnoses(diagnoses, console, explain=explain, note=diagnosis_note)
     c = result.counts()
     console.print()
     line = Text(f"{len(result.records)} records: ")
@@ -261,12 +261,15 @@ def diagnosis_label(op: str, direction: str) -> str:
     return op if direction == "forward" else f"{op} backward"
 
 
-def render_diagnoses(diagnoses: Sequence[Any], console: Console, explain: bool = False) -> None:
+def render_diagnoses(diagnoses: Sequence[Any], console: Console, explain: bool = False, note: str = "") -> None:
     """The "Diagnosis" section: one line per cause of every failing candidate x op x direction
     (softaudit.diagnosis.Diagnosis); ``explain`` adds each cause's finding, evidence, experiments,
-    explanation and fix."""
+    explanation and fix; ``note`` follows the heading (what the diagnosis ran, in parentheses)."""
     console.print()
-    console.print(Text("Diagnosis", style="bold"))
+    head = Text("Diagnosis", style="bold")
+    if note:
+        head.append(f" ({note})", style="dim")
+    console.print(head)
     for d in diagnoses:
         where = f"{printable(d.candidate)} {diagnosis_label(d.op, d.direction)}"
         for cause in d.causes:
@@ -274,8 +277,9 @@ def render_diagnoses(diagnoses: Sequence[Any], console: Console, explain: bool =
             line.append(f"{d.verdict} ", style=STYLES.get(d.verdict, ""))
             line.append(f"{where}: ", style="bold")
             if cause.class_id == "no-known-cause":
+                finding = cause.finding if explain or len(cause.finding) <= 160 else cause.finding[:159] + "…"
                 line.append("no known cause", style="bold")
-                line.append(f"; {printable(cause.finding)}")
+                line.append(f"; {printable(finding)}")
             else:
                 line.append(cause.class_id, style="bold cyan")
                 line.append(f" ({cause.confidence:.2f}) {printable(cause.title)}")
