@@ -199,8 +199,9 @@ def diagnosis_section(doc: ResultsDocument, complete: bool = False) -> list[str]
             causes = d.causes if complete else d.causes[:1]
             for c in causes:
                 if c.class_id == "no-known-cause":
+                    finding = c.finding if complete or len(c.finding) <= 160 else c.finding[:159] + "…"
                     out.append(f"- {_BADGE.get(d.verdict, d.verdict)} {md_text(label)}: **no known cause** — "
-                               f"{md_text(c.finding)}")
+                               f"{md_text(finding)}")
                     continue
                 explained.setdefault(c.class_id, c)
                 out.append(f"- {_BADGE.get(d.verdict, d.verdict)} {md_text(label)}: {md_code(c.class_id)} "
