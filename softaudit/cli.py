@@ -257,9 +257,9 @@ def _diagnose(result: AuditResult, console: Console, quiet: bool, debug: bool) -
     task = bar.add_task("diagnosing", total=None)
 
     def progress(count: int, what: str) -> None:
-        if count == 1:
-            bar.start()
         bar.update(task, description=f"{printable_markup(what)} · experiment {count}")
+        if count == 1:  # records-only diagnoses take no time: no bar for them
+            bar.start()
 
     runner = WorkerRunner(result.options, result.candidates, progress)
     try:

@@ -3,7 +3,8 @@
 ``diagnose(records, candidate)`` (diagnose.py) ranks the causes of each failing candidate x op x
 direction from the records (evidence.py) and a few small experiments run through the public
 ``softaudit.audit`` API (experiments.py); classes.py is the catalogue of causes, documented in
-docs/diagnosis.md.
+docs/diagnosis.md. stage.py runs it after an audit: ``softaudit run`` with its experiments in the
+candidates' worker (WorkerRunner), ``softaudit.audit(...).diagnoses`` in-process (ApiRunner).
 """
 
 from softaudit.diagnosis.classes import CLASSES, NO_KNOWN_CAUSE, BugClass, get_class
