@@ -23,6 +23,7 @@ from softaudit.ops import OPS
 if TYPE_CHECKING:
     from softaudit.candidates.model import Candidate
     from softaudit.formats import Format
+    from softaudit.results.diagnoses import Diagnosis
     from softaudit.results.records import Record, SpeedRecord
     from softaudit.runner.loop import AuditResult
 
@@ -53,6 +54,7 @@ def audit(
     bench: bool = False,
     shapes: Iterable[str | tuple[int, int]] = (),
     device: str = "auto",
+    diagnose: bool = True,
 ) -> AuditReport:
     """Audit ``impl`` in this process and return its report (call ``.assert_ok()`` in a test).
 
@@ -67,7 +69,10 @@ def audit(
     are in ``report.speed``. ``corpus`` adds a directory of cases ``softaudit search`` found
     (docs/search.md) when it holds any, as ``softaudit run`` adds the project's. ``device``
     ("auto", "cpu", "cuda", "cuda:N") places torch callables that do not name a device with ``@candidate``: inputs are created there and outputs
-    brought back for judging. Bad arguments raise ValueError or TypeError with a one-line message.
+    brought back for judging. ``diagnose`` (default True): ``report.diagnoses`` names the likely cause
+    of each op x direction with a FAIL or WARN (docs/diagnosis.md), computed when first asked for (or
+    by ``to_json``), its small experiments run in this process on ``impl``; False: no diagnosis.
+    Bad arguments raise ValueError or TypeError with a one-line message.
     """
     from softaudit.candidates.collection import candidates_from_functions, candidates_from_module
     from softaudit.candidates.errors import CandidateError
@@ -84,6 +89,8 @@ def audit(
         raise TypeError(f"device must be a string (auto, cpu, cuda or cuda:N), got {type(device).__name__}")
     if not isinstance(bench, bool):
         raise TypeError("bench must be True or False")
+    if not isinstance(diagnose, bool):
+        raise TypeError("diagnose must be True or False")
     shape_list = _shapes(shapes)
     if shape_list and not bench:
         raise BadInput("shapes= sets what bench=True times; pass bench=True as well")
@@ -125,7 +132,10 @@ def audit(
         raise BadInput(str(exc)) from None
     if not result.complete:
         raise KeyboardInterrupt  # run_audit keeps partial results for the CLI; a test run must stop
-    return AuditReport(result, candidate_name, strict=strict)
+    report = AuditReport(result, candidate_name, strict=strict)
+    if diagnose:
+        report._diagnosis_source = (impl, dict(op=op, name=name, rowwise=rowwise, device=device, cache_dir=cache_dir))
+    return report
 
 
 class AuditReport:
@@ -138,6 +148,26 @@ class AuditReport:
         """The audited candidate's name (the first part of every record id)."""
         self.strict = strict
         """Whether WARN counts as failure for ``passed`` and ``assert_ok()``."""
+        self._diagnosis_source: tuple[Any, dict[str, Any]] | None = None
+        """(impl, the audit's keywords) the diagnosis re-runs experiments on; None: audit(diagnose=False)."""
+        self._diagnoses: list[Diagnosis] | None = None
+
+    @property
+    def diagnoses(self) -> list[Diagnosis]:
+        """The likely causes of every op x direction with a FAIL or WARN (softaudit.diagnosis.Diagnosis:
+        ``causes`` ranked, each with class_id, confidence, evidence, settled_by, explanation, fix),
+        computed on first access with small experiments in this process; [] when nothing failed or
+        the audit was called with ``diagnose=False``."""
+        if self._diagnoses is None:
+            self._diagnoses = []
+            if self._diagnosis_source is not None:
+                from softaudit.diagnosis.stage import ApiRunner, diagnose_records
+                from softaudit.results.schema import record_dict
+
+                impl, kw = self._diagnosis_source
+                records = [record_dict(r) for r in self.records]
+                self._diagnoses = diagnose_records(records, {}, ApiRunner(impl, kw))
+        return self._diagnoses
 
     @property
     def records(self) -> list[Record]:
@@ -192,7 +222,7 @@ class AuditReport:
         from softaudit.reports.json_report import write_json
 
         out = Path(path)
-        write_json(out, self.result)
+        write_json(out, self.result, self.diagnoses if self._diagnosis_source is not None else None)
         return out
 
     def __str__(self) -> str:

@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import signal
 import sys
+import time
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
 import softaudit
 from softaudit.cases.corpus import corpus_cases_dir, with_corpus_dir
@@ -46,6 +47,7 @@ from softaudit.printable import printable_markup
 
 if TYPE_CHECKING:
     from softaudit.results.document import ResultsDocument
+    from softaudit.runner.loop import AuditResult
 
 app = typer.Typer(
     add_completion=False,
@@ -140,10 +142,15 @@ def run(
     shape: list[str] = typer.Option([], "--shape", help="Shape ROWSxN to time at with --bench (repeatable). Default: 4096x1024, 1024x32000, 256x128256, 64x262144."),
     device: str | None = typer.Option(None, "--device", help="Where torch and Triton candidates run: cpu, cuda (or cuda:N), or auto (CUDA when available). Without a GPU, Triton kernels run under Triton's CPU interpreter. [default: auto]", show_default=False),
     findings: int = typer.Option(10, "--findings", help="How many worst findings to explain after the table."),
+    no_diagnose: bool = typer.Option(False, "--no-diagnose", help="Skip the diagnosis: naming the likely cause of each candidate x op x direction with a FAIL or WARN, with small experiments run in the candidate's worker (docs/diagnosis.md)."),
+    explain: bool = typer.Option(False, "--explain", help="Print each diagnosed cause's evidence, explanation and fix, not just its line."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no table; the exit code (and the files asked for) only."),
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for bad input."),
 ) -> None:
-    """Audit TARGETS over the case library and print a verdict per candidate x op x format."""
+    """Audit TARGETS over the case library and print a verdict per candidate x op x format.
+
+    Then name the likely cause of each FAIL and WARN (docs/diagnosis.md; --no-diagnose skips it).
+    """
     from softaudit.files import write_text
     from softaudit.reports.terminal import render
     from softaudit.results.schema import results_json
@@ -174,6 +181,8 @@ def run(
         outputs = _check_outputs({"--json": json_path, "--html": html_path, "--md": md_path, "--junit": junit_path})
         if md_full and md_path is None:
             raise UsageProblem("--md-full needs --md PATH")
+        if explain and no_diagnose:
+            raise UsageProblem("--explain explains the diagnosis, which --no-diagnose skips: drop one of them")
         _check_cases_dirs(list(options.cases_dirs))
         corpus_dir = _corpus(corpus, no_corpus, cfg)
         options = dataclasses.replace(options, corpus_dir=corpus_dir)
@@ -198,7 +207,9 @@ def run(
                 result = run_audit(targets, options, progress=progress)
             if not result.complete and received:
                 result.interrupted_by = received[0]  # the exit code (130 or 143) every report states
-    text = results_json(result) if any(outputs.values()) else ""
+    diagnoses, stopped_by, diagnosis_note = ((None, None, "") if no_diagnose or not result.complete
+                                             else _diagnose(result, console, quiet, debug))
+    text = results_json(result, diagnoses) if any(outputs.values()) else ""
     if json_path is not None:
         try:
             write_text(json_path, text)
@@ -211,7 +222,8 @@ def run(
         doc.source = str(json_path) if json_path is not None else ""
         _write_reports(doc, html_path, md_path, md_full, junit_path)
     if not quiet:
-        render(result, Console(), max_findings=findings)
+        render(result, Console(), max_findings=findings, diagnoses=diagnoses, explain=explain,
+               diagnosis_note=diagnosis_note)
         written = [str(p) for p in outputs.values() if p is not None]
         if written:
             Console().print(f"Written: {', '.join(written)}", highlight=False)
@@ -219,7 +231,54 @@ def run(
         signum = result.exit_code - 128
         Console(stderr=True).print(f"softaudit: interrupted by {signal.Signals(signum).name}; "
                                    f"{len(result.records)} records kept" + (f" in {json_path}" if json_path else ""))
+    if stopped_by is not None:
+        Console(stderr=True).print(f"softaudit: diagnosis interrupted by {signal.Signals(stopped_by).name}; every "
+                                   "record is kept, without a diagnosis")
+        raise typer.Exit(128 + stopped_by)
     raise typer.Exit(result.exit_code)
+
+
+def _diagnose(result: AuditResult, console: Console, quiet: bool, debug: bool) -> tuple[list | None, int | None, str]:
+    """The diagnosis of the audit's FAILs and WARNs, its experiments run in a worker with the
+    audit's isolation options (a crash there is a FAIL record, evidence); a progress line once the
+    first experiment starts. Returns (diagnoses, None, what it ran: "N experiments in S s");
+    (None, signal, "") when interrupted (SIGINT, SIGTERM); (None, None, "") when the diagnosis
+    itself failed (said in one line: the audit's records and reports are kept)."""
+    from softaudit.diagnosis.stage import WorkerRunner, diagnose_records, failing_candidates
+    from softaudit.results.schema import record_dict
+
+    started = time.perf_counter()
+    records = [record_dict(r) for r in result.records]
+    if not failing_candidates(records):
+        return [], None, ""
+    bar = Progress(SpinnerColumn(), TextColumn("[progress.description]{task.description}"), TimeElapsedColumn(),
+                   console=console, transient=True, disable=quiet or not console.is_terminal)
+    task = bar.add_task("diagnosing", total=None)
+
+    def progress(count: int, what: str) -> None:
+        bar.update(task, description=f"{printable_markup(what)} · experiment {count}")
+        if count == 1:  # records-only diagnoses take no time: no bar for them
+            bar.start()
+
+    runner = WorkerRunner(result.options, result.candidates, progress)
+    try:
+        with _signals_interrupt() as received:
+            try:
+                diagnoses = diagnose_records(records, {c.name: c.target for c in result.candidates}, runner)
+                ran = f"{runner.started} experiment{'s' if runner.started != 1 else ''} in " if runner.started else ""
+                return diagnoses, None, f"{ran}{time.perf_counter() - started:.1f} s"
+            except KeyboardInterrupt:
+                return None, received[0] if received else signal.SIGINT.value, ""
+            except Exception as exc:  # a diagnosis bug must not cost the audit's results
+                if debug:
+                    traceback.print_exc()
+                Console(stderr=True).print(f"softaudit: the diagnosis failed ({type(exc).__name__}: "
+                                           f"{printable_markup(exc)}); the records are kept, without a diagnosis",
+                                           highlight=False)
+                return None, None, ""
+    finally:
+        bar.stop()
+        runner.close()
 
 
 def _worker(configured: WorkerOptions, no_isolation: bool, rowwise: bool, timeout: float,

@@ -13,76 +13,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from softaudit.diagnosis import experiments as X
 from softaudit.diagnosis.classes import CLASSES, NO_KNOWN_CAUSE
 from softaudit.diagnosis.evidence import EXP_OVERFLOW, SIXTEEN_BIT, RecordView, group_records, worst_first
+from softaudit.results.diagnoses import Cause, Diagnosis, ExperimentRun
 
 MIN_CONFIDENCE = 0.3
 """Causes below this confidence are not reported."""
 MAX_EVIDENCE = 6
 """Record ids listed per cause."""
-
-
-@dataclass
-class ExperimentRun:
-    """An experiment as a cause reports it."""
-
-    id: str
-    purpose: str
-    dtype: str
-    outcome: str
-    seconds: float
-
-
-@dataclass
-class Cause:
-    """One likely cause of a group's failures."""
-
-    class_id: str
-    title: str
-    confidence: float
-    finding: str
-    evidence: list[str]
-    experiments: list[ExperimentRun] = field(default_factory=list)
-    settled_by: str | None = None
-    explanation: str = ""
-    fix: str = ""
-    sketch: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["confidence"] = round(self.confidence, 2)
-        return d
-
-
-@dataclass
-class Diagnosis:
-    """The ranked causes of one candidate x op x direction."""
-
-    candidate: str
-    op: str
-    direction: str
-    verdict: str
-    failing_records: int
-    causes: list[Cause]
-    failing: dict[tuple[str, str], str] = field(default_factory=dict, repr=False)
-    """(dtype, case) -> record id of every failing record (not in to_dict)."""
-
-    def summary_line(self) -> str:
-        head = f"{self.candidate} {self.op}{' bwd' if self.direction == 'backward' else ''}"
-        if not self.causes:
-            return f"{head}: no cause"
-        c = self.causes[0]
-        more = f" (+{len(self.causes) - 1} more)" if len(self.causes) > 1 else ""
-        by = f"; settled by {c.settled_by}" if c.settled_by else ""
-        return f"{head}: {c.class_id} ({c.confidence:.2f}) {c.finding}{by}{more}"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"candidate": self.candidate, "op": self.op, "direction": self.direction, "verdict": self.verdict,
-                "failing_records": self.failing_records, "causes": [c.to_dict() for c in self.causes]}
 
 
 # --------------------------------------------------------------------------------------------

@@ -303,7 +303,7 @@ class AuditRunner:
                 names = case_names(exp, tag)
                 report = softaudit.audit(impl, ops=[exp.op], directions=[exp.direction], dtypes=[exp.dtype],
                                          cases=list(names), cases_dirs=[tmp], cache_dir=self.cache_dir,
-                                         device=self.device)
+                                         device=self.device, diagnose=False)
                 out = Path(tmp) / "r.json"
                 report.to_json(out)
                 doc = json.loads(out.read_text())

@@ -62,6 +62,7 @@ def render_html(doc: ResultsDocument, title: str | None = None, max_findings: in
         _heatmap_section(doc, limit),
         _plots_section(doc, limit),
         _findings_section(doc, max_findings),
+        *([_diagnosis_section(doc)] if doc.diagnoses else []),
         _speed_section(doc),
         _skipped_section(doc),
         _environment_section(doc),
@@ -156,7 +157,7 @@ def _header(doc: ResultsDocument, title: str) -> str:
     rows = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in facts)
     nav = " · ".join(f'<a href="#{a}">{t}</a>' for a, t in (
         ("summary", "verdicts"), ("heatmap", "heat map"), ("plots", "error vs input"), ("findings", "worst findings"),
-        ("speed", "speed"), ("skipped", "skipped"), ("environment", "environment")))
+        *([("diagnosis", "diagnosis")] if doc.diagnoses else []), ("speed", "speed"), ("skipped", "skipped"), ("environment", "environment")))
     return (f'<header><h1>{esc(title)}</h1>\n<table class="facts">{rows}</table>\n'
             f'<nav>{nav}</nav></header>')
 
@@ -702,6 +703,56 @@ def _finding(r: Record, doc: ResultsDocument, number: int) -> str:
             f'{notes}</ul><div class="evidence">{excerpt}{values}{commands}</div></article>')
 
 
+# ----------------------------------------------------------------------------------------------
+# 5b. Diagnosis (docs/diagnosis.md): a card per candidate with FAILs or WARNs
+# ----------------------------------------------------------------------------------------------
+
+
+def _diagnosis_section(doc: ResultsDocument) -> str:
+    diagnoses = doc.diagnoses or []
+    out = ['<section id="diagnosis"><h2>Diagnosis</h2>',
+           '<p class="note">The likely cause of each candidate × op × direction with a FAIL or WARN, ranked by '
+           "confidence: each names the experiment (a few small discriminating inputs, judged like the audit) or "
+           "the records that settled it. Open a cause for its evidence, explanation and fix (docs/diagnosis.md)."
+           "</p>"]
+    for cand in dict.fromkeys(d.candidate for d in diagnoses):
+        mine = [d for d in diagnoses if d.candidate == cand]
+        groups = "".join(_diagnosis_group(d) for d in mine)
+        out.append(f'<article class="diag-card"><h3>Candidate <code>{esc(cand)}</code></h3>{groups}</article>')
+    out.append("</section>")
+    return "\n".join(out)
+
+
+def _diagnosis_group(d: Any) -> str:
+    head = (f'<h4>{_verdict_badge(d.verdict)} {esc(_op_label(d.op, d.direction))} '
+            f'<span class="fam">({esc(d.failing_records)} failing record{"s" if d.failing_records != 1 else ""})'
+            "</span></h4>")
+    return head + '<ol class="causes">' + "".join(_diagnosis_cause(c) for c in d.causes) + "</ol>"
+
+
+def _diagnosis_cause(c: Any) -> str:
+    if c.class_id == "no-known-cause":
+        line = f'<strong>no known cause</strong> — {esc(c.finding)}'
+    else:
+        line = (f'<code class="cls">{esc(c.class_id)}</code> <span class="conf">{c.confidence:.2f}</span> '
+                f'{esc(c.title)} <span class="settled">settled by {esc(c.settled_by or "the records")}</span>')
+    body = []
+    if c.class_id != "no-known-cause" and c.finding:
+        body.append(f"<p><strong>Finding:</strong> {esc(c.finding)}</p>")
+    if c.experiments:
+        body.append("<ul>" + "".join(f"<li>experiment <code>{esc(e.id)}</code> ({esc(e.dtype)}): {esc(e.outcome)}</li>"
+                                     for e in c.experiments) + "</ul>")
+    if c.evidence:
+        body.append("<p><strong>Evidence:</strong> " + ", ".join(f"<code>{esc(e)}</code>" for e in c.evidence) + "</p>")
+    if c.explanation:
+        body.append(f"<p>{esc(c.explanation)}</p>")
+    if c.fix:
+        body.append(f"<p><strong>Fix:</strong> {esc(c.fix)}</p>")
+    if c.sketch:
+        body.append(f'<pre class="sketch">{esc(c.sketch)}</pre>')
+    return f'<li><details><summary>{line}</summary>{"".join(body)}</details></li>'
+
+
 def _values_table(worst: Location | None, first: Location | None) -> str:
     """The located elements' values, one column each: exact (17 digits), correctly rounded,
     computed (repr, so exact), and the error figures."""
@@ -951,6 +1002,11 @@ user-select:all;overflow-wrap:anywhere}
 .kvs{display:flex;flex-wrap:wrap;gap:24px;align-items:flex-start;margin-bottom:14px}
 .kv th{color:var(--muted);font-weight:500}.kv td{font-family:ui-monospace,"DejaVu Sans Mono",monospace;
 font-size:12.5px;max-width:520px;word-break:break-word}
+.diag-card{border:1px solid var(--line);border-left:5px solid #5b2a86;border-radius:4px;padding:8px 14px 10px;
+margin:12px 0}.diag-card h4{font-size:14px;margin:10px 0 4px}.causes{margin:4px 0;padding-left:22px}
+.causes summary{cursor:pointer}.cls{font-weight:700}.conf{font-weight:600;color:#5b2a86}
+.settled{color:var(--muted);font-size:12.5px}.sketch{background:var(--soft);border:1px solid var(--line);
+padding:6px 10px;overflow-x:auto;font-size:12.5px}
 footer{margin-top:36px;color:var(--muted);font-size:12px}
 @media print{
 body{max-width:none;padding:0;font-size:11px;background:#fff;color:#000}

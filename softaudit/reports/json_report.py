@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from softaudit.files import write_text
 from softaudit.results.schema import results_json
@@ -13,6 +14,6 @@ if TYPE_CHECKING:
     from softaudit.runner.loop import AuditResult
 
 
-def write_json(path: Path, result: AuditResult) -> None:
-    """Write the results document atomically (softaudit.files.write_text)."""
-    write_text(path, results_json(result))
+def write_json(path: Path, result: AuditResult, diagnoses: Sequence[Any] | None = None) -> None:
+    """Write the results document atomically (softaudit.files.write_text), with ``diagnoses`` when given."""
+    write_text(path, results_json(result, diagnoses))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from typing import Any
 
 from softaudit.formats import FORMATS
 from softaudit.judging.metrics import Location
@@ -183,6 +184,44 @@ def _finding(record: Record, doc: ResultsDocument) -> list[str]:
     return lines
 
 
+def diagnosis_section(doc: ResultsDocument, complete: bool = False) -> list[str]:
+    """A diagnosis card per candidate with FAILs or WARNs (docs/diagnosis.md): a line per cause
+    (the top cause of each op x direction in the short form, every cause with ``complete``), then
+    the explanations and fixes in a collapsible block."""
+    diagnoses = doc.diagnoses or []
+    out: list[str] = []
+    for cand in dict.fromkeys(d.candidate for d in diagnoses):
+        mine = [d for d in diagnoses if d.candidate == cand]
+        out += [f"**Diagnosis: {md_text(cand)}**", ""]
+        explained: dict[str, Any] = {}
+        for d in mine:
+            label = d.op if d.direction == "forward" else f"{d.op} backward"
+            causes = d.causes if complete else d.causes[:1]
+            for c in causes:
+                if c.class_id == "no-known-cause":
+                    finding = c.finding if complete or len(c.finding) <= 160 else c.finding[:159] + "…"
+                    out.append(f"- {_BADGE.get(d.verdict, d.verdict)} {md_text(label)}: **no known cause** — "
+                               f"{md_text(finding)}")
+                    continue
+                explained.setdefault(c.class_id, c)
+                out.append(f"- {_BADGE.get(d.verdict, d.verdict)} {md_text(label)}: {md_code(c.class_id)} "
+                           f"({c.confidence:.2f}) {md_text(c.title)} — settled by "
+                           f"{md_text(c.settled_by or 'the records')}")
+            if len(d.causes) > len(causes):
+                out.append(f"  - _{len(d.causes) - len(causes)} more cause(s); `--md-full` lists them._")
+        if explained:
+            body: list[str] = []
+            for c in explained.values():
+                sketch = str(c.sketch or "")
+                fence = "`" * max(3, max((len(run) for run in re.findall(r"`+", sketch)), default=0) + 1)
+                body += [f"{md_code(c.class_id)}: {md_text(c.explanation)}", "", f"Fix: {md_text(c.fix)}", ""]
+                if sketch:
+                    body += [f"{fence}python", _CONTROL.sub("", sketch), fence, ""]
+            out += [""] + _details("Why, and the fix", body)
+        out.append("")
+    return out[:-1] if out else out
+
+
 def _environment_line(doc: ResultsDocument) -> str:
     env = doc.environment
     torch = "not installed" if "torch" in env and env["torch"] is None else env.get("torch", "?")
@@ -296,6 +335,10 @@ def render_markdown(doc: ResultsDocument, complete: bool = False, max_findings: 
         if not complete and len(findings) > len(shown):
             out += ["", f"_{len(shown)} of {len(findings)} FAIL/WARN records shown; `--md-full` lists them all._"]
         out.append("")
+
+    diagnosis = diagnosis_section(doc, complete)
+    if diagnosis:
+        out += diagnosis + [""]
 
     speed = speed_section(doc)
     if speed:

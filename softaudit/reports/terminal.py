@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -189,8 +190,9 @@ def short_number(v: float | None, missing: str = "-") -> str:
     return text
 
 
-def render(result: AuditResult, console: Console, max_findings: int = 10) -> None:
-    """Print the summary table, the worst findings, and the closing tally."""
+def render(result: AuditResult, console: Console, max_findings: int = 10, diagnoses: Sequence[Any] | None = None,
+           explain: bool = False, diagnosis_note: str = "") -> None:
+    """Print the summary table, the worst findings, the diagnosis (when there is one), and the closing tally."""
     rows = summary_rows(result.records)
     for name in dict.fromkeys(r.candidate for r in rows):
         mine = [r for r in rows if r.candidate == name]
@@ -222,6 +224,8 @@ def render(result: AuditResult, console: Console, max_findings: int = 10) -> Non
                 console.print(Text(f"    the case: {printable(rec.case_description)}", style="dim"))
         if len(findings) > max_findings:
             console.print(f"... and {len(findings) - max_findings} more (all records are in --json)")
+    if diagnoses:
+        render_diagnoses(diagnoses, console, explain=explain, note=diagnosis_note)
     c = result.counts()
     console.print()
     tally = Text(f"{len(result.records)} records: ")
@@ -251,3 +255,55 @@ def render(result: AuditResult, console: Console, max_findings: int = 10) -> Non
         return
     verdict = "FAIL" if result.exit_code else "no FAIL"
     console.print(Text(f"Result: {verdict} (exit {result.exit_code})", style=STYLES[FAIL if result.exit_code else PASS]))
+
+
+def diagnosis_label(op: str, direction: str) -> str:
+    return op if direction == "forward" else f"{op} backward"
+
+
+def render_diagnoses(diagnoses: Sequence[Any], console: Console, explain: bool = False, note: str = "") -> None:
+    """The "Diagnosis" section: one line per cause of every failing candidate x op x direction
+    (softaudit.diagnosis.Diagnosis); ``explain`` adds each cause's finding, evidence, experiments,
+    explanation and fix; ``note`` follows the heading (what the diagnosis ran, in parentheses)."""
+    console.print()
+    head = Text("Diagnosis", style="bold")
+    if note:
+        head.append(f" ({note})", style="dim")
+    console.print(head)
+    for d in diagnoses:
+        where = f"{printable(d.candidate)} {diagnosis_label(d.op, d.direction)}"
+        for cause in d.causes:
+            line = Text("  ")
+            line.append(f"{d.verdict} ", style=STYLES.get(d.verdict, ""))
+            line.append(f"{where}: ", style="bold")
+            if cause.class_id == "no-known-cause":
+                finding = cause.finding if explain or len(cause.finding) <= 160 else cause.finding[:159] + "…"
+                line.append("no known cause", style="bold")
+                line.append(f"; {printable(finding)}")
+            else:
+                line.append(cause.class_id, style="bold cyan")
+                line.append(f" ({cause.confidence:.2f}) {printable(cause.title)}")
+                line.append(f"; settled by {printable(cause.settled_by or 'the records')}", style="dim")
+            console.print(line)
+            if explain:
+                _explain(cause, console)
+    if not explain:
+        console.print(Text("  --explain gives each cause's evidence, explanation and fix (docs/diagnosis.md)",
+                           style="dim"))
+
+
+def _explain(cause: Any, console: Console) -> None:
+    indent = "      "
+    if cause.class_id != "no-known-cause":
+        console.print(Text(f"{indent}finding: {printable(cause.finding)}"))
+    if cause.evidence:
+        console.print(Text(f"{indent}evidence: {', '.join(printable(e) for e in cause.evidence)}", style="dim"))
+    for e in cause.experiments:
+        console.print(Text(f"{indent}experiment {printable(e.id)} ({printable(e.dtype)}): {printable(e.outcome)}",
+                           style="dim"))
+    if cause.explanation:
+        console.print(Text(f"{indent}{printable(cause.explanation)}"))
+    if cause.fix:
+        console.print(Text(f"{indent}fix: {printable(cause.fix)}", style="green"))
+    for code in (cause.sketch or "").splitlines():
+        console.print(Text(f"{indent}    {printable(code)}", style="cyan"))

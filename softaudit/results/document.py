@@ -8,9 +8,13 @@ a malformed file raises ResultsError (bad input: one line, exit 2).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from softaudit.errors import BadInput
 from softaudit.results.records import Record, SpeedRecord
+
+if TYPE_CHECKING:
+    from softaudit.results.diagnoses import Diagnosis
 
 
 class ResultsError(BadInput):
@@ -33,6 +37,9 @@ class ResultsDocument:
     schema_version: int = 1
     source: str = ""
     """Where the document came from: the JSON path, or "" for an audit just run."""
+    diagnoses: list[Diagnosis] | None = None
+    """The diagnosis of every candidate x op x direction with a FAIL or WARN (docs/diagnosis.md);
+    None when the diagnosis did not run (--no-diagnose, or a file written without it)."""
 
     def record(self, record_id: str) -> Record:
         """The record with this id; ResultsError naming near matches when there is none."""

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from softaudit.judging.metrics import Location, RecordMetrics
+from softaudit.results.diagnoses import Diagnosis
 from softaudit.results.document import ResultsDocument, ResultsError
 from softaudit.results.records import Record, SpeedRecord
 
@@ -85,11 +87,12 @@ SPEED_FIELDS = ("median_s", "iqr_s", "repeats", "copies", "elements_per_s", "byt
 """The figures of a speed record, in the order the JSON writes them (docs/json-schema.md)."""
 
 
-def result_dict(result: AuditResult) -> dict:
-    """The whole results document."""
+def result_dict(result: AuditResult, diagnoses: Sequence[Any] | None = None) -> dict:
+    """The whole results document; ``diagnoses`` (softaudit.diagnosis.Diagnosis, or their dicts)
+    when the diagnosis ran: written as "diagnoses", left out when it did not."""
     opts = result.options
     counts = result.counts()
-    return {
+    doc = {
         "schema_version": SCHEMA_VERSION,
         "softaudit_version": result.environment.get("softaudit"),
         "complete": result.complete,
@@ -119,11 +122,14 @@ def result_dict(result: AuditResult) -> dict:
             "reference_uncertified": result.uncertified, "worker_restarts": result.worker_restarts,
         },
     }
+    if diagnoses is not None:
+        doc["diagnoses"] = [d if isinstance(d, dict) else d.to_dict() for d in diagnoses]
+    return doc
 
 
-def results_json(result: AuditResult) -> str:
-    """The results file's text (what ``--json`` writes)."""
-    return json.dumps(result_dict(result), indent=2, allow_nan=False) + "\n"
+def results_json(result: AuditResult, diagnoses: Sequence[Any] | None = None) -> str:
+    """The results file's text (what ``--json`` writes); ``diagnoses`` as for result_dict."""
+    return json.dumps(result_dict(result, diagnoses), indent=2, allow_nan=False) + "\n"
 
 
 # --------------------------------------------------------------------------
@@ -300,6 +306,7 @@ def document_of_dict(data: Any, source: str = "") -> ResultsDocument:
     complete = data.get("complete", True)
     if not isinstance(complete, bool):
         raise ResultsError(f"{where}: 'complete' is {complete!r}, not true or false")
+    diagnoses = _diagnoses(data.get("diagnoses"), where)
     version_text = data.get("softaudit_version")
     if version_text is not None and not isinstance(version_text, str):
         raise ResultsError(f"{where}: 'softaudit_version' is not a string")
@@ -307,8 +314,26 @@ def document_of_dict(data: Any, source: str = "") -> ResultsDocument:
         records=records, speed=speed, environment=environment, options=options,
         candidates=list(candidates), summary=_object(data, "summary", where),
         complete=complete, softaudit_version=version_text,
-        schema_version=int(version), source=source,
+        schema_version=int(version), source=source, diagnoses=diagnoses,
     )
+
+
+def _diagnoses(raw: Any, where: str) -> list | None:
+    """The document's "diagnoses" back as Diagnosis objects; None when it has none (not run)."""
+    if raw is None:
+        return None
+    if not isinstance(raw, list):
+        raise ResultsError(f"{where}: 'diagnoses' is not a list")
+    out = []
+    for i, d in enumerate(raw):
+        try:
+            if not isinstance(d, dict):
+                raise TypeError("not an object")
+            out.append(Diagnosis.from_dict(d))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            what = f"missing key {exc}" if isinstance(exc, KeyError) else str(exc)
+            raise ResultsError(f"{where}: diagnosis {i} is malformed ({what})") from None
+    return out
 
 
 def load_results(path: str | Path) -> ResultsDocument:
