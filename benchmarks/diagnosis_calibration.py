@@ -33,7 +33,7 @@ CALIBRATION_CASES = [
     "mask-scattered", "nan-one-row", "posinf-one", "posinf-only", "confident-0.999", "n513-rows",
     "uniform-1024", "uniform-262144", "near-uniform-4096", "near-uniform-65536", "long-zeros-65536",
     "long-normal-4096", "ce-prob-masked", "ce-prob-one-hot-masked", "ce-prob-random",
-    "ce-smoothing-0.1-ignore-none", "ce-smoothing-0.9-ignore-mean", "ce-ignore-padding-mean",
+    "ce-smoothing-0.1-ignore-none", "ce-smoothing-0.9-ignore-mean", "ce-smoothing-0.1-finfo-min-mask", "ce-ignore-padding-mean",
     "ce-offset-plus-1e8", "ce-target-below-max-100", "grad-confident-0.999-ones", "grad-ce-mean-confident",
 ]
 

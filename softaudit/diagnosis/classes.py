@@ -126,10 +126,21 @@ _C = [
     BugClass(
         "smoothing-normalisation", "label smoothing normalised differently from torch",
         "The smoothed target is not (1 - eps) * onehot + eps / C over all C classes: eps is spread over "
-        "the other C - 1 classes, the (1 - eps) factor is missing, or the smoothing sum is formed where "
-        "it overflows. The loss differs from the closed form on every smoothed row.",
+        "the other C - 1 classes, or the (1 - eps) factor is missing. The loss differs from the closed "
+        "form on every smoothed row.",
         "Use q' = (1 - eps) * q + eps / C over every class (weights multiply q').",
         "coef = (1 - eps) * onehot + eps / C\nloss = (coef * -logp).sum(-1)"),
+    BugClass(
+        "smoothing-sum-overflow", "label smoothing's sum over classes overflows",
+        "The smoothing term eps / C * sum_c (-log p_c) is formed as a plain sum over every class. A "
+        "logit masked with a large finite constant (finfo.min, -1e30) has -log p_c near the format's "
+        "largest value, and the sum of a few of them overflows to inf: the loss is inf (or NaN) on rows "
+        "whose exact loss is finite. Smoothing itself is right: the same rows without masking pass.",
+        "Form the smoothing term from the logits, without summing huge -log p terms: sum_c (-log p_c) = "
+        "C * lse - sum_c x_c, with the sum of the logits taken in a wider format (or scaled by 1/C "
+        "before it is summed).",
+        "smooth = (lse - x.mean(-1))          # = mean_c(-log p_c), no huge partial sums\n"
+        "loss = (1 - eps) * (lse - x_t) + eps * smooth"),
     BugClass(
         "ignored-rows-in-mean", "the mean counts ignored rows (or ignores the weights)",
         "reduction='mean' divides by the number of rows instead of the summed weights of the rows that "

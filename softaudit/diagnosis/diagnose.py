@@ -209,7 +209,10 @@ def _smoothing(g: _Group) -> Cause | None:
         a, b, c = res.failed("eps-0.3"), res.failed("eps-0"), res.failed("eps-0.1-finfo-min")
         runs.append(_run_info(res, f"eps 0.3 {'fails' if a else 'passes'}, eps 0.1 over finfo.min logits "
                                    f"{'fails' if c else 'passes'}, eps 0 {'fails' if b else 'passes'}"))
-        if (a or c) and not b:
+        if c and a is False and not b:  # only the masked rows fail: the sum overflows, eps is right
+            return _cause("smoothing-sum-overflow", 0.92, f"{len(hit)} smoothed record(s) fail; smoothing "
+                          "alone passes, over finfo.min-masked logits it fails", hit, runs, "smoothing")
+        if a and not b:
             conf, settled = 0.92, "smoothing"
         elif a is False and not c:
             conf = 0.2
