@@ -93,11 +93,12 @@ step() {
 # -v: a run cut short by its timeout still shows which tests passed (pytest-timeout is not assumed).
 step 1-pytest-gpu "$T_TEST" "$PY" -m pytest -m gpu tests/ -v -rs -p no:cacheprovider
 
-# 2. The full-library audit, cold and then warm.
+# 2. The full-library audit, cold and then warm: the audit alone (--no-diagnose), as issue 19 times
+#    it; step 3 keeps the diagnosis.
 step 2-audit-cold "$T_COLD" softaudit run builtin:torch "${TRITON[@]}" --device "$DEVICE" --jobs "$JOBS" \
-    "${SELECT[@]}" --json "$DEST/audit-cold.json" --findings 20
+    "${SELECT[@]}" --json "$DEST/audit-cold.json" --findings 20 --no-diagnose
 step 2-audit-warm "$T_WARM" softaudit run builtin:torch "${TRITON[@]}" --device "$DEVICE" --jobs "$JOBS" \
-    "${SELECT[@]}" --json "$DEST/audit-warm.json" --findings 20
+    "${SELECT[@]}" --json "$DEST/audit-warm.json" --findings 20 --no-diagnose
 
 # 3. With the buggy example: its FAILs are its own; none may blame another record's CUDA error.
 step 3-audit-buggy "$T_BUGGY" softaudit run builtin:torch "${TRITON[@]}" examples/buggy_online_softmax.py \
@@ -138,7 +139,7 @@ cat "$DEST/3-check.log" >> "$SUMMARY"
 # 4. Speed: softmax forward at LLM shapes (the audit before it is one case: step 2 did the rest).
 step 4-bench "$T_BENCH" softaudit run builtin:torch builtin:triton-softmax builtin:triton-online --device "$DEVICE" \
     --op softmax --direction forward --case offset-plus-1e3 --bench "${BENCH[@]}" --jobs "$JOBS" \
-    --json "$DEST/bench.json"
+    --json "$DEST/bench.json" --no-diagnose
 
 # 5. A short search on the device.
 step 5-search "$T_SEARCH" softaudit search examples/tiled_softmax.py --op softmax --budget "$BUDGET" \
