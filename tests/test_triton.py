@@ -187,7 +187,7 @@ def test_out_of_range_targets_raise_index_error_naming_the_first_bad_row():
 def test_rows_of_many_lengths_share_a_handful_of_kernel_variants():
     """Row lengths from 1 to 40,000: the blocks are a fixed few and n is a runtime argument, so each
     kernel has at most len(blocks) x 3 variants (Triton compiles n == 1 and n divisible by 16 apart)
-    per op and format, however many lengths; one per length before (next_power_of_2(n) constexpr)."""
+    per format, however many lengths; one per length before (next_power_of_2(n) constexpr)."""
     out = _in_a_fresh_interpreter("""
         import json
         lengths = [*range(1, 1100, 37), 1024, 2000, 4096, 9000, 16384, 20000, 32768, 40000]
@@ -217,6 +217,35 @@ def test_rows_of_many_lengths_share_a_handful_of_kernel_variants():
         for kernel, variants in s["variants"].items():
             bound = 3 * (len(ROW_BLOCKS) if kernel.startswith("triton_softmax.") else len(TILES) + 1)
             assert variants <= bound < lengths, (target, kernel, variants)
+
+
+def test_the_ops_weights_and_directions_share_one_kernel_variant():
+    """The op (softmax, log_softmax, logsumexp) is a runtime argument of the row kernels, and
+    cross-entropy's weights and direction of its kernel: for one shape and format, each row kernel
+    is one variant for the three ops, and cross-entropy one for its forward and backward with and
+    without weights (issue 19: a constexpr op compiled each apart, three times the variants)."""
+    out = _in_a_fresh_interpreter("""
+        import json
+        from softaudit.builtins import triton_ce, triton_online, triton_softmax
+        x, dy, d = torch.randn(3, 100), torch.randn(3, 100), torch.randn(3)
+        for m in (triton_softmax, triton_online):
+            for f, b in ((m.softmax, m.softmax_backward), (m.log_softmax, m.log_softmax_backward)):
+                b(f(x), dy)
+            m.logsumexp_backward(x, m.logsumexp(x), d)
+        t, w = torch.tensor([0, 99, 5]), torch.rand(100)
+        for weight in (None, w):
+            triton_ce.cross_entropy(x, t, weight, label_smoothing=0.1)
+            triton_ce.cross_entropy_backward(x, t, d, weight, label_smoothing=0.1)
+        print(json.dumps(kernels.summary(kernels.noted())))
+        """)
+    import json
+
+    summary = json.loads(out)
+    assert summary["builtin:triton-softmax"]["variants"] == {"triton_softmax._forward_rows": 1,
+                                                             "triton_softmax._backward_rows": 1}
+    assert summary["builtin:triton-online"]["variants"] == {"triton_online._forward_rows": 1,
+                                                            "triton_online._backward_rows": 1}
+    assert summary["builtin:triton-ce"]["variants"] == {"triton_ce._cross_entropy_rows": 1}
 
 
 # --------------------------------------------------------------------------

@@ -14,16 +14,18 @@ cancel badly against large logits):
   with finfo.min (c - x_c = 3.4e38 in float32) cannot overflow the sum;
 - then lse - x_t = (c - x_t) + log s and (e / C) sum_c w_c (lse - x_c) = T + K log s.
 
-The backward is the same kernel with GRAD set: a second pass writes
+The backward is the same kernel with ``grad`` set (a runtime flag, as ``has_weight``: one
+compilation serves the forward and the backward, with and without weights, where a constexpr
+would compile each of the four apart): a second pass writes
 dx_c = g_i (A_i p_c - coef_c), with p = exp(x - c) / s, A_i = (1 - e) w_t + K and
 coef_c = (1 - e) w_t [c = t] + (e / C) w_c; 0 for ignored rows. Everything is computed in float32
 (float64 for float64 logits) and rounded once into the logits' format.
 
 Tiles: the smallest of 128, 1,024, 4,096 and 16,384 that holds the row (32, 4, 1 and 1 rows
-a program), else 16,384 (triton_math.TILES): a few compilations per format and option set,
-whatever the vocabulary. A row that fits one tile stays in registers, so the backward reads
-the logits once; a longer row is read twice in the backward, the second time last tile first
-(still in the L2 cache).
+a program), else 16,384 (triton_math.TILES): a few compilations per format, whatever the
+vocabulary, the weights and the direction. A row that fits one tile stays in registers, so the
+backward reads the logits once; a longer row is read twice in the backward, the second time
+last tile first (still in the L2 cache).
 
 Zero coefficients count as zero: a -inf logit with weight 0, or with e = 0, adds nothing
 (never 0 x inf = NaN). A row whose max is ±inf (fully masked, or holding +inf) has no defined
@@ -48,11 +50,12 @@ TARGET = "builtin:triton-ce"
 
 
 @triton.jit
-def _tile(x_ptr, w_ptr, r, cols, valid, n, stride, zero, HAS_WEIGHT: tl.constexpr):
-    """The logits of a [ROWS, TILE] tile (lanes past the row: -inf) and the class weights (0 there)."""
+def _tile(x_ptr, w_ptr, r, cols, valid, n, stride, zero, has_weight):
+    """The logits of a [ROWS, TILE] tile (lanes past the row: -inf) and the class weights (0 there;
+    1 without weights)."""
     inside = valid[:, None] & (cols[None, :] < n)
     x = tl.load(x_ptr + r[:, None] * stride + cols[None, :], mask=inside, other=float("-inf")).to(zero.dtype)
-    if HAS_WEIGHT:
+    if has_weight != 0:
         w = tl.load(w_ptr + cols, mask=cols < n, other=0.0).to(zero.dtype)
     else:
         w = tl.where(cols < n, 1.0, 0.0).to(zero.dtype)
@@ -70,10 +73,12 @@ def _write_gradient(dx_ptr, x, w, cols, r, valid, n, stride, t, ignored, defined
     tl.store(dx_ptr + r[:, None] * stride + cols[None, :], dx.to(dx_ptr.dtype.element_ty), mask=inside)
 
 
-@triton.jit(do_not_specialize=["rows", "ignore_index", "g_stride"])
+@triton.jit(do_not_specialize=["rows", "ignore_index", "g_stride", "has_weight", "grad"])
 def _cross_entropy_rows(x_ptr, t_ptr, w_ptr, g_ptr, eps_ptr, loss_ptr, dx_ptr, bad_ptr, rows, n, stride,
-                        ignore_index, g_stride, HAS_WEIGHT: tl.constexpr, GRAD: tl.constexpr, ROWS: tl.constexpr,
-                        TILE: tl.constexpr, SINGLE: tl.constexpr, WIDE: tl.constexpr, PRECISE: tl.constexpr):
+                        ignore_index, g_stride, has_weight, grad, ROWS: tl.constexpr, TILE: tl.constexpr,
+                        SINGLE: tl.constexpr, WIDE: tl.constexpr, PRECISE: tl.constexpr):
+    """has_weight and grad (0 or 1) are runtime flags, uniform over the launch: one compiled kernel
+    serves the forward and the backward, with and without class weights."""
     r = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)  # this program's rows
     valid = r < rows
     t = tl.load(t_ptr + r, mask=valid, other=0)
@@ -89,7 +94,7 @@ def _cross_entropy_rows(x_ptr, t_ptr, w_ptr, g_ptr, eps_ptr, loss_ptr, dx_ptr, b
     soft = smoothing / n  # the smoothing coefficient per class, times w_c
     if SINGLE:  # the row fits one tile: in registers, read once
         cols = tl.arange(0, TILE)
-        x, w = _tile(x_ptr, w_ptr, r, cols, valid, n, stride, zero, HAS_WEIGHT)
+        x, w = _tile(x_ptr, w_ptr, r, cols, valid, n, stride, zero, has_weight)
         m = tl.max(x, axis=1)
         shift = tm.shift_of(m)
         ones, rest = tm.exp_sum(x, shift, PRECISE)
@@ -107,7 +112,7 @@ def _cross_entropy_rows(x_ptr, t_ptr, w_ptr, g_ptr, eps_ptr, loss_ptr, dx_ptr, b
         shift = tm.shift_of(m)
         for start in range(0, n, TILE):
             cols = start + tl.arange(0, TILE)
-            x, w = _tile(x_ptr, w_ptr, r, cols, valid, n, stride, zero, HAS_WEIGHT)
+            x, w = _tile(x_ptr, w_ptr, r, cols, valid, n, stride, zero, has_weight)
             m = tl.maximum(m, tl.max(x, axis=1))
             new_shift = tm.shift_of(m)
             ones, rest, s_carry = tm.accumulate(ones, rest, s_carry, shift, new_shift, x, PRECISE)
@@ -121,13 +126,13 @@ def _cross_entropy_rows(x_ptr, t_ptr, w_ptr, g_ptr, eps_ptr, loss_ptr, dx_ptr, b
     s = ones + rest
     log_s = tm.log(s, PRECISE)
     x_t = tl.load(x_ptr + r * stride + t, mask=valid, other=0.0).to(zero.dtype)
-    if HAS_WEIGHT:
+    if has_weight != 0:
         w_t = tl.load(w_ptr + t, mask=valid, other=0.0).to(zero.dtype)
     else:
         w_t = zero + 1.0
     hard = (1.0 - smoothing) * w_t
     defined = tm.finite(m)  # else the row is undefined: NaN loss and gradient, unless ignored
-    if GRAD:
+    if grad != 0:
         g = tl.load(g_ptr + r * g_stride, mask=valid, other=0.0).to(zero.dtype)
         a = hard + total_soft
         if SINGLE:
@@ -137,7 +142,7 @@ def _cross_entropy_rows(x_ptr, t_ptr, w_ptr, g_ptr, eps_ptr, loss_ptr, dx_ptr, b
             tiles = tl.cdiv(n, TILE)
             for i in range(tiles):
                 cols = (tiles - 1 - i) * TILE + tl.arange(0, TILE)  # last tile first: still in L2
-                x, w = _tile(x_ptr, w_ptr, r, cols, valid, n, stride, zero, HAS_WEIGHT)
+                x, w = _tile(x_ptr, w_ptr, r, cols, valid, n, stride, zero, has_weight)
                 _write_gradient(dx_ptr, x, w, cols, r, valid, n, stride, t, ignored, defined, shift, s, g, a, hard,
                                 soft, WIDE, PRECISE)
     else:
@@ -180,9 +185,9 @@ def _launch(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | N
         tile = tm.tile_for(n)
         per = tm.rows_per_program(tile)
         tm.launch(TARGET, _cross_entropy_rows, tm.grid(rows, per),
-                  (x, t, w, g.contiguous(), eps, out, dx, bad, rows, n, x.stride(0), int(ignore_index), g_stride), n,
-                  tm.warps_for(per * tile, x), HAS_WEIGHT=weight is not None, GRAD=dloss is not None, ROWS=per,
-                  TILE=tile, SINGLE=n <= tile, WIDE=tm.wide(x), PRECISE=tm.precise(x))
+                  (x, t, w, g.contiguous(), eps, out, dx, bad, rows, n, x.stride(0), int(ignore_index), g_stride,
+                   int(weight is not None), int(dloss is not None)), n,
+                  tm.warps_for(per * tile, x), ROWS=per, TILE=tile, SINGLE=n <= tile, WIDE=tm.wide(x), PRECISE=tm.precise(x))
         if int(bad.item()):
             _raise_out_of_range(t, n, ignore_index)
     return out

@@ -30,8 +30,9 @@ from softaudit.candidates import kernels
 
 ROW_BLOCKS = (128, 1024, 4096, 16384, 32768)
 """The blocks a whole row is held in (builtin:triton-softmax): a row of n elements takes the
-smallest that holds it. A handful of compilations per kernel, op and format, whatever the row
-lengths; the row length is a runtime argument and the lanes past it are masked."""
+smallest that holds it. A handful of compilations per kernel and format, whatever the row
+lengths and the op; the row length and the op are runtime arguments, and the lanes past the row
+are masked."""
 
 WIDE_MAX_BLOCK = 16384
 """The largest whole-row block in float64 (twice the registers of float32)."""
@@ -164,37 +165,46 @@ def load_rows(ptr, r, cols, rows, n, stride, other, WIDE: tl.constexpr):
 
 
 @triton.jit
-def write_rows(out_ptr, x, r, cols, rows, n, stride, OP: tl.constexpr, WIDE: tl.constexpr, PRECISE: tl.constexpr):
+def store_rows(ptr, v, r, cols, rows, n, stride):
+    """Store a [ROWS, COLS] tile v at rows r, columns cols (masked past the rows' end), rounded
+    into the output's format."""
+    inside = (r[:, None] < rows) & (cols[None, :] < n)
+    tl.store(ptr + r[:, None] * stride + cols[None, :], v.to(ptr.dtype.element_ty), mask=inside)
+
+
+@triton.jit
+def write_rows(out_ptr, x, r, cols, rows, n, stride, op, WIDE: tl.constexpr, PRECISE: tl.constexpr):
     """The single pass over whole rows held in registers: x is a [ROWS, BLOCK] tile (lanes past the
     row: -inf); computes the op and writes it (one read and one write per element in all). Each
-    exp is taken once: softmax divides the very terms it summed."""
+    exp is taken once: softmax divides the very terms it summed. ``op`` (SOFTMAX, LOG_SOFTMAX,
+    LOGSUMEXP) is a runtime scalar, uniform over the program: the three ops share one compiled
+    kernel, and each branch stores its own result (no tile leaves a branch)."""
     m = tl.max(x, axis=1)
     shift = shift_of(m)
     z = x - shift[:, None]
     e = exp(z, PRECISE)  # padding lanes: exp(-inf) = 0
     ones, rest = split_sum(e)
     s = ones + rest
-    if OP == 2:  # logsumexp: -inf for a fully masked row (s = 0), +inf with a +inf entry
+    if op == 2:  # logsumexp: -inf for a fully masked row (s = 0), +inf with a +inf entry
         tl.store(out_ptr + r, (shift + log(s, PRECISE)).to(out_ptr.dtype.element_ty), mask=r < rows)
+    elif op == 0:
+        y = div(e, s[:, None], WIDE)
+        store_rows(out_ptr, tl.where(finite(m)[:, None], y, float("nan")), r, cols, rows, n, stride)  # undefined rows: NaN, as torch
     else:
-        if OP == 0:
-            y = div(e, s[:, None], WIDE)
-        else:
-            y = z - log(s, PRECISE)[:, None]
-        y = tl.where(finite(m)[:, None], y, float("nan"))  # undefined rows: NaN, as torch
-        inside = (r[:, None] < rows) & (cols[None, :] < n)
-        tl.store(out_ptr + r[:, None] * stride + cols[None, :], y.to(out_ptr.dtype.element_ty), mask=inside)
+        y = z - log(s, PRECISE)[:, None]
+        store_rows(out_ptr, tl.where(finite(m)[:, None], y, float("nan")), r, cols, rows, n, stride)
 
 
 @triton.jit
-def write_gradient_rows(a, dy_ptr, dx_ptr, r, cols, rows, n, stride, OP: tl.constexpr, WIDE: tl.constexpr,
+def write_gradient_rows(a_ptr, dy_ptr, dx_ptr, r, cols, rows, n, stride, op, WIDE: tl.constexpr,
                         PRECISE: tl.constexpr):
-    """The backward pass over whole rows in registers: a is the [ROWS, BLOCK] tile of y (softmax,
-    log_softmax; lanes past the row 0) or of x (logsumexp, whose dy is one value per row; lanes
+    """The backward pass over whole rows in registers, [ROWS, BLOCK] tiles: a is y (softmax,
+    log_softmax; lanes past the row 0) or x (logsumexp, whose dy is one value per row; lanes
     past the row -inf). softmax dx = y (dy - sum(y dy)), log_softmax dx = dy - exp(y) sum(dy),
     logsumexp dx = dy softmax(x) (from x: exp(x - y) with y rounded into a 16-bit format would be
-    off by up to exp(ulp(y) / 2))."""
-    if OP == 2:
+    off by up to exp(ulp(y) / 2)). ``op`` is a runtime scalar, as in ``write_rows``."""
+    if op == 2:
+        a = load_rows(a_ptr, r, cols, rows, n, stride, float("-inf"), WIDE)
         g = tl.load(dy_ptr + r, mask=r < rows, other=0.0)
         if WIDE:
             g = g.to(tl.float64)
@@ -203,15 +213,15 @@ def write_gradient_rows(a, dy_ptr, dx_ptr, r, cols, rows, n, stride, OP: tl.cons
         m = tl.max(a, axis=1)
         e = exp(a - m[:, None], PRECISE)  # plain max: an undefined row comes out NaN
         ones, rest = split_sum(e)
-        dx = g[:, None] * div(e, (ones + rest)[:, None], WIDE)
+        store_rows(dx_ptr, g[:, None] * div(e, (ones + rest)[:, None], WIDE), r, cols, rows, n, stride)
+    elif op == 0:
+        y = load_rows(a_ptr, r, cols, rows, n, stride, 0.0, WIDE)
+        dy = load_rows(dy_ptr, r, cols, rows, n, stride, 0.0, WIDE)
+        store_rows(dx_ptr, y * (dy - tl.sum(y * dy, axis=1)[:, None]), r, cols, rows, n, stride)
     else:
-        g = load_rows(dy_ptr, r, cols, rows, n, stride, 0.0, WIDE)
-        if OP == 0:
-            dx = a * (g - tl.sum(a * g, axis=1)[:, None])
-        else:
-            dx = g - exp(a, PRECISE) * tl.sum(g, axis=1)[:, None]
-    inside = (r[:, None] < rows) & (cols[None, :] < n)
-    tl.store(dx_ptr + r[:, None] * stride + cols[None, :], dx.to(dx_ptr.dtype.element_ty), mask=inside)
+        y = load_rows(a_ptr, r, cols, rows, n, stride, 0.0, WIDE)
+        dy = load_rows(dy_ptr, r, cols, rows, n, stride, 0.0, WIDE)
+        store_rows(dx_ptr, dy - exp(y, PRECISE) * tl.sum(dy, axis=1)[:, None], r, cols, rows, n, stride)
 
 
 def wide(x: torch.Tensor) -> bool:
@@ -225,7 +235,9 @@ def precise(x: torch.Tensor) -> bool:
 
 
 SOFTMAX, LOG_SOFTMAX, LOGSUMEXP = 0, 1, 2
-"""The row kernels' OP: which op a launch computes."""
+"""The row kernels' ``op``: which op a launch computes. A runtime argument (``do_not_specialize``:
+Triton would otherwise compile op == 1 and op % 16 == 0 apart), so the three ops share their
+compilations."""
 
 
 def block_for(n: int, x: torch.Tensor) -> int | None:
@@ -324,7 +336,7 @@ def _signature(args: tuple, n: int, num_warps: int, constexprs: dict) -> str:
 
 
 def forward(target: str, kernel: Any, x: torch.Tensor, op: int, width: int, **constexprs: Any) -> torch.Tensor:
-    """Launch a forward row kernel ``kernel(x, out, rows, n, stride, OP, ROWS, <width>, WIDE,
+    """Launch a forward row kernel ``kernel(x, out, rows, n, stride, op, ROWS, <width>, WIDE,
     PRECISE, **constexprs)`` over x (rows x n) and return its output: a row like x, or a value per
     row. ``width``: the block or tile (its constexpr's name is in ``constexprs``' caller)."""
     x = rows_of(x)
@@ -336,7 +348,7 @@ def forward(target: str, kernel: Any, x: torch.Tensor, op: int, width: int, **co
 
 def backward(target: str, kernel: Any, a: torch.Tensor, dy: torch.Tensor, op: int, width: int,
              **constexprs: Any) -> torch.Tensor:
-    """Launch a backward row kernel ``kernel(a, dy, dx, rows, n, stride, OP, ...)`` (a: y, or x for
+    """Launch a backward row kernel ``kernel(a, dy, dx, rows, n, stride, op, ...)`` (a: y, or x for
     logsumexp) and return dx."""
     a = rows_of(a)
     dx = torch.empty_like(a)
@@ -350,5 +362,5 @@ def _rows_launch(target: str, kernel: Any, tensors: tuple, x: torch.Tensor, op: 
     if not rows:
         return
     per = rows_per_program(width)
-    launch(target, kernel, grid(rows, per), (*tensors, rows, n, x.stride(0)), n, warps_for(per * width, x),
-           OP=op, ROWS=per, WIDE=wide(x), PRECISE=precise(x), **constexprs)
+    launch(target, kernel, grid(rows, per), (*tensors, rows, n, x.stride(0), op), n, warps_for(per * width, x),
+           ROWS=per, WIDE=wide(x), PRECISE=precise(x), **constexprs)

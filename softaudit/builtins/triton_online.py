@@ -6,7 +6,9 @@ row that fits one tile is held in registers, read once and written once (the sin
 kernel of builtin:triton-softmax); a longer row is read in 16,384-element tiles by the online
 statistics pass below, then once more, tile by tile in reverse order so that the tiles read
 last are still in the GPU's L2 cache, to write it. The row length is a runtime argument (lanes
-past it masked), so a few compilations per op and format serve every row length.
+past it masked), and so is the op (softmax, log_softmax, logsumexp: a branch uniform over the
+program, each branch storing its own result), so a few compilations per format serve every row
+length and all three ops.
 
 The statistics pass keeps a running shift c and sum s = sum exp(x_j - c) over the tiles seen.
 When a tile raises the max, the sum is rescaled: s <- s exp(c_old - c_new) + sum exp(x - c_new).
@@ -68,17 +70,17 @@ def _statistics(x_ptr, r, rows, n, stride, ROWS: tl.constexpr, TILE: tl.constexp
     return m, shift, ones + rest
 
 
-@triton.jit(do_not_specialize=["rows"])
-def _forward_rows(x_ptr, out_ptr, rows, n, stride, OP: tl.constexpr, ROWS: tl.constexpr, TILE: tl.constexpr,
+@triton.jit(do_not_specialize=["rows", "op"])
+def _forward_rows(x_ptr, out_ptr, rows, n, stride, op, ROWS: tl.constexpr, TILE: tl.constexpr,
                   SINGLE: tl.constexpr, WIDE: tl.constexpr, PRECISE: tl.constexpr):
     r = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
     if SINGLE:  # the row fits one tile: in registers, read once
         cols = tl.arange(0, TILE)
         x = _load(x_ptr, r, cols, rows, n, stride, float("-inf"), WIDE)
-        tm.write_rows(out_ptr, x, r, cols, rows, n, stride, OP, WIDE, PRECISE)
+        tm.write_rows(out_ptr, x, r, cols, rows, n, stride, op, WIDE, PRECISE)
     else:
         m, shift, s = _statistics(x_ptr, r, rows, n, stride, ROWS, TILE, WIDE, PRECISE)
-        if OP == 2:
+        if op == 2:
             tl.store(out_ptr + r, (shift + tm.log(s, PRECISE)).to(out_ptr.dtype.element_ty), mask=r < rows)
         else:
             log_s = tm.log(s, PRECISE)
@@ -87,35 +89,36 @@ def _forward_rows(x_ptr, out_ptr, rows, n, stride, OP: tl.constexpr, ROWS: tl.co
             for i in range(tiles):
                 cols = (tiles - 1 - i) * TILE + tl.arange(0, TILE)  # last tile first: still in L2
                 x = _load(x_ptr, r, cols, rows, n, stride, float("-inf"), WIDE)
-                if OP == 0:
+                if op == 0:
                     y = tm.div(tm.exp(x - shift[:, None], PRECISE), s[:, None], WIDE)
+                    tm.store_rows(out_ptr, tl.where(defined[:, None], y, float("nan")), r, cols, rows, n, stride)
                 else:
                     y = (x - shift[:, None]) - log_s[:, None]
-                y = tl.where(defined[:, None], y, float("nan"))  # undefined rows: NaN, as torch
-                inside = (r[:, None] < rows) & (cols[None, :] < n)
-                tl.store(out_ptr + r[:, None] * stride + cols[None, :], y.to(out_ptr.dtype.element_ty), mask=inside)
+                    tm.store_rows(out_ptr, tl.where(defined[:, None], y, float("nan")), r, cols, rows, n, stride)
 
 
-@triton.jit(do_not_specialize=["rows"])
-def _backward_rows(a_ptr, dy_ptr, dx_ptr, rows, n, stride, OP: tl.constexpr, ROWS: tl.constexpr,
-                   TILE: tl.constexpr, SINGLE: tl.constexpr, WIDE: tl.constexpr, PRECISE: tl.constexpr):
+@triton.jit(do_not_specialize=["rows", "op"])
+def _backward_rows(a_ptr, dy_ptr, dx_ptr, rows, n, stride, op, ROWS: tl.constexpr, TILE: tl.constexpr,
+                   SINGLE: tl.constexpr, WIDE: tl.constexpr, PRECISE: tl.constexpr):
     """a is y for softmax and log_softmax, x for logsumexp (whose dy is one value per row)."""
     r = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
     if SINGLE:  # the row fits one tile: in registers, read once
-        cols = tl.arange(0, TILE)
-        if OP == 2:
-            a = _load(a_ptr, r, cols, rows, n, stride, float("-inf"), WIDE)
-        else:
-            a = _load(a_ptr, r, cols, rows, n, stride, 0.0, WIDE)
-        tm.write_gradient_rows(a, dy_ptr, dx_ptr, r, cols, rows, n, stride, OP, WIDE, PRECISE)
+        tm.write_gradient_rows(a_ptr, dy_ptr, dx_ptr, r, tl.arange(0, TILE), rows, n, stride, op, WIDE, PRECISE)
     else:
-        if OP == 2:
+        tiles = tl.cdiv(n, TILE)
+        if op == 2:
             m, shift, s = _statistics(a_ptr, r, rows, n, stride, ROWS, TILE, WIDE, PRECISE)
             g = tl.load(dy_ptr + r, mask=r < rows, other=0.0)
             if WIDE:
                 g = g.to(tl.float64)
             else:
                 g = g.to(tl.float32)
+            for i in range(tiles):
+                cols = (tiles - 1 - i) * TILE + tl.arange(0, TILE)  # last tile first: still in L2
+                x = _load(a_ptr, r, cols, rows, n, stride, float("-inf"), WIDE)
+                p = tm.div(tm.exp(x - shift[:, None], PRECISE), s[:, None], WIDE)
+                dx = g[:, None] * tl.where(tm.finite(m)[:, None], p, float("nan"))  # an undefined row: NaN
+                tm.store_rows(dx_ptr, dx, r, cols, rows, n, stride)
         else:
             if WIDE:
                 total = tl.zeros((ROWS,), tl.float64)
@@ -123,26 +126,21 @@ def _backward_rows(a_ptr, dy_ptr, dx_ptr, rows, n, stride, OP: tl.constexpr, ROW
                 total = tl.zeros((ROWS,), tl.float32)
             for start in range(0, n, TILE):  # sum(y dy) for softmax, sum(dy) for log_softmax
                 cols = start + tl.arange(0, TILE)
-                g = _load(dy_ptr, r, cols, rows, n, stride, 0.0, WIDE)
-                if OP == 0:
-                    total += tl.sum(_load(a_ptr, r, cols, rows, n, stride, 0.0, WIDE) * g, axis=1)
+                if op == 0:
+                    total += tl.sum(_load(a_ptr, r, cols, rows, n, stride, 0.0, WIDE)
+                                    * _load(dy_ptr, r, cols, rows, n, stride, 0.0, WIDE), axis=1)
                 else:
-                    total += tl.sum(g, axis=1)
-        tiles = tl.cdiv(n, TILE)
-        for i in range(tiles):
-            cols = (tiles - 1 - i) * TILE + tl.arange(0, TILE)  # last tile first: still in L2
-            if OP == 0:
-                dx = _load(a_ptr, r, cols, rows, n, stride, 0.0, WIDE) * (
-                    _load(dy_ptr, r, cols, rows, n, stride, 0.0, WIDE) - total[:, None])
-            elif OP == 1:
-                dx = _load(dy_ptr, r, cols, rows, n, stride, 0.0, WIDE) - tm.exp(
-                    _load(a_ptr, r, cols, rows, n, stride, 0.0, WIDE), PRECISE) * total[:, None]
-            else:
-                x = _load(a_ptr, r, cols, rows, n, stride, float("-inf"), WIDE)
-                p = tm.div(tm.exp(x - shift[:, None], PRECISE), s[:, None], WIDE)
-                dx = g[:, None] * tl.where(tm.finite(m)[:, None], p, float("nan"))  # an undefined row: NaN
-            inside = (r[:, None] < rows) & (cols[None, :] < n)
-            tl.store(dx_ptr + r[:, None] * stride + cols[None, :], dx.to(dx_ptr.dtype.element_ty), mask=inside)
+                    total += tl.sum(_load(dy_ptr, r, cols, rows, n, stride, 0.0, WIDE), axis=1)
+            for i in range(tiles):
+                cols = (tiles - 1 - i) * TILE + tl.arange(0, TILE)  # last tile first: still in L2
+                if op == 0:
+                    dx = _load(a_ptr, r, cols, rows, n, stride, 0.0, WIDE) * (
+                        _load(dy_ptr, r, cols, rows, n, stride, 0.0, WIDE) - total[:, None])
+                    tm.store_rows(dx_ptr, dx, r, cols, rows, n, stride)
+                else:
+                    dx = _load(dy_ptr, r, cols, rows, n, stride, 0.0, WIDE) - tm.exp(
+                        _load(a_ptr, r, cols, rows, n, stride, 0.0, WIDE), PRECISE) * total[:, None]
+                    tm.store_rows(dx_ptr, dx, r, cols, rows, n, stride)
 
 
 def forward(x: torch.Tensor, op: int, target: str = TARGET, tile: int | None = None) -> torch.Tensor:

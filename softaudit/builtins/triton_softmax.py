@@ -9,7 +9,10 @@ softmax can move. What it changes from the tutorial:
 - bounded compilations: the block is the smallest of 128, 1,024, 4,096, 16,384 and 32,768 that
   holds the row (triton_math.ROW_BLOCKS; 16,384 at most in float64), not next_power_of_2(n),
   and the row length is a runtime argument with the lanes past it masked, so every row length
-  shares a handful of compiled kernels per op and format;
+  shares a handful of compiled kernels per format;
+- the op (softmax, log_softmax, logsumexp) is a runtime argument too, not a constexpr: one
+  compiled kernel serves the three (a branch uniform over the program, each branch storing its
+  own result), a third of the compilations of a constexpr op;
 - short rows several to a program (a [rows, block] tile of 4,096 elements: 32 rows of up to
   128, 4 of up to 1,024), longer rows one per program; num_warps by the program's size (8 for
   4,096 elements, 32 for 16,384 and 32,768: 32 float32 a thread, triton_math.warps_for);
@@ -45,26 +48,21 @@ from softaudit.builtins import triton_online
 TARGET = "builtin:triton-softmax"
 
 
-@triton.jit(do_not_specialize=["rows"])
-def _forward_rows(x_ptr, out_ptr, rows, n, stride, OP: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr,
+@triton.jit(do_not_specialize=["rows", "op"])
+def _forward_rows(x_ptr, out_ptr, rows, n, stride, op, ROWS: tl.constexpr, BLOCK: tl.constexpr,
                   WIDE: tl.constexpr, PRECISE: tl.constexpr):
     r = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)  # this program's rows
     cols = tl.arange(0, BLOCK)
     x = tm.load_rows(x_ptr, r, cols, rows, n, stride, float("-inf"), WIDE)
-    tm.write_rows(out_ptr, x, r, cols, rows, n, stride, OP, WIDE, PRECISE)
+    tm.write_rows(out_ptr, x, r, cols, rows, n, stride, op, WIDE, PRECISE)
 
 
-@triton.jit(do_not_specialize=["rows"])
-def _backward_rows(a_ptr, dy_ptr, dx_ptr, rows, n, stride, OP: tl.constexpr, ROWS: tl.constexpr,
-                   BLOCK: tl.constexpr, WIDE: tl.constexpr, PRECISE: tl.constexpr):
+@triton.jit(do_not_specialize=["rows", "op"])
+def _backward_rows(a_ptr, dy_ptr, dx_ptr, rows, n, stride, op, ROWS: tl.constexpr, BLOCK: tl.constexpr,
+                   WIDE: tl.constexpr, PRECISE: tl.constexpr):
     """a is y for softmax and log_softmax, x for logsumexp (whose dy is one value per row)."""
     r = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
-    cols = tl.arange(0, BLOCK)
-    if OP == 2:
-        a = tm.load_rows(a_ptr, r, cols, rows, n, stride, float("-inf"), WIDE)
-    else:
-        a = tm.load_rows(a_ptr, r, cols, rows, n, stride, 0.0, WIDE)
-    tm.write_gradient_rows(a, dy_ptr, dx_ptr, r, cols, rows, n, stride, OP, WIDE, PRECISE)
+    tm.write_gradient_rows(a_ptr, dy_ptr, dx_ptr, r, tl.arange(0, BLOCK), rows, n, stride, op, WIDE, PRECISE)
 
 
 def forward(x: torch.Tensor, op: int, block: int | None = None) -> torch.Tensor:
