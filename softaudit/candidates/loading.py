@@ -2,7 +2,8 @@
 fresh module, whose functions are then collected into candidates.
 
 Failures become a one-line CandidateError naming the target. Triton code without a CUDA device
-runs under Triton's CPU interpreter, patched here to round bfloat16 correctly.
+runs under Triton's CPU interpreter, patched here to round bfloat16 correctly: code that imports
+triton itself, and code that reaches it through a library (Liger-Kernel's kernels).
 """
 
 from __future__ import annotations
@@ -133,6 +134,9 @@ def _exec_file(path: Path, display: str, device: str | None = None) -> tuple[typ
     source, code = _compile_file(path, display)
     filename = str(path.resolve())
     interpreted = triton_interpretation(source, device)
+    if not interpreted:
+        interpret_triton_on_cpu(device)  # before the import: a library's kernels are decorated then
+    triton_before = "triton" in sys.modules
     stem = "".join(c if c.isalnum() else "_" for c in path.stem)
     modname = f"_softaudit_target_{next(_module_counter)}_{stem}"
     spec = importlib.util.spec_from_file_location(modname, filename)
@@ -161,10 +165,57 @@ def _exec_file(path: Path, display: str, device: str | None = None) -> tuple[typ
     finally:
         if directory in sys.path:
             sys.path.remove(directory)
+    if not interpreted and os.environ.get("TRITON_INTERPRET") == "1" and (
+            (not triton_before and "triton" in sys.modules) or _reaches_triton(module)):
+        interpreted = correct_interpreter_bfloat16() or True
     return module, interpreted
 
 
-OPTIONAL_PACKAGES = {"triton": "pip install 'softaudit[triton]'", "cupy": "pip install cupy-cuda12x"}
+def interpret_triton_on_cpu(device: str | None = None) -> bool:
+    """Set TRITON_INTERPRET=1 where Triton is installed and no CUDA device is used (``device`` is
+    "cpu", or None with no GPU), unless the user set TRITON_INTERPRET: so that kernels reached
+    through a library (imported without ``import triton`` in the candidate's file) run on the CPU
+    instead of failing with "0 active drivers". The worker calls it before importing any
+    candidate; loading calls it before each import. Returns whether the interpreter is on."""
+    current = os.environ.get("TRITON_INTERPRET", "")
+    if current:
+        return current == "1"
+    if importlib.util.find_spec("triton") is None:
+        return False
+    if device != "cpu" and cuda_available():
+        return False
+    os.environ["TRITON_INTERPRET"] = "1"
+    return True
+
+
+_NOT_TRITON_USERS = frozenset({"softaudit", "builtins", "torch", "numpy", "ml_dtypes", "scipy", "mpmath", "typing",
+                               "collections", "functools", "math", "os", "sys"})
+"""Packages whose modules are never taken as Triton code reached through a library (torch's own
+Triton use is Inductor's, compiled for a GPU)."""
+
+
+def _reaches_triton(module: types.ModuleType) -> bool:
+    """Whether a package the module refers to (a module, class or function among its globals, by
+    its top-level package) has a loaded module that imports triton: the candidate reaches Triton
+    kernels through a library, as a file calling Liger-Kernel does. For a library imported by an
+    earlier target, where sys.modules cannot tell who brought triton in."""
+    packages = set()
+    for value in vars(module).values():
+        name = value.__name__ if isinstance(value, types.ModuleType) else getattr(value, "__module__", None)
+        if isinstance(name, str) and name:
+            packages.add(name.partition(".")[0])
+    packages -= _NOT_TRITON_USERS | {"triton", module.__name__.partition(".")[0]}
+    for name, loaded in list(sys.modules.items()):
+        if loaded is None or name.partition(".")[0] not in packages:
+            continue
+        for value in list(vars(loaded).values()):
+            if isinstance(value, types.ModuleType) and value.__name__.partition(".")[0] == "triton":
+                return True
+    return False
+
+
+OPTIONAL_PACKAGES = {"triton": "pip install 'softaudit[triton]'", "cupy": "pip install cupy-cuda12x",
+                     "scipy": "pip install 'softaudit[scipy]'", "liger_kernel": "pip install 'softaudit[liger]'"}
 """Packages whose absence skips a candidate (with this install hint) instead of stopping the run."""
 
 _TRITON_IMPORT = re.compile(rb"^[ \t]*(?:import|from)[ \t]+triton\b", re.MULTILINE)

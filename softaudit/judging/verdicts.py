@@ -17,6 +17,17 @@ from softaudit.judging.metrics import Location, RecordMetrics
 PASS, WARN, FAIL, SKIP = "PASS", "WARN", "FAIL", "SKIP"
 SEVERITY = {SKIP: 0, PASS: 1, WARN: 2, FAIL: 3}
 
+INTERPRETER_LIMITATION = "Triton interpreter limitation"
+"""The first words of a SKIP's reason when Triton's CPU interpreter itself raised
+(``InterpreterError``): the kernel could not be run on the CPU, which says nothing about its
+arithmetic; audit it on a GPU (docs/verdicts.md#interpreter-limitations)."""
+
+
+def interpreter_limitation(error: str | None) -> bool:
+    """Whether a call's one-line error was raised by Triton's interpreter itself (an operation the
+    interpreter does not support), rather than by the candidate's code or arithmetic."""
+    return bool(error) and error.startswith("raised InterpreterError")  # type: ignore[union-attr]
+
 UNDEFINED_POLICIES: dict[str, frozenset[str] | None] = {
     "nan-or-zero": frozenset({"nan", "zero", "limit"}),
     "nan": frozenset({"nan"}),
