@@ -248,7 +248,9 @@ def correct_interpreter_bfloat16() -> bool:
     interpreted kernel's bfloat16 output would be judged for the interpreter's errors, not the
     kernel's. A GPU rounds to nearest (cvt.rn.bf16.f32); this replaces the interpreter's
     conversion for that pair of formats with ml_dtypes' (nearest-even, subnormals exact),
-    leaving every other conversion, and explicit rounding modes, to Triton. Without
+    leaving every other conversion, and explicit rounding modes, to Triton; and it computes
+    arithmetic kept in bfloat16 on the values, not on their bit patterns
+    (``_correct_bfloat16_arithmetic``). Without
     triton, or with an interpreter that no longer has the function, nothing is changed."""
     try:
         import triton.language as tl
@@ -271,7 +273,81 @@ def correct_interpreter_bfloat16() -> bool:
 
     convert.softaudit_corrected = True  # type: ignore[attr-defined]
     interpreter._convert_float = convert
+    _correct_bfloat16_arithmetic(interpreter, tl)
     return True
+
+
+def _bf16_bits(result: Any) -> Any:
+    """A result computed in ml_dtypes' bfloat16 back into the interpreter's uint16 storage (other
+    results, such as a comparison's booleans, as they are)."""
+    result = np.asarray(result)
+    return result.view(np.uint16) if result.dtype == ml_dtypes.bfloat16 else result
+
+
+def _on_bf16(op: Any) -> Any:
+    """A numpy reduction (``np.nanmax``, ``np.nanargmax``) applied to uint16 storage as bfloat16."""
+    if op is None:
+        return None
+    return lambda a, **kw: _bf16_bits(op(a.view(ml_dtypes.bfloat16), **kw))
+
+
+def _correct_bfloat16_arithmetic(interpreter: Any, tl: Any) -> None:
+    """Make Triton's interpreter compute on bfloat16 values instead of their bit patterns.
+
+    The interpreter stores bfloat16 as uint16 and applies numpy's ufuncs to that storage: a
+    bfloat16 product (``dy * y``, which Triton keeps in bfloat16), exp, comparison, fma, sum or max
+    multiplies or compares the integers (Liger-Kernel 0.8.5's bfloat16 softmax backward came out
+    as NaN and 1e38). A GPU computes each such operation in bfloat16, rounded to nearest; this
+    does it through ml_dtypes' bfloat16 (the float32 result rounded to nearest-even), the sum in
+    numpy's pairwise order with every partial sum rounded to bfloat16."""
+    builder = interpreter.InterpreterBuilder
+    if getattr(builder.binary_op, "softaudit_corrected", False):
+        return
+
+    def bf16(handle: Any) -> bool:
+        return handle.dtype.scalar == tl.bfloat16 and handle.data.dtype == np.uint16
+
+    def view(data: Any) -> Any:
+        return data.view(ml_dtypes.bfloat16)
+
+    original_binary, original_unary, original_fma = builder.binary_op, builder.unary_op, builder.create_fma
+
+    def binary_op(self: Any, lhs: Any, rhs: Any, op: Any) -> Any:
+        if bf16(lhs) and bf16(rhs):
+            return original_binary(self, lhs, rhs, lambda a, b: _bf16_bits(op(view(a), view(b))))
+        return original_binary(self, lhs, rhs, op)
+
+    def unary_op(self: Any, arg: Any, op: Any) -> Any:
+        if bf16(arg):
+            return original_unary(self, arg, lambda a: _bf16_bits(op(view(a))))
+        return original_unary(self, arg, op)
+
+    def create_fma(self: Any, x: Any, y: Any, z: Any) -> Any:
+        if bf16(x) and bf16(y) and bf16(z):
+            exact = np.add(np.multiply(view(x.data), view(y.data), dtype=np.float64), view(z.data), dtype=np.float64)
+            return interpreter.TensorHandle(_bf16_bits(exact.astype(np.float32).astype(ml_dtypes.bfloat16)),
+                                            z.dtype.scalar)
+        return original_fma(self, x, y, z)
+
+    reduce_ops = interpreter.ReduceOps
+    original_sum, original_min_max = reduce_ops.sum, reduce_ops.min_max
+
+    def reduce_sum(self: Any, input: Any) -> Any:
+        if bf16(input.handle):
+            total = np.sum(view(input.handle.data), axis=self.axis, keepdims=self.keep_dims)
+            return self.to_tensor(_bf16_bits(total), input.dtype)
+        return original_sum(self, input)
+
+    def min_max(self: Any, input: Any, val_reduce_op: Any, idx_reduce_op: Any = None) -> Any:
+        value = input[0] if isinstance(input, tuple) else input
+        if bf16(value.handle):
+            return original_min_max(self, input, _on_bf16(val_reduce_op), _on_bf16(idx_reduce_op))
+        return original_min_max(self, input, val_reduce_op, idx_reduce_op)
+
+    for fn in (binary_op, unary_op, create_fma, reduce_sum, min_max):
+        setattr(fn, "softaudit_corrected", True)  # noqa: B010 (a function attribute mypy cannot see)
+    builder.binary_op, builder.unary_op, builder.create_fma = binary_op, unary_op, create_fma
+    reduce_ops.sum, reduce_ops.min_max = reduce_sum, min_max
 
 
 def _line_in(exc: BaseException, filename: str) -> int | str:

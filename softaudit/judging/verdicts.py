@@ -23,10 +23,22 @@ INTERPRETER_LIMITATION = "Triton interpreter limitation"
 arithmetic; audit it on a GPU (docs/verdicts.md#interpreter-limitations)."""
 
 
+_INTERPRETER_SHORTCOMINGS = ("AttributeError(", "NotImplementedError(")
+"""What Triton's interpreter wraps in InterpreterError when its own emulation falls short (a
+Python float where it expects a tensor: ``'float' object has no attribute 'to'``; an operation
+it does not implement). Whatever else it wraps stays the candidate's: a device assertion, an
+index out of bounds (an illegal access on a GPU), a type error in the kernel (a compile error
+on a GPU)."""
+
+
 def interpreter_limitation(error: str | None) -> bool:
-    """Whether a call's one-line error was raised by Triton's interpreter itself (an operation the
-    interpreter does not support), rather than by the candidate's code or arithmetic."""
-    return bool(error) and error.startswith("raised InterpreterError")  # type: ignore[union-attr]
+    """Whether a call's one-line error (``raised InterpreterError: AttributeError(...)``) is a
+    shortcoming of Triton's interpreter itself rather than of the candidate's code or arithmetic."""
+    prefix = "raised InterpreterError: "
+    if not error or not error.startswith(prefix):
+        return False
+    return error[len(prefix):].startswith(_INTERPRETER_SHORTCOMINGS)
+
 
 UNDEFINED_POLICIES: dict[str, frozenset[str] | None] = {
     "nan-or-zero": frozenset({"nan", "zero", "limit"}),
