@@ -134,9 +134,10 @@ def _exec_file(path: Path, display: str, device: str | None = None) -> tuple[typ
     source, code = _compile_file(path, display)
     filename = str(path.resolve())
     interpreted = triton_interpretation(source, device)
-    if not interpreted:
-        interpret_triton_on_cpu(device)  # before the import: a library's kernels are decorated then
+    # Before the import, where a library's kernels are decorated; kept only if the file reaches triton.
+    set_now = False if interpreted else interpret_triton_on_cpu(device)
     triton_before = "triton" in sys.modules
+    imported = False
     stem = "".join(c if c.isalnum() else "_" for c in path.stem)
     modname = f"_softaudit_target_{next(_module_counter)}_{stem}"
     spec = importlib.util.spec_from_file_location(modname, filename)
@@ -148,6 +149,7 @@ def _exec_file(path: Path, display: str, device: str | None = None) -> tuple[typ
     sys.path.insert(0, directory)
     try:
         exec(code, module.__dict__)
+        imported = True
     except ModuleNotFoundError as exc:
         del sys.modules[modname]
         if exc.name and exc.name.partition(".")[0] in OPTIONAL_PACKAGES:
@@ -165,9 +167,13 @@ def _exec_file(path: Path, display: str, device: str | None = None) -> tuple[typ
     finally:
         if directory in sys.path:
             sys.path.remove(directory)
-    if not interpreted and os.environ.get("TRITON_INTERPRET") == "1" and (
-            (not triton_before and "triton" in sys.modules) or _reaches_triton(module)):
+        if set_now and not imported:
+            os.environ.pop("TRITON_INTERPRET", None)
+    reached = (not triton_before and "triton" in sys.modules) or _reaches_triton(module)
+    if not interpreted and reached and os.environ.get("TRITON_INTERPRET") == "1":
         interpreted = correct_interpreter_bfloat16() or True
+    elif set_now and not reached:
+        os.environ.pop("TRITON_INTERPRET", None)  # a file without Triton leaves the process as it was
     return module, interpreted
 
 
@@ -176,10 +182,10 @@ def interpret_triton_on_cpu(device: str | None = None) -> bool:
     "cpu", or None with no GPU), unless the user set TRITON_INTERPRET: so that kernels reached
     through a library (imported without ``import triton`` in the candidate's file) run on the CPU
     instead of failing with "0 active drivers". The worker calls it before importing any
-    candidate; loading calls it before each import. Returns whether the interpreter is on."""
-    current = os.environ.get("TRITON_INTERPRET", "")
-    if current:
-        return current == "1"
+    candidate; loading calls it before each import (and unsets it again after a file that does
+    not reach triton). Returns whether it set the variable now."""
+    if os.environ.get("TRITON_INTERPRET", ""):
+        return False
     if importlib.util.find_spec("triton") is None:
         return False
     if device != "cpu" and cuda_available():
