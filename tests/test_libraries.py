@@ -18,7 +18,7 @@ from softaudit.candidates.errors import CandidateUnavailable
 from softaudit.candidates.loading import INTERPRETED_NOTE, load_target
 from softaudit.formats import FORMATS
 from softaudit.judging.verdicts import INTERPRETER_LIMITATION, interpreter_limitation
-from softaudit.options import AuditOptions
+from softaudit.options import AuditOptions, WorkerOptions
 from softaudit.runner.loop import run_audit
 
 REPO = Path(__file__).resolve().parents[1]
@@ -143,3 +143,19 @@ def test_builtin_liger_findings_and_limitations_are_told_apart(liger_audit):
     assert smoothing.verdict == "SKIP" and smoothing.reasons[0].startswith(INTERPRETER_LIMITATION)
     plain = [r for r in liger_audit.records if r.case == "ce-ignore-padding-mean"]
     assert plain and all(r.verdict == "PASS" and not r.input_modified for r in plain)  # the copy keeps x intact
+
+
+@pytest.mark.gpu
+def test_builtin_liger_compiled_on_a_gpu_judges_what_the_interpreter_cannot_run():
+    """On a GPU Liger's kernels are compiled: no interpreter note, and the weighted-smoothing case
+    the interpreter cannot run is judged (not a limitation SKIP)."""
+    pytest.importorskip("triton")
+    pytest.importorskip("liger_kernel", reason="liger-kernel is not installed (pip install 'softaudit[liger]')")
+    options = AuditOptions(case_patterns=LIGER_CASES, formats=[FORMATS["float32"], FORMATS["bfloat16"]], jobs=1,
+                           worker=WorkerOptions(device="cuda"))
+    result = run_audit(["builtin:liger"], options)
+    by_id = {r.id: r for r in result.records}
+    assert all(INTERPRETED_NOTE not in r.notes for r in result.records)
+    smoothing = by_id["builtin:liger/cross_entropy/forward/float32/ce-smoothing-0.1-weights-sum"]
+    assert smoothing.verdict != "SKIP", smoothing.reasons
+    assert by_id["builtin:liger/softmax/forward/bfloat16/zeros"].verdict == "PASS"
