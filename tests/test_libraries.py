@@ -61,7 +61,8 @@ def test_triton_reached_through_a_library_runs_interpreted_with_no_variable_set(
 def test_in_process_loading_interprets_a_library_and_leaves_other_files_alone(monkeypatch):
     pytest.importorskip("triton", reason="triton is not installed (pip install 'softaudit[triton]')")
     pytest.importorskip("torch")
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # so that monkeypatch restores the variable as it was
+    monkeypatch.delenv("TRITON_INTERPRET")
     [plain] = load_target(str(REPO / "examples" / "seed_numpy.py"), device="cpu")
     assert "TRITON_INTERPRET" not in os.environ  # a file that never reaches triton changes nothing
     assert INTERPRETED_NOTE not in plain.ops["softmax"].notes
