@@ -108,7 +108,7 @@ def _check_cases_dirs(dirs: list[Path]) -> None:
 
 @app.command()
 def run(
-    targets: list[str] = typer.Argument(None, metavar="[TARGET]...", help="Candidate files (impl.py), directories of them, or built-ins (builtin:naive, builtin:shifted, builtin:shifted-f64, builtin:torch, builtin:triton-softmax, builtin:triton-online, builtin:triton-ce). Default: the targets of [tool.softaudit].", show_default=False),
+    targets: list[str] = typer.Argument(None, metavar="[TARGET]...", help="Candidate files (impl.py), directories of them, or built-ins (builtin:naive, builtin:shifted, builtin:shifted-f64, builtin:torch, builtin:triton-softmax, builtin:triton-online, builtin:triton-ce, builtin:scipy, builtin:liger). Default: the targets of [tool.softaudit].", show_default=False),
     op: list[str] = typer.Option([], "--op", "-o", help="Op to audit (repeatable): softmax, log_softmax, logsumexp, cross_entropy. Default: every op the target defines."),
     direction: list[str] = typer.Option([], "--direction", help="forward (the op) or backward (its gradient), repeatable. Default: both, where the candidate has a backward pass."),
     dtype: list[str] = typer.Option([], "--dtype", "-d", help="Format (repeatable): float64, float32, float16, bfloat16. Default: all four."),

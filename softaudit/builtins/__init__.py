@@ -12,6 +12,8 @@ what differs from the others and why:
 - ``triton-softmax``: a Triton kernel per row, the whole row in registers.
 - ``triton-online``: a Triton online softmax over tiles (rows of any length).
 - ``triton-ce``: a fused Triton cross-entropy, forward and backward, over vocabulary tiles.
+- ``scipy``: scipy.special.softmax / log_softmax / logsumexp as scipy ships them (extra ``scipy``).
+- ``liger``: Liger-Kernel's Triton softmax and cross-entropy, a Triton library (extra ``liger``).
 
 The Triton built-ins need the ``triton`` extra; ``triton_math`` holds what they share.
 
@@ -31,6 +33,8 @@ BUILTINS: dict[str, str] = {
     "triton-softmax": "triton_softmax",
     "triton-online": "triton_online",
     "triton-ce": "triton_ce",
+    "scipy": "scipy_ops",
+    "liger": "liger",
 }
 """Name as typed after ``builtin:`` -> module file stem in this package."""
 

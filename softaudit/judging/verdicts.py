@@ -17,6 +17,29 @@ from softaudit.judging.metrics import Location, RecordMetrics
 PASS, WARN, FAIL, SKIP = "PASS", "WARN", "FAIL", "SKIP"
 SEVERITY = {SKIP: 0, PASS: 1, WARN: 2, FAIL: 3}
 
+INTERPRETER_LIMITATION = "Triton interpreter limitation"
+"""The first words of a SKIP's reason when Triton's CPU interpreter itself raised
+(``InterpreterError``): the kernel could not be run on the CPU, which says nothing about its
+arithmetic; audit it on a GPU (docs/verdicts.md#interpreter-limitations)."""
+
+
+_INTERPRETER_SHORTCOMINGS = ("AttributeError(", "NotImplementedError(")
+"""What Triton's interpreter wraps in InterpreterError when its own emulation falls short (a
+Python float where it expects a tensor: ``'float' object has no attribute 'to'``; an operation
+it does not implement). Whatever else it wraps stays the candidate's: a device assertion, an
+index out of bounds (an illegal access on a GPU), a type error in the kernel (a compile error
+on a GPU)."""
+
+
+def interpreter_limitation(error: str | None) -> bool:
+    """Whether a call's one-line error (``raised InterpreterError: AttributeError(...)``) is a
+    shortcoming of Triton's interpreter itself rather than of the candidate's code or arithmetic."""
+    prefix = "raised InterpreterError: "
+    if not error or not error.startswith(prefix):
+        return False
+    return error[len(prefix):].startswith(_INTERPRETER_SHORTCOMINGS)
+
+
 UNDEFINED_POLICIES: dict[str, frozenset[str] | None] = {
     "nan-or-zero": frozenset({"nan", "zero", "limit"}),
     "nan": frozenset({"nan"}),

@@ -14,7 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from softaudit.formats import FORMATS
-from softaudit.judging.verdicts import FAIL, PASS, SEVERITY, SKIP, WARN
+from softaudit.judging.verdicts import FAIL, INTERPRETER_LIMITATION, PASS, SEVERITY, SKIP, WARN
 from softaudit.ops import DIRECTIONS, OPS
 from softaudit.printable import printable
 from softaudit.results.ranking import worst_findings, worst_record
@@ -234,6 +234,15 @@ def render(result: AuditResult, console: Console, max_findings: int = 10, diagno
         tally.append("  ")
     tally.append(f"in {result.seconds:.1f} s (references: {result.cache_hits} cached, {result.cache_misses} computed)")
     console.print(tally)
+    limited = [r for r in result.records
+               if r.verdict == SKIP and r.reasons and r.reasons[0].startswith(INTERPRETER_LIMITATION)]
+    if limited:
+        first = limited[0]
+        console.print(Text(f"{len(limited)} SKIP(s) are limitations of Triton's CPU interpreter, not findings: the "
+                           f"interpreter itself raised (first: {printable(first.candidate)} {first.op}"
+                           f"{' backward' if first.direction == 'backward' else ''} {first.dtype} on "
+                           f"{printable(first.case)}: {printable(first.error or '')}); audit on a GPU to judge them.",
+                           style="yellow"))
     if result.uncertified:
         console.print(Text(f"{result.uncertified} reference elements could not be certified correctly rounded "
                            "within the precision cap; their verdicts rest on an uncertified rounding.",

@@ -21,7 +21,15 @@ from softaudit.cases.model import Case
 from softaudit.formats import Format, to_float64
 from softaudit.judging.rules import Output, judge
 from softaudit.judging.unit import AuditUnit
-from softaudit.judging.verdicts import FAIL, PASS, SKIP, Gate, apply_relative_rule
+from softaudit.judging.verdicts import (
+    FAIL,
+    INTERPRETER_LIMITATION,
+    PASS,
+    SKIP,
+    Gate,
+    apply_relative_rule,
+    interpreter_limitation,
+)
 from softaudit.ops import DIRECTIONS, OPS
 from softaudit.options import AuditOptions
 from softaudit.reference import ReferenceCache, default_cache_dir
@@ -274,6 +282,10 @@ def audit_record(executor: Executor, c: CandidateInfo, op: str, direction: str, 
     label = op if direction == "forward" else f"{op} backward"
     if loss is not None and loss.out_of_range and direction == "forward" and _clear_error(res):
         rec.notes.insert(0, f"raised on an out-of-range target, as it should: {res.error}")
+    elif res.raised and interpreter_limitation(res.error) and not res.input_modified:
+        rec.error = res.error
+        rec.verdict, rec.reasons = SKIP, [f"{INTERPRETER_LIMITATION}: {label} {res.error} "
+                                          "(Triton's CPU interpreter cannot run this; not a finding: audit on a GPU)"]
     elif res.error is not None or res.output is None:
         rec.error = res.error or "returned no output"
         rec.verdict, rec.reasons = FAIL, [f"{label} {rec.error}"]

@@ -9,6 +9,7 @@ dataclasses of softaudit.worker_replies. After every call and bench it checks th
 GPU where CUDA is in use (isolation.checked): the reply's ``sticky`` is the
 cuda_errors.StickyError that left the CUDA context unusable, or None, and a load
 that left it so answers ContextBroken; the executor then replaces this process.
+On a CPU with triton installed it sets TRITON_INTERPRET=1 before importing any candidate.
 It ignores Ctrl-C (the CLI decides when to stop), limits its own address space,
 and sends what C code prints to /dev/null so that junk cannot garble the report;
 Python-level prints are captured and reported as notes.
@@ -29,7 +30,7 @@ from multiprocessing.connection import Connection
 from softaudit.candidates import errors as candidate_errors
 from softaudit.candidates.calling import CallResult, call
 from softaudit.candidates.errors import CandidateError, CandidateImportError, describe_exception
-from softaudit.candidates.loading import load_target
+from softaudit.candidates.loading import interpret_triton_on_cpu, load_target
 from softaudit.candidates.model import Candidate
 from softaudit.runner import cuda_errors
 from softaudit.runner.isolation import CandidateInfo, checked
@@ -45,6 +46,7 @@ def _serve(requests: Connection, conn: Connection, rowwise: bool, memory_limit: 
     with contextlib.suppress(ValueError, OSError):
         resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
     _silence_fds()
+    interpret_triton_on_cpu(device)  # before any candidate is imported: Triton reached through a library too
     candidates: dict[tuple[str, str], Candidate] = {}
     meter: SpeedMeter | None = None
     while True:
