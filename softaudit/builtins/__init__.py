@@ -12,10 +12,12 @@ what differs from the others and why:
 - ``triton-softmax``: a Triton kernel per row, the whole row in registers.
 - ``triton-online``: a Triton online softmax over tiles (rows of any length).
 - ``triton-ce``: a fused Triton cross-entropy, forward and backward, over vocabulary tiles.
+- ``jax``: jax.nn.softmax / log_softmax / logsumexp and optax's cross-entropies as shipped.
 
-The Triton built-ins need the ``triton`` extra; ``triton_math`` holds what they share.
+The Triton built-ins need the ``triton`` extra, ``jax`` the ``jax`` extra; ``triton_math`` holds
+what the Triton ones share.
 
-This package does not import its modules (``torch`` needs torch): the loader
+This package does not import its modules (``torch`` needs torch, ``jax`` jax): the loader
 executes them from their files.
 """
 
@@ -31,6 +33,7 @@ BUILTINS: dict[str, str] = {
     "triton-softmax": "triton_softmax",
     "triton-online": "triton_online",
     "triton-ce": "triton_ce",
+    "jax": "jax_ops",
 }
 """Name as typed after ``builtin:`` -> module file stem in this package."""
 

@@ -6,6 +6,7 @@ dtype, exact rounding into the input's format) so that it can be judged.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import sys
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -76,9 +77,9 @@ def jax_precision(fmt: Format) -> Iterator[None]:
         return
     import jax
 
-    enable = getattr(jax, "enable_x64", None)
-    if enable is None:  # jax < 0.4.3x: the experimental context manager
-        from jax.experimental import enable_x64 as enable
+    enable: Any = getattr(jax, "enable_x64", None)
+    if enable is None:  # older jax: the experimental context manager
+        enable = importlib.import_module("jax.experimental").enable_x64
     with enable(True):
         yield
 

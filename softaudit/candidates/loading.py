@@ -164,7 +164,8 @@ def _exec_file(path: Path, display: str, device: str | None = None) -> tuple[typ
     return module, interpreted
 
 
-OPTIONAL_PACKAGES = {"triton": "pip install 'softaudit[triton]'", "cupy": "pip install cupy-cuda12x"}
+OPTIONAL_PACKAGES = {"triton": "pip install 'softaudit[triton]'", "cupy": "pip install cupy-cuda12x",
+                     "jax": "pip install 'softaudit[jax]'", "optax": "pip install 'softaudit[jax]'"}
 """Packages whose absence skips a candidate (with this install hint) instead of stopping the run."""
 
 _TRITON_IMPORT = re.compile(rb"^[ \t]*(?:import|from)[ \t]+triton\b", re.MULTILINE)
