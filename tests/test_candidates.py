@@ -147,7 +147,7 @@ def test_decorator_returns_function_and_checks_arguments() -> None:
     with pytest.raises(ValueError, match="op must be one of"):
         candidate(op="softplus")
     with pytest.raises(ValueError, match="backend must be"):
-        candidate(backend="jax")
+        candidate(backend="mlx")
 
 
 def test_dim_and_axis_keywords_are_passed_minus_one() -> None:
@@ -265,7 +265,7 @@ def test_missing_file_and_unknown_builtin() -> None:
     with pytest.raises(CandidateError) as info:
         load_target("builtin:foo")
     assert str(info.value) == ("unknown built-in 'builtin:foo' (known: naive, shifted, shifted-f64, torch, "
-                               "triton-softmax, triton-online, triton-ce, scipy, liger)")
+                               "triton-softmax, triton-online, triton-ce, scipy, liger, jax)")
 
 
 def test_candidates_from_functions_detects_them_as_a_file_would() -> None:
@@ -408,7 +408,7 @@ def test_logsumexp_column_and_scalar_outputs_accepted() -> None:
 
 def test_builtin_names() -> None:
     assert builtin_names() == ["naive", "shifted", "shifted-f64", "torch", "triton-softmax", "triton-online",
-                               "triton-ce", "scipy", "liger"]
+                               "triton-ce", "scipy", "liger", "jax"]
 
 
 @pytest.mark.parametrize("name", ["naive", "shifted", "shifted-f64", "torch"])

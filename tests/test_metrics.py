@@ -85,6 +85,26 @@ def test_undefined_rows_follow_the_policy():
         assert decide(m, Gate(undefined_policy=policy))[0] == verdict, (row0, policy)
 
 
+def test_the_jax_policy_judges_fully_masked_rows_by_jaxs_where_convention():
+    # Row 0 fully masked (every entry -inf), row 1 holding +inf, row 2 ordinary.
+    x = np.array([[-np.inf, -np.inf], [np.inf, 1.0], [1.0, 2.0]], dtype=np.float32)
+    refs = reference_rows(x, FLOAT32)
+    good = refs.ops["softmax"].rounded[2]
+    for row0, row1, verdict in (([0.0, 0.0], [np.nan, 0.0], PASS),        # JAX's convention; NaN on +inf
+                                ([0.0, 0.0], [1.0, 0.0], PASS),           # the limit on +inf
+                                ([np.nan, np.nan], [np.nan, 0.0], FAIL),  # NaN on a fully masked row
+                                ([0.5, 0.5], [np.nan, 0.0], FAIL)):
+        _, m = _judge("softmax", x, [row0, row1, good], FLOAT32)
+        assert m.masked_rows == {"zero" if row0[0] == 0 else "nan" if np.isnan(row0[0]) else "other": 1}
+        v, reasons = decide(m, Gate(undefined_policy="jax"))
+        assert v == verdict, (row0, row1, reasons)
+        if v == FAIL:
+            assert "(fully masked)" in reasons[0] and "policy 'jax' accepts zero there" in reasons[0]
+    _, m = _judge("log_softmax", x, [[-np.inf, -np.inf], [np.nan, -np.inf], refs.ops["log_softmax"].rounded[2]],
+                  FLOAT32)
+    assert decide(m, Gate(undefined_policy="jax"))[0] == PASS
+
+
 def test_envelope_follows_design_model():
     # softmax: relative u*(delta + log2 n + 3), never below 1 ulp.
     x = np.array([[1.0, 2.0, 3.0, 4.0]])

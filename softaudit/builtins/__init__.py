@@ -14,10 +14,12 @@ what differs from the others and why:
 - ``triton-ce``: a fused Triton cross-entropy, forward and backward, over vocabulary tiles.
 - ``scipy``: scipy.special.softmax / log_softmax / logsumexp as scipy ships them (extra ``scipy``).
 - ``liger``: Liger-Kernel's Triton softmax and cross-entropy, a Triton library (extra ``liger``).
+- ``jax``: jax.nn.softmax / log_softmax / logsumexp and optax's cross-entropies as shipped.
 
-The Triton built-ins need the ``triton`` extra; ``triton_math`` holds what they share.
+The Triton built-ins need the ``triton`` extra, ``jax`` the ``jax`` extra; ``triton_math`` holds
+what the Triton ones share.
 
-This package does not import its modules (``torch`` needs torch): the loader
+This package does not import its modules (``torch`` needs torch, ``jax`` jax): the loader
 executes them from their files.
 """
 
@@ -35,6 +37,7 @@ BUILTINS: dict[str, str] = {
     "triton-ce": "triton_ce",
     "scipy": "scipy_ops",
     "liger": "liger",
+    "jax": "jax_ops",
 }
 """Name as typed after ``builtin:`` -> module file stem in this package."""
 

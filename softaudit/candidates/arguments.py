@@ -1,5 +1,5 @@
-"""The arrays one call gives a candidate: fresh copies (numpy arrays or torch tensors on its
-device), whole or row by row, remembered bit for bit to find the ones it changes.
+"""The arrays one call gives a candidate: fresh copies (numpy arrays, torch tensors on its
+device, or JAX arrays on the CPU), whole or row by row, remembered bit for bit to find the ones it changes.
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from softaudit.candidates.conversion import raw_bits, to_torch
+from softaudit.candidates.conversion import raw_bits, to_jax, to_torch
 from softaudit.candidates.model import OpFunction
 
 
@@ -28,6 +28,8 @@ class Arguments:
             value = to_torch(value, self.opfn.device)
             if leaf:
                 value = value.clone().requires_grad_(True)
+        elif self.opfn.backend == "jax":
+            value = to_jax(value)  # immutable: jax.vjp needs no leaf
         self.track(name, value)
         return value
 

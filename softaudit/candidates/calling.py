@@ -4,11 +4,13 @@ it (``CallResult``).
 A fresh copy of every array for every call, each checked bit for bit afterwards; exceptions and
 odd outputs turned into a one-line ``error``; outputs in a wider format rounded exactly (once)
 into the input's format. The backward pass goes through the candidate's explicit backward
-function, else through torch autograd for torch candidates (``backward_mode``).
+function, else through torch autograd for torch candidates and ``jax.vjp`` for JAX candidates
+(``backward_mode``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import warnings
 from collections.abc import Callable, Iterable
@@ -21,10 +23,14 @@ from softaudit.candidates.arguments import Arguments, call_arguments
 from softaudit.candidates.conversion import (
     OutputError,
     as_format,
+    block_until_ready,
     describe_value,
+    is_jax_array,
     is_tensor,
+    jax_precision,
     normalise_output,
     output_problem,
+    to_jax,
     to_torch,
 )
 from softaudit.candidates.errors import describe_exception, one_line, real_interrupt
@@ -102,8 +108,8 @@ _BACKWARD_SIGNATURES = {
 def backward_mode(cand: Candidate, op: str) -> tuple[str | None, str]:
     """How ``op``'s backward pass is audited: ("function", "") through the
     candidate's explicit backward function, ("autograd", "") through torch
-    autograd of its forward function, or (None, reason) when it cannot be (the
-    runner's SKIP reason)."""
+    autograd of its forward function, ("vjp", "") through ``jax.vjp`` of a JAX
+    forward function, or (None, reason) when it cannot be (the runner's SKIP reason)."""
     if op in cand.backward:
         return "function", ""
     opfn = cand.ops.get(op)
@@ -111,6 +117,8 @@ def backward_mode(cand: Candidate, op: str) -> tuple[str | None, str]:
         return None, f"{op} is not defined"
     if opfn.backend == "torch":
         return "autograd", ""
+    if opfn.backend == "jax":
+        return "vjp", ""
     return None, f"numpy candidate without {_BACKWARD_SIGNATURES[op]}: audited forward only"
 
 
@@ -146,6 +154,8 @@ def call(cand: Candidate, request: CallRequest) -> CallResult:
         return CallResult(None, None, False, "", (), 0.0, unsupported=reason)
     if mode == "function":
         return _call_backward(cand.backward[request.op], request, fmt)
+    if mode == "vjp":
+        return _call_vjp(cand.ops[request.op], request, fmt)
     return _call_autograd(cand.ops[request.op], request, fmt)
 
 
@@ -199,7 +209,7 @@ def _run(opfn: OpFunction, calls: list[tuple[tuple[Any, ...], dict[str, Any]]],
                 raw.append(out)
                 if after is not None:
                     after(out, i)
-            _synchronize(opfn)
+            _synchronize(opfn, raw)
         except _Unsupported as exc:
             unsupported = str(exc)
         except OutputError as exc:
@@ -332,6 +342,14 @@ def _rowwise_mean(opfn: OpFunction, dy: np.ndarray, loss: LossLike | None) -> Ca
 
 
 def _call_forward(opfn: OpFunction, request: CallRequest, fmt: Format) -> CallResult:
+    """``_forward`` (in JAX's 64-bit mode for a JAX function on float64 input)."""
+    if opfn.backend == "jax":
+        with jax_precision(fmt):
+            return _forward(opfn, request, fmt)
+    return _forward(opfn, request, fmt)
+
+
+def _forward(opfn: OpFunction, request: CallRequest, fmt: Format) -> CallResult:
     """A forward op: fn(x) or, for cross_entropy, fn(logits, target, **accepted keywords)."""
     x = _logits(request, fmt)
     rows, n = x.shape
@@ -368,6 +386,14 @@ def _call_forward(opfn: OpFunction, request: CallRequest, fmt: Format) -> CallRe
 
 
 def _call_backward(opfn: OpFunction, request: CallRequest, fmt: Format) -> CallResult:
+    """``_backward`` (in JAX's 64-bit mode for a JAX function on float64 input)."""
+    if opfn.backend == "jax":
+        with jax_precision(fmt):
+            return _backward(opfn, request, fmt)
+    return _backward(opfn, request, fmt)
+
+
+def _backward(opfn: OpFunction, request: CallRequest, fmt: Format) -> CallResult:
     """An explicit backward function, positionally: softmax_backward(y, dy),
     log_softmax_backward(y, dy), logsumexp_backward(x, y, dy) or
     cross_entropy_backward(logits, target, dloss, **accepted keywords); -> (rows, n)."""
@@ -459,12 +485,93 @@ def _call_autograd(opfn: OpFunction, request: CallRequest, fmt: Format) -> CallR
     return finish_call(opfn, run, args, fmt, (rows, n), outputs=[grad], extra=extra)
 
 
-def _synchronize(opfn: OpFunction) -> None:
-    """Wait for queued GPU work so that timings include it."""
+_JAX_UNTRACEABLE = ("TracerArrayConversionError", "TracerBoolConversionError", "TracerIntegerConversionError",
+                    "ConcretizationTypeError", "UnexpectedTracerError")
+"""JAX's errors for code that leaves JAX while it is traced (through numpy, or Python control flow
+on values): such a function runs forward but cannot be differentiated by jax.vjp."""
+
+
+def _call_vjp(opfn: OpFunction, request: CallRequest, fmt: Format) -> CallResult:
+    """The backward pass of a JAX forward function through ``jax.vjp``: out, pullback =
+    jax.vjp(lambda x: fn(x, ...), x); the output is pullback(dy), dy in out's dtype. Row by row,
+    one vjp per row, stacked."""
+    if opfn.backend != "jax":
+        raise ValueError(f"jax.vjp needs a JAX function, and {opfn.op} takes {opfn.backend} arrays")
+    with jax_precision(fmt):
+        return _vjp(opfn, request, fmt)
+
+
+def _vjp(opfn: OpFunction, request: CallRequest, fmt: Format) -> CallResult:
+    import jax
+
+    op = opfn.op
+    x = _logits(request, fmt)
+    rows, n = x.shape
+    loss = _loss(request) if op == "cross_entropy" else None
+    shapes: dict[str, list[tuple[int, ...]]] = {
+        "softmax": [(rows, n)], "log_softmax": [(rows, n)], "logsumexp": [(rows,)], "cross_entropy": [(rows,), ()]}
+    dy = _array(request.dy, "dy", fmt, shapes[op])
+    skip = _rowwise_mean(opfn, dy, loss)
+    if skip is not None:
+        return skip
+    args = Arguments(opfn)
+    kwargs: dict[str, Any] = {opfn.dim_kw: -1} if opfn.dim_kw else {}
+    try:
+        values = [(args.add("x", x), True)]
+        if loss is not None:
+            values.append((args.add("target", _target(loss, fmt, rows, n)), True))
+            kwargs.update(_loss_keyword_args(opfn, loss, args, fmt))
+    except ValueError:
+        raise
+    except Exception as exc:
+        return _placement_failure(opfn, exc)
+
+    define = f"define {_BACKWARD_SIGNATURES[op]} to audit the backward pass"
+    extra: list[str] = []
+    grads: list[Any] = []
+    fn = opfn.fn
+
+    def differentiated(x_in: Any, *rest: Any, **kw: Any) -> Any:
+        try:
+            out, pullback = jax.vjp(lambda v: fn(v, *rest, **kw), x_in)
+        except Exception as exc:
+            if type(exc).__name__ in _JAX_UNTRACEABLE or "not a valid JAX type" in str(exc):
+                raise _Unsupported(f"not differentiable by jax.vjp ({describe_exception(exc)}); {define}") from None
+            raise
+        return out, pullback
+
+    def backward(result: Any, i: int) -> None:
+        out, pullback = result
+        g = dy[i] if opfn.rowwise and dy.ndim else dy
+        if not is_jax_array(out):
+            raise _Unsupported(f"output is not a JAX array; {define}")
+        if out.size != g.size:
+            raise OutputError(f"returned shape {tuple(out.shape)} but {g.shape} was expected")
+        upstream = to_jax(np.array(g, copy=True)).astype(out.dtype).reshape(out.shape)
+        if out.dtype != fmt.np_dtype:
+            note = f"jax.vjp: the output is {out.dtype}, so dy was passed in {out.dtype}"
+            if note not in extra:
+                extra.append(note)
+        args.track("dy", upstream)
+        (grad,) = pullback(upstream)
+        block_until_ready(grad)
+        grads.append(grad)
+
+    run = _run(dataclasses.replace(opfn, fn=differentiated), call_arguments(opfn, values, kwargs, rows),
+               after=backward)
+    if opfn.rowwise:
+        return finish_call(opfn, run, args, fmt, (n,), outputs=grads, stack=True, extra=extra)
+    return finish_call(opfn, run, args, fmt, (rows, n), outputs=grads[:1] or [None], extra=extra)
+
+
+def _synchronize(opfn: OpFunction, outputs: list[Any]) -> None:
+    """Wait for queued GPU work, or JAX's asynchronous dispatch, so that timings include it."""
     if opfn.backend == "torch" and opfn.device.startswith("cuda"):
         import torch
 
         torch.cuda.synchronize()
+    elif opfn.backend == "jax":
+        block_until_ready(outputs)
 
 
 def _warning_notes(caught: list[warnings.WarningMessage]) -> tuple[str, ...]:

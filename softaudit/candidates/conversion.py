@@ -1,12 +1,14 @@
-"""Arrays between numpy, torch and the audited formats: inputs rounded exactly into a format and
+"""Arrays between numpy, torch, JAX and the audited formats: inputs rounded exactly into a format and
 handed over as torch tensors bit for bit, and whatever a candidate returns normalised (shape,
 dtype, exact rounding into the input's format) so that it can be judged.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import ml_dtypes
@@ -21,9 +23,12 @@ class OutputError(Exception):
 
 
 def raw_bits(value: Any) -> np.ndarray:
-    """The raw bits of an array or tensor as unsigned integers (on the CPU)."""
+    """The raw bits of an array, tensor or JAX array as unsigned integers (on the CPU)."""
     if isinstance(value, np.ndarray):
         return value.view(f"u{value.dtype.itemsize}")
+    if is_jax_array(value):
+        arr = np.asarray(value)
+        return arr.view(f"u{arr.dtype.itemsize}")
     return _torch_bits(value)
 
 
@@ -52,6 +57,45 @@ def to_torch(x: np.ndarray, device: str) -> Any:
     else:
         tensor = torch.from_numpy(x)
     return tensor if device == "cpu" else tensor.to(device)
+
+
+def to_jax(x: np.ndarray) -> Any:
+    """A JAX array on the CPU holding exactly the values of ``x`` (float64 needs JAX's x64 mode:
+    ``jax_precision``)."""
+    import jax
+
+    return jax.device_put(x, jax.devices("cpu")[0])
+
+
+@contextlib.contextmanager
+def jax_precision(fmt: Format) -> Iterator[None]:
+    """JAX's 64-bit mode on while a float64 call runs (without it JAX silently computes float64
+    input in float32); other formats run in the mode the process has (off by default, as JAX
+    users run float32 and 16-bit code). The mode is restored afterwards; jit caches are keyed on it."""
+    if fmt is not FLOAT64:
+        yield
+        return
+    import jax
+
+    enable: Any = getattr(jax, "enable_x64", None)
+    if enable is None:  # older jax: the experimental context manager
+        enable = importlib.import_module("jax.experimental").enable_x64
+    with enable(True):
+        yield
+
+
+def is_jax_array(obj: object) -> bool:
+    """Whether ``obj`` is a JAX array (without importing jax)."""
+    jax = sys.modules.get("jax")
+    return jax is not None and isinstance(obj, jax.Array)
+
+
+def block_until_ready(values: Any) -> None:
+    """Wait for JAX's asynchronous dispatch to finish computing ``values`` (timings include it)."""
+    jax = sys.modules.get("jax")
+    if jax is not None:
+        with contextlib.suppress(Exception):
+            jax.block_until_ready(values)
 
 
 _TORCH_INT_OF_WIDTH = {1: "int8", 2: "int16", 4: "int32", 8: "int64"}
@@ -89,6 +133,8 @@ def describe_value(obj: object) -> str:
     """A short description of what a candidate returned, for error results."""
     if is_tensor(obj):
         return f"{obj.dtype} on {obj.device}"  # type: ignore[attr-defined]
+    if is_jax_array(obj):
+        return f"jax {obj.dtype}"  # type: ignore[attr-defined]
     if isinstance(obj, (np.ndarray, np.generic)):
         return str(obj.dtype)
     return type(obj).__name__
@@ -100,13 +146,16 @@ def _to_array(raw: object) -> tuple[np.ndarray, str]:
         raise OutputError("returned None, not an array")
     if is_tensor(raw):
         return _tensor_to_numpy(raw)
+    if is_jax_array(raw):
+        return np.array(raw, copy=True), f"jax {raw.dtype}"  # type: ignore[attr-defined]  # bfloat16: ml_dtypes
     if isinstance(raw, (np.ndarray, np.generic)):
         return np.asarray(raw), str(raw.dtype)
     if isinstance(raw, (str, bytes, dict, set, bool)):
         raise OutputError(f"returned a {type(raw).__name__}, not an array")
     desc = type(raw).__name__
     try:
-        if isinstance(raw, (list, tuple)) and any(is_tensor(e) or isinstance(e, np.ndarray) for e in raw):
+        if isinstance(raw, (list, tuple)) and any(is_tensor(e) or is_jax_array(e) or isinstance(e, np.ndarray)
+                                                  for e in raw):
             return np.stack([_to_array(e)[0] for e in raw]), desc
         return np.asarray(raw), desc
     except OutputError:

@@ -18,7 +18,7 @@ FUNCTION_NAMES = OPS + tuple(BACKWARD_FUNCTIONS)
 """Names a candidate's functions may have (or ``@candidate(op=...)`` may give): the ops, then
 their explicit backward functions."""
 
-BACKENDS = ("numpy", "torch")
+BACKENDS = ("numpy", "torch", "jax")
 """The array libraries a candidate can be called with."""
 
 _MARK = "__softaudit_candidate__"
@@ -47,7 +47,7 @@ def candidate(
 
     ``name`` defaults to the file's stem, ``op`` to the function's name: an op
     or an explicit backward function name (``softmax_backward`` ...). Give
-    ``backend`` ("numpy" or "torch") and ``device`` to skip detection (a
+    ``backend`` ("numpy", "torch" or "jax") and ``device`` to skip detection (a
     device implies torch); ``rowwise=True`` audits a 1-D function row by row.
     Several decorators may be stacked to put one function in several
     candidates. Bare ``@candidate`` works too. Mistakes raise at decoration
@@ -60,9 +60,9 @@ def candidate(
     if op is not None and op not in FUNCTION_NAMES:
         raise BadInput(f"@candidate: op must be one of {', '.join(FUNCTION_NAMES)}, not {op!r}")
     if backend is not None and backend not in BACKENDS:
-        raise BadInput(f"@candidate: backend must be 'numpy' or 'torch', not {backend!r}")
-    if device is not None and backend == "numpy":
-        raise BadInput("@candidate: device applies to torch only, not to backend='numpy'")
+        raise BadInput(f"@candidate: backend must be 'numpy', 'torch' or 'jax', not {backend!r}")
+    if device is not None and backend in ("numpy", "jax"):
+        raise BadInput(f"@candidate: device applies to torch only, not to backend={backend!r}")
 
     def mark(fn: _F) -> _F:
         fn_op = op if op is not None else getattr(fn, "__name__", None)

@@ -43,6 +43,8 @@ _LOSS_FUNCTIONS = frozenset({"cross_entropy", "cross_entropy_backward"})
 
 _TORCH_ROOTS = frozenset({"torch", "triton"})
 _NUMPY_ROOTS = frozenset({"numpy", "scipy", "ml_dtypes"})
+_JAX_ROOTS = frozenset({"jax", "jaxlib", "optax", "flax"})
+_ROOTS = _TORCH_ROOTS | _NUMPY_ROOTS | _JAX_ROOTS
 
 
 def torch_available() -> bool:
@@ -98,7 +100,7 @@ def _library_roots(obj: object, seen: set[int] | None = None, depth: int = 0) ->
     if id(obj) in seen or depth > 4:
         return set()
     seen.add(id(obj))
-    roots = _roots_of(obj) & (_TORCH_ROOTS | _NUMPY_ROOTS)
+    roots = _roots_of(obj) & _ROOTS
     if roots:
         return roots
     found: set[str] = set()
@@ -134,7 +136,7 @@ def namespace_roots(namespace: Mapping[str, object]) -> set[str]:
     roots: set[str] = set()
     for value in list(namespace.values()):
         roots |= _roots_of(value)
-    return roots & (_TORCH_ROOTS | _NUMPY_ROOTS)
+    return roots & _ROOTS
 
 
 def _guess_backend(fn: object, module_roots: set[str]) -> tuple[str, bool]:
@@ -142,18 +144,28 @@ def _guess_backend(fn: object, module_roots: set[str]) -> tuple[str, bool]:
 
     Torch if it uses torch (or triton) and not numpy; numpy if the reverse;
     torch if both (numpy constants in torch code are common, and the probe
-    corrects the rarer numpy code that calls torch.from_numpy); otherwise
-    whatever the module imports, torch only if it imports torch and not numpy.
+    corrects the rarer numpy code that calls torch.from_numpy); JAX if it uses
+    jax (or optax, flax) and not torch, numpy or not; otherwise whatever the module
+    imports, torch (or JAX) only if it imports torch (jax) and not numpy.
     """
     roots = _library_roots(fn)
     uses_triton = "triton" in roots or ("triton" in module_roots and not roots)
     if roots & _TORCH_ROOTS:
         return "torch", uses_triton
+    if roots & _JAX_ROOTS:
+        return "jax", False
     if roots & _NUMPY_ROOTS:
         return "numpy", False
-    if module_roots & _TORCH_ROOTS and not module_roots & _NUMPY_ROOTS:
+    if module_roots & _TORCH_ROOTS and not module_roots & (_NUMPY_ROOTS | _JAX_ROOTS):
         return "torch", uses_triton
+    if module_roots & _JAX_ROOTS and not module_roots & (_NUMPY_ROOTS | _TORCH_ROOTS):
+        return "jax", False
     return "numpy", False
+
+
+def jax_available() -> bool:
+    """Whether jax can be imported (without importing it when it is not needed)."""
+    return "jax" in sys.modules or importlib.util.find_spec("jax") is not None
 
 
 def _dim_keyword(fn: Callable[..., Any]) -> tuple[str | None, bool]:
@@ -277,8 +289,12 @@ def resolve_function(
         backend, uses_triton = _guess_backend(fn, module_roots)
     if backend == "torch" and not torch_available():
         raise CandidateError(f"{target}: {fname} needs torch, which is not installed")
+    if backend == "jax" and not jax_available():
+        raise CandidateError(f"{target}: {fname} needs jax, which is not installed (pip install 'softaudit[jax]')")
     if backend == "torch" and device is not None:
         _check_device(device, target)
+    if backend == "jax":
+        device = None  # JAX candidates run on the CPU (docs/candidates.md#jax)
 
     dim_kw, signature_known = _dim_keyword(fn)
     keywords, keywords_known = _loss_keywords(fn, fname)
@@ -288,12 +304,14 @@ def resolve_function(
                           ("not probed: a probe call crashed or hung, so the backend is the static guess",),
                           keywords), None
     dim_options: list[str | None] = [dim_kw] if signature_known else [None, "dim", "axis"]
+    if backend == "jax" and dim_kw is not None and _has_default(fn, dim_kw):
+        dim_options.append(None)  # a jax.jit function whose axis is not static takes no axis=-1
     row_options = [True] if rowwise else [False, True]
     backends = [backend]
     if not explicit_backend:
-        other = "numpy" if backend == "torch" else "torch"
-        if other == "numpy" or torch_available():
-            backends.append(other)
+        others = {"torch": ["numpy"], "numpy": ["torch", "jax"], "jax": ["numpy", "torch"]}[backend]
+        backends += [b for b in others if b == "numpy" or (b == "torch" and torch_available())
+                     or (b == "jax" and "jax" in sys.modules)]
 
     request, expected = probe_request(fname, keywords, loss_style)
     attempts: list[tuple[OpFunction, CallResult, int]] = []
@@ -337,10 +355,20 @@ def _probe_loss(opfn: OpFunction, keywords_known: bool, loss_style: str) -> OpFu
     return dataclasses.replace(opfn, notes=tuple(notes))
 
 
+def _has_default(fn: Callable[..., Any], name: str) -> bool:
+    """Whether parameter ``name`` of ``fn`` has a default (so the call may leave it out)."""
+    try:
+        param = inspect.signature(fn).parameters.get(name)
+    except (TypeError, ValueError):
+        return False
+    return param is not None and param.default is not inspect.Parameter.empty
+
+
 def _device_options(backend: str, device: str | None, uses_triton: bool) -> list[str]:
     """Devices to try for a backend: the requested one, else CUDA then the CPU where a CUDA
-    device exists (the CPU first for Triton code that TRITON_INTERPRET runs there)."""
-    if backend == "numpy":
+    device exists (the CPU first for Triton code that TRITON_INTERPRET runs there). numpy and
+    JAX arrays are always on the CPU."""
+    if backend in ("numpy", "jax"):
         return ["cpu"]
     if device is not None:
         return [device]

@@ -221,7 +221,8 @@ def _reaches_triton(module: types.ModuleType) -> bool:
 
 
 OPTIONAL_PACKAGES = {"triton": "pip install 'softaudit[triton]'", "cupy": "pip install cupy-cuda12x",
-                     "scipy": "pip install 'softaudit[scipy]'", "liger_kernel": "pip install 'softaudit[liger]'"}
+                     "scipy": "pip install 'softaudit[scipy]'", "liger_kernel": "pip install 'softaudit[liger]'",
+                     "jax": "pip install 'softaudit[jax]'", "optax": "pip install 'softaudit[jax]'"}
 """Packages whose absence skips a candidate (with this install hint) instead of stopping the run."""
 
 _TRITON_IMPORT = re.compile(rb"^[ \t]*(?:import|from)[ \t]+triton\b", re.MULTILINE)

@@ -20,9 +20,9 @@ class OpFunction:
     fn: Callable[..., Any]
     """The user's callable."""
     backend: str
-    """"numpy" or "torch": what kind of array it is given."""
+    """"numpy", "torch" or "jax": what kind of array it is given."""
     device: str
-    """Torch device for the input ("cpu", "cuda", ...); "cpu" for numpy."""
+    """Torch device for the input ("cpu", "cuda", ...); "cpu" for numpy and JAX."""
     rowwise: bool
     """Called once per row with a 1-D vector instead of once with the 2-D input."""
     dim_kw: str | None

@@ -246,7 +246,7 @@ def load_subject(subject: Subject) -> Any:
     target = subject.target or ""
     if target.startswith("builtin:"):
         mod = target.split(":", 1)[1].replace("-", "_")
-        mod = {"torch": "torch_ops"}.get(mod, mod)
+        mod = {"torch": "torch_ops", "jax": "jax_ops"}.get(mod, mod)
         for pkg in ("softaudit.builtins", "softaudit.candidates.builtins"):
             try:
                 return importlib.import_module(f"{pkg}.{mod}")

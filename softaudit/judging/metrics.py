@@ -236,6 +236,9 @@ class RecordMetrics:
     above_envelope: int = 0
     above_limit: int = 0
     undefined_rows: dict[str, int] = field(default_factory=dict)
+    masked_rows: dict[str, int] = field(default_factory=dict)
+    """The fully masked rows (every entry -inf) among ``undefined_rows``, by behaviour: the
+    rows a policy such as "jax" judges by their own rule (verdicts.MASKED_ROW_POLICIES)."""
 
 
 def summarize(op: str, x: np.ndarray, y: np.ndarray, ref: OpReference, j: ElementJudgement,
@@ -254,8 +257,11 @@ def summarize(op: str, x: np.ndarray, y: np.ndarray, ref: OpReference, j: Elemen
         idx = tuple(int(i) for i in np.argwhere(j.class_mismatch)[0])
         m.first_mismatch = locate(op, x64, y64, ref, j, idx)
     for r in np.flatnonzero(ref.undefined):
-        b = undefined_behaviour(ref.op, y64[r], x64[r] if x64.ndim == 2 and x64.shape[0] == y64.shape[0] else None)
+        x_row = x64[r] if x64.ndim == 2 and x64.shape[0] == y64.shape[0] else None
+        b = undefined_behaviour(ref.op, y64[r], x_row)
         m.undefined_rows[b] = m.undefined_rows.get(b, 0) + 1
+        if x_row is not None and x_row.size and bool(np.all(x_row == -np.inf)):
+            m.masked_rows[b] = m.masked_rows.get(b, 0) + 1
     err = j.err_ulp[np.isfinite(j.err_ulp)]
     if err.size:
         m.max_ulp = float(err.max())

@@ -45,6 +45,7 @@ UNDEFINED_POLICIES: dict[str, frozenset[str] | None] = {
     "nan": frozenset({"nan"}),
     "zero": frozenset({"zero"}),
     "any": None,
+    "jax": frozenset({"nan", "zero", "limit"}),
 }
 """Accepted behaviours on rows whose exact answer is undefined (fully masked, or a +inf entry).
 
@@ -52,10 +53,40 @@ UNDEFINED_POLICIES: dict[str, frozenset[str] | None] = {
 +inf, NaN at the +inf entries with 0 (or -inf) elsewhere counts as "nan", and the op's limit there
 (1/k, -log k; log k or +inf for cross-entropy) as "limit", which the default accepts
 (docs/special-values.md). Under "any" nothing fails, and behaviours other than nan/zero/limit are
-reported as WARN.
+reported as WARN. "jax" judges rows holding +inf as the default does, and fully masked rows by
+MASKED_ROW_POLICIES.
 """
 
+MASKED_ROW_POLICIES: dict[str, frozenset[str]] = {
+    "jax": frozenset({"zero"}),
+}
+"""Policies with their own rule for fully masked rows (every entry -inf): "jax" is JAX's documented
+convention for an all-False ``where`` (jax.nn.softmax: 0, jax.nn.log_softmax: -inf; a loss and
+every gradient over such a row: 0), docs/special-values.md#jaxs-convention."""
+
 DEFAULT_UNDEFINED_POLICY = "nan-or-zero"
+
+
+def rejected_undefined(m: RecordMetrics, policy: str) -> list[tuple[str, int, str, frozenset[str]]]:
+    """(behaviour, rows, kind, accepted) for each behaviour on undefined rows that ``policy``
+    rejects; kind is "fully masked" for rows judged by MASKED_ROW_POLICIES, else "fully masked or
+    +inf". Empty under "any"."""
+    accepted = UNDEFINED_POLICIES[policy]
+    if accepted is None:
+        return []
+    masked_rule = MASKED_ROW_POLICIES.get(policy)
+    out: list[tuple[str, int, str, frozenset[str]]] = []
+    for behaviour, rows in sorted(m.undefined_rows.items()):
+        if masked_rule is None:
+            if behaviour not in accepted:
+                out.append((behaviour, rows, "fully masked or +inf", accepted))
+            continue
+        masked = m.masked_rows.get(behaviour, 0)
+        if masked and behaviour not in masked_rule:
+            out.append((behaviour, masked, "fully masked", masked_rule))
+        if rows - masked and behaviour not in accepted:
+            out.append((behaviour, rows - masked, "+inf", accepted))
+    return out
 
 
 @dataclass(frozen=True)
@@ -145,15 +176,15 @@ def decide(m: RecordMetrics, gate: Gate) -> tuple[str, list[str]]:
         assert m.first_mismatch is not None
         fails.append(f"{_share(m.class_mismatches, m.elements)} have the wrong class: {kinds}; "
                      f"first at {where(m.first_mismatch)}")
-    accepted = UNDEFINED_POLICIES[gate.undefined_policy]
-    for behaviour, rows in sorted(m.undefined_rows.items()):
-        if accepted is None:
+    if UNDEFINED_POLICIES[gate.undefined_policy] is None:
+        for behaviour, rows in sorted(m.undefined_rows.items()):
             if behaviour not in ("nan", "zero", "limit"):
                 warns.append(f"{rows} undefined row(s) (fully masked or +inf) returned {behaviour} values "
                              f"(policy 'any' accepts them)")
-        elif behaviour not in accepted:
-            fails.append(f"{rows} undefined row(s) (fully masked or +inf) returned {behaviour} values; "
-                         f"policy '{gate.undefined_policy}' accepts {' or '.join(sorted(accepted))}")
+    for behaviour, rows, kind, accepted in rejected_undefined(m, gate.undefined_policy):
+        fails.append(f"{rows} undefined row(s) ({kind}) returned {behaviour} values; "
+                     f"policy '{gate.undefined_policy}' accepts {' or '.join(sorted(accepted))}"
+                     + (" there" if kind != "fully masked or +inf" else ""))
     if m.worst is not None and m.max_ratio is not None and m.max_ratio > 1.0:
         detail = f"worst at {describe(m.worst)}"
         if m.max_ratio > gate.ratio_limit:

@@ -27,7 +27,7 @@ import math
 import re
 import xml.etree.ElementTree as ET
 
-from softaudit.judging.verdicts import FAIL, SKIP, UNDEFINED_POLICIES, WARN
+from softaudit.judging.verdicts import FAIL, SKIP, UNDEFINED_POLICIES, WARN, rejected_undefined
 from softaudit.reports.markdown_report import describe_element
 from softaudit.reports.terminal import SPEED_LEGEND, speed_grid
 from softaudit.results.document import ResultsDocument, rerun_command
@@ -74,8 +74,8 @@ def failure_type(record: Record, doc: ResultsDocument) -> str:
     if m is not None and m.class_mismatches:
         return "wrong-class"
     policy = doc.options.get("undefined_policy")
-    accepted = UNDEFINED_POLICIES.get(policy) if isinstance(policy, str) else None
-    if m is not None and accepted is not None and any(b not in accepted for b in m.undefined_rows):
+    if m is not None and isinstance(policy, str) and policy in UNDEFINED_POLICIES \
+            and rejected_undefined(m, policy):
         return "undefined-rows"
     return "accuracy"
 

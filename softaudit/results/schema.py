@@ -66,6 +66,7 @@ def record_dict(r: Record) -> dict:
             "above_envelope": m.above_envelope, "above_limit": m.above_limit,
             "worst": _loc(m.worst), "first_mismatch": _loc(m.first_mismatch),
             "undefined_rows": m.undefined_rows,
+            **({"masked_rows": m.masked_rows} if m.masked_rows else {}),
         })
     else:
         out.update({"max_ulp": None, "max_ratio": None, "worst": None})
@@ -182,6 +183,7 @@ def record_of_dict(d: dict) -> Record:
             max_ratio=_float(d.get("max_ratio")), worst=_location(d.get("worst")),
             above_envelope=int(d.get("above_envelope", 0)), above_limit=int(d.get("above_limit", 0)),
             undefined_rows=dict(d.get("undefined_rows") or {}),
+            masked_rows=dict(d.get("masked_rows") or {}),
         )
     excerpt = d.get("excerpt")
     if excerpt is not None:

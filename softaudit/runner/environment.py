@@ -58,6 +58,7 @@ def environment(seed: int, device: str = "auto") -> dict:
     }
     env["torch"] = _torch_version()
     env["triton"] = _version_of("triton")
+    env["jax"] = _version_of("jax")
     env.update(gpu_environment(device))
     return env
 

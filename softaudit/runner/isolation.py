@@ -74,12 +74,12 @@ class CandidateInfo:
     notes: dict[str, tuple[str, ...]] = field(default_factory=dict)
     """Per function: how it is called (row by row, the backend found by the probe...). Keys: the
     op for the forward, f"{op}_backward" for the backward pass (the explicit function's notes, or
-    the forward's when the backward goes through autograd)."""
+    the forward's when the backward goes through autograd or jax.vjp)."""
     description: str = ""
     loaded_name: str = ""
     """The name the loader gave it: the key in the worker, even after the audit renames it."""
     backward: dict[str, str] = field(default_factory=dict)
-    """op -> "function" (explicit backward function) or "autograd", for the ops whose backward pass
+    """op -> "function" (explicit backward function), "autograd" or "vjp" (jax.vjp), for the ops whose backward pass
     can be audited."""
     backward_missing: dict[str, str] = field(default_factory=dict)
     """op -> why its backward pass cannot be audited (a SKIP reason), for the other ops."""
@@ -102,7 +102,7 @@ class CandidateInfo:
                 missing[op] = reason
             else:
                 backward[op] = mode
-                if mode == "autograd":
+                if mode in ("autograd", "vjp"):
                     notes[f"{op}_backward"] = tuple(c.ops[op].notes)
         return CandidateInfo(
             name=c.name, target=c.target, ops=tuple(c.ops),

@@ -328,8 +328,8 @@ def _clear_error(res: CallResult) -> bool:
 
 def _loss_function(c: CandidateInfo, direction: str) -> str:
     """The function that receives the loss keywords: cross_entropy itself, forward and through
-    autograd, or the explicit cross_entropy_backward."""
-    if direction == "forward" or c.backward.get("cross_entropy") == "autograd":
+    autograd or jax.vjp, or the explicit cross_entropy_backward."""
+    if direction == "forward" or c.backward.get("cross_entropy") in ("autograd", "vjp"):
         return "cross_entropy"
     return "cross_entropy_backward"
 

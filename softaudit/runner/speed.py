@@ -29,7 +29,7 @@ import numpy as np
 from softaudit.candidates import kernels
 from softaudit.candidates.arguments import Arguments, call_arguments
 from softaudit.candidates.calling import backward_mode
-from softaudit.candidates.conversion import to_torch
+from softaudit.candidates.conversion import block_until_ready, jax_precision, to_torch
 from softaudit.candidates.model import Candidate, OpFunction
 from softaudit.errors import SoftauditError
 from softaudit.formats import FORMATS, Format
@@ -114,6 +114,8 @@ def prepare(cand: Candidate, op: str, direction: str, arrays: dict[str, np.ndarr
         opfn = cand.backward[op]
         return _explicit_backward(opfn, op, arrays, copies), opfn
     opfn = cand.ops[op]
+    if mode == "vjp":
+        return _vjp(opfn, arrays, copies), opfn
     return _autograd(opfn, arrays, copies), opfn
 
 
@@ -140,10 +142,40 @@ def _forward(opfn: OpFunction, arrays: dict[str, np.ndarray], copies: int) -> Ca
 def _calling(opfn: OpFunction, sets: list[list[tuple[tuple[Any, ...], dict[str, Any]]]]) -> Callable[[int], Any]:
     """call(i): the function's call(s) on argument set i (one, or one per row)."""
     fn = opfn.fn
+    jax = opfn.backend == "jax"
 
     def call(i: int) -> None:
         for a, kw in sets[i]:
-            fn(*a, **kw)
+            out = fn(*a, **kw)
+            if jax:
+                block_until_ready(out)  # JAX dispatches asynchronously
+
+    return call
+
+
+def _vjp(opfn: OpFunction, arrays: dict[str, np.ndarray], copies: int) -> Callable[[int], Any]:
+    """call(i): jax.vjp of the forward function on copy i and its pullback of dy (a mean-reduced
+    loss: dy = 1), waited for."""
+    import jax
+
+    op, rows = opfn.op, arrays["x"].shape[0]
+    if opfn.rowwise:
+        raise SpeedError("the backward pass of a row-by-row JAX function is not timed")
+    kwargs = _kwargs(opfn, op)
+    sets = []
+    for _ in range(copies):
+        args = Arguments(opfn)
+        values = [(args.add("x", arrays["x"]), True)]
+        if "target" in arrays:
+            values.append((args.add("target", arrays["target"]), True))
+        dy = arrays["dy"] if op != "cross_entropy" else np.ones((), dtype=arrays["x"].dtype)
+        sets.append((call_arguments(opfn, values, kwargs, rows)[0], args.add("dy", dy)))
+    fn = opfn.fn
+
+    def call(i: int) -> None:
+        (x, *rest), kw = sets[i][0]
+        out, pullback = jax.vjp(lambda v: fn(v, *rest, **kw), x)
+        block_until_ready(pullback(sets[i][1].astype(out.dtype).reshape(out.shape)))
 
     return call
 
@@ -283,7 +315,9 @@ class SpeedMeter:
         computed = time.perf_counter()
         argument_bytes = sum(a.nbytes for a in arrays.values())
         copies = timing.rotation(argument_bytes, self.cache_bytes)
-        with warnings.catch_warnings():
+        jax_mode = jax_precision(fmt) if any(f.backend == "jax" for f in cand.ops.values()) \
+            else contextlib.nullcontext()
+        with warnings.catch_warnings(), jax_mode:
             warnings.simplefilter("ignore")
             try:
                 call, opfn = prepare(cand, op, direction, arrays, copies)

@@ -34,7 +34,7 @@ from softaudit.cases.reader import case_from_table, load_cases
 from softaudit.errors import BadInput
 from softaudit.formats import FORMATS, Format
 from softaudit.judging.unit import AuditUnit
-from softaudit.judging.verdicts import FAIL, SKIP, UNDEFINED_POLICIES, Gate, fmt_num
+from softaudit.judging.verdicts import FAIL, SKIP, Gate, fmt_num, rejected_undefined
 from softaudit.options import CacheOptions, Naming, WorkerOptions, checked_search_options
 from softaudit.reference import ReferenceCache, default_cache_dir
 from softaudit.results.records import Record
@@ -201,9 +201,7 @@ def failure_classes(rec: Record, gate: Gate) -> tuple[str, ...]:
     m = rec.metrics
     if m is not None:
         out += [k for k, _ in sorted(m.mismatch_kinds.items(), key=lambda kv: (-kv[1], kv[0]))]
-        accepted = UNDEFINED_POLICIES[gate.undefined_policy]
-        if accepted is not None:
-            out += [f"undefined->{b}" for b in sorted(m.undefined_rows) if b not in accepted]
+        out += sorted({f"undefined->{b}" for b, *_ in rejected_undefined(m, gate.undefined_policy)})
         if m.max_ratio is not None and m.max_ratio > gate.ratio_limit:
             out.append(RATIO_CLASS)
         if gate.max_ulp is not None and m.max_ulp is not None and m.max_ulp > gate.max_ulp:
