@@ -429,29 +429,35 @@ def _backward(opfn: OpFunction, request: CallRequest, fmt: Format) -> CallResult
     return finish_call(opfn, run, args, fmt, (rows, n))
 
 
-def _call_autograd(opfn: OpFunction, request: CallRequest, fmt: Format) -> CallResult:
-    """The backward pass of a torch forward function through autograd: x is a
-    fresh leaf tensor, out = fn(x, ...), out.backward(dy); the output is x.grad."""
-    if opfn.backend != "torch":
-        raise ValueError(f"autograd needs a torch function, and {opfn.op} takes numpy arrays")
-    import torch
+@dataclass
+class _BackwardSetup:
+    """What a backward pass through autograd or jax.vjp calls the forward function with."""
 
+    args: Arguments
+    values: list[tuple[Any, bool]]
+    kwargs: dict[str, Any]
+    dy: np.ndarray
+    shape: tuple[int, int]
+
+
+def _backward_setup(opfn: OpFunction, request: CallRequest, fmt: Format, leaf: bool) -> _BackwardSetup | CallResult:
+    """The logits (a leaf tensor for autograd when ``leaf``), the loss's target and keywords, and dy
+    checked against the op's output shapes; a CallResult instead when the call cannot be made (a
+    row-by-row mean loss, an input that cannot be placed)."""
     op = opfn.op
     x = _logits(request, fmt)
     rows, n = x.shape
     loss = _loss(request) if op == "cross_entropy" else None
-    row_shapes: dict[str, list[tuple[int, ...]]] = {
+    output_shapes: dict[str, list[tuple[int, ...]]] = {
         "softmax": [(rows, n)], "log_softmax": [(rows, n)], "logsumexp": [(rows,)], "cross_entropy": [(rows,), ()]}
-    shapes = row_shapes[op]
-    dy = _array(request.dy, "dy", fmt, shapes)
+    dy = _array(request.dy, "dy", fmt, output_shapes[op])
     skip = _rowwise_mean(opfn, dy, loss)
     if skip is not None:
         return skip
     args = Arguments(opfn)
     kwargs: dict[str, Any] = {opfn.dim_kw: -1} if opfn.dim_kw else {}
     try:
-        leaf = args.add("x", x, leaf=True)
-        values = [(leaf, True)]
+        values = [(args.add("x", x, leaf=True) if leaf else args.add("x", x), True)]
         if loss is not None:
             values.append((args.add("target", _target(loss, fmt, rows, n)), True))
             kwargs.update(_loss_keyword_args(opfn, loss, args, fmt))
@@ -459,8 +465,22 @@ def _call_autograd(opfn: OpFunction, request: CallRequest, fmt: Format) -> CallR
         raise
     except Exception as exc:
         return _placement_failure(opfn, exc)
+    return _BackwardSetup(args, values, kwargs, dy, (rows, n))
 
-    define = f"define {_BACKWARD_SIGNATURES[op]} to audit the backward pass"
+
+def _call_autograd(opfn: OpFunction, request: CallRequest, fmt: Format) -> CallResult:
+    """The backward pass of a torch forward function through autograd: x is a
+    fresh leaf tensor, out = fn(x, ...), out.backward(dy); the output is x.grad."""
+    if opfn.backend != "torch":
+        raise ValueError(f"autograd needs a torch function, and {opfn.op} takes numpy arrays")
+    import torch
+
+    setup = _backward_setup(opfn, request, fmt, leaf=True)
+    if isinstance(setup, CallResult):
+        return setup
+    args, values, kwargs, dy, (rows, n) = setup.args, setup.values, setup.kwargs, setup.dy, setup.shape
+    leaf = values[0][0]
+    define = f"define {_BACKWARD_SIGNATURES[opfn.op]} to audit the backward pass"
     extra: list[str] = []
 
     def backward(out: Any, i: int) -> None:
@@ -504,29 +524,11 @@ def _call_vjp(opfn: OpFunction, request: CallRequest, fmt: Format) -> CallResult
 def _vjp(opfn: OpFunction, request: CallRequest, fmt: Format) -> CallResult:
     import jax
 
-    op = opfn.op
-    x = _logits(request, fmt)
-    rows, n = x.shape
-    loss = _loss(request) if op == "cross_entropy" else None
-    shapes: dict[str, list[tuple[int, ...]]] = {
-        "softmax": [(rows, n)], "log_softmax": [(rows, n)], "logsumexp": [(rows,)], "cross_entropy": [(rows,), ()]}
-    dy = _array(request.dy, "dy", fmt, shapes[op])
-    skip = _rowwise_mean(opfn, dy, loss)
-    if skip is not None:
-        return skip
-    args = Arguments(opfn)
-    kwargs: dict[str, Any] = {opfn.dim_kw: -1} if opfn.dim_kw else {}
-    try:
-        values = [(args.add("x", x), True)]
-        if loss is not None:
-            values.append((args.add("target", _target(loss, fmt, rows, n)), True))
-            kwargs.update(_loss_keyword_args(opfn, loss, args, fmt))
-    except ValueError:
-        raise
-    except Exception as exc:
-        return _placement_failure(opfn, exc)
-
-    define = f"define {_BACKWARD_SIGNATURES[op]} to audit the backward pass"
+    setup = _backward_setup(opfn, request, fmt, leaf=False)
+    if isinstance(setup, CallResult):
+        return setup
+    args, values, kwargs, dy, (rows, n) = setup.args, setup.values, setup.kwargs, setup.dy, setup.shape
+    define = f"define {_BACKWARD_SIGNATURES[opfn.op]} to audit the backward pass"
     extra: list[str] = []
     grads: list[Any] = []
     fn = opfn.fn
