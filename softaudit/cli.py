@@ -142,7 +142,7 @@ def run(
     shape: list[str] = typer.Option([], "--shape", help="Shape ROWSxN to time at with --bench (repeatable). Default: 4096x1024, 1024x32000, 256x128256, 64x262144."),
     device: str | None = typer.Option(None, "--device", help="Where torch and Triton candidates run: cpu, cuda (or cuda:N), or auto (CUDA when available). Without a GPU, Triton kernels run under Triton's CPU interpreter. [default: auto]", show_default=False),
     findings: int = typer.Option(10, "--findings", help="How many worst findings to explain after the table."),
-    no_diagnose: bool = typer.Option(False, "--no-diagnose", help="Skip the diagnosis: naming the likely cause of each candidate x op x direction with a FAIL or WARN, with small experiments run in the candidate's worker (docs/diagnosis.md)."),
+    no_diagnose: bool = typer.Option(False, "--no-diagnose", envvar="SOFTAUDIT_NO_DIAGNOSE", show_envvar=True, help="Skip the diagnosis: naming the likely cause of each candidate x op x direction with a FAIL or WARN, with small experiments run in the candidate's worker (docs/diagnosis.md). SOFTAUDIT_NO_DIAGNOSE=1 skips it too (a CI job that only gates)."),
     explain: bool = typer.Option(False, "--explain", help="Print each diagnosed cause's evidence, explanation and fix, not just its line."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no table; the exit code (and the files asked for) only."),
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for bad input."),
@@ -182,7 +182,8 @@ def run(
         if md_full and md_path is None:
             raise UsageProblem("--md-full needs --md PATH")
         if explain and no_diagnose:
-            raise UsageProblem("--explain explains the diagnosis, which --no-diagnose skips: drop one of them")
+            raise UsageProblem("--explain explains the diagnosis, which --no-diagnose (or SOFTAUDIT_NO_DIAGNOSE) "
+                               "skips: drop one of them")
         _check_cases_dirs(list(options.cases_dirs))
         corpus_dir = _corpus(corpus, no_corpus, cfg)
         options = dataclasses.replace(options, corpus_dir=corpus_dir)

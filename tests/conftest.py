@@ -5,6 +5,8 @@
   references are computed once and the suite never writes to ~/.cache; and a
   corpus directory that does not exist (SOFTAUDIT_CORPUS_DIR), so no found case
   of the developer's changes what `softaudit run` audits.
+* The CLI's diagnosis is off (SOFTAUDIT_NO_DIAGNOSE=1) except in tests/test_diagnosis_outputs.py,
+  which tests it.
 * Tests marked ``slow`` (the whole case library) run only with ``--runslow``.
 * Tests marked ``gpu`` run only where torch sees a CUDA device; elsewhere they are
   skipped with that reason.
@@ -54,4 +56,7 @@ def softaudit_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         # A corpus no test writes to unless it says so: a developer's own .softaudit/corpus in the
         # checkout must not change what `softaudit run` audits in the tests.
         mp.setenv("SOFTAUDIT_CORPUS_DIR", str(path / "no-corpus"))
+        # The diagnosis (its experiments start a worker) is what tests/test_diagnosis*.py test; the
+        # other tests' runs skip it, as `SOFTAUDIT_NO_DIAGNOSE=1 softaudit run` does.
+        mp.setenv("SOFTAUDIT_NO_DIAGNOSE", "1")
         yield path

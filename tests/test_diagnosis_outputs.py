@@ -21,6 +21,14 @@ from softaudit.reports.terminal import render_diagnoses
 from softaudit.results.document import ResultsError
 from softaudit.results.schema import document_of_dict, load_results
 
+
+@pytest.fixture(scope="module", autouse=True)
+def diagnosis_on():
+    """The diagnosis on, as users get it (the test session turns it off elsewhere: conftest.py)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("SOFTAUDIT_NO_DIAGNOSE", raising=False)
+        yield
+
 ROOT = Path(__file__).resolve().parents[1]
 PLANTED = ROOT / "tests" / "diagnosis" / "planted"
 NO_MAX_SHIFT = PLANTED / "no-max-shift" / "impl_np.py"
