@@ -274,6 +274,9 @@ class WorkerExecutor:
         """Per (target, candidate, op, direction): calls in a row that hung or crashed, and the last cause."""
         self.imported = False
         """Whether the last load request reported its module run (see _request)."""
+        self._held_x: Any = None
+        """The input array the running worker holds (the last one sent): the audit calls every
+        candidate, op and direction of a unit on one input, so it crosses the pipe once per unit."""
 
     # -- process management
 
@@ -295,6 +298,7 @@ class WorkerExecutor:
             os.close(to_child_r)
             os.close(from_child_w)
         self._proc = proc
+        self._held_x = None
         self._send_conn = Connection(to_child_w, readable=False)
         self._conn = Connection(from_child_r, writable=False)
 
@@ -405,7 +409,7 @@ class WorkerExecutor:
         self._ensure()
         if cand.target in self._lost:
             return _failed_call("could not be loaded again after a worker restart")
-        reply, failure = self._request(("call", cand.target, cand.loaded_name, request), self.timeout)
+        reply, failure = self._request(("call", cand.target, cand.loaded_name, *self._shipped(request)), self.timeout)
         if reply is None:
             self._fatal_streak[key] = (streak + 1, failure)
             return _failed_call(failure)
@@ -418,6 +422,14 @@ class WorkerExecutor:
         self._replace()
         result.cuda_error = sticky.key
         return _with_cause(result, sticky, RESTARTED_NOTE)
+
+    def _shipped(self, request: CallRequest) -> tuple[CallRequest, bool]:
+        """The request as sent, and whether the worker is to use the input it holds: the same array
+        object as the last one sent to this worker process is not sent again."""
+        if request.x is self._held_x:
+            return dataclasses.replace(request, x=None), True
+        self._held_x = request.x
+        return request, False
 
     def _replace(self) -> None:
         """End a worker whose CUDA context is unusable; the next request starts a fresh one."""

@@ -46,6 +46,9 @@ MIN_UNITS = 8
 """Fewer units to compute than this and no worker starts: a spawned worker takes about a second
 to import numpy, mpmath and softaudit, more than a few units' references cost."""
 
+CLOSE_GRACE = 2.0
+"""Seconds a worker has to end after SIGTERM before it is killed."""
+
 
 @dataclass(frozen=True)
 class UnitNeeds:
@@ -219,8 +222,13 @@ class Prefetcher:
             self._done[j] = items
 
     def close(self) -> None:
+        """End the workers: SIGTERM, then SIGKILL for one still there after a moment (a worker
+        blocked flushing its result queue, which nobody reads any more, never ends by itself)."""
         for proc in self._procs:
             proc.terminate()
         for proc in self._procs:
-            proc.join()
+            proc.join(CLOSE_GRACE)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
         self._procs = []

@@ -18,6 +18,7 @@ Python-level prints are captured and reported as notes.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import os
 import resource
@@ -26,6 +27,7 @@ import sys
 import traceback
 from collections.abc import Callable
 from multiprocessing.connection import Connection
+from typing import Any
 
 from softaudit.candidates import errors as candidate_errors
 from softaudit.candidates.calling import CallResult, call
@@ -49,6 +51,7 @@ def _serve(requests: Connection, conn: Connection, rowwise: bool, memory_limit: 
     interpret_triton_on_cpu(device)  # before any candidate is imported: Triton reached through a library too
     candidates: dict[tuple[str, str], Candidate] = {}
     meter: SpeedMeter | None = None
+    held: Any = None  # the input of the unit under audit (IsolatedExecutor._shipped)
     while True:
         try:
             message = requests.recv()
@@ -66,7 +69,10 @@ def _serve(requests: Connection, conn: Connection, rowwise: bool, memory_limit: 
             kind, payload = bench(meter, candidates[(target, name)], *spec)
             conn.send(Benched(kind, payload, _unusable(str(payload) if kind == "speed-skip" else None, device)))
         elif message[0] == "call":
-            _, target, name, request = message
+            _, target, name, request, reuse = message
+            held = held if reuse else request.x  # the executor sends a unit's input once (_shipped)
+            if held is not None:  # a copy: a candidate writing into its input spoils no later call
+                request = dataclasses.replace(request, x=held.copy())
             label = request.op if request.direction == "forward" else f"{request.op} backward"
             try:
                 with _captured_output() as printed:
