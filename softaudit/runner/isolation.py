@@ -25,6 +25,8 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
+
 from softaudit.candidates.calling import CallRequest, CallResult, accepted_keywords, backward_mode, call
 from softaudit.candidates.errors import CandidateImportError, CandidateUnavailable, describe_exception
 from softaudit.candidates.loading import load_target
@@ -61,6 +63,9 @@ def default_memory_limit() -> int:
     except (ValueError, OSError):
         return 8 << 30
 
+
+_HELD = np.empty((0, 0))
+"""What a call request carries in place of the input the worker already holds (IsolatedExecutor._shipped)."""
 
 @dataclass(frozen=True)
 class CandidateInfo:
@@ -427,7 +432,7 @@ class WorkerExecutor:
         """The request as sent, and whether the worker is to use the input it holds: the same array
         object as the last one sent to this worker process is not sent again."""
         if request.x is self._held_x:
-            return dataclasses.replace(request, x=None), True
+            return dataclasses.replace(request, x=_HELD), True
         self._held_x = request.x
         return request, False
 
