@@ -77,7 +77,7 @@ def _forward_rows(x_ptr, out_ptr, rows, n, stride, op, ROWS: tl.constexpr, TILE:
     if SINGLE:  # the row fits one tile: in registers, read once
         cols = tl.arange(0, TILE)
         x = _load(x_ptr, r, cols, rows, n, stride, float("-inf"), WIDE)
-        tm.write_rows(out_ptr, x, r, cols, rows, n, stride, op, WIDE, PRECISE)
+        tm.write_rows(x_ptr, out_ptr, x, r, cols, rows, n, stride, op, WIDE, PRECISE)
     else:
         m, shift, s = _statistics(x_ptr, r, rows, n, stride, ROWS, TILE, WIDE, PRECISE)
         if op == 2:

@@ -54,7 +54,7 @@ def _forward_rows(x_ptr, out_ptr, rows, n, stride, op, ROWS: tl.constexpr, BLOCK
     r = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)  # this program's rows
     cols = tl.arange(0, BLOCK)
     x = tm.load_rows(x_ptr, r, cols, rows, n, stride, float("-inf"), WIDE)
-    tm.write_rows(out_ptr, x, r, cols, rows, n, stride, op, WIDE, PRECISE)
+    tm.write_rows(x_ptr, out_ptr, x, r, cols, rows, n, stride, op, WIDE, PRECISE)
 
 
 @triton.jit(do_not_specialize=["rows", "op"])
