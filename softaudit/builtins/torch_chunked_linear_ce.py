@@ -7,7 +7,7 @@ once. The tokens are taken CHUNK_TOKENS at a time; for each chunk the logits
 ``h @ W.T + b`` are computed in the working precision (float32 for bfloat16, float16 and
 float32 inputs: a float32 matmul on the exactly widened operands, so float32 accumulation;
 float64 for float64), never rounded to a 16-bit format. The loss and dL/dlogits follow in the
-same precision from a max-shifted log_softmax, d_hidden of the chunk is one matmul, and
+same precision from a max-shifted log_softmax (its sum a cascade, torch.sum), d_hidden of the chunk is one matmul, and
 d_weight and d_bias are accumulated across chunks in the working precision. Only the results
 are rounded into the input's format, once, at the end.
 
@@ -79,8 +79,15 @@ def chunks(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, bia
             t = torch.tanh(z / softcap)
             squash = 1 - t * t
             z = softcap * t
-        lse = torch.logsumexp(z, dim=-1)
-        logp = torch.log_softmax(z, dim=-1)
+        # The max-shifted log_softmax written out: torch.sum adds in a cascade (error ~ log n), where
+        # torch.log_softmax's CPU kernel adds lane by lane (error ~ n / lanes: docs/calibration.md).
+        a = z.max(dim=-1, keepdim=True).values
+        shifted = z - a
+        e = torch.exp(shifted)
+        s = e.sum(dim=-1, keepdim=True)
+        log_s = torch.log(s)
+        logp = shifted - log_s
+        lse = (a + log_s)[:, 0]
         tgt = target[rows]
         kept = tgt != ignore_index
         if bool(((tgt < 0) | (tgt >= vocabulary))[kept].any()):
@@ -95,7 +102,7 @@ def chunks(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, bia
         loss = torch.where(kept, loss, torch.zeros_like(loss))
         grad = None
         if upstream is not None:
-            p = torch.exp(logp)
+            p = e / s
             if z_loss != 0:
                 p = (1 + 2 * z_loss * lse)[:, None] * p
             if eps != 0:
