@@ -38,6 +38,7 @@ from softaudit.runner.bench import run_bench
 from softaudit.runner.cuda_errors import DEVICE_ASSERT
 from softaudit.runner.environment import environment
 from softaudit.runner.isolation import CandidateInfo, Executor, make_executor
+from softaudit.runner.linear_loop import linear_records
 from softaudit.runner.planning import (
     NothingToAudit,
     baseline_name,
@@ -184,6 +185,11 @@ def _run_audit(targets: Sequence[str], options: AuditOptions | None = None,
             calls = [(c, op) for c in candidates for op in wanted_ops
                     if op in c.ops and op in case.ops and case.applies_to_format(fmt.name)] if directions else []
             if not calls:
+                continue
+            if case.linear:
+                linear, unc = linear_records(executor, [c for c, _ in calls], directions, fmt, case, options, cache)
+                records.extend(linear)
+                uncertified += unc
                 continue
             try:
                 x = generate(case, fmt, seed=options.seed)
