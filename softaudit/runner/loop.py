@@ -208,7 +208,8 @@ def _run_audit(targets: Sequence[str], options: AuditOptions | None = None,
             progress(len(units), len(units), "done")
         if options.bench:
             run_bench(executor, candidates, wanted_ops, wanted_directions, formats,
-                      list(options.shapes) or list(DEFAULT_SHAPES), options.seed, speed, progress)
+                      list(options.shapes) or list(DEFAULT_SHAPES), options.seed, speed, progress,
+                      linear_shapes=list(options.shapes) or None)
     except KeyboardInterrupt:
         complete = False
     finally:
