@@ -19,7 +19,7 @@ from softaudit.candidates.loading import builtin_names, load_target
 from softaudit.candidates.model import Candidate, OpFunction
 from softaudit.cases.inputs import LossInputs
 from softaudit.formats import FORMATS, get_format, round_float64_array
-from softaudit.ops import OPS, SOFTMAX_FAMILY
+from softaudit.ops import SOFTMAX_FAMILY
 from softaudit.runner.isolation import CandidateInfo
 
 FIXTURES = Path(__file__).parent / "fixtures"
