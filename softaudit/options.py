@@ -19,7 +19,7 @@ from softaudit.errors import BadInput
 from softaudit.formats import Format
 from softaudit.judging.envelope import DEFAULT_RELATIVE_FACTOR, DEFAULT_RELATIVE_SLACK
 from softaudit.judging.verdicts import UNDEFINED_POLICIES, Gate
-from softaudit.ops import DIRECTIONS, OPS
+from softaudit.ops import DIRECTIONS, LINEAR_CROSS_ENTROPY, OPS
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -300,6 +300,9 @@ def checked_audit_options(options: AuditOptions, names: Naming = KEYWORDS) -> Au
 def checked_search_options(options: SearchOptions, names: Naming = KEYWORDS) -> SearchOptions:
     """``options`` (softaudit.search's) with every value checked: OptionError names the first bad one."""
     check_choice(options.op, OPS, names.op)
+    if options.op == LINEAR_CROSS_ENTROPY:
+        raise OptionError(f"{names.op} {LINEAR_CROSS_ENTROPY}: search and shrink do not support this op yet "
+                          f"(audit its cases with softaudit run --op {LINEAR_CROSS_ENTROPY})")
     check_choice(options.direction, DIRECTIONS, names.direction)
     return dataclasses.replace(
         options, budget=check_budget(options.budget, names.budget), seed=check_seed(options.seed, names.seed),

@@ -32,7 +32,7 @@ from softaudit.judging.metrics import CLASS_NAMES, Location, RecordMetrics, loca
 from softaudit.judging.rules import Judgement, Output, input_excerpt, judge
 from softaudit.judging.unit import AuditUnit
 from softaudit.judging.verdicts import SKIP, Gate, Limits, describe, fmt_num, fmt_value
-from softaudit.ops import DIRECTIONS, OPS
+from softaudit.ops import DIRECTIONS, LINEAR_CROSS_ENTROPY, OPS
 from softaudit.reference import ReferenceCache, default_cache_dir
 from softaudit.results.records import Record
 from softaudit.runner.loop import call_request
@@ -148,6 +148,9 @@ def check_reproducible(record: Record) -> None:
     if record.op not in OPS or record.direction not in DIRECTIONS or record.dtype not in FORMATS:
         raise ReproduceError(f"record {record.id!r}: op {record.op!r}, direction {record.direction!r} or dtype "
                              f"{record.dtype!r} is not one this softaudit knows")
+    if record.op == LINEAR_CROSS_ENTROPY:
+        raise ReproduceError(f"record {record.id!r}: reproduce and repro do not support {LINEAR_CROSS_ENTROPY} yet "
+                             f"(rerun its case with softaudit run --op {LINEAR_CROSS_ENTROPY} --case {record.case})")
     if record.op == "cross_entropy" and record.parameters.get("reduction", "none") not in ("none", "mean", "sum"):
         raise ReproduceError(f"record {record.id!r}: reduction {record.parameters.get('reduction')!r} is not "
                              f"none, mean or sum")

@@ -19,7 +19,7 @@ from softaudit.candidates.loading import builtin_names, load_target
 from softaudit.candidates.model import Candidate, OpFunction
 from softaudit.cases.inputs import LossInputs
 from softaudit.formats import FORMATS, get_format, round_float64_array
-from softaudit.ops import OPS
+from softaudit.ops import SOFTMAX_FAMILY
 from softaudit.runner.isolation import CandidateInfo
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -198,7 +198,7 @@ def test_module_without_ops_is_a_one_line_error() -> None:
     target = str(FIXTURES / "no_ops.py")
     with pytest.raises(CandidateError) as info:
         load_target(target)
-    assert str(info.value) == f"{target} defines none of softmax, log_softmax, logsumexp, cross_entropy"
+    assert str(info.value) == f"{target} defines none of softmax, log_softmax, logsumexp, cross_entropy, linear_cross_entropy"
 
 
 def test_syntax_error_names_file_and_line(tmp_path: Path) -> None:
@@ -417,7 +417,7 @@ def test_builtins_correct_on_simple_inputs(name: str, fmt_name: str) -> None:
     fmt = FORMATS[fmt_name]
     cand = load_one(f"builtin:{name}")
     assert cand.name == f"builtin:{name}" and cand.target == f"builtin:{name}"
-    assert set(cand.ops) == set(OPS)
+    assert set(cand.ops) == set(SOFTMAX_FAMILY)
     x = round_float64_array(X, fmt)
     exact = exact_ops(x.astype(np.float64))
     exact["cross_entropy"] = -exact["log_softmax"][[0, 1], T]
@@ -438,7 +438,7 @@ def test_builtin_backward_passes_correct_on_simple_inputs(name: str, fmt_name: s
     x = round_float64_array(X, fmt)
     dys = {"softmax": [[0.5, -1.0, 0.25], [1.0, 2.0, -0.5]], "logsumexp": [0.75, -1.5], "cross_entropy": [0.75, -1.5]}
     dys["log_softmax"] = dys["softmax"]
-    for op in OPS:
+    for op in SOFTMAX_FAMILY:
         assert backward_mode(cand, op) == ("autograd" if name == "torch" else "function", "")
         dy = round_float64_array(np.array(dys[op]), fmt)
         result = backward(cand, op, x, dy, fmt, loss=loss() if op == "cross_entropy" else None)

@@ -15,6 +15,9 @@ what differs from the others and why:
 - ``scipy``: scipy.special.softmax / log_softmax / logsumexp as scipy ships them (extra ``scipy``).
 - ``liger``: Liger-Kernel's Triton softmax and cross-entropy, a Triton library (extra ``liger``).
 - ``jax``: jax.nn.softmax / log_softmax / logsumexp and optax's cross-entropies as shipped.
+- ``torch-linear-ce``: linear_cross_entropy unfused: torch's eager matmul, then F.cross_entropy.
+- ``torch-chunked-linear-ce``: the textbook fused linear cross-entropy, chunked, float32 accumulation.
+- ``liger-linear-ce``: Liger-Kernel's fused linear cross-entropy (extra ``liger``).
 
 The Triton built-ins need the ``triton`` extra, ``jax`` the ``jax`` extra; ``triton_math`` holds
 what the Triton ones share.
@@ -38,6 +41,9 @@ BUILTINS: dict[str, str] = {
     "scipy": "scipy_ops",
     "liger": "liger",
     "jax": "jax_ops",
+    "torch-linear-ce": "torch_linear_ce",
+    "torch-chunked-linear-ce": "torch_chunked_linear_ce",
+    "liger-linear-ce": "liger_linear_ce",
 }
 """Name as typed after ``builtin:`` -> module file stem in this package."""
 

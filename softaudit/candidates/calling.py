@@ -11,11 +11,9 @@ function, else through torch autograd for torch candidates and ``jax.vjp`` for J
 from __future__ import annotations
 
 import dataclasses
-import time
-import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -24,83 +22,43 @@ from softaudit.candidates.conversion import (
     OutputError,
     as_format,
     block_until_ready,
-    describe_value,
     is_jax_array,
     is_tensor,
     jax_precision,
-    normalise_output,
-    output_problem,
     to_jax,
     to_torch,
 )
-from softaudit.candidates.errors import describe_exception, one_line, real_interrupt
+from softaudit.candidates.errors import describe_exception
+from softaudit.candidates.linear_calling import (
+    LINEAR_BACKWARD_SIGNATURE,
+    call_linear,
+    call_linear_function,
+    linear_backward_mode,
+)
 from softaudit.candidates.model import Candidate, OpFunction
+from softaudit.candidates.running import (
+    CallRequest,
+    CallResult,
+    Unsupported,
+    finish_call,
+    placement_failure,
+    run_calls,
+)
 from softaudit.formats import FORMATS, Format
-from softaudit.ops import BACKWARD_FUNCTIONS, LOSS_KEYWORDS, OPS
+from softaudit.ops import BACKWARD_FUNCTIONS, LINEAR_CROSS_ENTROPY, LOSS_KEYWORDS, OPS, keywords_of
 
 if TYPE_CHECKING:
-    from softaudit.candidates.probes import ProbeLoss
-    from softaudit.cases.inputs import LossInputs
+    from softaudit.candidates.running import LossLike
 
-    LossLike: TypeAlias = LossInputs | ProbeLoss
-    """An audit's loss inputs, or a probe's stand-in with the attributes a call reads."""
-
-_MAX_WARNING_NOTES = 3
-
-@dataclass(frozen=True)
-class CallRequest:
-    """One call to make: an op, a direction, and the arrays the candidate gets."""
-
-    op: str
-    """One of OPS."""
-    direction: str
-    """"forward" | "backward"."""
-    x: np.ndarray
-    """(rows, n) values of the format (the logits for cross_entropy)."""
-    fmt_name: str
-    """The format under audit (a key of FORMATS)."""
-    loss: LossLike | None = None
-    """cross_entropy only: the target, the class weights and the keywords of the case."""
-    dy: np.ndarray | None = None
-    """backward only: the upstream gradient, shaped like the forward output (() for a reduced loss)."""
-    y: np.ndarray | None = None
-    """backward only: the correctly rounded exact forward output (softmax and log_softmax (rows, n),
-    logsumexp (rows,)); NaN on undefined rows. Unused for cross_entropy."""
-
-
-@dataclass
-class CallResult:
-    """The outcome of one ``call``."""
-
-    output: np.ndarray | None
-    """Output in the input's format: (rows, n) for softmax, log_softmax and every backward; (rows,)
-    for logsumexp; (rows,) or () for cross_entropy, as returned; None on error."""
-    error: str | None
-    """One line when the call failed: an exception, a wrong shape, a non-array."""
-    input_modified: bool
-    """True when the candidate changed any array it was given (compared bit for bit)."""
-    output_dtype: str
-    """What the candidate returned, e.g. "float32", "torch.float64 on cpu", "list"."""
-    notes: tuple[str, ...]
-    """Remarks: a different output format rounded into the input's, warnings raised."""
-    seconds: float
-    """Wall time of the candidate's own call(s), device synchronised."""
-    raised: bool = False
-    """The candidate raised a Python exception (``error`` says which), as opposed to returning a
-    bad output or taking the worker down."""
-    unsupported: str | None = None
-    """The call cannot be audited, and why (e.g. an autograd output without grad_fn): a SKIP reason."""
-    cuda_error: str | None = None
-    """The call left the CUDA context unusable (a device-side assert, an illegal memory access...):
-    the key of the error in softaudit.runner.cuda_errors.STICKY_ERRORS (or its UNUSABLE_CONTEXT). The
-    worker that made the call was replaced; ``error`` names the cause."""
-
+__all__ = ["CallRequest", "CallResult", "accepted_keywords", "backward_mode", "call", "call_function", "call_op",
+           "finish_call"]
 
 _BACKWARD_SIGNATURES = {
     "softmax": "softmax_backward(y, dy)",
     "log_softmax": "log_softmax_backward(y, dy)",
     "logsumexp": "logsumexp_backward(x, y, dy)",
     "cross_entropy": "cross_entropy_backward(logits, target, dloss)",
+    LINEAR_CROSS_ENTROPY: LINEAR_BACKWARD_SIGNATURE,
 }
 """The explicit backward function of each op, as a reason for skipping names it."""
 
@@ -110,6 +68,8 @@ def backward_mode(cand: Candidate, op: str) -> tuple[str | None, str]:
     candidate's explicit backward function, ("autograd", "") through torch
     autograd of its forward function, ("vjp", "") through ``jax.vjp`` of a JAX
     forward function, or (None, reason) when it cannot be (the runner's SKIP reason)."""
+    if op == LINEAR_CROSS_ENTROPY:
+        return linear_backward_mode(cand)
     if op in cand.backward:
         return "function", ""
     opfn = cand.ops.get(op)
@@ -123,10 +83,12 @@ def backward_mode(cand: Candidate, op: str) -> tuple[str | None, str]:
 
 
 def accepted_keywords(opfn: OpFunction) -> tuple[str, ...]:
-    """The loss keywords a cross_entropy(_backward) function is audited with, in LOSS_KEYWORDS
-    order: those it takes, less ``reduction`` row by row (each row's call gets reduction="none",
-    so a case's mean or sum cannot be asked of it)."""
-    return tuple(k for k in LOSS_KEYWORDS if k in opfn.keywords and not (k == "reduction" and opfn.rowwise))
+    """The keywords a loss function is audited with, in LOSS_KEYWORDS (LINEAR_KEYWORDS) order: those
+    it takes, less ``reduction`` row by row (each row's call gets reduction="none", so a case's mean
+    or sum cannot be asked of it); a linear_cross_entropy function's also "bias" when it takes it."""
+    names = (*keywords_of(opfn.op), "bias") if BACKWARD_FUNCTIONS.get(opfn.op, opfn.op) == LINEAR_CROSS_ENTROPY \
+        else LOSS_KEYWORDS
+    return tuple(k for k in names if k in opfn.keywords and not (k == "reduction" and opfn.rowwise))
 
 
 def call(cand: Candidate, request: CallRequest) -> CallResult:
@@ -142,6 +104,8 @@ def call(cand: Candidate, request: CallRequest) -> CallResult:
         raise ValueError(f"unknown format {request.fmt_name!r}")
     if request.op not in OPS:
         raise ValueError(f"unknown op {request.op!r}")
+    if request.op == LINEAR_CROSS_ENTROPY:
+        return call_linear(cand, request, fmt)
     if request.direction == "forward":
         opfn = cand.ops.get(request.op)
         if opfn is None:
@@ -170,110 +134,11 @@ def call_op(opfn: OpFunction, x: np.ndarray, fmt: Format) -> CallResult:
 def call_function(opfn: OpFunction, request: CallRequest) -> CallResult:
     """Call one function as ``call`` would call it (the probes try functions, not candidates)."""
     fmt = FORMATS[request.fmt_name]
+    if request.op == LINEAR_CROSS_ENTROPY:
+        return call_linear_function(opfn, request, fmt)
     if opfn.op in BACKWARD_FUNCTIONS:
         return _call_backward(opfn, request, fmt)
     return _call_forward(opfn, request, fmt)
-
-
-class _Unsupported(Exception):
-    """The call cannot be audited (an autograd output without grad_fn); the message is the reason."""
-
-
-@dataclass
-class Run:
-    """What the candidate's call(s) did."""
-
-    raw: list[Any]
-    error: str | None
-    raised: bool
-    unsupported: str | None
-    seconds: float
-    notes: tuple[str, ...]
-
-
-def _run(opfn: OpFunction, calls: list[tuple[tuple[Any, ...], dict[str, Any]]],
-         after: Callable[[Any, int], None] | None = None) -> Run:
-    """Make the calls (one, or one per row), timing them and recording warnings;
-    ``after(output, i)`` runs inside the timing (autograd's backward)."""
-    raw: list[Any] = []
-    error: str | None = None
-    unsupported: str | None = None
-    raised = False
-    i = 0
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        start = time.perf_counter()
-        try:
-            for i, (args, kwargs) in enumerate(calls):
-                out = opfn.fn(*args, **kwargs)
-                raw.append(out)
-                if after is not None:
-                    after(out, i)
-            _synchronize(opfn, raw)
-        except _Unsupported as exc:
-            unsupported = str(exc)
-        except OutputError as exc:
-            error = (f"row {i}: " if opfn.rowwise else "") + str(exc)
-        except BaseException as exc:
-            if real_interrupt(exc):
-                raise
-            error = (f"row {i}: " if opfn.rowwise else "") + describe_exception(exc)
-            raised = True
-        seconds = time.perf_counter() - start
-    return Run(raw, error, raised, unsupported, seconds, _warning_notes(caught))
-
-
-def finish_call(opfn: OpFunction, run: Run, args: Arguments, fmt: Format, expected: tuple[int, ...],
-            allow: Iterable[tuple[int, ...]] = (), also: Iterable[tuple[int, ...]] = (),
-            outputs: list[Any] | None = None, stack: bool = False, extra: Iterable[str] = ()) -> CallResult:
-    """The CallResult of a run: input changes, errors, and the output(s) normalised into ``fmt``.
-
-    ``stack``: the outputs are rows (``expected`` is a row's shape), stacked.
-    ``outputs`` replaces the candidate's return values (autograd's x.grad).
-    """
-    notes = run.notes + tuple(extra)
-    try:
-        changed = args.modified()
-    except Exception as exc:
-        if run.error is not None:
-            # The call failed already, and its error made the input unreadable too (a CUDA error that
-            # breaks the context, cuda_errors): the error is the finding, not a modified input.
-            return CallResult(None, run.error, False, "", notes, run.seconds, run.raised)
-        return CallResult(None, f"input could not be read back: {describe_exception(exc)}", True, "", notes, run.seconds,
-                          run.raised)
-    others = [name for name in changed if name not in ("x", "logits")]
-    if others:
-        notes += (f"changed its {', '.join(others)} argument{'s' if len(others) > 1 else ''} in place",)
-    modified = bool(changed)
-    if run.unsupported is not None:
-        return CallResult(None, None, modified, "", notes, run.seconds, unsupported=run.unsupported)
-    if run.error is not None:
-        return CallResult(None, run.error, modified, "", notes, run.seconds, run.raised)
-    items = run.raw if outputs is None else outputs
-    allow, also = list(allow), list(also)
-    if stack:
-        parts, descs, rounding = [], [], []
-        for i, item in enumerate(items):
-            try:
-                part, desc, note = normalise_output(item, expected, fmt, allow=allow)
-            except Exception as exc:
-                problem = f"row {i}: {output_problem(exc, item)}"
-                return CallResult(None, problem, modified, describe_value(item), notes, run.seconds)
-            parts.append(part)
-            descs.append(desc)
-            if note and note not in rounding:
-                rounding.append(note)
-        out = np.stack(parts) if parts else np.empty((0,) + expected, dtype=fmt.np_dtype)
-        return CallResult(out, None, modified, descs[0] if descs else "", notes + tuple(rounding), run.seconds)
-    try:
-        out, desc, note = normalise_output(items[0], expected, fmt, allow=allow, also=also)
-    except Exception as exc:
-        return CallResult(None, output_problem(exc, items[0]), modified, describe_value(items[0]), notes, run.seconds)
-    return CallResult(out, None, modified, desc, notes + ((note,) if note else ()), run.seconds)
-
-
-def _placement_failure(opfn: OpFunction, exc: Exception) -> CallResult:
-    return CallResult(None, f"cannot place the input on {opfn.device}: {describe_exception(exc)}", False, "", (), 0.0)
 
 
 def _logits(request: CallRequest, fmt: Format) -> np.ndarray:
@@ -366,8 +231,8 @@ def _forward(opfn: OpFunction, request: CallRequest, fmt: Format) -> CallResult:
     except ValueError:
         raise
     except Exception as exc:
-        return _placement_failure(opfn, exc)
-    run = _run(opfn, call_arguments(opfn, values, kwargs, rows))
+        return placement_failure(opfn, exc)
+    run = run_calls(opfn, call_arguments(opfn, values, kwargs, rows))
     if opfn.op == "cross_entropy":
         if opfn.rowwise:
             return finish_call(opfn, run, args, fmt, (), allow=[(1,)], stack=True)
@@ -422,8 +287,8 @@ def _backward(opfn: OpFunction, request: CallRequest, fmt: Format) -> CallResult
     except ValueError:
         raise
     except Exception as exc:
-        return _placement_failure(opfn, exc)
-    run = _run(opfn, call_arguments(opfn, values, kwargs, rows))
+        return placement_failure(opfn, exc)
+    run = run_calls(opfn, call_arguments(opfn, values, kwargs, rows))
     if opfn.rowwise:
         return finish_call(opfn, run, args, fmt, (n,), stack=True)
     return finish_call(opfn, run, args, fmt, (rows, n))
@@ -464,7 +329,7 @@ def _backward_setup(opfn: OpFunction, request: CallRequest, fmt: Format, leaf: b
     except ValueError:
         raise
     except Exception as exc:
-        return _placement_failure(opfn, exc)
+        return placement_failure(opfn, exc)
     return _BackwardSetup(args, values, kwargs, dy, (rows, n))
 
 
@@ -485,7 +350,7 @@ def _call_autograd(opfn: OpFunction, request: CallRequest, fmt: Format) -> CallR
 
     def backward(out: Any, i: int) -> None:
         if not is_tensor(out) or not out.requires_grad or out.grad_fn is None:
-            raise _Unsupported(f"output is not differentiable by autograd (no grad_fn); {define}")
+            raise Unsupported(f"output is not differentiable by autograd (no grad_fn); {define}")
         g = dy[i] if opfn.rowwise and dy.ndim else dy
         if out.numel() != g.size:
             raise OutputError(f"returned shape {tuple(out.shape)} but {g.shape} was expected")
@@ -498,7 +363,7 @@ def _call_autograd(opfn: OpFunction, request: CallRequest, fmt: Format) -> CallR
         out.backward(upstream)
 
     with torch.enable_grad():
-        run = _run(opfn, call_arguments(opfn, values, kwargs, rows), after=backward)
+        run = run_calls(opfn, call_arguments(opfn, values, kwargs, rows), after=backward)
     grad = leaf.grad
     if run.error is None and run.unsupported is None and grad is None:
         run.unsupported = f"the gradient did not reach the input (x.grad is None after backward); {define}"
@@ -538,7 +403,7 @@ def _vjp(opfn: OpFunction, request: CallRequest, fmt: Format) -> CallResult:
             out, pullback = jax.vjp(lambda v: fn(v, *rest, **kw), x_in)
         except Exception as exc:
             if type(exc).__name__ in _JAX_UNTRACEABLE or "not a valid JAX type" in str(exc):
-                raise _Unsupported(f"not differentiable by jax.vjp ({describe_exception(exc)}); {define}") from None
+                raise Unsupported(f"not differentiable by jax.vjp ({describe_exception(exc)}); {define}") from None
             raise
         return out, pullback
 
@@ -546,7 +411,7 @@ def _vjp(opfn: OpFunction, request: CallRequest, fmt: Format) -> CallResult:
         out, pullback = result
         g = dy[i] if opfn.rowwise and dy.ndim else dy
         if not is_jax_array(out):
-            raise _Unsupported(f"output is not a JAX array; {define}")
+            raise Unsupported(f"output is not a JAX array; {define}")
         if out.size != g.size:
             raise OutputError(f"returned shape {tuple(out.shape)} but {g.shape} was expected")
         upstream = to_jax(np.array(g, copy=True)).astype(out.dtype).reshape(out.shape)
@@ -559,30 +424,10 @@ def _vjp(opfn: OpFunction, request: CallRequest, fmt: Format) -> CallResult:
         block_until_ready(grad)
         grads.append(grad)
 
-    run = _run(dataclasses.replace(opfn, fn=differentiated), call_arguments(opfn, values, kwargs, rows),
+    run = run_calls(dataclasses.replace(opfn, fn=differentiated), call_arguments(opfn, values, kwargs, rows),
                after=backward)
     if opfn.rowwise:
         return finish_call(opfn, run, args, fmt, (n,), outputs=grads, stack=True, extra=extra)
     return finish_call(opfn, run, args, fmt, (rows, n), outputs=grads[:1] or [None], extra=extra)
 
 
-def _synchronize(opfn: OpFunction, outputs: list[Any]) -> None:
-    """Wait for queued GPU work, or JAX's asynchronous dispatch, so that timings include it."""
-    if opfn.backend == "torch" and opfn.device.startswith("cuda"):
-        import torch
-
-        torch.cuda.synchronize()
-    elif opfn.backend == "jax":
-        block_until_ready(outputs)
-
-
-def _warning_notes(caught: list[warnings.WarningMessage]) -> tuple[str, ...]:
-    """Distinct warnings raised during the call, as notes (a few at most)."""
-    notes: list[str] = []
-    for w in caught:
-        note = f"warned {w.category.__name__}: {one_line(str(w.message))}"
-        if note not in notes:
-            notes.append(note)
-    if len(notes) > _MAX_WARNING_NOTES:
-        notes = notes[:_MAX_WARNING_NOTES] + [f"and {len(notes) - _MAX_WARNING_NOTES} more warnings"]
-    return tuple(notes)

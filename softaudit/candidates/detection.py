@@ -24,7 +24,7 @@ from softaudit.candidates.decorator import Mark
 from softaudit.candidates.errors import CandidateError, one_line
 from softaudit.candidates.model import OpFunction
 from softaudit.candidates.probes import TRIAL_VALUES, probe_quality, probe_request
-from softaudit.ops import LOSS_KEYWORDS
+from softaudit.ops import LINEAR_CROSS_ENTROPY, LINEAR_KEYWORDS, LOSS_KEYWORDS, backward_name
 
 POSITIONAL = {
     "softmax": ("x",),
@@ -35,11 +35,25 @@ POSITIONAL = {
     "log_softmax_backward": ("y", "dy"),
     "logsumexp_backward": ("x", "y", "dy"),
     "cross_entropy_backward": ("logits", "target", "dloss"),
+    "linear_cross_entropy": ("hidden", "weight", "target"),
+    "linear_cross_entropy_backward": ("hidden", "weight", "target", "bias", "dy"),
 }
 """The positional arguments each function receives, in order (docs/candidates.md)."""
 
 _LOSS_FUNCTIONS = frozenset({"cross_entropy", "cross_entropy_backward"})
 """Functions that receive the loss keywords they accept."""
+
+_LINEAR_FUNCTIONS = frozenset({LINEAR_CROSS_ENTROPY, backward_name(LINEAR_CROSS_ENTROPY)})
+"""linear_cross_entropy's functions: called whole (never row by row, no dim), with the keywords they accept."""
+
+
+def _keyword_names(fname: str) -> tuple[str, ...]:
+    """The keywords ``fname`` may accept: the loss keywords; for the linear forward also ``bias``."""
+    if fname == LINEAR_CROSS_ENTROPY:
+        return (*LINEAR_KEYWORDS, "bias")
+    if fname in _LINEAR_FUNCTIONS:
+        return LINEAR_KEYWORDS
+    return LOSS_KEYWORDS if fname in _LOSS_FUNCTIONS else ()
 
 _TORCH_ROOTS = frozenset({"torch", "triton"})
 _NUMPY_ROOTS = frozenset({"numpy", "scipy", "ml_dtypes"})
@@ -186,7 +200,8 @@ def _loss_keywords(fn: Callable[..., Any], fname: str) -> tuple[frozenset[str], 
     """(keywords, known): the LOSS_KEYWORDS a cross_entropy(_backward) function accepts by name
     (all of them with ``**kwargs``; none for other functions), and whether its signature could
     be inspected at all."""
-    if fname not in _LOSS_FUNCTIONS:
+    names = _keyword_names(fname)
+    if not names:
         return frozenset(), True
     try:
         params = list(inspect.signature(fn).parameters.values())
@@ -194,9 +209,9 @@ def _loss_keywords(fn: Callable[..., Any], fname: str) -> tuple[frozenset[str], 
         return frozenset(), False
     kinds = inspect.Parameter
     if any(p.kind is kinds.VAR_KEYWORD for p in params):
-        return frozenset(LOSS_KEYWORDS), True
+        return frozenset(names), True
     slots = {p.name for p in _positional_slots(params, len(POSITIONAL[fname]))}
-    return frozenset(p.name for p in params if p.name in LOSS_KEYWORDS and p.name not in slots
+    return frozenset(p.name for p in params if p.name in names and p.name not in slots
                      and p.kind in (kinds.POSITIONAL_OR_KEYWORD, kinds.KEYWORD_ONLY)), True
 
 
@@ -246,10 +261,10 @@ def _check_signature(fn: Callable[..., Any], fname: str, target: str) -> None:
             continue
         if p.default is not kinds.empty:
             continue
-        if fname in _LOSS_FUNCTIONS and p.name in LOSS_KEYWORDS and by_keyword:
+        if p.name in _keyword_names(fname) and by_keyword:
             raise CandidateError(f"{target}: {fname}{sig}: keyword {p.name!r} needs a default "
                                  f"(loss keywords are passed only to the cases that need them)")
-        passes = ", ".join(names) + (", the loss keywords it accepts" if fname in _LOSS_FUNCTIONS else "")
+        passes = ", ".join(names) + (", the loss keywords it accepts" if _keyword_names(fname) else "")
         raise CandidateError(f"{target}: {fname}{sig}: unexpected required parameter {p.name!r} "
                              f"(the contract passes only {passes}, and -1 to a dim or axis parameter)")
 
@@ -298,6 +313,8 @@ def resolve_function(
 
     dim_kw, signature_known = _dim_keyword(fn)
     keywords, keywords_known = _loss_keywords(fn, fname)
+    if fname in _LINEAR_FUNCTIONS:
+        dim_kw, signature_known, rowwise = None, True, False  # whole tensors, no dim; keywords found by signature
     if not probe:
         dev = _device_options(backend, device or requested_device, uses_triton)[0]
         return OpFunction(fname, fn, backend, dev, rowwise, dim_kw,
@@ -306,7 +323,7 @@ def resolve_function(
     dim_options: list[str | None] = [dim_kw] if signature_known else [None, "dim", "axis"]
     if backend == "jax" and dim_kw is not None and _has_default(fn, dim_kw):
         dim_options.append(None)  # a jax.jit function whose axis is not static takes no axis=-1
-    row_options = [True] if rowwise else [False, True]
+    row_options = [False] if fname in _LINEAR_FUNCTIONS else [True] if rowwise else [False, True]
     backends = [backend]
     if not explicit_backend:
         others = {"torch": ["numpy"], "numpy": ["torch", "jax"], "jax": ["numpy", "torch"]}[backend]
@@ -327,6 +344,9 @@ def resolve_function(
     opfn, result = _with_notes(attempts, rowwise, signature_known)
     if fname in _LOSS_FUNCTIONS:
         opfn = _probe_loss(opfn, keywords_known, loss_style)
+    elif fname in _LINEAR_FUNCTIONS and not keywords_known:
+        note = "its signature cannot be inspected: called without keywords (cases that need one are skipped)"
+        opfn = dataclasses.replace(opfn, notes=(*opfn.notes, note))
     shape = result.output.shape if result.output is not None and result.error is None else None
     return opfn, shape
 

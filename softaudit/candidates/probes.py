@@ -10,7 +10,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from softaudit.candidates.calling import CallRequest, CallResult
-from softaudit.ops import BACKWARD_FUNCTIONS
+from softaudit.cases.linear_inputs import LinearLossInputs
+from softaudit.ops import BACKWARD_FUNCTIONS, LINEAR_CROSS_ENTROPY
 
 _PROBE = np.array([[1.0, 2.0, 3.5], [-1.0, 0.5, 0.25]], dtype=np.float32)
 _PROBE_TARGET = np.array([2, 0], dtype=np.int64)
@@ -41,6 +42,35 @@ class ProbeLoss:
         return dict(self.passed)
 
 
+_PROBE_HIDDEN = np.array([[1.0, 0.5], [-0.5, 2.0]], dtype=np.float32)
+_PROBE_WEIGHT = np.array([[1.0, 2.0], [0.5, -1.0], [1.75, 0.25]], dtype=np.float32)
+"""The linear probe: hidden @ weight.T is the probe's 2x3 logits' stand-in (exact in float32)."""
+
+
+def _linear_probe(fname: str, keywords: frozenset[str], loss_style: str
+                  ) -> tuple[CallRequest, dict[tuple[int, ...], np.ndarray]]:
+    """linear_cross_entropy's probe: per-token losses (reduction "none" when it takes the keyword),
+    or the backward's d_hidden, with hidden @ weight.T as the logits."""
+    h, w = _PROBE_HIDDEN.astype(np.float64), _PROBE_WEIGHT.astype(np.float64)
+    z = h @ w.T
+    rows, n = z.shape
+    lse = np.log(np.exp(z).sum(axis=-1))
+    per_row = lse - z[np.arange(rows), _PROBE_TARGET]
+    reduction = "none" if "reduction" in keywords else "mean"
+    inp = LinearLossInputs(_PROBE_HIDDEN, _PROBE_WEIGHT, None, _PROBE_TARGET, reduction=reduction)
+    if fname == LINEAR_CROSS_ENTROPY:
+        expected: dict[tuple[int, ...], np.ndarray] = {(rows,): per_row, (): np.array(per_row.mean())}
+        return CallRequest(LINEAR_CROSS_ENTROPY, "forward", _PROBE_HIDDEN, "float32", linear=inp), expected
+    if reduction == "none" or loss_style == "none" and "reduction" in keywords:
+        dy, g = _PROBE_DY_ROWS, _PROBE_DY_ROWS.astype(np.float64)
+    else:
+        dy = np.array(_PROBE_DY_ROWS[0])
+        g = np.full(rows, float(dy) / rows)
+    grad = g[:, None] * (np.exp(z - lse[:, None]) - np.eye(n)[_PROBE_TARGET])
+    request = CallRequest(LINEAR_CROSS_ENTROPY, "backward", _PROBE_HIDDEN, "float32", linear=inp, dy=dy)
+    return request, {h.shape: grad @ w}
+
+
 def _probe_exact() -> dict[str, np.ndarray]:
     """softmax, log_softmax and logsumexp of the probe input in float64 (its values are exact)."""
     x = _PROBE.astype(np.float64)
@@ -59,6 +89,8 @@ def probe_request(
     gets a scalar dloss. ``passed`` are keywords to pass (the keyword trial);
     ``probabilities`` probes with probability targets instead of [2, 0].
     """
+    if BACKWARD_FUNCTIONS.get(fname, fname) == LINEAR_CROSS_ENTROPY:
+        return _linear_probe(fname, keywords, loss_style)
     exact = _probe_exact()
     rows, n = _PROBE.shape
     if fname in ("softmax", "log_softmax", "logsumexp"):

@@ -45,6 +45,9 @@ def generate(case: Case, fmt: Format, seed: int = 0) -> np.ndarray:
     value meant to be finite overflows ``fmt`` (the case would test something else).
     """
     _check(case, fmt, seed)
+    if case.linear:
+        raise NotApplicable(f"case {case.name!r} is a linear_cross_entropy case: its inputs are hidden states "
+                            f"and a weight (cases.linear_inputs), not logits")
     x, intended = float64_values(case, fmt, seed)
     out = round_float64_array(x, fmt)
     overflow = ~intended & ~np.isfinite(out.astype(np.float64))

@@ -9,9 +9,14 @@ format, stored in that format's numpy dtype, as ``LossInputs`` does for the logi
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
+
+from softaudit.cases.inputs import NotApplicable
+from softaudit.cases.model import Case
+from softaudit.formats import Format, round_float64_array
 
 
 @dataclass(frozen=True)
@@ -60,3 +65,51 @@ class LinearLossInputs:
         if self.softcap is not None:
             kw["softcap"] = self.softcap
         return kw
+
+
+def linear_inputs(case: Case, fmt: Format, seed: int = 0) -> LinearLossInputs:
+    """A linear_cross_entropy case's inputs in ``fmt``: drawn in float64 from the stream
+    SeedSequence([seed, case.seed, 4]) in the same order for every format, then rounded once.
+
+    hidden ~ N(0, 1) (tokens, hidden_size); weight ~ N(0, logit_std^2 / hidden_size), so each logit
+    has a standard deviation near ``logit_std``; bias ~ N(0, 1/4) when asked; targets uniform over the
+    vocabulary. A ``confident_tokens`` fraction of the tokens (drawn) get the hidden state
+    ``confident_margin / |w_t|^2 * w_t``: their target's logit is about the margin, the others near 0,
+    so p_target is close to 1. The last ``ignored_tokens`` tokens are padding (target = ignore_index).
+    Raises NotApplicable when the case is restricted to other formats.
+    """
+    if not case.applies_to_format(fmt.name):
+        raise NotApplicable(f"case {case.name!r} is restricted to {', '.join(case.formats)}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    tokens, vocab, hidden = case.rows, case.n, int(case.param("hidden_size"))
+    std = float(case.param("logit_std"))
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), case.seed, 4]))
+    w64 = rng.standard_normal((vocab, hidden)) * (std / math.sqrt(hidden))
+    h64 = rng.standard_normal((tokens, hidden))
+    target = rng.integers(0, vocab, size=tokens).astype(np.int64)
+    b64 = rng.standard_normal(vocab) * 0.5 if case.param("bias") else None
+    confident = int(round(float(case.param("confident_tokens")) * tokens))
+    if confident:
+        rows = np.sort(rng.choice(tokens, size=confident, replace=False))
+        w_t = w64[target[rows]]
+        h64[rows] = w_t * (float(case.param("confident_margin")) / np.sum(w_t * w_t, axis=1))[:, None]
+    ignored = int(case.param("ignored_tokens"))
+    ignore_index = int(case.param("ignore_index") if case.param("ignore_index") is not None else -100)
+    if ignored:
+        target[tokens - ignored:] = ignore_index
+    softcap = case.param("softcap")
+    return LinearLossInputs(
+        hidden=np.ascontiguousarray(round_float64_array(h64, fmt)),
+        weight=np.ascontiguousarray(round_float64_array(w64, fmt)),
+        bias=None if b64 is None else np.ascontiguousarray(round_float64_array(b64, fmt)),
+        target=np.ascontiguousarray(target), ignore_index=ignore_index,
+        label_smoothing=float(case.param("label_smoothing")), reduction=str(case.param("reduction")),
+        z_loss=float(case.param("z_loss")), softcap=None if softcap is None else float(softcap))
+
+
+def linear_summary(inp: LinearLossInputs) -> dict:
+    """What a record says about a linear case's input: its shape, ignored tokens, and the keywords."""
+    return {"tokens": inp.tokens, "vocabulary": inp.vocabulary, "hidden_size": inp.hidden_size,
+            "bias": inp.bias is not None, "ignored_tokens": int(np.count_nonzero(inp.target == inp.ignore_index)),
+            "rows": inp.tokens, "n": inp.vocabulary}

@@ -15,7 +15,7 @@ from typing import Any
 
 from softaudit.errors import BadInput
 from softaudit.formats import FORMATS, FormatError, get_format
-from softaudit.ops import DIRECTIONS
+from softaudit.ops import DIRECTIONS, LINEAR_CROSS_ENTROPY
 
 FAMILIES: Mapping[str, str] = MappingProxyType({
     "offsets": "huge common offsets (±1e3 … 1e38, and near each format's range) with a fixed spread on top",
@@ -30,6 +30,7 @@ FAMILIES: Mapping[str, str] = MappingProxyType({
     "seed-examples": "the project's own seed examples (docs/cases.md#the-seed-examples)",
     "cross-entropy": "losses: far-off targets, offsets, smoothing, ignore_index, weights, soft targets, bad targets",
     "gradients": "backward passes with an upstream of ones on confident rows, where p - 1 cancels",
+    "linear-cross-entropy": "the fused linear cross-entropy at LLM shapes: vocabularies 32000 to 262144, z-loss, softcap, padding",
 })
 """The shipped library's families and what each covers. User files may add others."""
 
@@ -67,6 +68,17 @@ LOSS_KEYS = ("target", "target_kind", "probability_zeros", "label_smoothing", "i
              "weight", "reduction", "out_of_range", "out_of_range_rows")
 """Keys that only mean something to cross_entropy: a case that sets one must include it in ``ops``."""
 
+LINEAR_KEYS = ("tokens", "vocab", "hidden_size", "logit_std", "confident_tokens", "confident_margin", "bias",
+               "ignored_tokens", "z_loss", "softcap")
+"""Keys that only mean something to linear_cross_entropy (docs/cases.md#linear-cross-entropy-cases); its
+cases also take label_smoothing, ignore_index, reduction and upstream."""
+
+LINEAR_SHARED_KEYS = ("label_smoothing", "ignore_index", "reduction", "upstream")
+"""cross_entropy's keys that a linear_cross_entropy case takes too."""
+
+DEVICES = ("cpu", "cuda")
+"""Devices a case may be restricted to (the ``devices`` key): a full-size case that only a GPU runs in time."""
+
 TORCH_DEFAULT_IGNORE_INDEX = -100
 """torch's default ignore_index: a target equal to it is ignored even when the case passes none."""
 
@@ -98,6 +110,14 @@ PARAM_DEFAULTS: Mapping[str, Any] = MappingProxyType({
     "out_of_range": "none",
     "out_of_range_rows": (0,),
     "upstream": "normal",
+    "hidden_size": None,
+    "logit_std": 3.0,
+    "confident_tokens": 0.0,
+    "confident_margin": 16.0,
+    "bias": False,
+    "ignored_tokens": 0,
+    "z_loss": 0.0,
+    "softcap": None,
 })
 """Every generator parameter with the value it takes when a case omits it (None: unused)."""
 
@@ -133,10 +153,22 @@ class Case:
     """Generator parameters the file gave, validated and normalised (read-only)."""
     source: str = ""
     """Path of the file the case came from."""
+    devices: tuple[str, ...] = ()
+    """Devices the case runs on (DEVICES); () means any. A full-size linear_cross_entropy case says
+    ("cuda",): a CPU audit leaves it out (docs/cases.md#devices)."""
 
     def applies_to(self, op: str, fmt_name: str, direction: str = "forward") -> bool:
         """Whether the case runs for ``op`` in ``direction`` in the format named ``fmt_name``."""
         return op in self.ops and direction in self.directions and self.applies_to_format(fmt_name)
+
+    def runs_on(self, device: str) -> bool:
+        """Whether the case runs in an audit whose candidates run on ``device`` ("cpu", "cuda", "cuda:1")."""
+        return not self.devices or device.split(":")[0] in self.devices
+
+    @property
+    def linear(self) -> bool:
+        """Whether this is a linear_cross_entropy case: rows are tokens, n the vocabulary."""
+        return LINEAR_CROSS_ENTROPY in self.ops
 
     def applies_to_format(self, fmt_name: str) -> bool:
         """Whether the case runs in the format named ``fmt_name`` (aliases accepted)."""
@@ -147,7 +179,7 @@ class Case:
 
     @property
     def elements(self) -> int:
-        """Input elements per format: rows * n."""
+        """Input elements per format: rows * n (a linear case: its logits, tokens * vocabulary)."""
         return self.rows * self.n
 
     def param(self, key: str) -> Any:

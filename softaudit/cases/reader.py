@@ -24,7 +24,10 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
 from softaudit.cases.model import (
+    DEVICES,
     FINFO_SYMBOLS,
+    LINEAR_KEYS,
+    LINEAR_SHARED_KEYS,
     LOSS_KEYS,
     MASK_MODES,
     MASK_PATTERNS,
@@ -41,9 +44,14 @@ from softaudit.cases.model import (
     Value,
 )
 from softaudit.formats import FORMATS, FormatError, get_format
-from softaudit.ops import DIRECTIONS, OPS, REDUCTIONS, TARGET_KINDS
+from softaudit.ops import DIRECTIONS, LINEAR_CROSS_ENTROPY, OPS, REDUCTIONS, SOFTMAX_FAMILY, TARGET_KINDS
 
-_CASE_KEYS = ("name", "family", "description", "seen_in", "ops", "directions", "formats", "rows", "n", "seed")
+_CASE_KEYS = ("name", "family", "description", "seen_in", "ops", "directions", "formats", "rows", "n", "seed",
+              "devices")
+_LINEAR_CASE_KEYS = ("name", "family", "description", "seen_in", "ops", "directions", "formats", "seed", "devices",
+                     *LINEAR_KEYS, *LINEAR_SHARED_KEYS)
+DEVICE_CASE_FACTOR = 64
+"""A case restricted to ``devices = ["cuda"]`` may be this many times larger than the cap (a GPU's memory)."""
 _INJECT_KEYS = ("value", "columns", "count", "rows")
 _NAME_RE = re.compile(r"^[a-z0-9]+(?:[-.][a-z0-9]+)*$")
 
@@ -242,20 +250,17 @@ class _CaseReader:
 
     def read(self) -> Case:
         t = self.table
+        ops_given = t.get("ops")
+        if (isinstance(ops_given, list) and LINEAR_CROSS_ENTROPY in ops_given) or any(k in t for k in LINEAR_KEYS):
+            return self.read_linear()
         for key in t:
             if key not in _CASE_KEYS and key not in PARAM_DEFAULTS:
                 self.fail(key, "unknown key (see docs/cases.md)")
-        name = self.text("name")
-        if not _NAME_RE.match(name):
-            self.fail("name", f"{name!r} is not kebab-case (lowercase letters, digits, '-', '.')")
-        family = self.text("family")
-        if not _NAME_RE.match(family):
-            self.fail("family", f"{family!r} is not kebab-case (lowercase letters, digits, '-', '.')")
-        description = self.text("description")
-        seen_in = self.text("seen_in", required=False)
+        name, family, description, seen_in = self.header()
         ops = self.ops()
         directions = self.directions()
         formats = self.formats()
+        devices = self.devices()
         seed = self.integer("seed", t["seed"], 0) if "seed" in t else zlib.crc32(name.encode())
 
         params: dict[str, Any] = {}
@@ -294,17 +299,111 @@ class _CaseReader:
             params["upstream"] = self.choice("upstream", t["upstream"], UPSTREAM_KINDS)
         return Case(name=name, family=family, description=description, seen_in=seen_in, ops=ops,
                     formats=formats, rows=rows, n=n, seed=seed, directions=directions,
-                    params=MappingProxyType(params), source=str(self.path))
+                    params=MappingProxyType(params), source=str(self.path), devices=devices)
+
+    def header(self) -> tuple[str, str, str, str]:
+        """name, family, description and seen_in, checked."""
+        name = self.text("name")
+        if not _NAME_RE.match(name):
+            self.fail("name", f"{name!r} is not kebab-case (lowercase letters, digits, '-', '.')")
+        family = self.text("family")
+        if not _NAME_RE.match(family):
+            self.fail("family", f"{family!r} is not kebab-case (lowercase letters, digits, '-', '.')")
+        return name, family, self.text("description"), self.text("seen_in", required=False)
 
     def ops(self) -> tuple[str, ...]:
-        return self._subset("ops", OPS, "op")
+        """The ops (default: the softmax family; linear_cross_entropy only by name, in a case of its own)."""
+        ops = self._subset("ops", OPS, "op", default=SOFTMAX_FAMILY)
+        if LINEAR_CROSS_ENTROPY in ops:
+            self.fail("ops", "linear_cross_entropy takes hidden states and a weight, not logits: give it a case of "
+                             "its own (ops = ['linear_cross_entropy'], keys tokens, vocab, hidden_size)")
+        return ops
+
+    def devices(self) -> tuple[str, ...]:
+        """The devices the case is restricted to (() when not said)."""
+        if "devices" not in self.table:
+            return ()
+        return self._subset("devices", DEVICES, "device")
+
+    def read_linear(self) -> Case:
+        """A linear_cross_entropy case: tokens x vocab logits from hidden states and a weight."""
+        t = self.table
+        if t.get("ops") != [LINEAR_CROSS_ENTROPY]:
+            if "ops" not in t:
+                key = next(k for k in LINEAR_KEYS if k in t)
+                self.fail(key, f"only applies to {LINEAR_CROSS_ENTROPY} (set ops = ['{LINEAR_CROSS_ENTROPY}'])")
+            self.fail("ops", f"{LINEAR_CROSS_ENTROPY} takes hidden states and a weight, not logits: its case applies "
+                             f"to it alone (ops = ['{LINEAR_CROSS_ENTROPY}'])")
+        for key in t:
+            if key not in _LINEAR_CASE_KEYS:
+                known = key in _CASE_KEYS or key in PARAM_DEFAULTS
+                self.fail(key, f"does not apply to a {LINEAR_CROSS_ENTROPY} case" if known
+                          else "unknown key (see docs/cases.md#linear-cross-entropy-cases)")
+        name, family, description, seen_in = self.header()
+        directions = self.directions()
+        formats = self.formats()
+        devices = self.devices()
+        seed = self.integer("seed", t["seed"], 0) if "seed" in t else zlib.crc32(name.encode())
+        for key in ("tokens", "vocab", "hidden_size"):
+            if key not in t:
+                self.fail(key, f"missing (required by a {LINEAR_CROSS_ENTROPY} case)")
+        tokens = self.integer("tokens", t["tokens"], 1)
+        vocab = self.integer("vocab", t["vocab"], 2)
+        hidden = self.integer("hidden_size", t["hidden_size"], 1)
+        cap = max_case_elements() * (DEVICE_CASE_FACTOR if devices == ("cuda",) else 1)
+        if tokens * vocab > cap:
+            self.fail("tokens", f"{tokens:,} tokens x {vocab:,} classes = {tokens * vocab:,} logits is over the cap of "
+                                f"{cap:,} per case (${MAX_ELEMENTS_VARIABLE} raises it; devices = ['cuda'] allows "
+                                f"{DEVICE_CASE_FACTOR}x)")
+        if vocab * hidden > 4 * cap:
+            self.fail("hidden_size", f"a {vocab:,} x {hidden:,} weight is over the cap of {4 * cap:,} elements per case")
+        params: dict[str, Any] = {"hidden_size": hidden}
+        for key, positive in (("logit_std", True), ("confident_margin", True), ("z_loss", False), ("softcap", True)):
+            if key in t:
+                v = self.real(key, t[key], finite=True)
+                if v < 0 or (positive and v == 0):
+                    self.fail(key, f"must be {'> 0' if positive else '>= 0'}, got {t[key]!r}")
+                params[key] = v
+        if "confident_tokens" in t:
+            f = self.real("confident_tokens", t["confident_tokens"], finite=True)
+            if not 0.0 <= f <= 1.0:
+                self.fail("confident_tokens", f"must lie in [0, 1] (a fraction of the tokens), got {t['confident_tokens']!r}")
+            params["confident_tokens"] = f
+        if "bias" in t:
+            if not isinstance(t["bias"], bool):
+                self.fail("bias", f"must be true or false, got {t['bias']!r}")
+            params["bias"] = t["bias"]
+        ignore = self.int64("ignore_index", t["ignore_index"]) if "ignore_index" in t else TORCH_DEFAULT_IGNORE_INDEX
+        if 0 <= ignore < vocab:
+            self.fail("ignore_index", f"{ignore} is a class in [0, {vocab}): tokens of that class would be ignored")
+        params["ignore_index"] = ignore
+        if "ignored_tokens" in t:
+            params["ignored_tokens"] = self.integer("ignored_tokens", t["ignored_tokens"], 0)
+            if params["ignored_tokens"] > tokens:
+                self.fail("ignored_tokens", f"{params['ignored_tokens']} is more than the {tokens} tokens")
+        if "label_smoothing" in t:
+            eps = self.real("label_smoothing", t["label_smoothing"], finite=True)
+            if not 0.0 <= eps < 1.0:
+                self.fail("label_smoothing", f"must lie in [0, 1), got {t['label_smoothing']!r}")
+            params["label_smoothing"] = eps
+        params["reduction"] = self.choice("reduction", t.get("reduction", "mean"), REDUCTIONS)
+        if params["reduction"] == "mean" and params.get("ignored_tokens", 0) == tokens:
+            self.fail("ignored_tokens", "every token is ignored: the mean is 0/0 (use reduction = 'sum' or 'none')")
+        if "upstream" in t:
+            if "backward" not in directions:
+                self.fail("upstream", "only applies to the backward direction (add 'backward' to directions)")
+            params["upstream"] = self.choice("upstream", t["upstream"], UPSTREAM_KINDS)
+        return Case(name=name, family=family, description=description, seen_in=seen_in, ops=(LINEAR_CROSS_ENTROPY,),
+                    formats=formats, rows=tokens, n=vocab, seed=seed, directions=directions,
+                    params=MappingProxyType(params), source=str(self.path), devices=devices)
 
     def directions(self) -> tuple[str, ...]:
         return self._subset("directions", DIRECTIONS, "direction")
 
-    def _subset(self, key: str, allowed: tuple[str, ...], what: str) -> tuple[str, ...]:
-        """A non-empty list drawn from ``allowed`` (default: all), in ``allowed``'s order."""
-        v = self.table.get(key, list(allowed))
+    def _subset(self, key: str, allowed: tuple[str, ...], what: str,
+                default: tuple[str, ...] | None = None) -> tuple[str, ...]:
+        """A non-empty list drawn from ``allowed`` (when not given: ``default``, else all), in ``allowed``'s order."""
+        v = self.table.get(key, list(allowed if default is None else default))
         if not isinstance(v, list) or not v:
             self.fail(key, f"must be a non-empty list drawn from {', '.join(allowed)}")
         for item in v:

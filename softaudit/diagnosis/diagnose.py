@@ -18,6 +18,7 @@ from typing import Any
 from softaudit.diagnosis import experiments as X
 from softaudit.diagnosis.classes import CLASSES, NO_KNOWN_CAUSE
 from softaudit.diagnosis.evidence import EXP_OVERFLOW, SIXTEEN_BIT, RecordView, group_records, worst_first
+from softaudit.ops import LINEAR_CROSS_ENTROPY
 from softaudit.results.diagnoses import Cause, Diagnosis, ExperimentRun
 
 MIN_CONFIDENCE = 0.3
@@ -561,9 +562,11 @@ def diagnose(records: Iterable[Mapping[str, Any]], candidate: X.Subject | str | 
     groups = group_records(records)
     names = {k[0] for k in groups}
     out: list[Diagnosis] = []
-    for (cand, _op, _dir), views in groups.items():
+    for (cand, op, _dir), views in groups.items():
         if subject is not None and cand != subject.name and len(names) > 1:
             continue
+        if op == LINEAR_CROSS_ENTROPY:
+            continue  # its classes and experiments are the softmax family's (docs/linear-cross-entropy.md)
         d = _diagnose_group(views, subject, runner)
         if d is not None:
             out.append(d)

@@ -111,13 +111,16 @@ def speed_grid(speed: list[SpeedRecord]) -> tuple[list[tuple[int, int]], list[tu
                 row.append(None if timed is None else "not timed")
                 continue
             pct = (timed.figures or {}).get("pct_copy_bandwidth")
-            row.append(f"{short_number(pct)}% · {seconds_text(timed.median_s)}")
+            matmul = (timed.figures or {}).get("pct_matmul_bound")
+            bound = f" ({short_number(matmul)}% matmul)" if isinstance(matmul, (int, float)) else ""
+            row.append(f"{short_number(pct)}%{bound} · {seconds_text(timed.median_s)}")
         lines.append((op if direction == "forward" else f"{op} bwd", dtype, row))
     return shapes, lines
 
 
 SPEED_LEGEND = ("each cell: % of the copy bandwidth (a device copy of the same bytes, timed in the same run) "
-                "· median time of one call")
+                "· median time of one call; linear_cross_entropy also the % of its matmul bound (torch's own "
+                "matmuls of the same shapes)")
 
 
 BREAKDOWN_PARTS = (("draw_s", "drawing inputs"), ("reference_s", "reference"), ("transfer_s", "transfers"),

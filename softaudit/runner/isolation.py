@@ -31,6 +31,7 @@ from softaudit.candidates.calling import CallRequest, CallResult, accepted_keywo
 from softaudit.candidates.errors import CandidateImportError, CandidateUnavailable, describe_exception
 from softaudit.candidates.loading import load_target
 from softaudit.candidates.model import Candidate
+from softaudit.ops import LINEAR_CROSS_ENTROPY, backward_name
 from softaudit.options import DEFAULT_TIMEOUT
 from softaudit.runner import cuda_errors
 from softaudit.runner.worker_replies import (
@@ -43,6 +44,9 @@ from softaudit.runner.worker_replies import (
     LoadRefused,
     Reply,
 )
+
+LOSS_FUNCTIONS = ("cross_entropy", "cross_entropy_backward", LINEAR_CROSS_ENTROPY, backward_name(LINEAR_CROSS_ENTROPY))
+"""The functions that take keywords, passed only when accepted."""
 
 CONSECUTIVE_FAILURE_LIMIT = 3
 """After this many calls in a row of one function (a candidate's op in one direction) that hung or
@@ -89,8 +93,8 @@ class CandidateInfo:
     backward_missing: dict[str, str] = field(default_factory=dict)
     """op -> why its backward pass cannot be audited (a SKIP reason), for the other ops."""
     keywords: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    """"cross_entropy" / "cross_entropy_backward" (when defined) -> the loss keywords it is passed
-    when a case has them (``accepted_keywords``)."""
+    """"cross_entropy" / "cross_entropy_backward" / "linear_cross_entropy" / "linear_cross_entropy_backward"
+    (when defined) -> the keywords it is passed when a case has them (``accepted_keywords``)."""
     probability_targets: dict[str, bool] = field(default_factory=dict)
     """Function name (op, or f"{op}_backward" for an explicit backward) -> whether it takes
     probability targets (False only for a cross-entropy function whose probability probe raised)."""
@@ -115,7 +119,7 @@ class CandidateInfo:
             notes=notes, description=c.description, loaded_name=c.name,
             backward=backward, backward_missing=missing,
             keywords={name: accepted_keywords(f) for name, f in functions.items()
-                      if name in ("cross_entropy", "cross_entropy_backward")},
+                      if name in LOSS_FUNCTIONS},
             probability_targets={name: f.probability_targets for name, f in functions.items()},
         )
 

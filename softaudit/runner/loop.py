@@ -38,6 +38,7 @@ from softaudit.runner.bench import run_bench
 from softaudit.runner.cuda_errors import DEVICE_ASSERT
 from softaudit.runner.environment import environment
 from softaudit.runner.isolation import CandidateInfo, Executor, make_executor
+from softaudit.runner.linear_loop import linear_records
 from softaudit.runner.planning import (
     NothingToAudit,
     baseline_name,
@@ -185,6 +186,11 @@ def _run_audit(targets: Sequence[str], options: AuditOptions | None = None,
                     if op in c.ops and op in case.ops and case.applies_to_format(fmt.name)] if directions else []
             if not calls:
                 continue
+            if case.linear:
+                linear, unc = linear_records(executor, [c for c, _ in calls], directions, fmt, case, options, cache)
+                records.extend(linear)
+                uncertified += unc
+                continue
             try:
                 x = generate(case, fmt, seed=options.seed)
             except NotApplicable as exc:
@@ -202,7 +208,8 @@ def _run_audit(targets: Sequence[str], options: AuditOptions | None = None,
             progress(len(units), len(units), "done")
         if options.bench:
             run_bench(executor, candidates, wanted_ops, wanted_directions, formats,
-                      list(options.shapes) or list(DEFAULT_SHAPES), options.seed, speed, progress)
+                      list(options.shapes) or list(DEFAULT_SHAPES), options.seed, speed, progress,
+                      linear_shapes=list(options.shapes) or None)
     except KeyboardInterrupt:
         complete = False
     finally:

@@ -16,7 +16,7 @@ from softaudit.cases.reader import load_cases, select_cases
 from softaudit.errors import BadInput
 from softaudit.formats import FORMATS, Format, get_format
 from softaudit.judging.verdicts import FAIL, SKIP
-from softaudit.ops import DIRECTIONS, OPS
+from softaudit.ops import DIRECTIONS, LINEAR_CROSS_ENTROPY, OPS
 from softaudit.reference import ReferenceCache
 from softaudit.results.records import Record
 from softaudit.runner.isolation import CandidateInfo, Executor, LoadFailure
@@ -36,8 +36,20 @@ def with_corpus(options: AuditOptions) -> AuditOptions:
 def plan(options: AuditOptions) -> tuple[list[Case], list[Format]]:
     """The cases and formats an audit will cover (raises CaseError / FormatError on bad options)."""
     cases = select_cases(load_cases(list(with_corpus(options).cases_dirs)), list(options.case_patterns))
+    if any(c.devices for c in cases):
+        device = run_device(options)
+        cases = [c for c in cases if c.runs_on(device)]
     formats = list(options.formats) or list(FORMATS.values())
     return cases, formats
+
+
+def run_device(options: AuditOptions) -> str:
+    """The device the audit's torch candidates run on: --device, or for "auto" CUDA when torch sees one."""
+    if options.worker.device != "auto":
+        return options.worker.device
+    from softaudit.candidates.detection import cuda_available
+
+    return "cuda" if cuda_available() else "cpu"
 
 
 def expand_targets(targets: Sequence[str]) -> list[tuple[str, bool]]:
@@ -68,7 +80,7 @@ def unit_needs(units: list[tuple[Format, Case]], candidates: list[CandidateInfo]
         directions = [d for d in DIRECTIONS if d in case.directions
                       and (not options.directions or d in options.directions)]
         ops = [op for op in wanted_ops if op in case.ops and case.applies_to_format(fmt.name)
-               and any(op in c.ops for c in candidates)]
+               and any(op in c.ops for c in candidates) and op != LINEAR_CROSS_ENTROPY]
         if not ops or not directions:
             continue
         backward = tuple(op for op in ops if "backward" in directions and any(op in c.backward for c in candidates))

@@ -33,7 +33,9 @@ from softaudit.candidates.conversion import block_until_ready, jax_precision, to
 from softaudit.candidates.model import Candidate, OpFunction
 from softaudit.errors import SoftauditError
 from softaudit.formats import FORMATS, Format
+from softaudit.ops import LINEAR_CROSS_ENTROPY
 from softaudit.runner import timing
+from softaudit.runner.linear_speed import LinearSpeedError, measure_linear
 
 DEFAULT_SHAPES: tuple[tuple[int, int], ...] = ((4096, 1024), (1024, 32000), (256, 128256), (64, 262144))
 """rows x n timed by default: attention rows (4,096 queries x 1,024 keys), then vocabularies
@@ -308,6 +310,11 @@ class SpeedMeter:
         """The speed figures of one op x direction x format x shape (a dict for Record-like use:
         JSON-ready); raises SpeedError when it cannot be timed."""
         fmt = FORMATS[fmt_name]
+        if op == LINEAR_CROSS_ENTROPY:
+            try:
+                return measure_linear(cand, direction, fmt, rows, n, seed, clock_for, self.copy_timing)
+            except LinearSpeedError as exc:
+                raise SpeedError(str(exc)) from None
         started = time.perf_counter()
         x = self.logits(fmt, rows, n, seed)
         drawn = time.perf_counter()

@@ -1,0 +1,360 @@
+"""The mpmath engine of the fused linear cross-entropy's references (reference.linear_loss).
+
+Pure mpmath on exact logits: the referee the fast path is verified against, and what decides each
+element the fast path cannot prove. Every quantity is computed at a working precision P with a
+rigorous bound on its error; an element is accepted when its whole interval rounds one way
+(exact.Certifier), else it is recomputed at 2P (Ziv's strategy, up to exact.MAX_PRECISION).
+
+Exact logits z_ic = sum_d h_id w_cd + b_c are Fractions (formats.exact_dot). The rest follows the
+module docstring of reference.linear_loss. What intervals cannot settle is made exact instead:
+
+* a logit of 0 under a softcap is 0 (tanh(0) = 0) with a derivative of exactly 1;
+* a token whose logits are all exactly equal has p = 1/V, and its loss gradient is rational
+  when z_loss is 0 (or V = 1): its values are Fractions, and sums of Fractions are exact;
+* sum_c G_ic = g_i 2 z_loss lse_i exactly (sum_c p_ic = 1, sum_c coef_ic = 1) without a softcap,
+  so d_hidden_i = sum_{c != t} G_ic (w_c - w_t) + w_t g_i 2 z_loss lse_i: a column of the weight
+  that is constant gives an exact 0 (z_loss 0), not an interval around it;
+* tokens with the same hidden row and target have proportional gradient rows: d_weight and
+  d_bias sum them once with their upstream gradients added exactly, so two that cancel give 0.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import TYPE_CHECKING
+
+import mpmath
+import numpy as np
+from mpmath.libmp import from_man_exp
+
+from softaudit.formats import Format, exact_dot
+from softaudit.reference.exact import MAX_PRECISION, Certifier, Entry
+
+if TYPE_CHECKING:
+    from softaudit.cases.linear_inputs import LinearLossInputs
+
+_ctx = mpmath.MPContext()
+"""This engine's own context: its precision changes leak nowhere."""
+
+_SAFETY = 2
+
+
+def exact_logit_rows(inp: LinearLossInputs, rows: list[int] | None = None) -> dict[int, list[Fraction]]:
+    """z_ic as exact Fractions for the given tokens (all by default)."""
+    h = np.asarray(inp.hidden).astype(np.float64)
+    w = np.asarray(inp.weight).astype(np.float64)
+    b = None if inp.bias is None else np.asarray(inp.bias).astype(np.float64)
+    out = {}
+    for i in (range(h.shape[0]) if rows is None else rows):
+        out[i] = [exact_dot(h[i], w[c]) + (Fraction(float(b[c])) if b is not None else 0) for c in range(w.shape[0])]
+    return out
+
+
+def upstream(inp: LinearLossInputs, dy: np.ndarray) -> list[Fraction]:
+    """g_i per token: dy_i (none), dy (sum), dy / N (mean; N the non-ignored tokens, 0 if none)."""
+    t = inp.tokens
+    dys = np.asarray(dy).astype(np.float64)
+    if inp.reduction == "none":
+        return [Fraction(float(v)) for v in dys.reshape(t)]
+    g = Fraction(float(dys.reshape(())))
+    if inp.reduction == "mean":
+        n = int(np.count_nonzero(np.asarray(inp.target) != inp.ignore_index))
+        return [g / n if n else Fraction(0)] * t
+    return [g] * t
+
+
+def _mpf(q: Fraction) -> tuple[mpmath.mpf, mpmath.mpf]:
+    """(q as an mpf, a bound on its error): exact for dyadic q."""
+    d = q.denominator
+    if d & (d - 1) == 0:
+        return _ctx.make_mpf(from_man_exp(q.numerator, -(d.bit_length() - 1))), _ctx.zero
+    v = _ctx.mpf(q.numerator) / d
+    return v, abs(v) * _ctx.ldexp(1, 2 - _ctx.prec)
+
+
+@dataclass
+class Value:
+    """An exact quantity: ``exact`` where it is a known rational, else within ``err`` of ``v``."""
+
+    v: mpmath.mpf
+    err: mpmath.mpf
+    exact: Fraction | None = None
+
+
+@dataclass
+class TokenRow:
+    """One token at one precision, for an upstream gradient of 1: the loss and X_c = dL/dz_c."""
+
+    loss: Value
+    x: list[Value]
+    lse: Value
+
+
+@dataclass
+class Engine:
+    """Computes any output element of one case at a precision, caching per-token rows."""
+
+    inp: LinearLossInputs
+    fmt: Format
+    logits: Callable[[int], list[Fraction]]
+    g: list[Fraction] = field(default_factory=list)
+    _rows: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.v = self.inp.vocabulary
+        self.eps = Fraction(float(self.inp.label_smoothing))
+        self.zl = Fraction(float(self.inp.z_loss))
+        self.cap = None if self.inp.softcap is None else Fraction(float(self.inp.softcap))
+        self.target = [int(t) for t in np.asarray(self.inp.target).tolist()]
+        self.h = np.asarray(self.inp.hidden).astype(np.float64)
+        self.w = np.asarray(self.inp.weight).astype(np.float64)
+        # Tokens with the same hidden row and target: the same logits, so the same row X.
+        keys: dict[tuple, int] = {}
+        self.group = [keys.setdefault((self.h[i].tobytes(), self.target[i]), i) for i in range(self.inp.tokens)]
+
+    def status(self, i: int) -> str:
+        """"ignored", "nan" (a target with no defined loss) or "ok"."""
+        t = self.target[i]
+        if t == self.inp.ignore_index:
+            return "ignored"
+        return "ok" if 0 <= t < self.v else "nan"
+
+    # ------------------------------------------------------------------ one token
+
+    def row(self, i: int, prec: int) -> TokenRow:
+        """Token i's loss, lse and X (the gradient for g = 1), at ``prec`` bits (cached per group)."""
+        key = (self.group[i], prec)
+        if key not in self._rows:
+            self._rows[key] = self._row(self.group[i], prec)
+        return self._rows[key]
+
+    def _row(self, i: int, prec: int) -> TokenRow:
+        _ctx.prec = prec
+        eps_op = _ctx.ldexp(1, 2 - prec)
+        z = self.logits(i)
+        t = self.target[i]
+        v = self.v
+        ys: list[mpmath.mpf] = []
+        ey: list[mpmath.mpf] = []
+        sech: list[Value] = []
+        for zc in z:
+            zm, _ = _mpf(zc)  # dyadic: exact
+            if self.cap is None or zc == 0:
+                ys.append(zm)
+                ey.append(_ctx.zero)
+                sech.append(Value(_ctx.one, _ctx.zero, Fraction(1)))
+                continue
+            cap = _ctx.mpf(float(self.cap))
+            xq = zm / cap
+            th = _ctx.tanh(xq)
+            y = cap * th
+            ys.append(y)
+            ey.append(abs(y) * 8 * eps_op)
+            ch = _ctx.cosh(xq)
+            s2 = 1 / (ch * ch)
+            sech.append(Value(s2, s2 * 12 * eps_op))
+        m = max(ys)
+        d = [_ctx.fsub(y, m, exact=True) for y in ys]
+        imax = ys.index(m)
+        ed = [e + ey[imax] for e in ey]
+        exact_max = [c for c in range(v) if d[c] == 0 and ed[c] == 0]
+        k = len(exact_max)
+        is_max = set(exact_max)
+        e_vals = [None if c in is_max else _ctx.exp(d[c]) for c in range(v)]
+        # exp(d +- ed) = exp(d) (1 +- 1.01 ed) for ed < 2^-20; the exp itself within 2 eps.
+        rel = [2 * eps_op + ed[c] * 1.01 for c in range(v)]
+        t_sum = _ctx.fsum(e for e in e_vals if e is not None)
+        err_t = _ctx.fsum(e * r for e, r in zip(e_vals, rel) if e is not None) + (v + 2) * eps_op * t_sum
+        s = k + t_sum
+        if max(ed) > _ctx.ldexp(1, -20):
+            bad = Value(_ctx.zero, _ctx.inf)
+            return TokenRow(bad, [bad] * v, bad)
+        if k == 0:
+            big_l = _ctx.log(s)
+            err_l = err_t / (s - err_t) * 1.01 + 2 * eps_op * abs(big_l)
+        elif k == 1:
+            big_l = _ctx.log1p(t_sum)
+            err_l = err_t * 1.01 + 2 * eps_op * abs(big_l)
+        else:
+            big_l = _ctx.log(s)
+            err_l = err_t / k * 1.01 + 2 * eps_op * abs(big_l)
+        lse = m + big_l
+        err_lse = err_l + ey[imax] + eps_op * abs(lse)
+        lse_v = Value(lse, err_lse)
+        loss = self._loss(z, t, d, ed, big_l, err_l, lse_v, k, eps_op)
+        x = self._gradient_row(z, t, e_vals, rel, s, err_t, k, is_max, sech, lse_v, eps_op, t_sum)
+        return TokenRow(loss, x, lse_v)
+
+    def _loss(self, z, t, d, ed, big_l, err_l, lse: Value, k: int, eps_op) -> Value:
+        v = self.v
+        if v == 1 and (self.cap is None or z[0] == 0):
+            y = z[0] if self.cap is None else Fraction(0)
+            ex = self.zl * y * y
+            vm, e = _mpf(ex)
+            return Value(vm, e, ex)
+        nll = big_l - d[t]
+        err = err_l + ed[t] + eps_op * nll
+        one_m, e1 = _mpf(1 - self.eps)
+        total = one_m * nll
+        err = one_m * err + e1 * nll + eps_op * total
+        if self.eps:
+            spread = _ctx.fsum(-dc for dc in d)
+            e_sp = _ctx.fsum(ed) + (v + 2) * eps_op * spread
+            ev, e2 = _mpf(self.eps / v)
+            sm = ev * (v * big_l + spread)
+            e_sm = ev * (v * err_l + e_sp) + e2 * (v * big_l + spread) + 3 * eps_op * sm
+            total, err = total + sm, err + e_sm
+        if self.zl:
+            zv, _ = _mpf(self.zl)
+            zt = zv * lse.v * lse.v
+            e_z = zv * (2 * abs(lse.v) * lse.err + lse.err ** 2) + 4 * eps_op * zt
+            total, err = total + zt, err + e_z
+        return Value(total, _SAFETY * (err + 2 * eps_op * total))
+
+    def _gradient_row(self, z, t, e_vals, rel, s, err_t, k, is_max, sech, lse: Value, eps_op, t_sum) -> list[Value]:
+        v = self.v
+        coef = [self.eps / v + ((1 - self.eps) if c == t else 0) for c in range(v)]
+        if k == v and (self.zl == 0 or v == 1):
+            # Every logit exactly equal: p = 1/V, G = (1 + 2 zl lse) / V - coef (lse = z when V = 1).
+            b_q = 1 + 2 * self.zl * z[0] if v == 1 else Fraction(1)
+            out = []
+            for c in range(v):
+                q = (b_q / v - coef[c]) * sech[c].exact  # type: ignore[operator]
+                vm, e = _mpf(q)
+                out.append(Value(vm, e, q))
+            return out
+        zv, _ = _mpf(self.zl)
+        b = 1 + 2 * zv * lse.v
+        err_b = 2 * zv * lse.err + 3 * eps_op * abs(b)
+        s_low = s - err_t
+        out = []
+        for c in range(v):
+            cm, ec = _mpf(coef[c])
+            if c in is_max:
+                # B/s - coef = ((1 - k coef) + 2 zl lse - coef t) / s: no cancellation of B p against coef.
+                a0, ea0 = _mpf(1 - k * coef[c])
+                num = a0 + 2 * zv * lse.v - cm * t_sum
+                e_num = ea0 + 2 * zv * lse.err + ec * t_sum + cm * err_t + 4 * eps_op * (abs(a0) + abs(b) + cm * t_sum)
+                val = num / s
+                err = (e_num + abs(num) * err_t / s_low) / s_low + 2 * eps_op * abs(val)
+            else:
+                p = e_vals[c] / s
+                err_p = p * (rel[c] + err_t / s_low + 3 * eps_op)
+                val = b * p - cm
+                err = abs(b) * err_p + err_b * (p + err_p) + ec + 3 * eps_op * (abs(b) * p + cm)
+            sc = sech[c]
+            val2 = val * sc.v
+            err2 = err * (sc.v + sc.err) + abs(val) * sc.err + 2 * eps_op * abs(val2)
+            out.append(Value(val2, _SAFETY * err2))
+        return out
+
+    # ------------------------------------------------------------------ output elements
+
+    def loss_token(self, i: int, prec: int) -> Value | str:
+        st = self.status(i)
+        if st == "ignored":
+            return Value(_ctx.zero, _ctx.zero, Fraction(0))
+        if st == "nan":
+            return "nan"
+        return self.row(i, prec).loss
+
+    def _scaled(self, g: Fraction, x: Value, coef: Fraction) -> Value:
+        """g coef X for an exact rational g coef."""
+        q = g * coef
+        if x.exact is not None:
+            e = q * x.exact
+            vm, err = _mpf(e)
+            return Value(vm, err, e)
+        qm, eq = _mpf(q)
+        val = qm * x.v
+        return Value(val, abs(qm) * x.err + eq * (abs(x.v) + x.err) + 2 * _ctx.ldexp(abs(val), 2 - _ctx.prec))
+
+    def d_hidden(self, i: int, col: int, prec: int) -> Value:
+        if self.status(i) != "ok" or self.g[i] == 0:
+            return Value(_ctx.zero, _ctx.zero, Fraction(0))
+        r = self.row(i, prec)
+        _ctx.prec = prec
+        t = self.target[i]
+        wcol = self.w[:, col]
+        terms = []
+        if self.cap is None:
+            wt = Fraction(float(wcol[t]))
+            for c in range(self.v):
+                diff = Fraction(float(wcol[c])) - wt
+                if c != t and diff:
+                    terms.append(self._scaled(self.g[i], r.x[c], diff))
+            if self.zl and wt:
+                zl2 = 2 * _mpf(self.zl)[0]
+                zlse = zl2 * r.lse.v
+                terms.append(self._scaled(self.g[i], Value(zlse, zl2 * r.lse.err + 2 * _ctx.ldexp(abs(zlse), 2 - prec)), wt))
+        else:
+            for c in range(self.v):
+                if wcol[c]:
+                    terms.append(self._scaled(self.g[i], r.x[c], Fraction(float(wcol[c]))))
+        return _sum(terms, prec)
+
+    def _by_group(self) -> dict[int, Fraction]:
+        totals: dict[int, Fraction] = {}
+        for i in range(self.inp.tokens):
+            if self.status(i) == "ok":
+                totals[self.group[i]] = totals.get(self.group[i], Fraction(0)) + self.g[i]
+        return {k: gsum for k, gsum in totals.items() if gsum != 0}
+
+    def d_weight(self, c: int, col: int | None, prec: int) -> Value:
+        """d_weight[c, col], or d_bias[c] for col None."""
+        _ctx.prec = prec
+        terms = []
+        for i, gsum in self._by_group().items():
+            coef = Fraction(1) if col is None else Fraction(float(self.h[i, col]))
+            if coef:
+                x = self.row(i, prec).x[c]
+                _ctx.prec = prec
+                terms.append(self._scaled(gsum, x, coef))
+        return _sum(terms, prec)
+
+    def any_nan(self) -> bool:
+        return any(self.status(i) == "nan" for i in range(self.inp.tokens))
+
+
+def _sum(terms: list[Value], prec: int) -> Value:
+    """The sum of Values: exact when every term is."""
+    _ctx.prec = prec
+    if all(t.exact is not None for t in terms):
+        ex = sum((t.exact for t in terms if t.exact is not None), Fraction(0))
+        vm, e = _mpf(ex)
+        return Value(vm, e, ex)
+    total = _ctx.fsum(t.v for t in terms)
+    mag = _ctx.fsum(abs(t.v) for t in terms)
+    err = _ctx.fsum(t.err for t in terms) + (len(terms) + 2) * _ctx.ldexp(mag, 2 - prec)
+    return Value(total, err)
+
+
+def certified(compute: Callable[[int], Value | str], fmt: Format, base: int) -> tuple[Entry, bool]:
+    """One element through Ziv's loop: its entry and whether it was proven."""
+    prec = base
+    while True:
+        cert = Certifier(fmt)
+        val = compute(prec)
+        if isinstance(val, str):
+            return cert.special(math.nan), True
+        if val.exact is not None:
+            return cert.rational(val.exact), True
+        if _ctx.isinf(val.err) or val.err != val.err:
+            entry, ok = cert.zero_entry, False
+        else:
+            entry = cert.put(val.v, val.err)
+            ok = cert.certified
+        if ok or prec >= MAX_PRECISION:
+            return entry, ok
+        prec *= 2
+
+
+def base_precision(fmt: Format, inp: LinearLossInputs) -> int:
+    """The first precision of Ziv's loop."""
+    return fmt.p + 80 + max(inp.vocabulary, 2).bit_length()
+
+
+__all__ = ["Engine", "Value", "base_precision", "certified", "exact_logit_rows", "upstream"]
