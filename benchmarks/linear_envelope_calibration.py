@@ -24,6 +24,7 @@ The reference here is the calibration's own, not softaudit's certified one:
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -229,6 +230,22 @@ def _example() -> object:
     return module
 
 
+def _liger() -> object:
+    """builtin:liger-linear-ce's module, interpreted on a CPU as softaudit's loader runs it."""
+    import importlib.util
+
+    from softaudit.candidates.loading import correct_interpreter_bfloat16, interpret_triton_on_cpu
+
+    interpret_triton_on_cpu()
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        correct_interpreter_bfloat16()
+    spec = importlib.util.spec_from_file_location("liger_linear_ce", ROOT / "softaudit" / "builtins" / "liger_linear_ce.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def measure(s: Setup, fmt: Format, impls: dict[str, Impl], seed: int = 0) -> dict[tuple[str, str], tuple[float, str]]:
     """(implementation, quantity) -> (max stability ratio, where) on one setup and format."""
     inp = make_inputs(s, fmt, seed)
@@ -268,11 +285,18 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="only setups with hidden <= 256 and vocab 32000")
     parser.add_argument("--formats", default="bfloat16,float16,float32,float64")
     parser.add_argument("--only", default="", help="comma-separated setup names")
+    parser.add_argument("--liger", action="store_true", help="also builtin:liger-linear-ce (interpreted: slow)")
+    parser.add_argument("--no-eager", action="store_true",
+                        help="skip torch eager (its 16-bit CPU matmuls take minutes at vocabulary 128,256)")
     args = parser.parse_args()
     torch.set_num_threads(2)
     impls: dict[str, Impl] = {"textbook (builtin:torch-chunked-linear-ce)": run_explicit(chunked),
                               "torch eager (builtin:torch-linear-ce)": run_autograd(eager),
                               "planted (examples/bf16_weight_grad_linear_ce.py)": run_explicit(_example())}
+    if args.no_eager:
+        del impls["torch eager (builtin:torch-linear-ce)"]
+    if args.liger:
+        impls["liger (builtin:liger-linear-ce)"] = run_autograd(_liger())
     worst: dict[tuple[str, str, str, str], tuple[float, str]] = {}
     started = time.perf_counter()
     for s in SETUPS:
@@ -283,12 +307,15 @@ def main() -> None:
         for fname in args.formats.split(","):
             fmt = FORMATS[fname]
             setup = s
+            if args.liger and s.softcap is not None and os.environ.get("TRITON_INTERPRET") == "1":
+                setup = replace(s, softcap=None)  # Liger's softcap does not run interpreted
             if fmt.name == "float64":
                 if s.vocab > FLOAT64_MAX_VOCAB or s.hidden > FLOAT64_MAX_HIDDEN:
                     continue
                 setup = replace(s, tokens=min(s.tokens, 16), ignored=min(s.ignored, 4))
             t0 = time.perf_counter()
             for (impl, q), (ratio, where) in measure(setup, fmt, impls).items():
+                print(f"  {impl.split()[0]:9s} {q:9s} {ratio:10.3g}", flush=True)
                 direction = "forward" if q == "loss" else "backward"
                 key = (impl, fmt.name, direction, q)
                 if key not in worst or ratio > worst[key][0]:
