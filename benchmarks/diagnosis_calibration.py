@@ -35,6 +35,7 @@ CALIBRATION_CASES = [
     "long-normal-4096", "ce-prob-masked", "ce-prob-one-hot-masked", "ce-prob-random",
     "ce-smoothing-0.1-ignore-none", "ce-smoothing-0.9-ignore-mean", "ce-smoothing-0.1-finfo-min-mask", "ce-ignore-padding-mean",
     "ce-offset-plus-1e8", "ce-target-below-max-100", "grad-confident-0.999-ones", "grad-ce-mean-confident",
+    "lce-reduction-none", "lce-vocab-32003-bias",   # linear_cross_entropy (its planted classes)
 ]
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class BugClass:
-    """One known cause of a softmax-family failure."""
+    """One known cause of a softmax-family (or fused linear cross-entropy) failure."""
 
     id: str
     title: str
@@ -134,8 +134,10 @@ _C = [
         "smoothing-sum-overflow", "label smoothing's sum over classes overflows",
         "The smoothing term eps / C * sum_c (-log p_c) is formed as a plain sum over every class. A "
         "logit masked with a large finite constant (finfo.min, -1e30) has -log p_c near the format's "
-        "largest value, and the sum of a few of them overflows to inf: the loss is inf (or NaN) on rows "
-        "whose exact loss is finite. Smoothing itself is right: the same rows without masking pass.",
+        "largest value, and the sum of a few of them overflows to inf; over a vocabulary of tens of "
+        "thousands of classes even ordinary terms (-log p_c ~ 10 each) add up past float16's 65504. "
+        "The loss is inf (or NaN) on rows whose exact loss is finite. Smoothing itself is right: the "
+        "same rows without masking (or over fewer classes) pass.",
         "Form the smoothing term from the logits, without summing huge -log p terms: sum_c (-log p_c) = "
         "C * lse - sum_c x_c, with the sum of the logits taken in a wider format (or scaled by 1/C "
         "before it is summed).",
@@ -181,6 +183,31 @@ _C = [
         "Every defined row is right; this is a policy difference, not a numerical bug.",
         "Either document the convention and audit with a matching --undefined policy, or return NaN/zeros there.",
         "softaudit run impl.py --undefined any    # or: out = where(all_masked, 0, out)", is_bug=False),
+    BugClass(
+        "logits-rounded-16bit", "fused linear cross-entropy: logits rounded to the 16-bit format",
+        "The logits z = h @ W.T + b (or the loss's gradient dL/dz) are rounded to bfloat16 or float16 "
+        "before the loss uses them: an eager matmul in the input's dtype returns 16-bit logits (torch's "
+        "default, and the unfused training loop's), and autograd rounds dL/dz again before the two "
+        "backward matmuls. Each logit moves by up to u |z| (0.06 at |z| = 16 in bfloat16), so the loss "
+        "of a confident token is off by about |z| u relative and the hidden, weight and bias gradients "
+        "by as much; the error grows with the logits' magnitude, and float32 and float64 pass.",
+        "Compute the logits in float32: a matmul accumulating in float32 with a float32 output (or upcast "
+        "each chunk's operands), then the loss and dL/dz in float32; round only the results.",
+        "z = hidden_chunk.float() @ weight.float().T      # or torch.matmul(..., out_dtype=torch.float32)\n"
+        "loss = F.cross_entropy(z, target_chunk)          # float32 logits, float32 loss and grad"),
+    BugClass(
+        "weight-gradient-16bit-accumulation", "fused linear cross-entropy: d_weight accumulated in 16 bits",
+        "The weight gradient d_W = sum over tokens of G_i^T h_i (and the bias gradient sum_i G_i) is "
+        "accumulated across token chunks in the parameter's 16-bit dtype (a zeros_like(weight) "
+        "accumulator; Liger-Kernel with accum_dtype=None). Each chunk's float32 contribution is rounded "
+        "into the running sum, half a 16-bit ulp of the partial sum per chunk, and elements whose chunk "
+        "contributions cancel lose many ulps of their small final value. The hidden gradient and the "
+        "loss are right; the weight gradient gets worse with more chunks and is right with one.",
+        "Accumulate d_weight (and d_bias) in float32 across the chunks and cast to the parameter's dtype "
+        "once at the end (Liger: accum_dtype=torch.float32).",
+        "d_weight = torch.zeros(weight.shape, dtype=torch.float32)\n"
+        "for g, h in chunks:  d_weight += g.float().T @ h.float()\n"
+        "return d_weight.to(weight.dtype)"),
     BugClass(
         "no-known-cause", "no known cause",
         "The failures match none of the known classes. The worst evidence is listed; "

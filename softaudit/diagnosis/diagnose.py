@@ -16,80 +16,29 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from softaudit.diagnosis import experiments as X
-from softaudit.diagnosis.classes import CLASSES, NO_KNOWN_CAUSE
+from softaudit.diagnosis.classes import NO_KNOWN_CAUSE
 from softaudit.diagnosis.evidence import EXP_OVERFLOW, SIXTEEN_BIT, RecordView, group_records, worst_first
+from softaudit.diagnosis.grouping import MAX_EVIDENCE, Group, fraction, make_cause, run_info
+from softaudit.diagnosis.linear import LINEAR_RULES
 from softaudit.ops import LINEAR_CROSS_ENTROPY
 from softaudit.results.diagnoses import Cause, Diagnosis, ExperimentRun
 
 MIN_CONFIDENCE = 0.3
 """Causes below this confidence are not reported."""
-MAX_EVIDENCE = 6
-"""Record ids listed per cause."""
 
+_Group = Group
+_cause = make_cause
+_run_info = run_info
+_fraction = fraction
 
-# --------------------------------------------------------------------------------------------
-
-class _Group:
-    """One candidate x op x direction and the experiments already run for it."""
-
-    def __init__(self, views: list[RecordView], subject: X.Subject | None, runner: X.Runner | None) -> None:
-        self.views = views
-        self.failing = [v for v in views if v.failing]
-        self.op = views[0].op
-        self.direction = views[0].direction
-        self.subject = subject
-        self.runner = runner
-        self.runs: dict[tuple[str, str], X.ExperimentResult] = {}
-
-    def fails(self, pred: Callable[[RecordView], bool]) -> list[RecordView]:
-        return [v for v in self.failing if pred(v)]
-
-    def passes(self, pred: Callable[[RecordView], bool]) -> list[RecordView]:
-        return [v for v in self.views if v.passing and pred(v)]
-
-    def dtype_for(self, views: Iterable[RecordView], order: tuple[str, ...] = ("float32", "float64", "float16",
-                                                                                  "bfloat16")) -> str:
-        have = {v.dtype for v in views}
-        for d in order:
-            if d in have:
-                return d
-        return next(iter(have), "float32")
-
-    def run(self, build: Callable[[str, str, str], X.Experiment], dtype: str) -> X.ExperimentResult | None:
-        if self.runner is None or self.subject is None:
-            return None
-        exp = build(self.op, self.direction, dtype)
-        key = (exp.id, dtype)
-        if key not in self.runs:
-            self.runs[key] = self.runner(self.subject, exp)
-        res = self.runs[key]
-        return None if res.error else res
-
-
-def _run_info(res: X.ExperimentResult, outcome: str) -> ExperimentRun:
-    e = res.experiment
-    return ExperimentRun(e.id, e.purpose, e.dtype, outcome, round(res.seconds, 2))
-
-
-def _cause(class_id: str, confidence: float, finding: str, views: Iterable[RecordView],
-           runs: Iterable[ExperimentRun] = (), settled_by: str | None = None) -> Cause:
-    c = CLASSES[class_id]
-    ids = [v.id for v in worst_first(views)][:MAX_EVIDENCE]
-    return Cause(class_id, c.title, max(0.0, min(1.0, confidence)), finding, ids, list(runs), settled_by,
-                 c.explanation, c.fix, c.sketch)
-
-
-Rule = Callable[[_Group], "Cause | list[Cause] | None"]
+Rule = Callable[[Group], "Cause | list[Cause] | None"]
 RULES: list[Rule] = []
+"""The softmax family's rules; linear_cross_entropy's are linear.LINEAR_RULES."""
 
 
 def rule(fn: Rule) -> Rule:
     RULES.append(fn)
     return fn
-
-
-def _fraction(part: int, whole: int) -> float:
-    return part / whole if whole else 0.0
 
 
 # --- records alone ----------------------------------------------------------------------------
@@ -495,6 +444,9 @@ def _approx_exp(g: _Group) -> Cause | None:
 
 # --------------------------------------------------------------------------------------------
 
+SHARED_RULES: tuple[Rule, ...] = (_input_mutation, _downcast)
+"""The softmax family's rules that read nothing of its own: applied to linear_cross_entropy too."""
+
 SUBSUMES: dict[str, tuple[str, ...]] = {
     # a settled cause whose symptoms include another class's: the other is its consequence
     "eps-in-log": ("sequential-summation", "approximate-exp", "absorbed-log-sum", "downcast-working-precision"),
@@ -505,6 +457,7 @@ SUBSUMES: dict[str, tuple[str, ...]] = {
     "fixed-shift": ("approximate-exp", "absorbed-log-sum", "division-free-on-offsets"),
     "log-of-softmax": ("eps-in-log",),
     "low-precision-accumulation": ("denominator-overflow-16bit",),
+    "logits-rounded-16bit": ("weight-gradient-16bit-accumulation",),
 }
 
 
@@ -520,7 +473,7 @@ def _diagnose_group(views: list[RecordView], subject: X.Subject | None, runner: 
     if not g.failing:
         return None
     causes: list[Cause] = []
-    for r in RULES:
+    for r in ((*LINEAR_RULES, *SHARED_RULES) if g.op == LINEAR_CROSS_ENTROPY else RULES):
         got = r(g)
         if got is None:
             continue
@@ -562,11 +515,9 @@ def diagnose(records: Iterable[Mapping[str, Any]], candidate: X.Subject | str | 
     groups = group_records(records)
     names = {k[0] for k in groups}
     out: list[Diagnosis] = []
-    for (cand, op, _dir), views in groups.items():
+    for (cand, _op, _dir), views in groups.items():
         if subject is not None and cand != subject.name and len(names) > 1:
             continue
-        if op == LINEAR_CROSS_ENTROPY:
-            continue  # its classes and experiments are the softmax family's (docs/linear-cross-entropy.md)
         d = _diagnose_group(views, subject, runner)
         if d is not None:
             out.append(d)

@@ -9,6 +9,7 @@ diagnosis works on a live audit and on a results file read back alike.
 from __future__ import annotations
 
 import math
+import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -111,6 +112,11 @@ class RecordView:
         return (self.failing and not self.hard and not self.error and "undefined" in reasons
                 and (self.max_ratio is None or self.max_ratio <= 1.0))
 
+    @property
+    def tensors(self) -> dict[str, float]:
+        """linear_cross_entropy: the failing tensors and their worst ratios (evidence.tensor_ratios)."""
+        return tensor_ratios(self.raw)
+
     # --- element-level features -------------------------------------------------------------
     def location(self) -> Mapping[str, Any] | None:
         return self.raw.get("first_mismatch") or self.raw.get("worst")
@@ -154,3 +160,29 @@ def worst_first(views: Iterable[RecordView]) -> list[RecordView]:
     def key(v: RecordView) -> tuple[int, int, float]:
         return (0 if v.verdict == "FAIL" else 1, 0 if v.hard or v.error else 1, -(v.max_ratio or 0.0))
     return sorted((v for v in views if v.failing), key=key)
+
+
+LINEAR_TENSORS = {"hidden gradient": "hidden", "weight gradient": "weight", "bias gradient": "bias"}
+"""linear_cross_entropy's backward reasons name their tensor with these prefixes (judging.linear_rules)."""
+_RATIO = re.compile(r"\(ratio ([^)]+)\)")
+
+
+def tensor_ratios(record: Mapping[str, Any]) -> dict[str, float]:
+    """A linear_cross_entropy record's failing or warning tensors ("loss" forward; "hidden",
+    "weight", "bias" backward) and each one's worst stability ratio (inf for a wrong class)."""
+    out: dict[str, float] = {}
+    if record.get("verdict") not in ("FAIL", "WARN") or record.get("error"):
+        return out
+    for reason in record.get("reasons") or []:
+        head, _, rest = str(reason).partition(": ")
+        name = LINEAR_TENSORS.get(head)
+        if name is None:
+            if record.get("direction", "forward") != "forward" or "modified its input" in reason:
+                continue
+            name, rest = "loss", str(reason)
+        m = _RATIO.search(rest)
+        ratio = math.inf if "wrong class" in rest else (num(m.group(1)) if m else None)
+        if ratio is None:
+            ratio = num(record.get("max_ratio")) or 0.0
+        out[name] = max(out.get(name, 0.0), ratio)
+    return out

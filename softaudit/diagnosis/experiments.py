@@ -185,6 +185,49 @@ def ignored_mean(op: str, direction: str, dtype: str) -> Experiment:
     return Experiment("ignored-mean", "the mean over kept rows only", op, direction, dtype, cases)
 
 
+# linear_cross_entropy's experiments: its cases have shape keys of their own (tokens, vocab,
+# hidden_size: docs/cases.md#linear-cross-entropy-cases), small enough for references in a second.
+
+LINEAR_TOKENS = (1, 128)
+"""Token counts of the token-count experiment: one token is one chunk whatever the chunking."""
+
+
+def token_count(op: str, direction: str, dtype: str) -> Experiment:
+    """The same projection (vocabulary 256, hidden 32) with 1 token and with 128: a gradient summed
+    over the tokens (across chunks) in a narrow accumulator fails with many, never with one."""
+    cases = tuple((f"tokens-{t}", _base(op, direction, tokens=t, vocab=256, hidden_size=32, logit_std=4.0,
+                                        reduction="sum", seed=21)) for t in LINEAR_TOKENS)
+    return Experiment("token-count", "the weight gradient over 1 token (a single chunk) and over 128",
+                      op, direction, dtype, cases)
+
+
+LOGIT_MARGINS = (4.0, 32.0)
+"""Target logits of the logit-scale experiment's confident tokens."""
+
+
+def logit_scale(op: str, direction: str, dtype: str) -> Experiment:
+    """Confident tokens whose target logit is 4 and 32: a logit rounded to the format moves by
+    u |z|, so the loss's relative error grows with the logit; the working precision's does not."""
+    cases = tuple((f"margin-{m:g}", _base(op, direction, tokens=8, vocab=256, hidden_size=32, logit_std=1.0,
+                                          confident_tokens=1.0, confident_margin=m, reduction="none", seed=22))
+                  for m in LOGIT_MARGINS)
+    return Experiment("logit-scale", "the error against the logits' magnitude: logits rounded to the format",
+                      op, direction, dtype, cases)
+
+
+SMOOTHING_VOCABS = (1024, 16384)
+"""Vocabularies of the smoothing-vocabulary experiment: sum_c -log p_c about 7e3 and 1.6e5."""
+
+
+def smoothing_vocabulary(op: str, direction: str, dtype: str) -> Experiment:
+    """Label smoothing 0.1 over 1024 and 16384 classes: a plain sum of -log p_c over the classes
+    (about V log V) stays below float16's 65504 at 1024 and overflows at 16384."""
+    cases = tuple((f"vocab-{v}", _base(op, direction, tokens=4, vocab=v, hidden_size=16, logit_std=2.0,
+                                       label_smoothing=0.1, reduction="none", seed=23)) for v in SMOOTHING_VOCABS)
+    return Experiment("smoothing-vocabulary", "label smoothing's sum over the classes against the vocabulary",
+                      op, direction, dtype, cases)
+
+
 # --------------------------------------------------------------------------------------------
 # Case files
 
