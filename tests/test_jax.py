@@ -12,7 +12,7 @@ import pytest
 from softaudit.candidates.calling import CallRequest, backward_mode, call
 from softaudit.candidates.loading import load_target
 from softaudit.formats import FORMATS
-from softaudit.options import AuditOptions, WorkerOptions
+from softaudit.options import AuditOptions
 from softaudit.runner.loop import run_audit
 
 jax = pytest.importorskip("jax", reason="jax is not installed (pip install 'softaudit[jax]')")
@@ -44,10 +44,6 @@ PLAIN = textwrap.dedent('''
         loss = -jnp.take_along_axis(lp, target[:, None], axis=-1)[:, 0]
         return loss if reduction == "none" else (loss.sum() if reduction == "sum" else loss.mean())
 ''')
-
-IN_PROCESS = WorkerOptions(isolated=False)
-"""The audits here call JAX in this process: a worker would import jax again (seconds per audit), and
-isolation is tested in test_isolation.py (CI's `softaudit run builtin:jax` runs it in its worker)."""
 
 CASES = ["offset-minus-1e10", "offset-plus-1e3", "mask-fully-masked-rows", "posinf-one", "ce-all-ignored-none",
          "ce-smoothing-0.1-ignore-weights-mean"]
@@ -116,8 +112,7 @@ def test_the_decorator_names_the_jax_backend(tmp_path):
 
 
 def test_a_plain_jax_file_is_audited_forward_and_backward(plain_file):
-    result = run_audit([str(plain_file)], AuditOptions(case_patterns=CASES, formats=[FORMATS["float32"]], jobs=1,
-                                                                     worker=IN_PROCESS))
+    result = run_audit([str(plain_file)], AuditOptions(case_patterns=CASES, formats=[FORMATS["float32"]], jobs=1))
     audited = {(r.op, r.direction) for r in result.records if r.verdict != "SKIP"}
     assert audited == {(op, d) for op in ("softmax", "log_softmax", "logsumexp", "cross_entropy")
                        for d in ("forward", "backward")}
@@ -137,7 +132,7 @@ def test_builtin_jax(tmp_path):
     result = run_audit(["builtin:jax"], AuditOptions(
         case_patterns=["offset-minus-1e10", "ce-smoothing-0.1-ignore-weights-mean", "ce-prob-random",
                        "ce-prob-masked-smoothing-0.1"],
-        formats=[FORMATS["float64"], FORMATS["bfloat16"]], ops=["cross_entropy"], jobs=1, worker=IN_PROCESS))
+        formats=[FORMATS["float64"], FORMATS["bfloat16"]], ops=["cross_entropy"], jobs=1))
     verdicts = {(r.case, r.direction, r.dtype): r.verdict for r in result.records}
     assert [r.error for r in result.records if r.error] == []  # every call made: index and probability targets
     for case in ("ce-prob-random", "ce-prob-masked-smoothing-0.1"):  # probability targets, smoothing
