@@ -194,7 +194,7 @@ def test_naive_builtin_fails_offsets_and_explains_the_worst_findings(cli_subproc
 
 def test_shifted_builtin_passes_the_same_offsets(cli, tmp_path):
     out = tmp_path / "shifted.json"
-    p = cli("run", "builtin:shifted", *case_args(OFFSET_CASES, OFFSET_DTYPES), "--json", out)
+    p = cli("run", "builtin:shifted", *case_args(OFFSET_CASES, OFFSET_DTYPES), "--json", out, "--no-isolation")
     assert p.returncode == 0, p.stdout + p.stderr
     doc = load_strict(out)
     assert len(doc["results"]) == len(OPS) * 2 * len(OFFSET_DTYPES) * len(OFFSET_CASES)  # forward and backward
@@ -208,10 +208,12 @@ def test_shifted_builtin_passes_the_same_offsets(cli, tmp_path):
     ("naive_numpy.py", 1, "numpy"),
 ])
 def test_undecorated_examples(cli, cli_subprocess, tmp_path, example, exit_code, backend):
+    isolation: tuple[str, ...] = ("--no-isolation",)  # the worker is tested in test_isolation.py
     if backend == "torch":
-        cli = cli_subprocess  # a smoke test: a torch candidate from python -m softaudit
+        cli = cli_subprocess  # a smoke test: a torch candidate from python -m softaudit, in its worker
+        isolation = ()
     out = tmp_path / "out.json"
-    p = cli("run", EXAMPLES / example, *case_args(EXAMPLE_CASES, EXAMPLE_DTYPES), "--json", out)
+    p = cli("run", EXAMPLES / example, *case_args(EXAMPLE_CASES, EXAMPLE_DTYPES), "--json", out, *isolation)
     assert p.returncode == exit_code, p.stdout + p.stderr
     assert "Traceback" not in p.stderr
     doc = load_strict(out)
@@ -231,7 +233,7 @@ def test_undecorated_examples(cli, cli_subprocess, tmp_path, example, exit_code,
 
 def test_decorated_example_audits_both_named_candidates(cli, tmp_path):
     out = tmp_path / "out.json"
-    p = cli("run", EXAMPLES / "decorated.py", *case_args(EXAMPLE_CASES, EXAMPLE_DTYPES), "--json", out)
+    p = cli("run", EXAMPLES / "decorated.py", *case_args(EXAMPLE_CASES, EXAMPLE_DTYPES), "--json", out, "--no-isolation")
     assert p.returncode == 0, p.stdout + p.stderr
     doc = load_strict(out)
     assert {c["name"]: c["ops"] for c in doc["candidates"]} == {
@@ -251,7 +253,7 @@ def test_cases_dir_adds_a_user_case(cli, tmp_path):
         'description = "two logits near 1000"\nvalues = "explicit"\ndata = [[1000.0, 1001.0]]\n')
     out = tmp_path / "out.json"
     p = cli("run", "builtin:naive", "--cases-dir", d, "--case", "mine", "--dtype", "float32", "--direction", "forward",
-            "--json", out)
+            "--json", out, "--no-isolation")
     assert p.returncode == 1, p.stdout + p.stderr
     doc = load_strict(out)
     assert {(r["case"], r["family"], r["verdict"]) for r in doc["results"]} == {("my-big-logits", "mine", "FAIL")}
@@ -501,7 +503,7 @@ def test_json_report_is_strict_complete_and_reproducible(cli_subprocess, tmp_pat
 
 def test_quiet_run_prints_nothing_but_still_writes_json(cli, tmp_path):
     out = tmp_path / "out.json"
-    p = cli("run", "builtin:shifted", "--case", "seed-softmax-1000-to-5000", "--dtype", "float64", "-q", "--json", out)
+    p = cli("run", "builtin:shifted", "--case", "seed-softmax-1000-to-5000", "--dtype", "float64", "-q", "--json", out, "--no-isolation")
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip() == ""
     assert load_strict(out)["summary"]["records"] == len(OPS) * 2  # forward and backward
@@ -585,7 +587,7 @@ def test_candidates_with_the_same_name_get_distinct_record_ids(cli, tmp_path):
         (tmp_path / sub / "impl.py").write_text((EXAMPLES / "seed_numpy.py").read_text())
     out = tmp_path / "dup.json"
     p = cli("run", "a/impl.py", "b/impl.py", "builtin:shifted", "builtin:shifted",
-            "--case", "offset-plus-1e3", "--dtype", "float32", "--json", out, "-q")
+            "--case", "offset-plus-1e3", "--dtype", "float32", "--json", out, "-q", "--no-isolation")
     assert p.returncode == 0, p.stderr
     doc = load_strict(out)
     ids = [r["id"] for r in doc["results"]]
@@ -598,7 +600,7 @@ def test_candidates_with_the_same_name_get_distinct_record_ids(cli, tmp_path):
 def test_a_record_where_every_element_has_the_wrong_class_reports_no_ulp_figure(cli, tmp_path):
     out = tmp_path / "nan.json"
     p = cli("run", "builtin:naive", "--case", "offset-plus-1e3", "--dtype", "float32", "--op", "softmax",
-            "--direction", "forward", "--json", out, "-q")
+            "--direction", "forward", "--json", out, "-q", "--no-isolation")
     assert p.returncode == 1
     (rec,) = load_strict(out)["results"]
     assert rec["verdict"] == "FAIL" and rec["class_mismatches"] == rec["elements"]
@@ -611,7 +613,7 @@ def test_json_follows_a_symlink_and_gets_ordinary_permissions(cli, tmp_path):
     real.write_text("")
     link = tmp_path / "link.json"
     link.symlink_to(real)
-    p = cli("run", "builtin:shifted", "--case", "offset-plus-1e3", "--dtype", "float32", "--json", link, "-q")
+    p = cli("run", "builtin:shifted", "--case", "offset-plus-1e3", "--dtype", "float32", "--json", link, "-q", "--no-isolation")
     assert p.returncode == 0, p.stderr
     assert link.is_symlink() and load_strict(real)["schema_version"] == 1
     assert real.stat().st_mode & 0o777 == 0o666 & ~_umask()
@@ -626,7 +628,7 @@ def _umask() -> int:
 def test_bench_prints_a_speed_table_and_writes_the_figures(cli, tmp_path):
     out = tmp_path / "r.json"
     p = cli("run", "builtin:shifted", "--op", "logsumexp", "--case", "offset-plus-1e3", "--dtype", "float32",
-            "--bench", "--shape", "4x64", "--shape", "2x256", "--json", out)
+            "--bench", "--shape", "4x64", "--shape", "2x256", "--json", out, "--no-isolation")
     assert p.returncode == 0, p.stdout + p.stderr
     assert "speed: builtin:shifted" in p.stdout
     speed_part = p.stdout.split("speed: builtin:shifted", 1)[1]
@@ -642,7 +644,7 @@ def test_bench_prints_a_speed_table_and_writes_the_figures(cli, tmp_path):
 
 def test_findings_zero_prints_no_findings_section(cli):
     p = cli("run", "builtin:naive", "--op", "softmax", "--case", "offset-plus-1e3", "--dtype", "float32",
-            "--findings", "0")
+            "--findings", "0", "--no-isolation")
     assert p.returncode == 1
     assert "Worst findings" not in p.stdout and "more (all records are in --json)" not in p.stdout
     assert "Result: FAIL (exit 1)" in p.stdout

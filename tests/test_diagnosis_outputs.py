@@ -34,6 +34,9 @@ PLANTED = ROOT / "tests" / "diagnosis" / "planted"
 NO_MAX_SHIFT = PLANTED / "no-max-shift" / "impl_np.py"
 NARROW = ["--op", "softmax", "--direction", "forward", "--dtype", "float32",
           "--case", "offset-plus-1e3", "--case", "exp-overflow-float32"]
+IN_PROCESS = ["--no-isolation"]
+"""For the runs whose worker is not what they test (planted_run and the crash test keep theirs): a worker
+start less each."""
 
 
 @pytest.fixture(scope="module")
@@ -93,17 +96,18 @@ def test_html_and_markdown_carry_a_diagnosis_card(planted_run):
 
 
 def test_no_diagnose_skips_it(tmp_path):
-    r = run_cli_in_process(["run", NO_MAX_SHIFT, *NARROW, "--no-diagnose", "--json", tmp_path / "r.json"], tmp_path)
+    r = run_cli_in_process(["run", NO_MAX_SHIFT, *NARROW, "--no-diagnose", "--json", tmp_path / "r.json", *IN_PROCESS],
+                           tmp_path)
     assert r.returncode == 1, r.stderr
     assert "Diagnosis" not in r.stdout and "Worst findings" in r.stdout
     assert "diagnoses" not in json.loads((tmp_path / "r.json").read_text())
-    bad = run_cli_in_process(["run", NO_MAX_SHIFT, *NARROW, "--no-diagnose", "--explain"], tmp_path)
+    bad = run_cli_in_process(["run", NO_MAX_SHIFT, *NARROW, "--no-diagnose", "--explain", *IN_PROCESS], tmp_path)
     assert bad.returncode == 2 and "--explain" in bad.stderr
 
 
 def test_a_correct_builtin_gets_no_diagnosis(tmp_path):
     r = run_cli_in_process(["run", "builtin:shifted", "--op", "softmax", "--direction", "forward", "--dtype",
-                            "float32", "--case", "offset-plus-1e3", "--json", tmp_path / "r.json"], tmp_path)
+                            "float32", "--case", "offset-plus-1e3", "--json", tmp_path / "r.json", *IN_PROCESS], tmp_path)
     assert r.returncode == 0, r.stderr
     assert "Diagnosis" not in r.stdout
     assert json.loads((tmp_path / "r.json").read_text())["diagnoses"] == []
@@ -171,7 +175,7 @@ def test_a_failing_diagnosis_keeps_the_audit(tmp_path, monkeypatch):
         raise RuntimeError("rule bug")
 
     monkeypatch.setattr(stage, "diagnose_records", broken)
-    r = run_cli_in_process(["run", NO_MAX_SHIFT, *NARROW, "--json", tmp_path / "r.json"], tmp_path)
+    r = run_cli_in_process(["run", NO_MAX_SHIFT, *NARROW, "--json", tmp_path / "r.json", *IN_PROCESS], tmp_path)
     assert r.returncode == 1 and "the diagnosis failed (RuntimeError: rule bug)" in r.stderr
     raw = json.loads((tmp_path / "r.json").read_text())
     assert "diagnoses" not in raw and len(raw["results"]) == 2

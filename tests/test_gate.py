@@ -165,13 +165,13 @@ def test_run_takes_targets_and_settings_from_pyproject(tmp_path):
                          'formats = ["float32"]\n')
     sub = tmp_path / "src"
     sub.mkdir()
-    p = run_cli(["run", "--json", "out.json"], sub)
+    p = run_cli(["run", "--json", "out.json", "--no-isolation"], sub)  # the worker: test_isolation.py
     assert p.returncode == 1, p.stderr
     assert "gate configuration from" in p.stderr and str(tmp_path / "pyproject.toml") in p.stderr
     doc = json.loads((sub / "out.json").read_text())
     assert {(r["candidate"], r["case"], r["dtype"]) for r in doc["results"]} == {("naive", "offset-plus-1e3", "float32")}
     # The command line wins over the file; --no-config ignores it.
-    p = run_cli(["run", "builtin:shifted", "--dtype", "float32", "--case", "offset-plus-1e3", "-q"], sub)
+    p = run_cli(["run", "builtin:shifted", "--dtype", "float32", "--case", "offset-plus-1e3", "-q", "--no-isolation"], sub)
     assert p.returncode == 0, p.stderr
     p = run_cli(["run", "--no-config"], sub)
     assert p.returncode == 2 and "no TARGET given" in p.stderr
@@ -196,7 +196,7 @@ def test_relative_to_fails_a_kernel_much_worse_than_the_baseline(tmp_path):
         "    s = e.sum(axis=-1, keepdims=True)\n"
         "    return (e / s) * np.float32(1 + 2**-17)  # a systematic 64-ulp bias\n", encoding="utf-8")
     args = ["run", "mine.py", "worse.py", "--relative-to", "builtin:shifted", "--case", "offset-plus-1e3",
-            "--dtype", "float32", "--direction", "forward", "--json", "r.json", "--limit", "1000"]
+            "--dtype", "float32", "--direction", "forward", "--json", "r.json", "--limit", "1000", "--no-isolation"]
     p = run_cli(args, tmp_path)
     doc = json.loads((tmp_path / "r.json").read_text())
     verdicts = {r["candidate"]: r["verdict"] for r in doc["results"]}
@@ -211,7 +211,7 @@ def test_relative_to_fails_a_kernel_much_worse_than_the_baseline(tmp_path):
 def test_the_baselines_own_fails_do_not_set_the_exit_code(tmp_path):
     (tmp_path / "mine.py").write_text(SHIFTED_NUMPY, encoding="utf-8")
     p = run_cli(["run", "mine.py", "--relative-to", "builtin:naive", "--case", "offset-plus-1e3", "--dtype", "float32",
-                 "--direction", "forward", "--json", "r.json"], tmp_path)
+                 "--direction", "forward", "--json", "r.json", "--no-isolation"], tmp_path)
     doc = json.loads((tmp_path / "r.json").read_text())
     assert {r["candidate"]: r["verdict"] for r in doc["results"]} == {"mine": PASS, "builtin:naive": FAIL}
     assert p.returncode == 0 and doc["summary"]["exit_code"] == 0
@@ -221,7 +221,8 @@ def test_strict_and_max_ulp_on_the_command_line(tmp_path):
     """--max-ulp 0 fails any rounding error at all (the envelope alone PASSes this record); both
     settings show in the JSON options."""
     p = run_cli(["run", "builtin:shifted", "--case", "offset-plus-1e3", "--dtype", "float32", "--direction", "forward",
-                 "--op", "softmax", "--max-ulp", "0", "--strict", "--json", "r.json"], tmp_path)
+                 "--op", "softmax", "--max-ulp", "0", "--strict", "--json", "r.json", "--no-isolation"],
+                tmp_path)
     doc = json.loads((tmp_path / "r.json").read_text())
     rec = doc["results"][0]
     assert p.returncode == 1 and rec["verdict"] == FAIL and "exceeds the limit of 0 ulp" in rec["reasons"][0]

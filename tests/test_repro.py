@@ -64,6 +64,19 @@ def _run(script: str, tmp_path: Path, cache: Path, *args: str) -> subprocess.Com
                           text=True, timeout=300)
 
 
+@pytest.fixture(scope="module")
+def script_run(tmp_path_factory, softaudit_cache_dir: Path):
+    """run(script): _run's result for a script, run once per module (the same script gives the same
+    output: the tests that read a record's script output share one process instead of starting two)."""
+    done: dict[str, subprocess.CompletedProcess] = {}
+
+    def run(script: str) -> subprocess.CompletedProcess:
+        if script not in done:
+            done[script] = _run(script, tmp_path_factory.mktemp("repro"), softaudit_cache_dir)
+        return done[script]
+    return run
+
+
 _LABELS = ("exact", "rounded exact", "computed", "error", "reproduced", "in the results", "output")
 
 
@@ -83,7 +96,7 @@ def _same_float(text: str, value: float) -> bool:
 
 
 @pytest.mark.parametrize("record_id", [FORWARD_FAIL, LARGE_INPUT, BACKWARD, LOSS_FORWARD, LOSS_BACKWARD])
-def test_the_script_prints_the_values_the_record_shows(audit, record_id, tmp_path, softaudit_cache_dir):
+def test_the_script_prints_the_values_the_record_shows(audit, record_id, script_run):
     record = audit.record(record_id)
     m = record.metrics
     assert m is not None
@@ -95,7 +108,7 @@ def test_the_script_prints_the_values_the_record_shows(audit, record_id, tmp_pat
         assert m.worst is None and math.isnan(loc.computed)
 
     script = repro_script(audit, record_id)
-    done = _run(script, tmp_path, softaudit_cache_dir)
+    done = script_run(script)
     assert done.returncode == 0, done.stderr
     printed = _printed(done.stdout)
     assert printed["exact"] == [loc.exact]
@@ -148,12 +161,13 @@ def _renamed_copy(tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("record_id", [FORWARD_FAIL, LOSS_BACKWARD])
-def test_a_saved_script_runs_after_an_internal_rename(audit, record_id, tmp_path, softaudit_cache_dir):
+def test_a_saved_script_runs_after_an_internal_rename(audit, record_id, tmp_path, softaudit_cache_dir, script_run):
     """Scripts call only softaudit.reproduce: one written now runs against a softaudit whose
     internal modules have since been renamed, and prints what it printed before."""
     script = repro_script(audit, record_id)
-    before = _run(script, tmp_path, softaudit_cache_dir)
+    before = script_run(script)  # against this softaudit (shared with the test above)
     assert before.returncode == 0, before.stderr
+    (tmp_path / "repro.py").write_text(script, encoding="utf-8")
     root = _renamed_copy(tmp_path)
     env = {**os.environ, "PYTHONPATH": str(root), "SOFTAUDIT_CACHE_DIR": str(softaudit_cache_dir)}
     probe = subprocess.run([sys.executable, "-c", "import softaudit, softaudit.rerun; print(softaudit.__file__)"],

@@ -98,11 +98,12 @@ def test_the_audit_times_in_its_worker_and_the_json_carries_every_figure(tmp_pat
 
 def test_without_bench_nothing_is_timed(tmp_path):
     from softaudit.formats import FLOAT32
-    from softaudit.options import AuditOptions, CacheOptions
+    from softaudit.options import AuditOptions, CacheOptions, WorkerOptions
     from softaudit.runner.loop import run_audit
 
     result = run_audit(["builtin:shifted"], AuditOptions(ops=["logsumexp"], formats=[FLOAT32],
                                                         case_patterns=["uniform-1024"], jobs=1,
+                                                        worker=WorkerOptions(isolated=False),  # a worker start less
                                                         cache=CacheOptions(directory=tmp_path)))
     assert result.speed == []
 

@@ -126,8 +126,10 @@ autograd, which calls softmax on the same input)."""
 
 def _sticky_audit(trigger: bool, monkeypatch) -> object:
     monkeypatch.setenv("STICKY_FIXTURE_TRIGGER", "1" if trigger else "0")  # the worker inherits it
+    # The clean run needs no worker to replace: in this process (a worker start less), it gives the
+    # records every untriggered call of the poisoned run must match.
     options = AuditOptions(ops=["softmax", "cross_entropy"], formats=[FORMATS["float32"]], case_patterns=CASES,
-                           jobs=1, worker=WorkerOptions(device="cpu"))
+                           jobs=1, worker=WorkerOptions(device="cpu", isolated=trigger))
     return run_audit([POISONS, TORCH_PLAIN], options)
 
 
