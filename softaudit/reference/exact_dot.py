@@ -12,9 +12,9 @@ most 2^53 units: **every float64 matmul of two slices is exact, whatever order B
 (every partial sum is an integer number of units below 2^53). Rounding to the grid (rint of an
 exact power-of-two scaling) and the remainder (a float minus its rounded self) are exact too.
 
-The slice products are then added into a double-double (TwoSum, the low part's roundings
-bounded), so the result is hi + lo with a bound ``err`` that is 0 when no low-part addition
-rounded. Slicing stops when every remainder is 0 (the product is exact), at ``stop`` (a
+The slice products are then added into a double-double (TwoSum on both parts, the low part's
+dropped bits summed), so the result is hi + lo with a bound ``err`` that is 0 exactly when
+nothing was dropped: then hi + lo is the exact product. Slicing stops when every remainder is 0 (the product is exact), at ``stop`` (a
 remainder below 2^-stop of the row's maximum is left over and bounded), or at MAX_SLICES.
 What is left over enters ``err`` through |rest| |B| in float64 rounded up, with a floor for the
 products that underflow: **no bound is ever 0 where something was left out.**
@@ -198,11 +198,13 @@ def product(a: Split, b: Split, n: int, double: bool = True) -> Product:
             err += np.abs(hi)
             continue
         hi, e = two_sum(hi, t)
-        lo = lo + e
-        err += np.abs(lo)  # each low-part addition rounds by at most u of its result
+        lo, e2 = two_sum(lo, e)
+        err += np.abs(e2)  # what the low part's addition dropped, exactly: 0 where it dropped nothing
     if double:
         hi, lo = two_sum(hi, lo)
-    err = err * (U * (1 + 2.0**-40))
+        err = err * (1 + 2.0**-40)
+    else:
+        err = err * (U * (1 + 2.0**-40))
     gamma = 1 + 2 * (n + 2) * U
     floor = (n + 2) * 2.0**-1072
     if a.rest is not None:

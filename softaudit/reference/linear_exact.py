@@ -77,11 +77,27 @@ def _mpf(q: Fraction) -> tuple[mpmath.mpf, mpmath.mpf]:
 
 @dataclass
 class Value:
-    """An exact quantity: ``exact`` where it is a known rational, else within ``err`` of ``v``."""
+    """An exact quantity. ``exact`` None: within ``err`` of ``v``. ``exact`` a rational and ``side``
+    0: that rational (v its mpf, err the conversion's bound). ``side`` +-1: ``exact`` + side r with
+    0 < r <= err, a remainder of known sign, which decides a rounding that sits on a midpoint or a
+    binade's edge (exact.Certifier.rational)."""
 
     v: mpmath.mpf
     err: mpmath.mpf
     exact: Fraction | None = None
+    side: int = 0
+
+    def interval(self) -> tuple[mpmath.mpf, mpmath.mpf]:
+        """(v, err) with the true value within err of v, whatever the form."""
+        if self.exact is None or not self.side:
+            return self.v, self.err
+        vm, e = _mpf(self.exact)
+        return vm, e + self.err
+
+
+def _negligible(rem: mpmath.mpf, r: Fraction) -> bool:
+    """A remainder below the working precision of a nonzero rational r: kept apart, one-sided."""
+    return r != 0 and rem < _ctx.ldexp(abs(_mpf(r)[0]), -_ctx.prec - 8)
 
 
 @dataclass
@@ -195,6 +211,15 @@ class Engine:
             ex = self.zl * y * y
             vm, e = _mpf(ex)
             return Value(vm, e, ex)
+        if self.cap is None and not self.zl and k >= 1 and not any(ed):
+            # loss = R + L (R = (1 - eps)(-d_t) + (eps / V) sum(-d_c), rational): L > 0 (V > 1)
+            # far below R's last digit is a remainder of known sign.
+            zt = z[t]
+            mx = max(z)
+            r_exact = (1 - self.eps) * (mx - zt) + self.eps / v * sum((mx - zc for zc in z), Fraction(0))
+            l_up = big_l + err_l
+            if _negligible(l_up, r_exact):
+                return Value(_mpf(r_exact)[0], l_up, r_exact, 1)
         nll = big_l - d[t]
         err = err_l + ed[t] + eps_op * nll
         one_m, e1 = _mpf(1 - self.eps)
@@ -233,11 +258,29 @@ class Engine:
         out = []
         for c in range(v):
             cm, ec = _mpf(coef[c])
+            if c in is_max and not self.zl and self.cap is None:
+                # G = (1 - k coef) / k - t / (k (k + t)): a rational and a negative remainder.
+                a0q = (1 - k * coef[c]) / k
+                rem = (t_sum + err_t) / (k * k) * (1 + 4 * eps_op)
+                if t_sum + err_t == 0:
+                    vm, e = _mpf(a0q)
+                    out.append(Value(vm, e, a0q))
+                    continue
+                if _negligible(rem, a0q):
+                    out.append(Value(_mpf(a0q)[0], rem, a0q, -1))
+                    continue
+            if c not in is_max and self.cap is None and coef[c] and abs(b) > err_b:
+                p_up = e_vals[c] / s * (1 + rel[c] + err_t / s_low + 3 * eps_op)
+                rem = (abs(b) + err_b) * p_up
+                if _negligible(rem, coef[c]):
+                    # G = -coef + B p: B p far below coef's last digit, of B's sign.
+                    out.append(Value(-_mpf(coef[c])[0], rem, -coef[c], 1 if b > 0 else -1))
+                    continue
             if c in is_max:
                 # B/s - coef = ((1 - k coef) + 2 zl lse - coef t) / s: no cancellation of B p against coef.
                 a0, ea0 = _mpf(1 - k * coef[c])
                 num = a0 + 2 * zv * lse.v - cm * t_sum
-                e_num = ea0 + 2 * zv * lse.err + ec * t_sum + cm * err_t + 4 * eps_op * (abs(a0) + abs(b) + cm * t_sum)
+                e_num = ea0 + 2 * zv * lse.err + ec * t_sum + cm * err_t + 4 * eps_op * (abs(a0) + abs(2 * zv * lse.v) + cm * t_sum)
                 val = num / s
                 err = (e_num + abs(num) * err_t / s_low) / s_low + 2 * eps_op * abs(val)
             else:
@@ -264,9 +307,14 @@ class Engine:
     def _scaled(self, g: Fraction, x: Value, coef: Fraction) -> Value:
         """g coef X for an exact rational g coef."""
         q = g * coef
+        if q == 0:
+            return Value(_ctx.zero, _ctx.zero, Fraction(0))
         if x.exact is not None:
             e = q * x.exact
             vm, err = _mpf(e)
+            if x.side:
+                return Value(vm, abs(_mpf(q)[0]) * x.err * (1 + 8 * _ctx.ldexp(1, 2 - _ctx.prec)), e,
+                             x.side if q > 0 else -x.side)
             return Value(vm, err, e)
         qm, eq = _mpf(q)
         val = qm * x.v
@@ -294,7 +342,7 @@ class Engine:
             for c in range(self.v):
                 if wcol[c]:
                     terms.append(self._scaled(self.g[i], r.x[c], Fraction(float(wcol[c]))))
-        return _sum(terms, prec)
+        return add_values(terms, prec)
 
     def _by_group(self) -> dict[int, Fraction]:
         totals: dict[int, Fraction] = {}
@@ -313,40 +361,59 @@ class Engine:
                 x = self.row(i, prec).x[c]
                 _ctx.prec = prec
                 terms.append(self._scaled(gsum, x, coef))
-        return _sum(terms, prec)
+        return add_values(terms, prec)
 
     def any_nan(self) -> bool:
         return any(self.status(i) == "nan" for i in range(self.inp.tokens))
 
 
-def _sum(terms: list[Value], prec: int) -> Value:
+def add_values(terms: list[Value], prec: int) -> Value:
     """The sum of Values: exact when every term is."""
     _ctx.prec = prec
-    if all(t.exact is not None for t in terms):
+    # Terms known only as intervals but of known sign, far below the exact terms' sum, become
+    # one-sided remainders of it (a tiny probability added to -1 keeps the sum in -1's binade).
+    exact_sum = sum((t.exact for t in terms if t.exact is not None), Fraction(0))
+    loose = [t for t in terms if t.exact is None]
+    if loose and exact_sum and all(abs(t.v) > t.err for t in loose):
+        rem = _ctx.fsum(abs(t.v) + t.err for t in loose) * (1 + (len(terms) + 2) * _ctx.ldexp(1, 2 - prec))
+        if _negligible(rem, exact_sum):
+            terms = [t for t in terms if t.exact is not None] + [
+                Value(_ctx.zero, (abs(t.v) + t.err) * (1 + 4 * _ctx.ldexp(1, 2 - prec)), Fraction(0),
+                      1 if t.v > 0 else -1) for t in loose]
+    sides = {t.side for t in terms if t.side}
+    if all(t.exact is not None for t in terms) and len(sides) <= 1:
         ex = sum((t.exact for t in terms if t.exact is not None), Fraction(0))
         vm, e = _mpf(ex)
+        if sides:
+            rem = _ctx.fsum(t.err for t in terms if t.side) * (1 + (len(terms) + 2) * _ctx.ldexp(1, 2 - prec))
+            return Value(vm, rem, ex, sides.pop())
         return Value(vm, e, ex)
-    total = _ctx.fsum(t.v for t in terms)
-    mag = _ctx.fsum(abs(t.v) for t in terms)
-    err = _ctx.fsum(t.err for t in terms) + (len(terms) + 2) * _ctx.ldexp(mag, 2 - prec)
+    pairs = [t.interval() for t in terms]
+    total = _ctx.fsum(v for v, _ in pairs)
+    mag = _ctx.fsum(abs(v) for v, _ in pairs)
+    err = _ctx.fsum(e for _, e in pairs) + (len(terms) + 2) * _ctx.ldexp(mag, 2 - prec)
     return Value(total, err)
+
+
+def certify_value(val: Value | str, fmt: Format) -> tuple[Entry, bool]:
+    """One Value (or "nan") as an entry of fmt, and whether its rounding is proven."""
+    cert = Certifier(fmt)
+    if isinstance(val, str):
+        return cert.special(math.nan), True
+    if val.exact is not None:
+        entry = cert.rational(val.exact, val.side, val.err) if val.side else cert.rational(val.exact)
+        return entry, cert.certified
+    if _ctx.isinf(val.err) or val.err != val.err:
+        return cert.zero_entry, False
+    entry = cert.put(val.v, val.err)
+    return entry, cert.certified
 
 
 def certified(compute: Callable[[int], Value | str], fmt: Format, base: int) -> tuple[Entry, bool]:
     """One element through Ziv's loop: its entry and whether it was proven."""
     prec = base
     while True:
-        cert = Certifier(fmt)
-        val = compute(prec)
-        if isinstance(val, str):
-            return cert.special(math.nan), True
-        if val.exact is not None:
-            return cert.rational(val.exact), True
-        if _ctx.isinf(val.err) or val.err != val.err:
-            entry, ok = cert.zero_entry, False
-        else:
-            entry = cert.put(val.v, val.err)
-            ok = cert.certified
+        entry, ok = certify_value(compute(prec), fmt)
         if ok or prec >= MAX_PRECISION:
             return entry, ok
         prec *= 2
@@ -357,4 +424,4 @@ def base_precision(fmt: Format, inp: LinearLossInputs) -> int:
     return fmt.p + 80 + max(inp.vocabulary, 2).bit_length()
 
 
-__all__ = ["Engine", "Value", "base_precision", "certified", "exact_logit_rows", "upstream"]
+__all__ = ["Engine", "Value", "add_values", "base_precision", "certified", "certify_value", "exact_logit_rows", "upstream"]

@@ -44,11 +44,20 @@ from softaudit.cases.linear_inputs import LinearLossInputs
 from softaudit.formats import Format, format_of_dtype
 from softaudit.reference import exact as mp
 from softaudit.reference.engines import ENGINES
-from softaudit.reference.exact import Certifier, Entry, OpReference, op_reference
+from softaudit.reference.exact import MAX_PRECISION, Certifier, Entry, OpReference, op_reference
 from softaudit.reference.exact_dot import TINY, Split, fit, product, split_rows
 from softaudit.reference.fast_double_double import certify, pairwise_sum, unscaled
 from softaudit.reference.fast_path import Certified, cut, cut_term, store_rows
-from softaudit.reference.linear_exact import Engine, Value, base_precision, certified, exact_logit_rows, upstream
+from softaudit.reference.linear_exact import (
+    Engine,
+    Value,
+    add_values,
+    base_precision,
+    certified,
+    certify_value,
+    exact_logit_rows,
+    upstream,
+)
 from softaudit.reference.loss import LossReference
 
 _SAFETY = 2.0
@@ -129,8 +138,11 @@ def _logits(inp: LinearLossInputs) -> Logits:
         pr = product(h_splits[wa], ws, d)
         zh, zl, ze, ok = pr.unscaled()
         if b is not None:
-            zh, zl, e = dd.add_fp(zh, zl, np.broadcast_to(b[sl], zh.shape))
-            ze = ze + e
+            # The bias as one more term: both additions' errors kept, what the low part drops bounded.
+            zh, e = dd.two_sum(zh, np.broadcast_to(b[sl], zh.shape))
+            zl, e2 = dd.two_sum(zl, e)
+            zh, zl = dd.two_sum(zh, zl)
+            ze = ze + np.abs(e2) * _GROW
         hi[:, sl], lo[:, sl], err[:, sl], trusted[:, sl] = zh, zl, ze, ok
     return Logits(hi, lo, err, trusted & (err <= 2.0**-60 * np.maximum(np.abs(hi), 1.0)))
 
@@ -463,8 +475,11 @@ def linear_loss_reference(inp: LinearLossInputs, fmt: Format, engine: str = "aut
         values.append(eng.loss_token(i, base))
     status = _status(inp)
     n = int(np.count_nonzero(status != "ignored"))
-    total, ok_s = _reduce(values, Fraction(1), fmt, base)
-    mean, ok_m = _reduce(values, Fraction(n), fmt, base) if n else (None, True)
+    def redo(prec: int) -> list[Value | str]:
+        return [eng.loss_token(i, prec) for i in range(t)]
+
+    total, ok_s = _reduce(values, Fraction(1), fmt, base, redo)
+    mean, ok_m = _reduce(values, Fraction(n), fmt, base, redo) if n else (None, True)
     uncertified += (not ok_s) + (not ok_m)
     return LossReference(
         none=op_reference("linear_cross_entropy", [[e] for e in entries], (t,)),
@@ -474,23 +489,37 @@ def linear_loss_reference(inp: LinearLossInputs, fmt: Format, engine: str = "aut
     )
 
 
-def _reduce(values: list[Value | str], denom: Fraction, fmt: Format, base: int) -> tuple[Entry, bool]:
-    """sum(values) / denom: NaN if a token has no defined loss; exact when every value is."""
+def _reduce(values: list[Value | str], denom: Fraction, fmt: Format, base: int,
+            redo) -> tuple[Entry, bool]:
+    """sum(values) / denom, certified: NaN if a token has no defined loss. Where the tokens' own
+    values and bounds cannot prove it, every token is recomputed by mpmath at rising precision
+    (``redo(prec)`` gives them)."""
     cert = Certifier(fmt)
     if any(isinstance(x, str) for x in values):
         return cert.special(float("nan")), True
-    vals = [x for x in values if isinstance(x, Value)]
-    if all(x.exact is not None for x in vals):
-        return cert.rational(sum((x.exact for x in vals if x.exact is not None), Fraction(0)) / denom), True
-    mp.set_precision(base + 64)
-    total = mp.fsum(x.v for x in vals)
-    err = mp.fsum(x.err for x in vals) + (len(vals) + 2) * mp.unit_error(base + 64) * mp.fsum(abs(x.v) for x in vals)
-    if denom != 1:
+    prec = base + 64
+    while True:
+        total = add_values([x for x in values if isinstance(x, Value)], prec)
+        entry, ok = certify_value(_over(total, denom, prec), fmt)
+        if ok or prec >= MAX_PRECISION:
+            return entry, ok
+        prec *= 2
+        values = redo(prec)
+
+
+def _over(total: Value, denom: Fraction, prec: int) -> Value:
+    """total / denom (one-sided remainders stay one-sided: denom > 0)."""
+    if denom == 1:
+        return total
+    mp.set_precision(prec)
+    if total.exact is not None:
+        q = total.exact / denom
         dm = mp.mpf_of_fraction(denom)
-        total = total / dm
-        err = err / dm * (1 + 4 * mp.unit_error(base + 64)) + 4 * mp.unit_error(base + 64) * abs(total)
-    entry = cert.put(total, _SAFETY * err)
-    return entry, cert.certified
+        err = total.err / dm * (1 + 8 * mp.unit_error(prec)) if total.side else total.err / dm + 4 * mp.unit_error(prec) * abs(total.v)
+        return Value(mp.mpf_of_fraction(q), err, q, total.side)
+    dm = mp.mpf_of_fraction(denom)
+    v = total.v / dm
+    return Value(v, _SAFETY * (total.err / dm * (1 + 4 * mp.unit_error(prec)) + 4 * mp.unit_error(prec) * abs(v)))
 
 
 # --------------------------------------------------------------------------
