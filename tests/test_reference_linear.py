@@ -14,7 +14,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from softaudit.cases.linear_inputs import LinearLossInputs
-from softaudit.formats import BFLOAT16, FLOAT16, FLOAT32, FLOAT64, FORMATS, Format, exact_dot, round_float64_array, round_mpf
+from softaudit.formats import (
+    BFLOAT16,
+    FLOAT16,
+    FLOAT32,
+    FLOAT64,
+    FORMATS,
+    Format,
+    exact_dot,
+    round_float64_array,
+    round_mpf,
+)
 from softaudit.reference.exact import OpReference
 from softaudit.reference.exact_dot import fit, product, split_rows
 from softaudit.reference.fast_path import REQUIRED_ULP_ACCURACY

@@ -247,7 +247,7 @@ class Engine:
             b_q = 1 + 2 * self.zl * z[0] if v == 1 else Fraction(1)
             out = []
             for c in range(v):
-                q = (b_q / v - coef[c]) * sech[c].exact  # type: ignore[operator]
+                q = (b_q / v - coef[c]) * (sech[c].exact or Fraction(1))
                 vm, e = _mpf(q)
                 out.append(Value(vm, e, q))
             return out
@@ -294,6 +294,56 @@ class Engine:
             out.append(Value(val2, _SAFETY * err2))
         return out
 
+    # ------------------------------------------------------------------ exact combinations
+
+    def _shape(self, i: int) -> tuple[tuple, list[int], int]:
+        """Token i's distinct shifted logits u_j = z - max with their counts (the key tokens with
+        the same probabilities share), each class's j, and the maximum's j."""
+        if ("shape", i) not in self._rows:
+            z = self.logits(i)
+            mx = max(z)
+            uniq = sorted(set(z))
+            index = {u: j for j, u in enumerate(uniq)}
+            counts = [0] * len(uniq)
+            for zc in z:
+                counts[index[zc]] += 1
+            key = tuple((u - mx, n) for u, n in zip(uniq, counts))
+            self._rows[("shape", i)] = (key, [index[zc] for zc in z], len(uniq) - 1)
+        return self._rows[("shape", i)]
+
+    def exact_combination(self, weights: dict[int, dict[int, Fraction]]) -> Fraction | None:
+        """sum_i sum_c weights[i][c] G_ic (weights sparse: class -> weight) where that is provably
+        rational, else None.
+
+        Without z-loss or softcap, G_ic = g_i (p_ic - coef_ic) and a token's probabilities are
+        the atoms a_j = e^(u_j) / s of its distinct shifted logits, the maximum's being
+        (1 - sum_j n_j a_j) / n_m: tokens with the same u_j share them. The combination is a
+        rational plus rational multiples of atoms; when every multiple vanishes (mirrored tokens,
+        tied classes with opposite weights) it is that rational, which no interval can prove.
+        """
+        if self.cap is not None or self.zl:
+            return None
+        rational = Fraction(0)
+        atoms: dict[tuple, Fraction] = {}
+        for i, wts in weights.items():
+            if self.status(i) != "ok" or self.g[i] == 0:
+                continue
+            key, where, top = self._shape(i)
+            t = self.target[i]
+            per = [Fraction(0)] * len(key)
+            for c, wc in wts.items():
+                per[where[c]] += wc
+            n_top = key[top][1]
+            g = self.g[i]
+            for j, (_, n_j) in enumerate(key):
+                if j != top and per[j] - n_j * per[top] / n_top:
+                    atoms[(key, j)] = atoms.get((key, j), Fraction(0)) + g * (per[j] - n_j * per[top] / n_top)
+            coef_sum = self.eps / self.v * sum(wts.values(), Fraction(0)) + (1 - self.eps) * wts.get(t, Fraction(0))
+            rational += g * (per[top] / n_top - coef_sum)
+        if any(atoms.values()):
+            return None
+        return rational
+
     # ------------------------------------------------------------------ output elements
 
     def loss_token(self, i: int, prec: int) -> Value | str:
@@ -323,10 +373,15 @@ class Engine:
     def d_hidden(self, i: int, col: int, prec: int) -> Value:
         if self.status(i) != "ok" or self.g[i] == 0:
             return Value(_ctx.zero, _ctx.zero, Fraction(0))
+        wcol = self.w[:, col]
+        ex = self.exact_combination({i: {c: Fraction(float(x)) for c, x in enumerate(wcol.tolist()) if x}})
+        if ex is not None:
+            _ctx.prec = prec
+            vm, e = _mpf(ex)
+            return Value(vm, e, ex)
         r = self.row(i, prec)
         _ctx.prec = prec
         t = self.target[i]
-        wcol = self.w[:, col]
         terms = []
         if self.cap is None:
             wt = Fraction(float(wcol[t]))
@@ -354,6 +409,11 @@ class Engine:
     def d_weight(self, c: int, col: int | None, prec: int) -> Value:
         """d_weight[c, col], or d_bias[c] for col None."""
         _ctx.prec = prec
+        ex = self.exact_combination({i: {c: Fraction(1) if col is None else Fraction(float(self.h[i, col]))}
+                                     for i in range(self.inp.tokens)})
+        if ex is not None:
+            vm, e = _mpf(ex)
+            return Value(vm, e, ex)
         terms = []
         for i, gsum in self._by_group().items():
             coef = Fraction(1) if col is None else Fraction(float(self.h[i, col]))

@@ -34,6 +34,7 @@ smallest subnormal (exact_dot.TINY).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -439,6 +440,11 @@ def _engine(inp: LinearLossInputs, fmt: Format, fast_logits: Logits | None, g: l
     return Engine(inp, fmt, logits, g)
 
 
+def _at(fn: Callable[..., Value | str], *args: object) -> Callable[[int], Value | str]:
+    """fn(*args, prec) as a function of the precision alone (for Ziv's loop)."""
+    return lambda prec: fn(*args, prec)
+
+
 def _check(inp: LinearLossInputs, engine: str) -> None:
     if engine not in ENGINES:
         raise ValueError(f"unknown reference engine {engine!r} (known: {', '.join(ENGINES)})")
@@ -469,7 +475,7 @@ def linear_loss_reference(inp: LinearLossInputs, fmt: Format, engine: str = "aut
             mp.set_precision(base)
             values.append(Value(mp.exact_add(float(fast.loss_h[i]), float(fast.loss_l[i])), mp.mpf(float(fast.loss_e[i]))))
             continue
-        entry, ok = certified(lambda prec, i=i: eng.loss_token(i, prec), fmt, base)
+        entry, ok = certified(_at(eng.loss_token, i), fmt, base)
         entries.append(entry)
         uncertified += 0 if ok else 1
         values.append(eng.loss_token(i, base))
@@ -644,7 +650,7 @@ def _settle(c: Certified, element, fmt: Format, base: int) -> tuple[OpReference,
     for pos in np.flatnonzero(~flat_ok).tolist():
         at = np.unravel_index(pos, shape)
         i, j = (int(at[0]), int(at[1])) if len(shape) == 2 else (int(at[0]), 0)
-        entry, ok = certified(lambda prec, i=i, j=j: element(i, j, prec), fmt, base)
+        entry, ok = certified(_at(element, i, j), fmt, base)
         c.rounded[at], c.k[at], c.hi[at], c.lo[at] = entry
         uncertified += 0 if ok else 1
     return OpReference(op="linear_cross_entropy_backward", rounded=c.rounded, k=c.k.astype(np.int32), hi=c.hi,
@@ -663,7 +669,7 @@ def _gradients_mp(eng: Engine, fmt: Format, base: int, has_bias: bool) -> Linear
         for i in range(rows):
             row = []
             for j in range(cols):
-                entry, ok = certified(lambda prec, i=i, j=j: fn(i, j, prec), fmt, base)
+                entry, ok = certified(_at(fn, i, j), fmt, base)
                 row.append(entry)
                 unc += 0 if ok else 1
             out.append(row)
