@@ -291,7 +291,8 @@ def cases(draw):
     h, w = values((t, d), scale_h), values((v, d), scale_w)
     if draw(st.booleans()):  # a confident token: its target's weight row is its hidden row, scaled up
         c = draw(st.integers(0, v - 1))
-        w[c] = round_float64_array(h[0].astype(np.float64) * draw(st.sampled_from([4.0, 64.0])), fmt)
+        big = h[0].astype(np.float64) * draw(st.sampled_from([4.0, 64.0]))
+        w[c] = round_float64_array(np.clip(big, -fmt.max_finite, fmt.max_finite), fmt)
     b = values((v,), scale_w) if draw(st.booleans()) else None
     target = np.array(draw(st.lists(st.sampled_from(list(range(v)) + [-100]), min_size=t, max_size=t)),
                       dtype=np.int64)
@@ -348,7 +349,10 @@ def test_statistics_for_the_envelope():
     assert np.isclose(st_.p.sum(), 1.0) and np.isclose(st_.lse[0], np.log(np.exp(st_.logits[0]).sum()))
 
 
-def test_the_engine_is_named_and_checked():
+def test_the_engine_is_named_and_the_inputs_checked():
     inp = inputs(FLOAT32, [[1.0]], [[1.0]], target=[0])
     with pytest.raises(ValueError, match="unknown reference engine"):
         linear_loss_reference(inp, FLOAT32, engine="fast")
+    bad = LinearLossInputs(np.array([[np.inf]]), np.array([[1.0]]), None, np.array([0]))
+    with pytest.raises(ValueError, match="finite"):
+        linear_loss_reference(bad, FLOAT64)

@@ -311,15 +311,17 @@ class Engine:
             self._rows[("shape", i)] = (key, [index[zc] for zc in z], len(uniq) - 1)
         return self._rows[("shape", i)]
 
-    def exact_combination(self, weights: dict[int, dict[int, Fraction]]) -> Fraction | None:
-        """sum_i sum_c weights[i][c] G_ic (weights sparse: class -> weight) where that is provably
-        rational, else None.
+    def combination(self, weights: dict[int, dict[int, Fraction]], prec: int) -> Value | None:
+        """sum_i sum_c weights[i][c] G_ic (weights sparse: class -> weight), or None with a z-loss
+        or a softcap (then the caller sums G's values).
 
-        Without z-loss or softcap, G_ic = g_i (p_ic - coef_ic) and a token's probabilities are
-        the atoms a_j = e^(u_j) / s of its distinct shifted logits, the maximum's being
-        (1 - sum_j n_j a_j) / n_m: tokens with the same u_j share them. The combination is a
-        rational plus rational multiples of atoms; when every multiple vanishes (mirrored tokens,
-        tied classes with opposite weights) it is that rational, which no interval can prove.
+        Without them G_ic = g_i (p_ic - coef_ic), and a token's probabilities are the atoms
+        a_j = e^(u_j) / s of its distinct shifted logits u_j = z - max (the maximum's is
+        (1 - sum_j n_j a_j) / n_m), shared by tokens with the same u_j. The combination is a
+        rational R plus rational multiples of atoms, collected exactly: where every multiple
+        vanishes (mirrored tokens, tied classes with opposite weights) it is R exactly, which no
+        interval proves; where the atoms' part is far below R, it is R plus a remainder whose
+        sign is that of its largest term (a probability of e^-16384 next to 1/4).
         """
         if self.cap is not None or self.zl:
             return None
@@ -336,13 +338,40 @@ class Engine:
             n_top = key[top][1]
             g = self.g[i]
             for j, (_, n_j) in enumerate(key):
-                if j != top and per[j] - n_j * per[top] / n_top:
-                    atoms[(key, j)] = atoms.get((key, j), Fraction(0)) + g * (per[j] - n_j * per[top] / n_top)
+                q = per[j] - n_j * per[top] / n_top
+                if j != top and q:
+                    atoms[(key, j)] = atoms.get((key, j), Fraction(0)) + g * q
             coef_sum = self.eps / self.v * sum(wts.values(), Fraction(0)) + (1 - self.eps) * wts.get(t, Fraction(0))
             rational += g * (per[top] / n_top - coef_sum)
-        if any(atoms.values()):
-            return None
-        return rational
+        _ctx.prec = prec
+        eps_op = _ctx.ldexp(1, 2 - prec)
+        terms = []
+        for (key, j), q in atoms.items():
+            if q:
+                qm, eq = _mpf(q)
+                a, rel = self._atom(key, j, prec)
+                terms.append((qm * a, abs(qm) * a * rel + eq * a * (1 + rel)))
+        if not terms:
+            vm, e = _mpf(rational)
+            return Value(vm, e, rational)
+        part = _ctx.fsum(v for v, _ in terms)
+        err = _ctx.fsum(e for _, e in terms) + (len(terms) + 4) * eps_op * _ctx.fsum(abs(v) for v, _ in terms)
+        if rational and abs(part) > err and _negligible(abs(part) + err, rational):
+            return Value(_mpf(rational)[0], (abs(part) + err) * (1 + eps_op), rational, 1 if part > 0 else -1)
+        rm, er = _mpf(rational)
+        return Value(rm + part, er + err + 2 * eps_op * abs(rm + part))
+
+    def _atom(self, key: tuple, j: int, prec: int) -> tuple[mpmath.mpf, mpmath.mpf]:
+        """(a_j = e^(u_j) / s for the distinct shifted logits ``key``, its relative error bound)."""
+        if ("atoms", key, prec) not in self._rows:
+            _ctx.prec = prec
+            eps_op = _ctx.ldexp(1, 2 - prec)
+            e = [_ctx.exp(_mpf(u)[0]) if u else _ctx.one for u, _ in key]
+            s = _ctx.fsum(n * ev for (_, n), ev in zip(key, e))
+            rel = (len(key) + 8) * eps_op
+            self._rows[("atoms", key, prec)] = ([ev / s for ev in e], rel)
+        values, rel = self._rows[("atoms", key, prec)]
+        return values[j], rel
 
     # ------------------------------------------------------------------ output elements
 
@@ -374,11 +403,9 @@ class Engine:
         if self.status(i) != "ok" or self.g[i] == 0:
             return Value(_ctx.zero, _ctx.zero, Fraction(0))
         wcol = self.w[:, col]
-        ex = self.exact_combination({i: {c: Fraction(float(x)) for c, x in enumerate(wcol.tolist()) if x}})
-        if ex is not None:
-            _ctx.prec = prec
-            vm, e = _mpf(ex)
-            return Value(vm, e, ex)
+        combined = self.combination({i: {c: Fraction(float(x)) for c, x in enumerate(wcol.tolist()) if x}}, prec)
+        if combined is not None:
+            return combined
         r = self.row(i, prec)
         _ctx.prec = prec
         t = self.target[i]
@@ -409,11 +436,10 @@ class Engine:
     def d_weight(self, c: int, col: int | None, prec: int) -> Value:
         """d_weight[c, col], or d_bias[c] for col None."""
         _ctx.prec = prec
-        ex = self.exact_combination({i: {c: Fraction(1) if col is None else Fraction(float(self.h[i, col]))}
-                                     for i in range(self.inp.tokens)})
-        if ex is not None:
-            vm, e = _mpf(ex)
-            return Value(vm, e, ex)
+        combined = self.combination({i: {c: Fraction(1) if col is None else Fraction(float(self.h[i, col]))}
+                                     for i in range(self.inp.tokens)}, prec)
+        if combined is not None:
+            return combined
         terms = []
         for i, gsum in self._by_group().items():
             coef = Fraction(1) if col is None else Fraction(float(self.h[i, col]))

@@ -446,8 +446,12 @@ def _at(fn: Callable[..., Value | str], *args: object) -> Callable[[int], Value 
 
 
 def _check(inp: LinearLossInputs, engine: str) -> None:
+    """The engine is known and the inputs finite (the op's cases are: docs/references.md)."""
     if engine not in ENGINES:
         raise ValueError(f"unknown reference engine {engine!r} (known: {', '.join(ENGINES)})")
+    for name, a in (("hidden", inp.hidden), ("weight", inp.weight), ("bias", inp.bias)):
+        if a is not None and not np.isfinite(np.asarray(a).astype(np.float64)).all():
+            raise ValueError(f"linear_cross_entropy references need finite inputs: {name} is not")
 
 
 # --------------------------------------------------------------------------
