@@ -11,9 +11,11 @@ module docstring of reference.linear_loss. What intervals cannot settle is made 
 * a logit of 0 under a softcap is 0 (tanh(0) = 0) with a derivative of exactly 1;
 * a token whose logits are all exactly equal has p = 1/V, and its loss gradient is rational
   when z_loss is 0 (or V = 1): its values are Fractions, and sums of Fractions are exact;
-* sum_c G_ic = g_i 2 z_loss lse_i exactly (sum_c p_ic = 1, sum_c coef_ic = 1) without a softcap,
-  so d_hidden_i = sum_{c != t} G_ic (w_c - w_t) + w_t g_i 2 z_loss lse_i: a column of the weight
-  that is constant gives an exact 0 (z_loss 0), not an interval around it;
+* without z-loss or softcap, every gradient element is a rational plus rational multiples of
+  probability atoms shared between tokens (Engine.combination): collected exactly, they prove
+  exact values (a constant weight column's d_hidden = 0, mirrored tokens) and one-sided remainders;
+* a loss that is a rational plus L far below its last digit is that rational and a remainder of
+  known sign (so is a gradient -coef + B p with B p negligible, and 1/k - t/(k(k + t)) at maxima);
 * tokens with the same hidden row and target have proportional gradient rows: d_weight and
   d_bias sum them once with their upstream gradients added exactly, so two that cancel give 0.
 """
@@ -86,6 +88,9 @@ class Value:
     err: mpmath.mpf
     exact: Fraction | None = None
     side: int = 0
+    low: mpmath.mpf | int = 0
+    """With a side: a lower bound of the remainder r (0 where none is known), so that remainders
+    of opposite signs can still be compared."""
 
     def interval(self) -> tuple[mpmath.mpf, mpmath.mpf]:
         """(v, err) with the true value within err of v, whatever the form."""
@@ -211,15 +216,19 @@ class Engine:
             ex = self.zl * y * y
             vm, e = _mpf(ex)
             return Value(vm, e, ex)
-        if self.cap is None and not self.zl and k >= 1 and not any(ed):
-            # loss = R + L (R = (1 - eps)(-d_t) + (eps / V) sum(-d_c), rational): L > 0 (V > 1)
-            # far below R's last digit is a remainder of known sign.
+        if self.cap is None and k >= 1 and not any(ed):
+            # loss = R + L (1 + 2 zl m) + zl L^2 with R = (1 - eps)(m - z_t) + (eps / V) sum(m - z_c)
+            # + zl m^2 rational (m the maximum logit) and L > 0 (V > 1): L far below R's last digit
+            # is a remainder of known sign, which settles R on a midpoint or a power of two.
             zt = z[t]
             mx = max(z)
-            r_exact = (1 - self.eps) * (mx - zt) + self.eps / v * sum((mx - zc for zc in z), Fraction(0))
+            r_exact = ((1 - self.eps) * (mx - zt) + self.eps / v * sum((mx - zc for zc in z), Fraction(0))
+                       + self.zl * mx * mx)
+            slope = 1 + 2 * self.zl * mx
             l_up = big_l + err_l
-            if _negligible(l_up, r_exact):
-                return Value(_mpf(r_exact)[0], l_up, r_exact, 1)
+            rem = l_up * (abs(_mpf(slope)[0]) + _mpf(self.zl)[0] * l_up) * (1 + 4 * eps_op)
+            if _negligible(rem, r_exact):
+                return Value(_mpf(r_exact)[0], rem, r_exact, -1 if slope < 0 else 1)
         nll = big_l - d[t]
         err = err_l + ed[t] + eps_op * nll
         one_m, e1 = _mpf(1 - self.eps)
@@ -267,14 +276,32 @@ class Engine:
                     out.append(Value(vm, e, a0q))
                     continue
                 if _negligible(rem, a0q):
-                    out.append(Value(_mpf(a0q)[0], rem, a0q, -1))
+                    low = max(t_sum - err_t, 0) / (k * (k + t_sum + err_t)) * (1 - 4 * eps_op)
+                    out.append(Value(_mpf(a0q)[0], rem, a0q, -1, low))
+                    continue
+            if c in is_max and self.zl and self.cap is None and k == 1:
+                # G = (1 - coef + 2 zl (m + L) - coef t) / (1 + t) = q + r: q = 1 - coef + 2 zl m
+                # rational; r = [t (2 zl - 1 - 2 zl m) + 2 zl (L - t)] / (1 + t), L - t in [-t^2/2, 0].
+                mx = max(z)
+                q = 1 - coef[c] + 2 * self.zl * mx
+                sl = 2 * self.zl - 1 - 2 * self.zl * mx
+                t_up = t_sum + err_t
+                zlm = _mpf(self.zl)[0]
+                bound = (t_up * abs(_mpf(sl)[0]) + zlm * t_up * t_up) * (1 + 4 * eps_op)
+                settled = sl == 0 or t_up * zlm < abs(_mpf(sl)[0]) / 4
+                if t_up and settled and _negligible(bound, q):
+                    t_low = max(t_sum - err_t, 0)
+                    low = max((t_low * abs(_mpf(sl)[0]) - zlm * t_up * t_up) / (1 + t_up), 0) * (1 - 4 * eps_op)
+                    out.append(Value(_mpf(q)[0], bound, q, 1 if sl > 0 else -1, low))
                     continue
             if c not in is_max and self.cap is None and coef[c] and abs(b) > err_b:
                 p_up = e_vals[c] / s * (1 + rel[c] + err_t / s_low + 3 * eps_op)
                 rem = (abs(b) + err_b) * p_up
                 if _negligible(rem, coef[c]):
                     # G = -coef + B p: B p far below coef's last digit, of B's sign.
-                    out.append(Value(-_mpf(coef[c])[0], rem, -coef[c], 1 if b > 0 else -1))
+                    p_low = e_vals[c] / s * max(1 - rel[c] - err_t / s_low - 3 * eps_op, 0)
+                    low = (abs(b) - err_b) * p_low * (1 - 4 * eps_op)
+                    out.append(Value(-_mpf(coef[c])[0], rem, -coef[c], 1 if b > 0 else -1, low))
                     continue
             if c in is_max:
                 # B/s - coef = ((1 - k coef) + 2 zl lse - coef t) / s: no cancellation of B p against coef.
@@ -357,7 +384,8 @@ class Engine:
         part = _ctx.fsum(v for v, _ in terms)
         err = _ctx.fsum(e for _, e in terms) + (len(terms) + 4) * eps_op * _ctx.fsum(abs(v) for v, _ in terms)
         if rational and abs(part) > err and _negligible(abs(part) + err, rational):
-            return Value(_mpf(rational)[0], (abs(part) + err) * (1 + eps_op), rational, 1 if part > 0 else -1)
+            return Value(_mpf(rational)[0], (abs(part) + err) * (1 + eps_op), rational, 1 if part > 0 else -1,
+                         (abs(part) - err) * (1 - eps_op))
         rm, er = _mpf(rational)
         return Value(rm + part, er + err + 2 * eps_op * abs(rm + part))
 
@@ -392,8 +420,9 @@ class Engine:
             e = q * x.exact
             vm, err = _mpf(e)
             if x.side:
-                return Value(vm, abs(_mpf(q)[0]) * x.err * (1 + 8 * _ctx.ldexp(1, 2 - _ctx.prec)), e,
-                             x.side if q > 0 else -x.side)
+                qa = abs(_mpf(q)[0])
+                u8 = 8 * _ctx.ldexp(1, 2 - _ctx.prec)
+                return Value(vm, qa * x.err * (1 + u8), e, x.side if q > 0 else -x.side, qa * x.low * (1 - u8))
             return Value(vm, err, e)
         qm, eq = _mpf(q)
         val = qm * x.v
@@ -408,22 +437,10 @@ class Engine:
             return combined
         r = self.row(i, prec)
         _ctx.prec = prec
-        t = self.target[i]
         terms = []
-        if self.cap is None:
-            wt = Fraction(float(wcol[t]))
-            for c in range(self.v):
-                diff = Fraction(float(wcol[c])) - wt
-                if c != t and diff:
-                    terms.append(self._scaled(self.g[i], r.x[c], diff))
-            if self.zl and wt:
-                zl2 = 2 * _mpf(self.zl)[0]
-                zlse = zl2 * r.lse.v
-                terms.append(self._scaled(self.g[i], Value(zlse, zl2 * r.lse.err + 2 * _ctx.ldexp(abs(zlse), 2 - prec)), wt))
-        else:
-            for c in range(self.v):
-                if wcol[c]:
-                    terms.append(self._scaled(self.g[i], r.x[c], Fraction(float(wcol[c]))))
+        for c in range(self.v):
+            if wcol[c]:
+                terms.append(self._scaled(self.g[i], r.x[c], Fraction(float(wcol[c]))))
         return add_values(terms, prec)
 
     def _by_group(self) -> dict[int, Fraction]:
@@ -463,17 +480,25 @@ def add_values(terms: list[Value], prec: int) -> Value:
     if loose and exact_sum and all(abs(t.v) > t.err for t in loose):
         rem = _ctx.fsum(abs(t.v) + t.err for t in loose) * (1 + (len(terms) + 2) * _ctx.ldexp(1, 2 - prec))
         if _negligible(rem, exact_sum):
+            u4 = 4 * _ctx.ldexp(1, 2 - prec)
             terms = [t for t in terms if t.exact is not None] + [
-                Value(_ctx.zero, (abs(t.v) + t.err) * (1 + 4 * _ctx.ldexp(1, 2 - prec)), Fraction(0),
-                      1 if t.v > 0 else -1) for t in loose]
-    sides = {t.side for t in terms if t.side}
-    if all(t.exact is not None for t in terms) and len(sides) <= 1:
+                Value(_ctx.zero, (abs(t.v) + t.err) * (1 + u4), Fraction(0), 1 if t.v > 0 else -1,
+                      (abs(t.v) - t.err) * (1 - u4)) for t in loose]
+    if all(t.exact is not None for t in terms):
         ex = sum((t.exact for t in terms if t.exact is not None), Fraction(0))
         vm, e = _mpf(ex)
-        if sides:
-            rem = _ctx.fsum(t.err for t in terms if t.side) * (1 + (len(terms) + 2) * _ctx.ldexp(1, 2 - prec))
-            return Value(vm, rem, ex, sides.pop())
-        return Value(vm, e, ex)
+        grow = (len(terms) + 2) * _ctx.ldexp(1, 2 - prec)
+        # Remainders of each sign: their sum's sign is known where one side's least exceeds the
+        # other's most.
+        up = {sd: _ctx.fsum(t.err for t in terms if t.side == sd) * (1 + grow) for sd in (1, -1)}
+        low = {sd: _ctx.fsum(t.low for t in terms if t.side == sd) * (1 - grow) for sd in (1, -1)}
+        if not up[1] and not up[-1]:
+            return Value(vm, e, ex)
+        for sd in (1, -1):
+            if low[sd] > up[-sd]:
+                return Value(vm, up[sd], ex, sd, low[sd] - up[-sd])
+            if not up[-sd]:
+                return Value(vm, up[sd], ex, sd, low[sd])
     pairs = [t.interval() for t in terms]
     total = _ctx.fsum(v for v, _ in pairs)
     mag = _ctx.fsum(abs(v) for v, _ in pairs)
