@@ -206,11 +206,12 @@ def product(a: Split, b: Split, n: int, double: bool = True) -> Product:
     else:
         err = err * (U * (1 + 2.0**-40))
     gamma = 1 + 2 * (n + 2) * U
-    floor = (n + 2) * 2.0**-1072
+    floor = (n + 2) * 2.0**-1072  # products that underflow, on the rows (columns) with a rest
     if a.rest is not None:
-        err += (a.rest @ b.magnitude().T) * gamma + floor
+        err += (a.rest @ b.magnitude().T) * gamma + floor * a.rest.any(axis=1)[:, None]
     if b.rest is not None:
-        err += ((a.magnitude() + (a.rest if a.rest is not None else 0.0)) @ b.rest.T) * gamma + floor
+        err += (((a.magnitude() + (a.rest if a.rest is not None else 0.0)) @ b.rest.T) * gamma
+                + floor * b.rest.any(axis=1)[None, :])
     return Product(hi, lo, err, (a.scale, b.scale))
 
 

@@ -472,7 +472,12 @@ def linear_loss_reference(inp: LinearLossInputs, fmt: Format, engine: str = "aut
     fast_cert: Certified | None = None
     if fast is not None:
         fast_cert = certify(fast.loss_h, fast.loss_l, fast.loss_e, fmt)
+    status = _status(inp)
     for i in range(t):
+        if status[i] == "ignored":  # exactly 0
+            entries.append(Certifier(fmt).zero_entry)
+            values.append(Value(mp.mpf(0), mp.mpf(0), Fraction(0)))
+            continue
         if fast is not None and fast_cert is not None and fast.status[i] == "ok" and fast_cert.ok[i]:
             entries.append((float(fast_cert.rounded[i]), int(fast_cert.k[i]), float(fast_cert.hi[i]),
                             float(fast_cert.lo[i])))
@@ -483,7 +488,6 @@ def linear_loss_reference(inp: LinearLossInputs, fmt: Format, engine: str = "aut
         entries.append(entry)
         uncertified += 0 if ok else 1
         values.append(eng.loss_token(i, base))
-    status = _status(inp)
     n = int(np.count_nonzero(status != "ignored"))
     def redo(prec: int) -> list[Value | str]:
         return [eng.loss_token(i, prec) for i in range(t)]
