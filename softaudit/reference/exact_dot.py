@@ -203,15 +203,16 @@ def product(a: Split, b: Split, n: int, double: bool = True) -> Product:
     if double:
         hi, lo = two_sum(hi, lo)
         err = err * (1 + 2.0**-40)
-    else:
-        err = err * (U * (1 + 2.0**-40))
+    elif len(order) > 1:
+        # u |result| per addition; a bound that underflows loses under 2^-1074 an addition.
+        err = err * (U * (1 + 2.0**-40)) + (len(order) - 1) * TINY
     gamma = 1 + 2 * (n + 2) * U
     floor = (n + 2) * 2.0**-1072  # products that underflow, on the rows (columns) with a rest
     if a.rest is not None:
-        err += (a.rest @ b.magnitude().T) * gamma + floor * a.rest.any(axis=1)[:, None]
+        err += (a.rest @ b.magnitude().T) * gamma + floor * np.any(a.rest, axis=1, keepdims=True)
     if b.rest is not None:
         err += (((a.magnitude() + (a.rest if a.rest is not None else 0.0)) @ b.rest.T) * gamma
-                + floor * b.rest.any(axis=1)[None, :])
+                + floor * np.any(b.rest, axis=1)[None, :])
     return Product(hi, lo, err, (a.scale, b.scale))
 
 
