@@ -10,7 +10,7 @@ from fractions import Fraction
 import mpmath
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from softaudit.cases.linear_inputs import LinearLossInputs
@@ -301,6 +301,9 @@ def cases(draw):
                            label_smoothing=draw(st.sampled_from([0.0, 0.0, 0.1, 0.25])),
                            z_loss=draw(st.sampled_from([0.0, 0.0, 1e-4, 0.5])),
                            softcap=draw(st.sampled_from([None, None, 1.0, 30.0])))
+    if inp.softcap is not None:
+        # Beyond |z/s| ~ 5,700 tanh is within 2^-16384 of +-1, past Ziv's cap (docs/references.md).
+        assume(np.abs(exact_logits(inp)[0]).max(initial=0.0) <= 2000 * inp.softcap)
     kind = draw(st.sampled_from(["ones", "normal", "powers", "zeros"]))
     shape = (t,) if reduction == "none" else ()
     if kind == "ones" or shape == ():
