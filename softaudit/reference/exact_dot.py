@@ -12,9 +12,9 @@ most 2^53 units: **every float64 matmul of two slices is exact, whatever order B
 (every partial sum is an integer number of units below 2^53). Rounding to the grid (rint of an
 exact power-of-two scaling) and the remainder (a float minus its rounded self) are exact too.
 
-The slice products are then added into a double-double (TwoSum, the low part's roundings
-bounded), so the result is hi + lo with a bound ``err`` that is 0 when no low-part addition
-rounded. Slicing stops when every remainder is 0 (the product is exact), at ``stop`` (a
+The slice products are then added into a double-double (TwoSum on both parts, the low part's
+dropped bits summed), so the result is hi + lo with a bound ``err`` that is 0 exactly when
+nothing was dropped: then hi + lo is the exact product. Slicing stops when every remainder is 0 (the product is exact), at ``stop`` (a
 remainder below 2^-stop of the row's maximum is left over and bounded), or at MAX_SLICES.
 What is left over enters ``err`` through |rest| |B| in float64 rounded up, with a floor for the
 products that underflow: **no bound is ever 0 where something was left out.**
@@ -43,9 +43,14 @@ EXACT = 10_000
 """``stop`` for slicing until nothing is left (format values: the product is then exact)."""
 
 
+def product_bits(n: int) -> int:
+    """The bits two slices' entries may have together for n of their products to sum exactly."""
+    return 53 - max(1, math.ceil(math.log2(max(n, 2))))
+
+
 def slice_bits(n: int) -> int:
-    """w: the bits per slice for which n products of two slices sum exactly in float64."""
-    return (53 - max(1, math.ceil(math.log2(max(n, 2))))) // 2
+    """w: the bits per slice, split evenly between both sides (Ozaki's choice)."""
+    return product_bits(n) // 2
 
 
 @dataclass
@@ -55,21 +60,41 @@ class Split:
     slices: list[np.ndarray]
     scale: np.ndarray
     """(rows,) int64: each row was multiplied by 2^-scale."""
-    scaled: np.ndarray
-    """|the scaled array| (its parts' magnitudes, and the extra bound), for bounding products."""
+    scaled: np.ndarray | None
+    """|the scaled array| (its parts' magnitudes, and the extra bound), for bounding products;
+    None for a split that is its one exact slice (|slice| then)."""
     rest: np.ndarray | None
     """|what the slices leave out| (scaled; the extra bound included), or None: nothing."""
 
+    def magnitude(self) -> np.ndarray:
+        """|the scaled array| (see ``scaled``)."""
+        return np.abs(self.slices[0]) if self.scaled is None else self.scaled
+
+
+def _pow2(e: np.ndarray) -> np.ndarray:
+    """2^e as float64 for integer e in [-1022, 1023] (exact)."""
+    return np.ldexp(1.0, e.astype(np.int64))
+
+
+def _scale_by(x: np.ndarray, e: np.ndarray) -> np.ndarray:
+    """x 2^e row by row (e (rows,) ints in [-2100, 2100]), in two exact power-of-two steps."""
+    half = e // 2
+    return x * _pow2(half)[:, None] * _pow2(e - half)[:, None]
+
 
 def split_rows(parts: Sequence[np.ndarray], n: int, stop: int = EXACT,
-               extra: np.ndarray | None = None) -> Split:
-    """Slice sum(parts) (each (rows, n) float64, finite) row by row; ``extra`` (>= 0) is a bound
-    on an error of the value the parts stand for, carried into ``rest``."""
+               extra: np.ndarray | None = None, bits: int | None = None) -> Split:
+    """Slice sum(parts) (each (rows, n) float64, finite) row by row into slices of ``bits`` bits
+    (default slice_bits(n); the two sides of a product must together stay within
+    product_bits(n)); ``extra`` (>= 0) is a bound on an error of the value the parts stand for,
+    carried into ``rest``."""
     parts = [np.asarray(p, dtype=np.float64) for p in parts]
-    w = slice_bits(n)
-    big = np.max(np.abs(parts[0]), axis=1) if parts[0].shape[1] else np.zeros(parts[0].shape[0])
-    for p in parts[1:]:
-        big = np.maximum(big, np.max(np.abs(p), axis=1)) if p.shape[1] else big
+    rows = parts[0].shape[0]
+    w = slice_bits(n) if bits is None else bits
+    big = np.zeros(rows)
+    for p in parts:
+        if p.shape[1]:
+            big = np.maximum(big, np.max(np.abs(p), axis=1))
     _, e = np.frexp(big)
     scale = np.where(big > 0, e, 0).astype(np.int64)
     slices: list[np.ndarray] = []
@@ -77,29 +102,56 @@ def split_rows(parts: Sequence[np.ndarray], n: int, stop: int = EXACT,
     rest = np.zeros(parts[0].shape)
     with np.errstate(under="ignore"):
         for p in parts:
-            r = np.ldexp(p, -scale[:, None])  # exact unless an entry falls below 2^-1022
-            lost = np.ldexp(r, scale[:, None]) != p
+            r = _scale_by(p, -scale)  # exact unless an entry falls below 2^-1022 (rows scaled down)
+            down = scale > 0
+            lost = np.zeros(p.shape, dtype=bool)
+            if down.any():
+                lost[down] = _scale_by(r[down], scale[down]) != p[down]
             magnitude += np.abs(r)
             for _ in range(MAX_SLICES):
-                mu = np.max(np.abs(r), axis=1)
-                if not mu.any():
-                    break
+                mu = np.max(np.abs(r), axis=1) if r.shape[1] else np.zeros(rows)
                 _, er = np.frexp(mu)
                 live = (mu > 0) & (er > -stop) & (er - w >= MIN_UNIT)
                 if not live.any():
                     break
-                # Rows with nothing left to take get a unit so large that their slice is 0.
-                unit = np.where(live, er - w, 1100).astype(np.int64)[:, None]
-                s = np.ldexp(np.rint(np.ldexp(r, -unit)), unit)
+                # Rows with nothing left to take get factors 0: their slice is 0.
+                unit = np.where(live, _pow2(np.where(live, er - w, 0)), 0.0)[:, None]
+                inv = np.where(live, _pow2(np.where(live, w - er, 0)), 0.0)[:, None]
+                s = np.rint(r * inv) * unit
                 slices.append(s)
                 r = r - s
-            rest += np.abs(r) + np.where(lost, 2.0**-1022, 0.0)
+            rest += np.abs(r)
+            if lost.any():
+                rest += np.where(lost, 2.0**-1022, 0.0)
     if extra is not None:
-        ex = np.ldexp(np.asarray(extra, dtype=np.float64), -scale[:, None])
+        ex = _scale_by(np.asarray(extra, dtype=np.float64), -scale)
         ex = np.where(np.asarray(extra) > 0, np.maximum(ex, TINY), 0.0)
         rest += ex
         magnitude += ex
     return Split(slices, scale, magnitude, rest if rest.any() else None)
+
+
+def fit(b: np.ndarray, n: int, p: int = 53) -> tuple[int, Split]:
+    """(bits for A's slices, B's split) for A @ B.T with B holding values of a p-bit format.
+
+    Where every row of B needs at most product_bits(n) - 12 bits below its maximum (from its
+    largest exponent to the last bit of its smallest nonzero entry) and every entry lies in
+    [2^-400, 2^400] (no product with a scaled slice can underflow), B is its own single exact
+    slice, unscaled and uncopied, and A gets the remaining bits: the product then needs as many
+    matmuls as A has slices. Otherwise Ozaki's even split.
+    """
+    total = product_bits(n)
+    v = np.abs(b)
+    if v.size and v.any():
+        top = np.frexp(v.max(axis=1))[1].astype(np.int64)
+        small = np.where(v > 0, v, np.inf).min(axis=1)
+        nonzero = np.isfinite(small)
+        bottom = np.frexp(np.where(nonzero, small, 1.0))[1].astype(np.int64) - p
+        need = int(np.max(np.where(nonzero, top - bottom, 1)))
+        in_range = bool(np.all(~nonzero | ((small >= 2.0**-400) & (v.max(axis=1) <= 2.0**400))))
+        if need <= total - 12 and in_range:
+            return total - need, Split([b], np.zeros(b.shape[0], dtype=np.int64), None, None)
+    return total // 2, split_rows([b], n, bits=total // 2)
 
 
 @dataclass
@@ -109,44 +161,60 @@ class Product:
     hi: np.ndarray
     lo: np.ndarray
     err: np.ndarray
-    scale: np.ndarray
-    """(rows of A, rows of B) int64."""
+    scale: tuple[np.ndarray, np.ndarray]
+    """The exponents of A's rows and of B's: element (i, j) is scaled by 2^(row_i + col_j)."""
 
     def unscaled(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(hi, lo, err, trusted): the product itself; trusted where no part left float64's normal
         range on the way (else the caller must not use the element)."""
+        row, col = self.scale
         with np.errstate(under="ignore", over="ignore"):
-            hi = np.ldexp(self.hi, self.scale)
-            lo = np.ldexp(self.lo, self.scale)
-            err = np.ldexp(self.err, self.scale)
+            f = [_pow2(e)[:, None] for e in (row // 2, row - row // 2)]
+            g = [_pow2(e)[None, :] for e in (col // 2, col - col // 2)]
+            hi, lo, err = ((x * f[0] * g[0]) * f[1] * g[1] for x in (self.hi, self.lo, self.err))
         err = np.where(self.err > 0, np.maximum(err, TINY), 0.0)
         a = np.abs(hi)
-        trusted = np.isfinite(hi) & np.isfinite(err) & ((a == 0) | ((a >= 2.0**-960) & (a <= 2.0**960))) \
-            & ((self.lo == 0) | (np.abs(lo) >= 2.0**-1021))
+        trusted = (np.isfinite(err) & (a <= 2.0**960) & ((a >= 2.0**-960) | (self.hi == 0))
+                   & ((np.abs(lo) >= 2.0**-1021) | (self.lo == 0)))
         return hi, lo, err, trusted
 
 
-def product(a: Split, b: Split, n: int) -> Product:
-    """A @ B.T from their splits (contraction length n), every slice product exact."""
-    rows, cols = a.scaled.shape[0], b.scaled.shape[0]
+def product(a: Split, b: Split, n: int, double: bool = True) -> Product:
+    """A @ B.T from their splits (contraction length n, slice widths within product_bits(n)),
+    every slice product exact; added into a double-double, or (``double`` False, cheaper) into
+    float64 with each addition's rounding (u of its result) in the bound."""
+    rows, cols = a.scale.shape[0], b.scale.shape[0]
     hi = np.zeros((rows, cols))
     lo = np.zeros((rows, cols))
     err = np.zeros((rows, cols))
     order = sorted(((p, q) for p in range(len(a.slices)) for q in range(len(b.slices))), key=lambda pq: pq[0] + pq[1])
-    for p, q in order:
+    for j, (p, q) in enumerate(order):
         t = a.slices[p] @ b.slices[q].T
+        if j == 0:
+            hi = t
+            continue
+        if not double:
+            hi = hi + t
+            err += np.abs(hi)
+            continue
         hi, e = two_sum(hi, t)
-        lo = lo + e
-        err += np.abs(lo)  # each low-part addition rounds by at most u of its result
-    hi, lo = two_sum(hi, lo)
-    err = err * (U * (1 + 2.0**-40))
+        lo, e2 = two_sum(lo, e)
+        err += np.abs(e2)  # what the low part's addition dropped, exactly: 0 where it dropped nothing
+    if double:
+        hi, lo = two_sum(hi, lo)
+        err = err * (1 + 2.0**-40)
+    elif len(order) > 1:
+        # u |result| per addition; a bound that underflows loses under 2^-1074 an addition.
+        err = err * (U * (1 + 2.0**-40)) + (len(order) - 1) * TINY
     gamma = 1 + 2 * (n + 2) * U
-    floor = (n + 2) * 2.0**-1072
+    floor = (n + 2) * 2.0**-1072  # products that underflow, on the rows (columns) with a rest
     if a.rest is not None:
-        err += (a.rest @ b.scaled.T) * gamma + floor
+        err += (a.rest @ b.magnitude().T) * gamma + floor * np.any(a.rest, axis=1, keepdims=True)
     if b.rest is not None:
-        err += ((a.scaled + (a.rest if a.rest is not None else 0.0)) @ b.rest.T) * gamma + floor
-    return Product(hi, lo, err, a.scale[:, None] + b.scale[None, :])
+        err += (((a.magnitude() + (a.rest if a.rest is not None else 0.0)) @ b.rest.T) * gamma
+                + floor * np.any(b.rest, axis=1)[None, :])
+    return Product(hi, lo, err, (a.scale, b.scale))
 
 
-__all__ = ["EXACT", "MAX_SLICES", "Product", "Split", "TINY", "product", "slice_bits", "split_rows"]
+__all__ = ["EXACT", "MAX_SLICES", "Product", "Split", "TINY", "fit", "product", "product_bits", "slice_bits",
+           "split_rows"]

@@ -11,9 +11,11 @@ module docstring of reference.linear_loss. What intervals cannot settle is made 
 * a logit of 0 under a softcap is 0 (tanh(0) = 0) with a derivative of exactly 1;
 * a token whose logits are all exactly equal has p = 1/V, and its loss gradient is rational
   when z_loss is 0 (or V = 1): its values are Fractions, and sums of Fractions are exact;
-* sum_c G_ic = g_i 2 z_loss lse_i exactly (sum_c p_ic = 1, sum_c coef_ic = 1) without a softcap,
-  so d_hidden_i = sum_{c != t} G_ic (w_c - w_t) + w_t g_i 2 z_loss lse_i: a column of the weight
-  that is constant gives an exact 0 (z_loss 0), not an interval around it;
+* without z-loss or softcap, every gradient element is a rational plus rational multiples of
+  probability atoms shared between tokens (Engine.combination): collected exactly, they prove
+  exact values (a constant weight column's d_hidden = 0, mirrored tokens) and one-sided remainders;
+* a loss that is a rational plus L far below its last digit is that rational and a remainder of
+  known sign (so is a gradient -coef + B p with B p negligible, and 1/k - t/(k(k + t)) at maxima);
 * tokens with the same hidden row and target have proportional gradient rows: d_weight and
   d_bias sum them once with their upstream gradients added exactly, so two that cancel give 0.
 """
@@ -77,11 +79,30 @@ def _mpf(q: Fraction) -> tuple[mpmath.mpf, mpmath.mpf]:
 
 @dataclass
 class Value:
-    """An exact quantity: ``exact`` where it is a known rational, else within ``err`` of ``v``."""
+    """An exact quantity. ``exact`` None: within ``err`` of ``v``. ``exact`` a rational and ``side``
+    0: that rational (v its mpf, err the conversion's bound). ``side`` +-1: ``exact`` + side r with
+    0 < r <= err, a remainder of known sign, which decides a rounding that sits on a midpoint or a
+    binade's edge (exact.Certifier.rational)."""
 
     v: mpmath.mpf
     err: mpmath.mpf
     exact: Fraction | None = None
+    side: int = 0
+    low: mpmath.mpf | int = 0
+    """With a side: a lower bound of the remainder r (0 where none is known), so that remainders
+    of opposite signs can still be compared."""
+
+    def interval(self) -> tuple[mpmath.mpf, mpmath.mpf]:
+        """(v, err) with the true value within err of v, whatever the form."""
+        if self.exact is None or not self.side:
+            return self.v, self.err
+        vm, e = _mpf(self.exact)
+        return vm, e + self.err
+
+
+def _negligible(rem: mpmath.mpf, r: Fraction) -> bool:
+    """A remainder below the working precision of a nonzero rational r: kept apart, one-sided."""
+    return r != 0 and rem < _ctx.ldexp(abs(_mpf(r)[0]), -_ctx.prec - 8)
 
 
 @dataclass
@@ -195,6 +216,19 @@ class Engine:
             ex = self.zl * y * y
             vm, e = _mpf(ex)
             return Value(vm, e, ex)
+        if self.cap is None and k >= 1 and not any(ed):
+            # loss = R + L (1 + 2 zl m) + zl L^2 with R = (1 - eps)(m - z_t) + (eps / V) sum(m - z_c)
+            # + zl m^2 rational (m the maximum logit) and L > 0 (V > 1): L far below R's last digit
+            # is a remainder of known sign, which settles R on a midpoint or a power of two.
+            zt = z[t]
+            mx = max(z)
+            r_exact = ((1 - self.eps) * (mx - zt) + self.eps / v * sum((mx - zc for zc in z), Fraction(0))
+                       + self.zl * mx * mx)
+            slope = 1 + 2 * self.zl * mx
+            l_up = big_l + err_l
+            rem = l_up * (abs(_mpf(slope)[0]) + _mpf(self.zl)[0] * l_up) * (1 + 4 * eps_op)
+            if _negligible(rem, r_exact):
+                return Value(_mpf(r_exact)[0], rem, r_exact, -1 if slope < 0 else 1)
         nll = big_l - d[t]
         err = err_l + ed[t] + eps_op * nll
         one_m, e1 = _mpf(1 - self.eps)
@@ -222,7 +256,7 @@ class Engine:
             b_q = 1 + 2 * self.zl * z[0] if v == 1 else Fraction(1)
             out = []
             for c in range(v):
-                q = (b_q / v - coef[c]) * sech[c].exact  # type: ignore[operator]
+                q = (b_q / v - coef[c]) * (sech[c].exact or Fraction(1))
                 vm, e = _mpf(q)
                 out.append(Value(vm, e, q))
             return out
@@ -233,11 +267,47 @@ class Engine:
         out = []
         for c in range(v):
             cm, ec = _mpf(coef[c])
+            if c in is_max and not self.zl and self.cap is None:
+                # G = (1 - k coef) / k - t / (k (k + t)): a rational and a negative remainder.
+                a0q = (1 - k * coef[c]) / k
+                rem = (t_sum + err_t) / (k * k) * (1 + 4 * eps_op)
+                if t_sum + err_t == 0:
+                    vm, e = _mpf(a0q)
+                    out.append(Value(vm, e, a0q))
+                    continue
+                if _negligible(rem, a0q):
+                    low = max(t_sum - err_t, 0) / (k * (k + t_sum + err_t)) * (1 - 4 * eps_op)
+                    out.append(Value(_mpf(a0q)[0], rem, a0q, -1, low))
+                    continue
+            if c in is_max and self.zl and self.cap is None and k == 1:
+                # G = (1 - coef + 2 zl (m + L) - coef t) / (1 + t) = q + r: q = 1 - coef + 2 zl m
+                # rational; r = [t (2 zl - 1 - 2 zl m) + 2 zl (L - t)] / (1 + t), L - t in [-t^2/2, 0].
+                mx = max(z)
+                q = 1 - coef[c] + 2 * self.zl * mx
+                sl = 2 * self.zl - 1 - 2 * self.zl * mx
+                t_up = t_sum + err_t
+                zlm = _mpf(self.zl)[0]
+                bound = (t_up * abs(_mpf(sl)[0]) + zlm * t_up * t_up) * (1 + 4 * eps_op)
+                settled = sl == 0 or t_up * zlm < abs(_mpf(sl)[0]) / 4
+                if t_up and settled and _negligible(bound, q):
+                    t_low = max(t_sum - err_t, 0)
+                    low = max((t_low * abs(_mpf(sl)[0]) - zlm * t_up * t_up) / (1 + t_up), 0) * (1 - 4 * eps_op)
+                    out.append(Value(_mpf(q)[0], bound, q, 1 if sl > 0 else -1, low))
+                    continue
+            if c not in is_max and self.cap is None and coef[c] and abs(b) > err_b:
+                p_up = e_vals[c] / s * (1 + rel[c] + err_t / s_low + 3 * eps_op)
+                rem = (abs(b) + err_b) * p_up
+                if _negligible(rem, coef[c]):
+                    # G = -coef + B p: B p far below coef's last digit, of B's sign.
+                    p_low = e_vals[c] / s * max(1 - rel[c] - err_t / s_low - 3 * eps_op, 0)
+                    low = (abs(b) - err_b) * p_low * (1 - 4 * eps_op)
+                    out.append(Value(-_mpf(coef[c])[0], rem, -coef[c], 1 if b > 0 else -1, low))
+                    continue
             if c in is_max:
                 # B/s - coef = ((1 - k coef) + 2 zl lse - coef t) / s: no cancellation of B p against coef.
                 a0, ea0 = _mpf(1 - k * coef[c])
                 num = a0 + 2 * zv * lse.v - cm * t_sum
-                e_num = ea0 + 2 * zv * lse.err + ec * t_sum + cm * err_t + 4 * eps_op * (abs(a0) + abs(b) + cm * t_sum)
+                e_num = ea0 + 2 * zv * lse.err + ec * t_sum + cm * err_t + 4 * eps_op * (abs(a0) + abs(2 * zv * lse.v) + cm * t_sum)
                 val = num / s
                 err = (e_num + abs(num) * err_t / s_low) / s_low + 2 * eps_op * abs(val)
             else:
@@ -250,6 +320,86 @@ class Engine:
             err2 = err * (sc.v + sc.err) + abs(val) * sc.err + 2 * eps_op * abs(val2)
             out.append(Value(val2, _SAFETY * err2))
         return out
+
+    # ------------------------------------------------------------------ exact combinations
+
+    def _shape(self, i: int) -> tuple[tuple, list[int], int]:
+        """Token i's distinct shifted logits u_j = z - max with their counts (the key tokens with
+        the same probabilities share), each class's j, and the maximum's j."""
+        if ("shape", i) not in self._rows:
+            z = self.logits(i)
+            mx = max(z)
+            uniq = sorted(set(z))
+            index = {u: j for j, u in enumerate(uniq)}
+            counts = [0] * len(uniq)
+            for zc in z:
+                counts[index[zc]] += 1
+            key = tuple((u - mx, n) for u, n in zip(uniq, counts))
+            self._rows[("shape", i)] = (key, [index[zc] for zc in z], len(uniq) - 1)
+        return self._rows[("shape", i)]
+
+    def combination(self, weights: dict[int, dict[int, Fraction]], prec: int) -> Value | None:
+        """sum_i sum_c weights[i][c] G_ic (weights sparse: class -> weight), or None with a z-loss
+        or a softcap (then the caller sums G's values).
+
+        Without them G_ic = g_i (p_ic - coef_ic), and a token's probabilities are the atoms
+        a_j = e^(u_j) / s of its distinct shifted logits u_j = z - max (the maximum's is
+        (1 - sum_j n_j a_j) / n_m), shared by tokens with the same u_j. The combination is a
+        rational R plus rational multiples of atoms, collected exactly: where every multiple
+        vanishes (mirrored tokens, tied classes with opposite weights) it is R exactly, which no
+        interval proves; where the atoms' part is far below R, it is R plus a remainder whose
+        sign is that of its largest term (a probability of e^-16384 next to 1/4).
+        """
+        if self.cap is not None or self.zl:
+            return None
+        rational = Fraction(0)
+        atoms: dict[tuple, Fraction] = {}
+        for i, wts in weights.items():
+            if self.status(i) != "ok" or self.g[i] == 0:
+                continue
+            key, where, top = self._shape(i)
+            t = self.target[i]
+            per = [Fraction(0)] * len(key)
+            for c, wc in wts.items():
+                per[where[c]] += wc
+            n_top = key[top][1]
+            g = self.g[i]
+            for j, (_, n_j) in enumerate(key):
+                q = per[j] - n_j * per[top] / n_top
+                if j != top and q:
+                    atoms[(key, j)] = atoms.get((key, j), Fraction(0)) + g * q
+            coef_sum = self.eps / self.v * sum(wts.values(), Fraction(0)) + (1 - self.eps) * wts.get(t, Fraction(0))
+            rational += g * (per[top] / n_top - coef_sum)
+        _ctx.prec = prec
+        eps_op = _ctx.ldexp(1, 2 - prec)
+        terms = []
+        for (key, j), q in atoms.items():
+            if q:
+                qm, eq = _mpf(q)
+                a, rel = self._atom(key, j, prec)
+                terms.append((qm * a, abs(qm) * a * rel + eq * a * (1 + rel)))
+        if not terms:
+            vm, e = _mpf(rational)
+            return Value(vm, e, rational)
+        part = _ctx.fsum(v for v, _ in terms)
+        err = _ctx.fsum(e for _, e in terms) + (len(terms) + 4) * eps_op * _ctx.fsum(abs(v) for v, _ in terms)
+        if rational and abs(part) > err and _negligible(abs(part) + err, rational):
+            return Value(_mpf(rational)[0], (abs(part) + err) * (1 + eps_op), rational, 1 if part > 0 else -1,
+                         (abs(part) - err) * (1 - eps_op))
+        rm, er = _mpf(rational)
+        return Value(rm + part, er + err + 2 * eps_op * abs(rm + part))
+
+    def _atom(self, key: tuple, j: int, prec: int) -> tuple[mpmath.mpf, mpmath.mpf]:
+        """(a_j = e^(u_j) / s for the distinct shifted logits ``key``, its relative error bound)."""
+        if ("atoms", key, prec) not in self._rows:
+            _ctx.prec = prec
+            eps_op = _ctx.ldexp(1, 2 - prec)
+            e = [_ctx.exp(_mpf(u)[0]) if u else _ctx.one for u, _ in key]
+            s = _ctx.fsum(n * ev for (_, n), ev in zip(key, e))
+            rel = (len(key) + 8) * eps_op
+            self._rows[("atoms", key, prec)] = ([ev / s for ev in e], rel)
+        values, rel = self._rows[("atoms", key, prec)]
+        return values[j], rel
 
     # ------------------------------------------------------------------ output elements
 
@@ -264,9 +414,15 @@ class Engine:
     def _scaled(self, g: Fraction, x: Value, coef: Fraction) -> Value:
         """g coef X for an exact rational g coef."""
         q = g * coef
+        if q == 0:
+            return Value(_ctx.zero, _ctx.zero, Fraction(0))
         if x.exact is not None:
             e = q * x.exact
             vm, err = _mpf(e)
+            if x.side:
+                qa = abs(_mpf(q)[0])
+                u8 = 8 * _ctx.ldexp(1, 2 - _ctx.prec)
+                return Value(vm, qa * x.err * (1 + u8), e, x.side if q > 0 else -x.side, qa * x.low * (1 - u8))
             return Value(vm, err, e)
         qm, eq = _mpf(q)
         val = qm * x.v
@@ -275,26 +431,17 @@ class Engine:
     def d_hidden(self, i: int, col: int, prec: int) -> Value:
         if self.status(i) != "ok" or self.g[i] == 0:
             return Value(_ctx.zero, _ctx.zero, Fraction(0))
+        wcol = self.w[:, col]
+        combined = self.combination({i: {c: Fraction(float(x)) for c, x in enumerate(wcol.tolist()) if x}}, prec)
+        if combined is not None:
+            return combined
         r = self.row(i, prec)
         _ctx.prec = prec
-        t = self.target[i]
-        wcol = self.w[:, col]
         terms = []
-        if self.cap is None:
-            wt = Fraction(float(wcol[t]))
-            for c in range(self.v):
-                diff = Fraction(float(wcol[c])) - wt
-                if c != t and diff:
-                    terms.append(self._scaled(self.g[i], r.x[c], diff))
-            if self.zl and wt:
-                zl2 = 2 * _mpf(self.zl)[0]
-                zlse = zl2 * r.lse.v
-                terms.append(self._scaled(self.g[i], Value(zlse, zl2 * r.lse.err + 2 * _ctx.ldexp(abs(zlse), 2 - prec)), wt))
-        else:
-            for c in range(self.v):
-                if wcol[c]:
-                    terms.append(self._scaled(self.g[i], r.x[c], Fraction(float(wcol[c]))))
-        return _sum(terms, prec)
+        for c in range(self.v):
+            if wcol[c]:
+                terms.append(self._scaled(self.g[i], r.x[c], Fraction(float(wcol[c]))))
+        return add_values(terms, prec)
 
     def _by_group(self) -> dict[int, Fraction]:
         totals: dict[int, Fraction] = {}
@@ -306,6 +453,10 @@ class Engine:
     def d_weight(self, c: int, col: int | None, prec: int) -> Value:
         """d_weight[c, col], or d_bias[c] for col None."""
         _ctx.prec = prec
+        combined = self.combination({i: {c: Fraction(1) if col is None else Fraction(float(self.h[i, col]))}
+                                     for i in range(self.inp.tokens)}, prec)
+        if combined is not None:
+            return combined
         terms = []
         for i, gsum in self._by_group().items():
             coef = Fraction(1) if col is None else Fraction(float(self.h[i, col]))
@@ -313,40 +464,67 @@ class Engine:
                 x = self.row(i, prec).x[c]
                 _ctx.prec = prec
                 terms.append(self._scaled(gsum, x, coef))
-        return _sum(terms, prec)
+        return add_values(terms, prec)
 
     def any_nan(self) -> bool:
         return any(self.status(i) == "nan" for i in range(self.inp.tokens))
 
 
-def _sum(terms: list[Value], prec: int) -> Value:
+def add_values(terms: list[Value], prec: int) -> Value:
     """The sum of Values: exact when every term is."""
     _ctx.prec = prec
+    # Terms known only as intervals but of known sign, far below the exact terms' sum, become
+    # one-sided remainders of it (a tiny probability added to -1 keeps the sum in -1's binade).
+    exact_sum = sum((t.exact for t in terms if t.exact is not None), Fraction(0))
+    loose = [t for t in terms if t.exact is None]
+    if loose and exact_sum and all(abs(t.v) > t.err for t in loose):
+        rem = _ctx.fsum(abs(t.v) + t.err for t in loose) * (1 + (len(terms) + 2) * _ctx.ldexp(1, 2 - prec))
+        if _negligible(rem, exact_sum):
+            u4 = 4 * _ctx.ldexp(1, 2 - prec)
+            terms = [t for t in terms if t.exact is not None] + [
+                Value(_ctx.zero, (abs(t.v) + t.err) * (1 + u4), Fraction(0), 1 if t.v > 0 else -1,
+                      (abs(t.v) - t.err) * (1 - u4)) for t in loose]
     if all(t.exact is not None for t in terms):
         ex = sum((t.exact for t in terms if t.exact is not None), Fraction(0))
         vm, e = _mpf(ex)
-        return Value(vm, e, ex)
-    total = _ctx.fsum(t.v for t in terms)
-    mag = _ctx.fsum(abs(t.v) for t in terms)
-    err = _ctx.fsum(t.err for t in terms) + (len(terms) + 2) * _ctx.ldexp(mag, 2 - prec)
+        grow = (len(terms) + 2) * _ctx.ldexp(1, 2 - prec)
+        # Remainders of each sign: their sum's sign is known where one side's least exceeds the
+        # other's most.
+        up = {sd: _ctx.fsum(t.err for t in terms if t.side == sd) * (1 + grow) for sd in (1, -1)}
+        low = {sd: _ctx.fsum(t.low for t in terms if t.side == sd) * (1 - grow) for sd in (1, -1)}
+        if not up[1] and not up[-1]:
+            return Value(vm, e, ex)
+        for sd in (1, -1):
+            if low[sd] > up[-sd]:
+                return Value(vm, up[sd], ex, sd, low[sd] - up[-sd])
+            if not up[-sd]:
+                return Value(vm, up[sd], ex, sd, low[sd])
+    pairs = [t.interval() for t in terms]
+    total = _ctx.fsum(v for v, _ in pairs)
+    mag = _ctx.fsum(abs(v) for v, _ in pairs)
+    err = _ctx.fsum(e for _, e in pairs) + (len(terms) + 2) * _ctx.ldexp(mag, 2 - prec)
     return Value(total, err)
+
+
+def certify_value(val: Value | str, fmt: Format) -> tuple[Entry, bool]:
+    """One Value (or "nan") as an entry of fmt, and whether its rounding is proven."""
+    cert = Certifier(fmt)
+    if isinstance(val, str):
+        return cert.special(math.nan), True
+    if val.exact is not None:
+        entry = cert.rational(val.exact, val.side, val.err) if val.side else cert.rational(val.exact)
+        return entry, cert.certified
+    if _ctx.isinf(val.err) or val.err != val.err:
+        return cert.zero_entry, False
+    entry = cert.put(val.v, val.err)
+    return entry, cert.certified
 
 
 def certified(compute: Callable[[int], Value | str], fmt: Format, base: int) -> tuple[Entry, bool]:
     """One element through Ziv's loop: its entry and whether it was proven."""
     prec = base
     while True:
-        cert = Certifier(fmt)
-        val = compute(prec)
-        if isinstance(val, str):
-            return cert.special(math.nan), True
-        if val.exact is not None:
-            return cert.rational(val.exact), True
-        if _ctx.isinf(val.err) or val.err != val.err:
-            entry, ok = cert.zero_entry, False
-        else:
-            entry = cert.put(val.v, val.err)
-            ok = cert.certified
+        entry, ok = certify_value(compute(prec), fmt)
         if ok or prec >= MAX_PRECISION:
             return entry, ok
         prec *= 2
@@ -357,4 +535,4 @@ def base_precision(fmt: Format, inp: LinearLossInputs) -> int:
     return fmt.p + 80 + max(inp.vocabulary, 2).bit_length()
 
 
-__all__ = ["Engine", "Value", "base_precision", "certified", "exact_logit_rows", "upstream"]
+__all__ = ["Engine", "Value", "add_values", "base_precision", "certified", "certify_value", "exact_logit_rows", "upstream"]

@@ -34,6 +34,7 @@ smallest subnormal (exact_dot.TINY).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -41,14 +42,23 @@ import numpy as np
 
 from softaudit import double_double as dd
 from softaudit.cases.linear_inputs import LinearLossInputs
-from softaudit.formats import Format
+from softaudit.formats import Format, format_of_dtype
 from softaudit.reference import exact as mp
 from softaudit.reference.engines import ENGINES
-from softaudit.reference.exact import Certifier, Entry, OpReference, op_reference
-from softaudit.reference.exact_dot import TINY, product, split_rows
+from softaudit.reference.exact import MAX_PRECISION, Certifier, Entry, OpReference, op_reference
+from softaudit.reference.exact_dot import TINY, Split, fit, product, split_rows
 from softaudit.reference.fast_double_double import certify, pairwise_sum, unscaled
-from softaudit.reference.fast_path import Certified, cut, cut_term
-from softaudit.reference.linear_exact import Engine, Value, base_precision, certified, exact_logit_rows, upstream
+from softaudit.reference.fast_path import Certified, cut, cut_term, store_rows
+from softaudit.reference.linear_exact import (
+    Engine,
+    Value,
+    add_values,
+    base_precision,
+    certified,
+    certify_value,
+    exact_logit_rows,
+    upstream,
+)
 from softaudit.reference.loss import LossReference
 
 _SAFETY = 2.0
@@ -115,17 +125,25 @@ def _logits(inp: LinearLossInputs) -> Logits:
     h, w, b = _floats(inp)
     t, d = h.shape
     v = w.shape[0]
-    hs = split_rows([h], d)
+    stored = format_of_dtype(np.asarray(inp.weight).dtype)
+    p = stored.p if stored is not None else 53
     hi, lo, err = np.zeros((t, v)), np.zeros((t, v)), np.zeros((t, v))
     trusted = np.ones((t, v), dtype=bool)
-    step = max(1, CHUNK_ELEMENTS // max(d, 1))
+    step = max(1, CHUNK_ELEMENTS // 4 // max(d, 1))
+    h_splits: dict[int, Split] = {}
     for c0 in range(0, v, step):
         sl = slice(c0, min(v, c0 + step))
-        pr = product(hs, split_rows([w[sl]], d), d)
+        wa, ws = fit(w[sl], d, p)  # the weight as its own exact slice where it fits
+        if wa not in h_splits:
+            h_splits[wa] = split_rows([h], d, bits=wa)
+        pr = product(h_splits[wa], ws, d)
         zh, zl, ze, ok = pr.unscaled()
         if b is not None:
-            zh, zl, e = dd.add_fp(zh, zl, np.broadcast_to(b[sl], zh.shape))
-            ze = ze + e
+            # The bias as one more term: both additions' errors kept, what the low part drops bounded.
+            zh, e = dd.two_sum(zh, np.broadcast_to(b[sl], zh.shape))
+            zl, e2 = dd.two_sum(zl, e)
+            zh, zl = dd.two_sum(zh, zl)
+            ze = ze + np.abs(e2) * _GROW
         hi[:, sl], lo[:, sl], err[:, sl], trusted[:, sl] = zh, zl, ze, ok
     return Logits(hi, lo, err, trusted & (err <= 2.0**-60 * np.maximum(np.abs(hi), 1.0)))
 
@@ -363,6 +381,8 @@ class _Fast:
     lse: np.ndarray
     zprime: np.ndarray
     p: np.ndarray
+    logits: Logits
+    """The unsoftcapped logits z."""
 
 
 def _status(inp: LinearLossInputs) -> np.ndarray:
@@ -373,10 +393,10 @@ def _status(inp: LinearLossInputs) -> np.ndarray:
 
 def _fast(inp: LinearLossInputs, fmt: Format, g: list[Fraction] | None) -> _Fast | None:
     """The fast path's per-token losses and G (with g), or None where it does not apply."""
-    lg = _logits(inp)
+    lg = z = _logits(inp)
     sech = None
     if inp.softcap is not None:
-        lg, sech = _softcap(lg, float(inp.softcap))
+        lg, sech = _softcap(z, float(inp.softcap))
     if not lg.trusted.all():
         return None
     status = _status(inp)
@@ -402,7 +422,7 @@ def _fast(inp: LinearLossInputs, fmt: Format, g: list[Fraction] | None) -> _Fast
                 sc = None if sech is None else tuple(a[idx] for a in sech)
                 gh[idx], gl[idx], ge[idx] = _token_gradients(tk, target[idx], eps, zl, v,
                                                              [g[i] for i in idx.tolist()], sc)
-    return _Fast(status, loss_h, loss_l, loss_e, gh, gl, ge, lse, lg.hi, p)
+    return _Fast(status, loss_h, loss_l, loss_e, gh, gl, ge, lse, lg.hi, p, z)
 
 
 def _engine(inp: LinearLossInputs, fmt: Format, fast_logits: Logits | None, g: list[Fraction]) -> Engine:
@@ -420,9 +440,18 @@ def _engine(inp: LinearLossInputs, fmt: Format, fast_logits: Logits | None, g: l
     return Engine(inp, fmt, logits, g)
 
 
+def _at(fn: Callable[..., Value | str], *args: object) -> Callable[[int], Value | str]:
+    """fn(*args, prec) as a function of the precision alone (for Ziv's loop)."""
+    return lambda prec: fn(*args, prec)
+
+
 def _check(inp: LinearLossInputs, engine: str) -> None:
+    """The engine is known and the inputs finite (the op's cases are: docs/references.md)."""
     if engine not in ENGINES:
         raise ValueError(f"unknown reference engine {engine!r} (known: {', '.join(ENGINES)})")
+    for name, a in (("hidden", inp.hidden), ("weight", inp.weight), ("bias", inp.bias)):
+        if a is not None and not np.isfinite(np.asarray(a).astype(np.float64)).all():
+            raise ValueError(f"linear_cross_entropy references need finite inputs: {name} is not")
 
 
 # --------------------------------------------------------------------------
@@ -435,7 +464,7 @@ def linear_loss_reference(inp: LinearLossInputs, fmt: Format, engine: str = "aut
     _check(inp, engine)
     t = inp.tokens
     fast = _fast(inp, fmt, None) if engine == "auto" else None
-    eng = _engine(inp, fmt, _logits(inp) if fast is not None else None, [])
+    eng = _engine(inp, fmt, fast.logits if fast is not None else None, [])
     base = base_precision(fmt, inp)
     entries: list[Entry] = []
     values: list[Value | str] = []
@@ -443,21 +472,28 @@ def linear_loss_reference(inp: LinearLossInputs, fmt: Format, engine: str = "aut
     fast_cert: Certified | None = None
     if fast is not None:
         fast_cert = certify(fast.loss_h, fast.loss_l, fast.loss_e, fmt)
+    status = _status(inp)
     for i in range(t):
+        if status[i] == "ignored":  # exactly 0
+            entries.append(Certifier(fmt).zero_entry)
+            values.append(Value(mp.mpf(0), mp.mpf(0), Fraction(0)))
+            continue
         if fast is not None and fast_cert is not None and fast.status[i] == "ok" and fast_cert.ok[i]:
             entries.append((float(fast_cert.rounded[i]), int(fast_cert.k[i]), float(fast_cert.hi[i]),
                             float(fast_cert.lo[i])))
             mp.set_precision(base)
             values.append(Value(mp.exact_add(float(fast.loss_h[i]), float(fast.loss_l[i])), mp.mpf(float(fast.loss_e[i]))))
             continue
-        entry, ok = certified(lambda prec, i=i: eng.loss_token(i, prec), fmt, base)
+        entry, ok = certified(_at(eng.loss_token, i), fmt, base)
         entries.append(entry)
         uncertified += 0 if ok else 1
         values.append(eng.loss_token(i, base))
-    status = _status(inp)
     n = int(np.count_nonzero(status != "ignored"))
-    total, ok_s = _reduce(values, Fraction(1), fmt, base)
-    mean, ok_m = _reduce(values, Fraction(n), fmt, base) if n else (None, True)
+    def redo(prec: int) -> list[Value | str]:
+        return [eng.loss_token(i, prec) for i in range(t)]
+
+    total, ok_s = _reduce(values, Fraction(1), fmt, base, redo)
+    mean, ok_m = _reduce(values, Fraction(n), fmt, base, redo) if n else (None, True)
     uncertified += (not ok_s) + (not ok_m)
     return LossReference(
         none=op_reference("linear_cross_entropy", [[e] for e in entries], (t,)),
@@ -467,23 +503,37 @@ def linear_loss_reference(inp: LinearLossInputs, fmt: Format, engine: str = "aut
     )
 
 
-def _reduce(values: list[Value | str], denom: Fraction, fmt: Format, base: int) -> tuple[Entry, bool]:
-    """sum(values) / denom: NaN if a token has no defined loss; exact when every value is."""
+def _reduce(values: list[Value | str], denom: Fraction, fmt: Format, base: int,
+            redo) -> tuple[Entry, bool]:
+    """sum(values) / denom, certified: NaN if a token has no defined loss. Where the tokens' own
+    values and bounds cannot prove it, every token is recomputed by mpmath at rising precision
+    (``redo(prec)`` gives them)."""
     cert = Certifier(fmt)
     if any(isinstance(x, str) for x in values):
         return cert.special(float("nan")), True
-    vals = [x for x in values if isinstance(x, Value)]
-    if all(x.exact is not None for x in vals):
-        return cert.rational(sum((x.exact for x in vals if x.exact is not None), Fraction(0)) / denom), True
-    mp.set_precision(base + 64)
-    total = mp.fsum(x.v for x in vals)
-    err = mp.fsum(x.err for x in vals) + (len(vals) + 2) * mp.unit_error(base + 64) * mp.fsum(abs(x.v) for x in vals)
-    if denom != 1:
+    prec = base + 64
+    while True:
+        total = add_values([x for x in values if isinstance(x, Value)], prec)
+        entry, ok = certify_value(_over(total, denom, prec), fmt)
+        if ok or prec >= MAX_PRECISION:
+            return entry, ok
+        prec *= 2
+        values = redo(prec)
+
+
+def _over(total: Value, denom: Fraction, prec: int) -> Value:
+    """total / denom (one-sided remainders stay one-sided: denom > 0)."""
+    if denom == 1:
+        return total
+    mp.set_precision(prec)
+    if total.exact is not None:
+        q = total.exact / denom
         dm = mp.mpf_of_fraction(denom)
-        total = total / dm
-        err = err / dm * (1 + 4 * mp.unit_error(base + 64)) + 4 * mp.unit_error(base + 64) * abs(total)
-    entry = cert.put(total, _SAFETY * err)
-    return entry, cert.certified
+        err = total.err / dm * (1 + 8 * mp.unit_error(prec)) if total.side else total.err / dm + 4 * mp.unit_error(prec) * abs(total.v)
+        return Value(mp.mpf_of_fraction(q), err, q, total.side)
+    dm = mp.mpf_of_fraction(denom)
+    v = total.v / dm
+    return Value(v, _SAFETY * (total.err / dm * (1 + 4 * mp.unit_error(prec)) + 4 * mp.unit_error(prec) * abs(v)))
 
 
 # --------------------------------------------------------------------------
@@ -512,53 +562,92 @@ def linear_loss_gradient_reference(inp: LinearLossInputs, dy: np.ndarray, fmt: F
                                None if inp.bias is None else op_reference("linear_cross_entropy_backward",
                                                                           none_v, (v,)), 0)
     fast = _fast(inp, fmt, g) if engine == "auto" else None
-    eng = _engine(inp, fmt, _logits(inp) if fast is not None else None, g)
+    eng = _engine(inp, fmt, fast.logits if fast is not None else None, g)
     base = base_precision(fmt, inp)
     if fast is None:
         return _gradients_mp(eng, fmt, base, inp.bias is not None)
     assert fast.gh is not None and fast.gl is not None and fast.ge is not None
-    stop = min(fmt.p + 56, 104)
+    # The bulk pass: G to 2^-(p + 24) of each row's maximum (2^-16 ulp with 8 bits to spare for
+    # cancellation), its low part sliced only where that reaches below it (else it is part of the
+    # bound), the products added in float64 for the narrow formats. What it cannot prove is
+    # retried as double-double dot products (_retry), then by mpmath.
+    stop = min(fmt.p + 24, 100)
+    stop_w = min(fmt.p + 20, 100)  # d_weight's retries are cheap (T-term dots): a shorter G
+    double = fmt.p > 24
+    g_parts = (fast.gh, fast.gl) if stop > 53 else (fast.gh,)
+    g_extra = fast.ge if stop > 53 else fast.ge + np.abs(fast.gl)
+    gt = (fast.gh, fast.gl, fast.ge)
     uncertified = 0
     # d_hidden = G W: contraction over the vocabulary, in blocks.
     acc_h, acc_l, acc_e = np.zeros((t, d)), np.zeros((t, d)), np.zeros((t, d))
-    step = max(1, CHUNK_ELEMENTS // max(d, 1))
-    for c0 in range(0, v, step):
-        sl = slice(c0, min(v, c0 + step))
+    step_h = 512  # short blocks: fewer bits per product, so the weight fits one slice more often
+    for c0 in range(0, v, step_h):
+        sl = slice(c0, min(v, c0 + step_h))
         nv = sl.stop - sl.start
-        a = split_rows([fast.gh[:, sl], fast.gl[:, sl]], nv, stop, fast.ge[:, sl])
-        b = split_rows([w[sl].T], nv)
-        hi, lo, err, _ = product(a, b, nv).unscaled()
+        wa, ws = fit(np.ascontiguousarray(w[sl].T), nv, fmt.p)
+        # Its truncation is relative to a row's maximum times sum |w| over the vocabulary: V more.
+        a = split_rows([x[:, sl] for x in g_parts], nv, stop + v.bit_length(), g_extra[:, sl], bits=wa)
+        hi, lo, err, _ = product(a, ws, nv, double).unscaled()
         acc_h, acc_l, e = dd.add(acc_h, acc_l, hi, lo)
         acc_e = acc_e + err + e
     cert_h = certify(acc_h, acc_l, acc_e * _GROW, fmt)
+    _retry(cert_h, lambda i, j: (*(x[i] for x in gt), w[:, j].T), fmt)
     hidden, unc = _settle(cert_h, lambda i, j, prec: eng.d_hidden(i, j, prec), fmt, base)
     uncertified += unc
-    # d_weight = G^T h: contraction over the tokens, in blocks of classes.
-    hs = split_rows([h.T], t)
-    parts_w = []
-    parts_b = []
-    ones = split_rows([np.ones((1, t))], t)
+    # d_weight = G^T h and d_bias = 1^T G: contraction over the tokens, in blocks of classes.
+    wa, hs = fit(np.ascontiguousarray(h.T), t, fmt.p)
+    step = max(1, CHUNK_ELEMENTS // max(d, 1))
+    ones = split_rows([np.ones((1, t))], t, bits=1)
+    cert_w = Certified(np.zeros((v, d)), np.zeros((v, d), dtype=np.int64), np.zeros((v, d)), np.zeros((v, d)),
+                       np.zeros((v, d), dtype=bool))
+    cert_b = Certified(np.zeros(v), np.zeros(v, dtype=np.int64), np.zeros(v), np.zeros(v), np.zeros(v, dtype=bool))
     for c0 in range(0, v, step):
         sl = slice(c0, min(v, c0 + step))
-        a = split_rows([fast.gh[:, sl].T, fast.gl[:, sl].T], t, stop, fast.ge[:, sl].T)
-        hi, lo, err, _ = product(a, hs, t).unscaled()
-        parts_w.append(certify(hi, lo, err * _GROW, fmt))
+        a = split_rows([x[:, sl].T for x in g_parts], t, stop_w, g_extra[:, sl].T, bits=wa)
+        hi, lo, err, _ = product(a, hs, t, double).unscaled()
+        store_rows(cert_w, np.arange(sl.start, sl.stop), certify(hi, lo, err * _GROW, fmt))
         if inp.bias is not None:
-            hi, lo, err, _ = product(ones, a, t).unscaled()
-            parts_b.append(certify(hi[0], lo[0], err[0] * _GROW, fmt))
-    cert_w = _concat(parts_w)
+            hi, lo, err, _ = product(ones, a, t, double).unscaled()
+            store_rows(cert_b, np.arange(sl.start, sl.stop), certify(hi[0], lo[0], err[0] * _GROW, fmt))
+    _retry(cert_w, lambda c, j: (*(x[:, c].T for x in gt), h[:, j].T), fmt)
+    if inp.bias is not None:
+        _retry(cert_b, lambda c, _j: (*(x[:, c].T for x in gt), np.ones((c.size, t))), fmt)
     weight, unc = _settle(cert_w, lambda c, j, prec: eng.d_weight(c, j, prec), fmt, base)
     uncertified += unc
     bias = None
     if inp.bias is not None:
-        cert_b = _concat(parts_b)
         bias, unc = _settle(cert_b, lambda c, _j, prec: eng.d_weight(c, None, prec), fmt, base)
         uncertified += unc
     return LinearGradients(hidden, weight, bias, uncertified)
 
 
-def _concat(parts: list[Certified]) -> Certified:
-    return Certified(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("rounded", "k", "hi", "lo", "ok")))
+def _retry(c: Certified, rows, fmt: Format) -> None:
+    """Recompute the unproven elements of ``c`` as double-double dot products sum_k G_k b_k
+    (rows(i, j) gives, for index arrays i and j, G's hi, lo and bound and b, each (elements, K)),
+    and keep those now proven. Blocks of elements keep the arrays near CHUNK_ELEMENTS."""
+    flat = np.flatnonzero(~c.ok.reshape(-1))
+    if not flat.size:
+        return
+    shape = c.rounded.shape
+    at = np.unravel_index(flat, shape)
+    i = at[0]
+    j = at[1] if len(shape) == 2 else np.zeros(flat.size, dtype=np.int64)
+    probe = rows(i[:1], j[:1])
+    step = max(1, CHUNK_ELEMENTS // max(probe[0].shape[1], 1))
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+        for s0 in range(0, flat.size, step):
+            sl = slice(s0, s0 + step)
+            gh, gl, ge, b = rows(i[sl], j[sl])
+            ph, pl = dd.mul_fp(gh, gl, b)
+            hi, lo, err = pairwise_sum(ph, pl)
+            k = gh.shape[1]
+            # Each product within U_DD, plus what an underflowing error term may lose.
+            err = (err + (ge * np.abs(b)).sum(axis=1) + dd.U_DD * np.abs(ph).sum(axis=1) + k * 2.0**-1070)
+            out = certify(hi, lo, _SAFETY * err * _GROW, fmt)
+            out.ok &= np.isfinite(hi) & dd.in_range(hi)
+            idx = tuple(a[sl][out.ok] for a in at)
+            for name in ("rounded", "k", "hi", "lo", "ok"):
+                getattr(c, name)[idx] = getattr(out, name)[out.ok]
 
 
 def _settle(c: Certified, element, fmt: Format, base: int) -> tuple[OpReference, int]:
@@ -569,7 +658,7 @@ def _settle(c: Certified, element, fmt: Format, base: int) -> tuple[OpReference,
     for pos in np.flatnonzero(~flat_ok).tolist():
         at = np.unravel_index(pos, shape)
         i, j = (int(at[0]), int(at[1])) if len(shape) == 2 else (int(at[0]), 0)
-        entry, ok = certified(lambda prec, i=i, j=j: element(i, j, prec), fmt, base)
+        entry, ok = certified(_at(element, i, j), fmt, base)
         c.rounded[at], c.k[at], c.hi[at], c.lo[at] = entry
         uncertified += 0 if ok else 1
     return OpReference(op="linear_cross_entropy_backward", rounded=c.rounded, k=c.k.astype(np.int32), hi=c.hi,
@@ -588,7 +677,7 @@ def _gradients_mp(eng: Engine, fmt: Format, base: int, has_bias: bool) -> Linear
         for i in range(rows):
             row = []
             for j in range(cols):
-                entry, ok = certified(lambda prec, i=i, j=j: fn(i, j, prec), fmt, base)
+                entry, ok = certified(_at(fn, i, j), fmt, base)
                 row.append(entry)
                 unc += 0 if ok else 1
             out.append(row)
