@@ -33,9 +33,9 @@ def linear_cross_entropy_backward(hidden: torch.Tensor, weight: torch.Tensor, ta
         work = working_dtype(hidden.dtype)
         w = weight.to(work)
         g = upstream_scale(dy, target, ignore_index, reduction, work)
-        d_hidden = torch.zeros(hidden.shape, dtype=work)
+        d_hidden = torch.zeros(hidden.shape, dtype=work, device=hidden.device)
         d_weight = torch.zeros_like(weight)  # the bug: a bfloat16 accumulator for bfloat16 weights
-        d_bias = torch.zeros(weight.shape[0], dtype=work) if bias is not None else None
+        d_bias = torch.zeros(weight.shape[0], dtype=work, device=weight.device) if bias is not None else None
         for c in chunks(hidden, weight, target, bias, ignore_index, label_smoothing, z_loss, softcap, g):
             assert c.grad is not None
             d_hidden[c.rows] = c.grad @ w

@@ -153,6 +153,20 @@ def _example() -> types.ModuleType:
     return module
 
 
+@pytest.mark.parametrize("module", ["chunked", "example"])
+def test_the_textbooks_allocate_on_their_inputs_device(module: str) -> None:
+    """Every tensor they make is on the inputs' device: with the default device set to "meta", one
+    made without ``device=`` lands there and mixing it with the CPU inputs raises (on an H200 the
+    backward's accumulators were made on the CPU: "found at least two devices, cuda:0 and cpu")."""
+    mod = chunked if module == "chunked" else _example()
+    h, w, t, b = _inputs(torch.bfloat16)
+    dy = torch.ones((), dtype=torch.bfloat16)
+    with torch.device("meta"):
+        loss = mod.linear_cross_entropy(h, w, t, b)
+        grads = mod.linear_cross_entropy_backward(h, w, t, b, dy)
+    assert loss.device.type == "cpu" and all(g.device.type == "cpu" for g in grads if g is not None)
+
+
 def _max_ulp_bf16(got: torch.Tensor, want: torch.Tensor) -> float:
     """Max |got - want| in bfloat16 ulps of want (bfloat16: 8 significant bits)."""
     want_np = want.numpy()

@@ -93,7 +93,7 @@ def chunks(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, bia
         if bool(((tgt < 0) | (tgt >= vocabulary))[kept].any()):
             raise IndexError(f"target out of range [0, {vocabulary}) (and not ignore_index {ignore_index})")
         safe = torch.where(kept, tgt, torch.zeros_like(tgt))
-        picked = torch.arange(tgt.shape[0])
+        picked = torch.arange(tgt.shape[0], device=tgt.device)
         loss = -logp[picked, safe]
         if eps != 0:
             loss = (1 - eps) * loss - eps * logp.mean(dim=-1)
@@ -150,9 +150,9 @@ def linear_cross_entropy_backward(hidden: torch.Tensor, weight: torch.Tensor, ta
         work = working_dtype(hidden.dtype)
         w = weight.to(work)
         g = upstream_scale(dy, target, ignore_index, reduction, work)
-        d_hidden = torch.zeros(hidden.shape, dtype=work)
-        d_weight = torch.zeros(weight.shape, dtype=work)
-        d_bias = torch.zeros(weight.shape[0], dtype=work) if bias is not None else None
+        d_hidden = torch.zeros(hidden.shape, dtype=work, device=hidden.device)
+        d_weight = torch.zeros(weight.shape, dtype=work, device=weight.device)
+        d_bias = torch.zeros(weight.shape[0], dtype=work, device=weight.device) if bias is not None else None
         for c in chunks(hidden, weight, target, bias, ignore_index, label_smoothing, z_loss, softcap, g):
             assert c.grad is not None
             d_hidden[c.rows] = c.grad @ w
