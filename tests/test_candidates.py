@@ -265,7 +265,8 @@ def test_missing_file_and_unknown_builtin() -> None:
     with pytest.raises(CandidateError) as info:
         load_target("builtin:foo")
     assert str(info.value) == ("unknown built-in 'builtin:foo' (known: naive, shifted, shifted-f64, torch, "
-                               "triton-softmax, triton-online, triton-ce, scipy, liger, jax)")
+                               "triton-softmax, triton-online, triton-ce, scipy, liger, jax, torch-linear-ce, "
+                               "torch-chunked-linear-ce, liger-linear-ce)")
 
 
 def test_candidates_from_functions_detects_them_as_a_file_would() -> None:
@@ -408,7 +409,8 @@ def test_logsumexp_column_and_scalar_outputs_accepted() -> None:
 
 def test_builtin_names() -> None:
     assert builtin_names() == ["naive", "shifted", "shifted-f64", "torch", "triton-softmax", "triton-online",
-                               "triton-ce", "scipy", "liger", "jax"]
+                               "triton-ce", "scipy", "liger", "jax", "torch-linear-ce", "torch-chunked-linear-ce",
+                               "liger-linear-ce"]
 
 
 @pytest.mark.parametrize("name", ["naive", "shifted", "shifted-f64", "torch"])
