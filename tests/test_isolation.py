@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from softaudit.candidates.calling import CallRequest
 from softaudit.cases.inputs import LossInputs
 from softaudit.formats import FORMATS
-from softaudit.ops import LOSS_KEYWORDS, OPS
+from softaudit.ops import LOSS_KEYWORDS, SOFTMAX_FAMILY
 from softaudit.options import AuditOptions, WorkerOptions
 from softaudit.runner.isolation import InProcessExecutor, WorkerExecutor
 from softaudit.runner.loop import run_audit
@@ -82,8 +82,9 @@ def test_every_fault_is_a_fail_record_naming_its_cause(fault_run):
 def test_other_candidates_in_the_same_run_are_judged_normally(fault_run):
     _, doc = fault_run
     shifted = [r for r in doc["results"] if r["candidate"] == "builtin:shifted"]
+    # builtin:shifted defines the softmax family, not linear_cross_entropy: no records for the latter.
     assert sorted((r["op"], r["direction"]) for r in shifted) == sorted(
-        (op, direction) for op in OPS for direction in ("forward", "backward"))
+        (op, direction) for op in SOFTMAX_FAMILY for direction in ("forward", "backward"))
     assert all(r["verdict"] == "PASS" and r["max_ratio"] <= 1 for r in shifted)
     # Numpy fixtures without backward functions: their backward records are SKIPs saying why.
     (skipped,) = [r for r in doc["results"] if r["candidate"] == "segfault" and r["direction"] == "backward"]
@@ -149,7 +150,7 @@ def test_directory_targets_skip_helper_modules_and_need_one_candidate(tmp_path):
     assert {c["name"] for c in json.loads((tmp_path / "o.json").read_text())["candidates"]} == {"mine"}
     (d / "mine.py").unlink()
     p = run_cli_in_process(["run", d, "--no-isolation"], tmp_path)
-    assert p.returncode == 2 and "defines softmax, log_softmax, logsumexp or cross_entropy" in p.stderr
+    assert p.returncode == 2 and "defines softmax, log_softmax, logsumexp, cross_entropy or linear_cross_entropy" in p.stderr
 
 
 def test_without_isolation_the_same_audit_runs_in_process():
@@ -209,7 +210,8 @@ def test_executors_carry_loss_and_backward_requests(isolated):
         (torch_info,) = executor.load("builtin:torch")
         (np_info,) = executor.load(str(LOSS_NP))
         (plain_info,) = executor.load(str(REPO / "tests" / "fixtures" / "np_plain.py"))
-        assert torch_info.backward == {op: "autograd" for op in OPS} and torch_info.backward_missing == {}
+        # builtin:torch defines the softmax family only (linear_cross_entropy is builtin:torch-linear-ce's).
+        assert torch_info.backward == {op: "autograd" for op in SOFTMAX_FAMILY} and torch_info.backward_missing == {}
         assert torch_info.keywords == {"cross_entropy": LOSS_KEYWORDS}
         assert np_info.backward == {"log_softmax": "function", "logsumexp": "function", "cross_entropy": "function"}
         assert np_info.keywords == {"cross_entropy": ("weight", "reduction"), "cross_entropy_backward": ("reduction",)}
