@@ -70,7 +70,7 @@ def _doc(records: list[Record]) -> ResultsDocument:
 
 
 def _big_doc() -> ResultsDocument:
-    """Two candidates x every op, direction and two formats (32 table rows); three rows fail."""
+    """Two candidates x every op (the five of OPS), direction and two formats (40 table rows); four rows fail."""
     records = []
     for cand in ("alpha", "beta"):
         for op in OPS:
@@ -203,12 +203,12 @@ def _summary_cells(markdown: str) -> list[list[str]]:
 def test_short_markdown_lists_failing_rows_and_counts_the_rest() -> None:
     doc = _big_doc()
     text = render_markdown(doc)
-    assert text.startswith("❌ **softaudit: FAIL** — 3 of 64 records fail (2 candidates, float32/bfloat16)")
+    assert text.startswith("❌ **softaudit: FAIL** — 4 of 80 records fail (2 candidates, float32/bfloat16)")
     rows = _summary_cells(text)
     assert sorted((c[0], c[1], c[2], c[3]) for c in rows) == sorted(
         ("beta", op, "forward", "float32") for op in OPS if op != "softmax")
     assert all("FAIL" in c[4] for c in rows)
-    assert "29 rows that pass" in text
+    assert "36 rows that pass" in text
     assert "**Worst findings**" in text
     for r in (r for r in doc.records if r.verdict == FAIL):
         assert f"rerun: {md_code(rerun_command(r, doc))}" in text
@@ -220,7 +220,7 @@ def test_short_markdown_of_a_huge_failing_run_stays_a_comment() -> None:
                for i in range(3) for op in OPS for direction in DIRECTIONS for dtype in ("float32", "bfloat16")]
     text = render_markdown(_doc(records))
     assert len(text.splitlines()) <= 60
-    assert len(_summary_cells(text)) == 25 and "23 more FAIL/WARN rows" in text
+    assert len(_summary_cells(text)) == 25 and "35 more FAIL/WARN rows" in text
 
 
 def test_short_findings_do_not_let_one_candidate_hide_another() -> None:
@@ -244,8 +244,8 @@ def test_complete_markdown_lists_every_row_finding_skip_and_environment() -> Non
     doc = _big_doc()
     doc.records.append(_record("beta", case="case-c", verdict=SKIP, reasons=["needs | a keyword"]))
     text = render_markdown(doc, complete=True)
-    assert len(_summary_cells(text)) == 32
-    assert text.count("- **FAIL**") == 3
+    assert len(_summary_cells(text)) == 40
+    assert text.count("- **FAIL**") == 4
     assert ["beta", "needs | a keyword", "1"] in _table_rows(text)
     assert ["numpy", "2.0"] in _table_rows(text) and ["torch", "-"] in _table_rows(text)
 
