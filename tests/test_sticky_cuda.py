@@ -95,7 +95,7 @@ def test_with_cuda_in_use_an_asynchronous_error_is_the_calls_and_a_failing_probe
 def test_a_failed_call_whose_input_cannot_be_read_back_is_not_said_to_modify_it():
     """After a context-breaking CUDA error the input tensors cannot be read back either: the
     call's error is the finding, not "modified its input" (which would FAIL an out-of-range case)."""
-    from softaudit.candidates.calling import Run, finish_call
+    from softaudit.candidates.running import Run, finish_call
 
     class Unreadable:
         def modified(self):
