@@ -107,3 +107,22 @@ def test_a_unit_whose_worker_died_is_computed_by_the_main_loop():
     assert time.monotonic() - started < 10
     assert prefetcher.units_from_workers == 0  # nothing came back from the killed worker
     prefetcher.close()
+
+
+def test_a_prefetch_worker_computes_a_linear_units_loss_and_gradients(tmp_path):
+    """linear_cross_entropy units are prefetched too: a worker stores the loss and the gradient
+    references the audit will ask for, and the unit then reads as cached."""
+    from pathlib import Path
+
+    from softaudit.runner.planning import is_cached
+
+    fixtures = str(Path(__file__).parent / "fixtures" / "linear_cases")
+    (case,) = [c for c in load_cases([Path(fixtures)]) if c.name == "lce-diag-small"]
+    needs = UnitNeeds("lce-diag-small", (fixtures,), "bfloat16", 0, ("linear_cross_entropy",), True)
+    cache = ReferenceCache(tmp_path)
+    assert not is_cached(cache, case, needs)
+    computed, damaged = unit_references(needs, str(tmp_path))
+    assert damaged == 0 and len(computed) == 2  # the loss's entry and the gradients' entry
+    assert is_cached(cache, case, needs)
+    again, _ = unit_references(needs, str(tmp_path))
+    assert again == []  # read back, nothing recomputed

@@ -63,6 +63,10 @@ class LinearUnit:
         return [inp.hidden, inp.weight, inp.bias if inp.bias is not None else "no-bias", np.asarray(inp.target),
                 f"{inp.ignore_index}/{inp.label_smoothing!r}/{inp.z_loss!r}/{inp.softcap!r}"]
 
+    def loss_stored(self) -> bool:
+        """Whether the loss references are in the cache's directory (prefetching skips such units)."""
+        return self.cache.stored(self.cache.ops_key("linear-loss", self._key(), self.fmt))
+
     def loss_reference(self) -> dict[str, OpReference]:
         """"none", "mean" (absent when every token is ignored) and "sum" references of the loss."""
         if self._loss is None:

@@ -187,6 +187,7 @@ def _run_audit(targets: Sequence[str], options: AuditOptions | None = None,
             if not calls:
                 continue
             if case.linear:
+                prefetcher.wait(fmt, case)
                 linear, unc = linear_records(executor, [c for c, _ in calls], directions, fmt, case, options, cache)
                 records.extend(linear)
                 uncertified += unc

@@ -11,10 +11,12 @@ from typing import TYPE_CHECKING
 from softaudit.candidates.errors import CandidateError, NoOpsError
 from softaudit.cases.corpus import with_corpus_dir
 from softaudit.cases.inputs import NotApplicable, generate
+from softaudit.cases.linear_inputs import linear_inputs
 from softaudit.cases.model import Case
 from softaudit.cases.reader import load_cases, select_cases
 from softaudit.errors import BadInput
 from softaudit.formats import FORMATS, Format, get_format
+from softaudit.judging.linear_rules import LinearUnit
 from softaudit.judging.verdicts import FAIL, SKIP
 from softaudit.ops import DIRECTIONS, LINEAR_CROSS_ENTROPY, OPS
 from softaudit.reference import ReferenceCache
@@ -24,6 +26,9 @@ from softaudit.runner.prefetch import UnitNeeds
 
 if TYPE_CHECKING:
     from softaudit.options import AuditOptions
+
+LOSSES = ("cross_entropy", LINEAR_CROSS_ENTROPY)
+"""The ops whose forward references are losses (prefetched apart from the row ops')."""
 
 
 def with_corpus(options: AuditOptions) -> AuditOptions:
@@ -80,23 +85,26 @@ def unit_needs(units: list[tuple[Format, Case]], candidates: list[CandidateInfo]
         directions = [d for d in DIRECTIONS if d in case.directions
                       and (not options.directions or d in options.directions)]
         ops = [op for op in wanted_ops if op in case.ops and case.applies_to_format(fmt.name)
-               and any(op in c.ops for c in candidates) and op != LINEAR_CROSS_ENTROPY]
+               and any(op in c.ops for c in candidates)]
         if not ops or not directions:
             continue
         backward = tuple(op for op in ops if "backward" in directions and any(op in c.backward for c in candidates))
         needs = UnitNeeds(case.name, tuple(str(d) for d in options.cases_dirs), fmt.name, options.seed, backward,
-                          "cross_entropy" in ops and "forward" in directions)
+                          any(op in LOSSES for op in ops) and "forward" in directions)
         out.append((fmt, case, needs))
     return out
 
 
 def is_cached(cache: ReferenceCache, case: Case, needs: UnitNeeds) -> bool:
     """Whether the unit's forward references are stored (then so, almost always, is the rest)."""
+    fmt = get_format(needs.fmt_name)
     try:
-        x = generate(case, get_format(needs.fmt_name), seed=needs.seed)
+        if case.linear:
+            return LinearUnit(case, fmt, linear_inputs(case, fmt, seed=needs.seed), cache, needs.seed).loss_stored()
+        x = generate(case, fmt, seed=needs.seed)
     except NotApplicable:
         return True  # nothing to compute
-    return cache.stored(cache.key(x, get_format(needs.fmt_name)))
+    return cache.stored(cache.key(x, fmt))
 
 
 def baseline_name(candidates: list[CandidateInfo], failures: list[LoadFailure], target: str) -> str:

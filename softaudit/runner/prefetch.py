@@ -98,6 +98,9 @@ def unit_references(needs: UnitNeeds, cache_dir: str | None) -> tuple[list[tuple
     fmt = get_format(needs.fmt_name)
     case = _library(needs.cases_dirs)[needs.case_name]
     cache = _RecordingCache(Path(cache_dir) if cache_dir else None)
+    if case.linear:
+        _linear_references(case, fmt, needs, cache)
+        return cache.computed, cache.damaged
     x = generate(case, fmt, seed=needs.seed)
     unit = AuditUnit(case, fmt, x, cache.get_or_compute(x, fmt), cache, needs.seed)
     rows, n = x.shape
@@ -114,6 +117,22 @@ def unit_references(needs: UnitNeeds, cache_dir: str | None) -> tuple[list[tuple
             shape = (rows,) if op == "logsumexp" else (rows, n)
             unit.gradient(op, upstream(case, fmt, shape, seed=needs.seed), None)
     return cache.computed, cache.damaged
+
+
+def _linear_references(case: Case, fmt: Format, needs: UnitNeeds, cache: ReferenceCache) -> None:
+    """A linear_cross_entropy unit's loss and gradient references, as the audit asks for them of a
+    candidate that takes the case's reduction (softaudit.runner.linear_loop)."""
+    from softaudit.cases.inputs import upstream
+    from softaudit.cases.linear_inputs import linear_inputs
+    from softaudit.judging.linear_rules import LinearUnit
+
+    inp = linear_inputs(case, fmt, seed=needs.seed)
+    unit = LinearUnit(case, fmt, inp, cache, needs.seed)
+    if needs.loss_forward:
+        unit.loss_reference()
+    if needs.backward_ops:
+        shape: tuple[int, ...] = (inp.tokens,) if inp.reduction == "none" else ()
+        unit.gradients(upstream(case, fmt, shape, seed=needs.seed), inp.reduction)
 
 
 def _stop_quietly(signum: int, frame) -> None:
