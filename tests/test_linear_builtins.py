@@ -7,7 +7,6 @@ import importlib.util
 import os
 import sys
 import types
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -196,50 +195,75 @@ def test_planted_example_loses_the_weight_gradient_in_bfloat16() -> None:
         example.linear_cross_entropy_backward(h32, w32, t, b32, dy32)[:2]))
 
 
+LIGER_KEYWORDS = {"plain": {}, "smoothing": {"label_smoothing": 0.1}, "zloss": {"z_loss": 1e-3},
+                  "smoothing-zloss": {"label_smoothing": 0.1, "z_loss": 1e-3}}
+LIGER_REDUCTIONS = ("none", "mean")
+
+_LIGER_SCRIPT = """
+import importlib.util, inspect, os, sys
+from softaudit.candidates.loading import correct_interpreter_bfloat16, interpret_triton_on_cpu
+
+interpret_triton_on_cpu()  # before triton is first imported, as softaudit's worker does
+interpreted = os.environ.get("TRITON_INTERPRET") == "1"
+if interpreted:
+    correct_interpreter_bfloat16()
+import torch
+
+spec = importlib.util.spec_from_file_location("_liger_linear_ce_under_test", sys.argv[1])
+module = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = module
+spec.loader.exec_module(module)
+runs = torch.load(sys.argv[2])
+out = {"interpreted": interpreted,
+       "accepts_softcap": "softcap" in inspect.signature(module.linear_cross_entropy).parameters}
+for key, (h, w, t, b, dy, kw) in runs.items():
+    leaves = [x.clone().requires_grad_() for x in (h, w, b)]
+    loss = module.linear_cross_entropy(leaves[0], leaves[1], t, leaves[2], **kw)
+    loss.backward(dy.reshape(loss.shape))
+    out[key] = (loss.detach(), *(x.grad for x in leaves))
+torch.save(out, sys.argv[3])
+"""
+
+
 @pytest.fixture(scope="module")
-def liger() -> Iterator[types.ModuleType]:
-    """builtin:liger-linear-ce's module, its kernels under Triton's CPU interpreter (with softaudit's
-    bfloat16 correction) unless a GPU is there, as softaudit's loader runs it."""
-    # Not imported to check: Triton decides at a kernel's decoration whether it runs interpreted.
+def liger(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """builtin:liger-linear-ce's loss and gradients for every (keywords, reduction) of the tests,
+    computed in a fresh Python process, its kernels under Triton's CPU interpreter (with softaudit's
+    bfloat16 correction) unless a GPU is there, as softaudit's worker runs it.
+
+    A fresh process because Triton decides at a function's decoration whether it runs interpreted:
+    once an earlier test has imported triton compiled in this process, an interpreted Liger kernel
+    calling triton.language's own jitted helpers (tl.max) raises "Cannot call @triton.jit'd outside
+    of the scope of a kernel" (the 8 failures of the full suite, green when the file ran alone)."""
+    import subprocess
+
     for package in ("triton", "liger_kernel"):
         if importlib.util.find_spec(package) is None:
             pytest.skip(f"{package} is not installed (pip install 'softaudit[liger]')")
-    from softaudit.candidates.loading import correct_interpreter_bfloat16, interpret_triton_on_cpu
-
-    set_now = interpret_triton_on_cpu()
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        correct_interpreter_bfloat16()
-    try:
-        spec = importlib.util.spec_from_file_location("_liger_linear_ce_under_test",
-                                                      ROOT / "softaudit" / "builtins" / "liger_linear_ce.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        if set_now:
-            os.environ.pop("TRITON_INTERPRET", None)
-
-
-@pytest.mark.parametrize("reduction", ["none", "mean"])
-@pytest.mark.parametrize("kw", KEYWORDS[:3] + [{"label_smoothing": 0.1, "z_loss": 1e-3}],
-                         ids=["plain", "smoothing", "zloss", "smoothing-zloss"])
-def test_liger_matches_the_formulas(liger: types.ModuleType, reduction: str, kw: dict) -> None:
+    tmp = tmp_path_factory.mktemp("liger")
     h, w, t, b = _inputs(torch.float32)
-    kw = {**kw, "reduction": reduction}
-    dy = _dy(reduction, h.shape[0], torch.float32)
-    leaves = [x.clone().requires_grad_() for x in (h, w, b)]
-    loss = liger.linear_cross_entropy(leaves[0], leaves[1], t, leaves[2], **kw)
-    loss.backward(dy.reshape(loss.shape))
+    runs = {(name, reduction): (h, w, t, b, _dy(reduction, h.shape[0], torch.float32), {**kw, "reduction": reduction})
+            for name, kw in LIGER_KEYWORDS.items() for reduction in LIGER_REDUCTIONS}
+    torch.save(runs, tmp / "runs.pt")
+    script = ROOT / "softaudit" / "builtins" / "liger_linear_ce.py"
+    done = subprocess.run([sys.executable, "-c", _LIGER_SCRIPT, str(script), str(tmp / "runs.pt"), str(tmp / "out.pt")],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")})
+    assert done.returncode == 0, done.stderr[-3000:]
+    return {"runs": runs, **torch.load(tmp / "out.pt")}
+
+
+@pytest.mark.parametrize("reduction", LIGER_REDUCTIONS)
+@pytest.mark.parametrize("name", list(LIGER_KEYWORDS))
+def test_liger_matches_the_formulas(liger: dict, name: str, reduction: str) -> None:
+    h, w, t, b, dy, kw = liger["runs"][name, reduction]
     ref = _reference(h, w, t, b, dy, kw)
-    for got, want in zip((loss.detach(), *(x.grad for x in leaves)), ref):
-        assert got is not None and want is not None
-        _close(got, want, 1e-5)
+    got = liger[name, reduction]  # loss, d_hidden, d_weight, d_bias
+    assert len(got) == len(ref) == 4
+    for g, want in zip(got, ref):
+        assert g is not None and want is not None
+        _close(g, want, 1e-5)
 
 
-def test_liger_accepts_softcap_only_where_compiled(liger: types.ModuleType) -> None:
-    import inspect
-
-    accepted = "softcap" in inspect.signature(liger.linear_cross_entropy).parameters
-    assert accepted == (os.environ.get("TRITON_INTERPRET") != "1")
+def test_liger_accepts_softcap_only_where_compiled(liger: dict) -> None:
+    assert liger["accepts_softcap"] == (not liger["interpreted"])
