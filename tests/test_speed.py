@@ -52,7 +52,10 @@ def test_every_op_and_direction_is_timed_with_its_byte_count_and_the_copy(target
             b = f["breakdown"]  # where the measurement's wall time went
             assert set(b) == {"draw_s", "reference_s", "transfer_s", "compile_s", "timing_s", "copy_s", "total_s"}
             assert all(v >= 0 for v in b.values()) and b["compile_s"] == 0  # nothing compiled here
-            assert b["total_s"] >= b["timing_s"] >= f["median_s"] * f["repeats"]
+            # The timed calls are inside timing_s: at least half of them (ceil(repeats / 2)) took the
+            # median or longer. Not median x repeats: the samples' mean can be below their median (a burst
+            # of other work slowing just over half the calls: 0.356 s < 50 x 7.7 ms on a loaded machine).
+            assert b["total_s"] >= b["timing_s"] >= f["median_s"] * ((f["repeats"] + 1) // 2)
 
 
 def test_a_numpy_candidate_without_a_backward_function_is_not_timed_and_says_why():
