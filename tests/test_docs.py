@@ -73,7 +73,8 @@ def test_readme_keeps_the_setup_commands():
     # .ci/run installs and tests with exactly these.
     text = README.read_text(encoding="utf-8")
     assert 'pip install torch==2.13.0 -e ".[test,triton]"' in text
-    assert "python -m pytest" in text
+    assert "python -m pytest -n auto --dist loadscope" in text
+    assert "\npython -m pytest -n auto --dist loadscope\n" in (ROOT / ".ci" / "run").read_text(encoding="utf-8")
 
 
 def test_readme_has_no_options_table():
