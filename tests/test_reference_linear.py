@@ -359,3 +359,73 @@ def test_the_engine_is_named_and_the_inputs_checked():
     bad = LinearLossInputs(np.array([[np.inf]]), np.array([[1.0]]), None, np.array([0]))
     with pytest.raises(ValueError, match="finite"):
         linear_loss_reference(bad, FLOAT64)
+
+
+# --------------------------------------------------------------------------
+# benchmarks/linear_reference_check.py's comparison
+
+
+def _reference_check():  # type: ignore[no-untyped-def]
+    """benchmarks/linear_reference_check.py as a module."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    name = "linear_reference_check"
+    if name not in sys.modules:
+        path = Path(__file__).resolve().parent.parent / "benchmarks" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+@pytest.mark.parametrize("fmt", ALL, ids=lambda f: f.name)
+def test_the_shipped_case_check_agrees_on_a_small_shipped_like_case(fmt: Format):
+    # A shipped case in miniature (confident tokens, a padded token, smoothing, bias, reduction
+    # none with a normal upstream): every element of every tensor, fast path against pure mpmath.
+    check = _reference_check()
+    rng = np.random.default_rng(3)
+    t, d, v = 6, 8, 40
+    h = round_float64_array(rng.standard_normal((t, d)), fmt)
+    w = round_float64_array(rng.standard_normal((v, d)) * 3 / math.sqrt(d), fmt)
+    target = rng.integers(0, v, t)
+    target[-1] = -100
+    h[0] = round_float64_array(20.0 * w[target[0]].astype(np.float64) / np.sum(w[target[0]].astype(np.float64) ** 2),
+                               fmt)
+    inp = LinearLossInputs(h, w, round_float64_array(rng.standard_normal(v) / 2, fmt), target, reduction="none",
+                           label_smoothing=0.1)
+    dy = round_float64_array(rng.standard_normal(t), fmt).astype(np.float64)
+    assert check.full_size(inp)
+    tally = check.compare_case(inp, fmt, dy, None)
+    assert tally.compared == {"loss": t, "mean/sum": 2, "d_hidden": t * d, "d_weight": v * d, "d_bias": v}
+    assert tally.bad == [] and tally.uncertified == 0
+    sample = check.compare_case(inp, fmt, dy, check.DEFAULT)
+    assert sample.bad == [] and 0 < sum(sample.compared.values()) < sum(tally.compared.values())
+
+
+def test_the_shipped_case_check_sees_a_wrong_entry():
+    check = _reference_check()
+    one = (0.25, -25, 2.0**23, 0.0)
+    assert check.same(one, one) and check.same(None, None) and check.same((0.0, 1, 0.0, 0.0), (-0.0, 2, 0.0, 0.0))
+    assert not check.same(one, (float(np.nextafter(0.25, 1.0)), -25, 2.0**23 + 1, 0.0))
+    assert not check.same(one, None) and not check.same((math.nan, 0, math.nan, 0.0), one)
+    assert not check.same(one, (0.25, -24, 2.0**22, 0.0))
+
+
+def test_mpmath_elements_match_the_whole_mpmath_reference():
+    # The element API computes what engine="mpmath" computes in full, element by element.
+    from softaudit.reference.linear_loss import MpmathElements
+
+    fmt = FLOAT32
+    inp = inputs(fmt, [[0.5, 1.0], [1.5, -1.0]], [[0.25, 2.0], [-1.0, 2.0], [3.0, 0.5]], b=[0.0, 0.5, -0.25],
+                 target=[2, 0], reduction="sum", z_loss=1e-4, softcap=30.0)
+    full = linear_loss_gradient_reference(inp, np.ones(()), fmt, engine="mpmath")
+    loss = linear_loss_reference(inp, fmt, engine="mpmath")
+    el = MpmathElements(inp, fmt, np.ones(()))
+    assert el.loss(1)[0][0] == loss.none.rounded[1] and el.loss_reduced("sum")[0][0] == loss.sum.rounded[0]
+    assert el.d_hidden(1, 0)[0][0] == full.hidden.rounded[1, 0]
+    assert el.d_weight(2, 1)[0][0] == full.weight.rounded[2, 1]
+    assert full.bias is not None and el.d_bias(1)[0][0] == full.bias.rounded[1]

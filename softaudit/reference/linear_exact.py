@@ -123,6 +123,7 @@ class Engine:
     logits: Callable[[int], list[Fraction]]
     g: list[Fraction] = field(default_factory=list)
     _rows: dict = field(default_factory=dict)
+    _keys: dict[tuple, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.v = self.inp.vocabulary
@@ -323,9 +324,10 @@ class Engine:
 
     # ------------------------------------------------------------------ exact combinations
 
-    def _shape(self, i: int) -> tuple[tuple, list[int], int]:
+    def _shape(self, i: int) -> tuple[int, tuple, list[int], int]:
         """Token i's distinct shifted logits u_j = z - max with their counts (the key tokens with
-        the same probabilities share), each class's j, and the maximum's j."""
+        the same probabilities share) and the key's number (hashed once: a V-long tuple's hash
+        is not cached), each class's j, and the maximum's j."""
         if ("shape", i) not in self._rows:
             z = self.logits(i)
             mx = max(z)
@@ -335,7 +337,8 @@ class Engine:
             for zc in z:
                 counts[index[zc]] += 1
             key = tuple((u - mx, n) for u, n in zip(uniq, counts))
-            self._rows[("shape", i)] = (key, [index[zc] for zc in z], len(uniq) - 1)
+            kid = self._keys.setdefault(key, len(self._keys))
+            self._rows[("shape", i)] = (kid, key, [index[zc] for zc in z], len(uniq) - 1)
         return self._rows[("shape", i)]
 
     def combination(self, weights: dict[int, dict[int, Fraction]], prec: int) -> Value | None:
@@ -353,11 +356,13 @@ class Engine:
         if self.cap is not None or self.zl:
             return None
         rational = Fraction(0)
-        atoms: dict[tuple, Fraction] = {}
+        atoms: dict[tuple[int, int], Fraction] = {}
+        keys: dict[int, tuple] = {}
         for i, wts in weights.items():
             if self.status(i) != "ok" or self.g[i] == 0:
                 continue
-            key, where, top = self._shape(i)
+            kid, key, where, top = self._shape(i)
+            keys[kid] = key
             t = self.target[i]
             per = [Fraction(0)] * len(key)
             for c, wc in wts.items():
@@ -367,16 +372,16 @@ class Engine:
             for j, (_, n_j) in enumerate(key):
                 q = per[j] - n_j * per[top] / n_top
                 if j != top and q:
-                    atoms[(key, j)] = atoms.get((key, j), Fraction(0)) + g * q
+                    atoms[(kid, j)] = atoms.get((kid, j), Fraction(0)) + g * q
             coef_sum = self.eps / self.v * sum(wts.values(), Fraction(0)) + (1 - self.eps) * wts.get(t, Fraction(0))
             rational += g * (per[top] / n_top - coef_sum)
         _ctx.prec = prec
         eps_op = _ctx.ldexp(1, 2 - prec)
         terms = []
-        for (key, j), q in atoms.items():
+        for (kid, j), q in atoms.items():
             if q:
                 qm, eq = _mpf(q)
-                a, rel = self._atom(key, j, prec)
+                a, rel = self._atom(kid, keys[kid], j, prec)
                 terms.append((qm * a, abs(qm) * a * rel + eq * a * (1 + rel)))
         if not terms:
             vm, e = _mpf(rational)
@@ -389,16 +394,16 @@ class Engine:
         rm, er = _mpf(rational)
         return Value(rm + part, er + err + 2 * eps_op * abs(rm + part))
 
-    def _atom(self, key: tuple, j: int, prec: int) -> tuple[mpmath.mpf, mpmath.mpf]:
-        """(a_j = e^(u_j) / s for the distinct shifted logits ``key``, its relative error bound)."""
-        if ("atoms", key, prec) not in self._rows:
+    def _atom(self, kid: int, key: tuple, j: int, prec: int) -> tuple[mpmath.mpf, mpmath.mpf]:
+        """(a_j = e^(u_j) / s for the distinct shifted logits ``key`` (numbered kid), its relative error bound)."""
+        if ("atoms", kid, prec) not in self._rows:
             _ctx.prec = prec
             eps_op = _ctx.ldexp(1, 2 - prec)
             e = [_ctx.exp(_mpf(u)[0]) if u else _ctx.one for u, _ in key]
             s = _ctx.fsum(n * ev for (_, n), ev in zip(key, e))
             rel = (len(key) + 8) * eps_op
-            self._rows[("atoms", key, prec)] = ([ev / s for ev in e], rel)
-        values, rel = self._rows[("atoms", key, prec)]
+            self._rows[("atoms", kid, prec)] = ([ev / s for ev in e], rel)
+        values, rel = self._rows[("atoms", kid, prec)]
         return values[j], rel
 
     # ------------------------------------------------------------------ output elements

@@ -693,6 +693,65 @@ def _gradients_mp(eng: Engine, fmt: Format, base: int, has_bias: bool) -> Linear
 
 
 # --------------------------------------------------------------------------
+# Chosen elements from the pure mpmath engine
+
+
+class MpmathElements:
+    """Chosen reference elements of one case from the pure mpmath engine alone (exact logits from
+    formats.exact_dot, no fast path), each certified through Ziv's loop: what the fast path's
+    references are checked against where computing every element in mpmath would take too long.
+    Each method returns (entry, proven); the entry is None where the reference says undefined."""
+
+    def __init__(self, inp: LinearLossInputs, fmt: Format, dy: np.ndarray | None = None) -> None:
+        """The engine for ``inp`` in ``fmt``; ``dy`` (as linear_loss_gradient_reference takes it) for gradients."""
+        _check(inp, "mpmath")
+        self.inp, self.fmt = inp, fmt
+        self.status = _status(inp)
+        self.g = [] if dy is None else upstream(inp, dy)
+        self.eng = _engine(inp, fmt, None, self.g)
+        self.base = base_precision(fmt, inp)
+        self.n = int(np.count_nonzero(self.status != "ignored"))
+
+    def loss(self, i: int) -> tuple[Entry, bool]:
+        """Token i's loss (reduction none)."""
+        if self.status[i] == "ignored":
+            return Certifier(self.fmt).zero_entry, True
+        return certified(_at(self.eng.loss_token, i), self.fmt, self.base)
+
+    def loss_reduced(self, reduction: str) -> tuple[Entry | None, bool]:
+        """The mean or the sum of the tokens' losses (every token's logits are computed)."""
+        def redo(prec: int) -> list[Value | str]:
+            return [self.eng.loss_token(i, prec) for i in range(self.inp.tokens)]
+
+        if reduction == "mean" and self.n == 0:
+            return None, True
+        return _reduce(redo(self.base), Fraction(self.n if reduction == "mean" else 1), self.fmt, self.base, redo)
+
+    def _undefined(self) -> bool:
+        return (self.inp.reduction == "mean" and self.n == 0) or bool((self.status == "nan").any())
+
+    def d_hidden(self, i: int, j: int) -> tuple[Entry | None, bool]:
+        """d_hidden[i, j]."""
+        if self._undefined():
+            if self.n == 0 or self.status[i] == "nan":
+                return None, True
+            return Certifier(self.fmt).zero_entry, True
+        return certified(_at(self.eng.d_hidden, i, j), self.fmt, self.base)
+
+    def d_weight(self, c: int, j: int) -> tuple[Entry | None, bool]:
+        """d_weight[c, j] (every token's logits are computed)."""
+        if self._undefined():
+            return None, True
+        return certified(_at(self.eng.d_weight, c, j), self.fmt, self.base)
+
+    def d_bias(self, c: int) -> tuple[Entry | None, bool]:
+        """d_bias[c] (every token's logits are computed)."""
+        if self._undefined():
+            return None, True
+        return certified(lambda prec: self.eng.d_weight(c, None, prec), self.fmt, self.base)
+
+
+# --------------------------------------------------------------------------
 # Envelope statistics
 
 
@@ -711,5 +770,5 @@ def linear_statistics(inp: LinearLossInputs) -> LinearStats:
                        ignored=np.asarray(inp.target) == inp.ignore_index)
 
 
-__all__ = ["LinearGradients", "LinearStats", "exact_logits", "exact_logits_bound", "linear_loss_gradient_reference",
+__all__ = ["LinearGradients", "LinearStats", "MpmathElements", "exact_logits", "exact_logits_bound", "linear_loss_gradient_reference",
            "linear_loss_reference", "linear_statistics"]
