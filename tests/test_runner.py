@@ -56,3 +56,21 @@ def test_backward_only_cases_alone_are_audited_not_nothing_to_audit():
     result = run_audit(["builtin:naive"], AuditOptions(ops=["log_softmax"], formats=[FORMATS["float32"]],
                                                        case_patterns=["gradients"], jobs=1, worker=WorkerOptions(isolated=False)))
     assert result.records and {r.direction for r in result.records} == {"backward"}
+
+
+def test_a_candidate_writing_into_its_input_spoils_no_later_call_on_the_same_unit(tmp_path):
+    """The worker holds a unit's input once (IsolatedExecutor._shipped) and gives each call a copy:
+    softmax zeroing its input in place FAILs, and log_softmax, called next on the same unit in the
+    same worker, still gets the true input and PASSes."""
+    impl = tmp_path / "zeroes_then_honest.py"
+    impl.write_text(
+        "import numpy as np\n"
+        "def softmax(x):\n"
+        "    e = np.exp(x - x.max(-1, keepdims=True))\n    y = e / e.sum(-1, keepdims=True)\n"
+        "    x[...] = 0\n    return y\n"
+        "def log_softmax(x):\n"
+        "    z = x - x.max(-1, keepdims=True)\n    return z - np.log(np.exp(z).sum(-1, keepdims=True))\n"
+    )
+    records = _records(impl)
+    assert all(r.verdict == "FAIL" and r.input_modified for (op, _), r in records.items() if op == "softmax")
+    assert all(r.verdict == "PASS" for (op, _), r in records.items() if op == "log_softmax")

@@ -286,6 +286,8 @@ class WorkerExecutor:
         self._held_x: Any = None
         """The input array the running worker holds (the last one sent): the audit calls every
         candidate, op and direction of a unit on one input, so it crosses the pipe once per unit."""
+        self._held_linear: Any = None
+        """The linear_cross_entropy inputs the running worker holds, likewise."""
 
     # -- process management
 
@@ -307,7 +309,7 @@ class WorkerExecutor:
             os.close(to_child_r)
             os.close(from_child_w)
         self._proc = proc
-        self._held_x = None
+        self._held_x = self._held_linear = None
         self._send_conn = Connection(to_child_w, readable=False)
         self._conn = Connection(from_child_r, writable=False)
 
@@ -433,11 +435,12 @@ class WorkerExecutor:
         return _with_cause(result, sticky, RESTARTED_NOTE)
 
     def _shipped(self, request: CallRequest) -> tuple[CallRequest, bool]:
-        """The request as sent, and whether the worker is to use the input it holds: the same array
-        object as the last one sent to this worker process is not sent again."""
-        if request.x is self._held_x:
-            return dataclasses.replace(request, x=_HELD), True
-        self._held_x = request.x
+        """The request as sent, and whether the worker is to use the inputs it holds: the same input
+        array (and linear_cross_entropy inputs: the weight is V x D) as the last ones sent to this
+        worker process are not sent again."""
+        if request.x is self._held_x and request.linear is self._held_linear:
+            return dataclasses.replace(request, x=_HELD, linear=None), True
+        self._held_x, self._held_linear = request.x, request.linear
         return request, False
 
     def _replace(self) -> None:

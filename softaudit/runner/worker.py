@@ -51,7 +51,7 @@ def _serve(requests: Connection, conn: Connection, rowwise: bool, memory_limit: 
     interpret_triton_on_cpu(device)  # before any candidate is imported: Triton reached through a library too
     candidates: dict[tuple[str, str], Candidate] = {}
     meter: SpeedMeter | None = None
-    held: Any = None  # the input of the unit under audit (IsolatedExecutor._shipped)
+    held: tuple[Any, Any] = (None, None)  # the unit's input and linear inputs (IsolatedExecutor._shipped)
     while True:
         try:
             message = requests.recv()
@@ -70,9 +70,8 @@ def _serve(requests: Connection, conn: Connection, rowwise: bool, memory_limit: 
             conn.send(Benched(kind, payload, _unusable(str(payload) if kind == "speed-skip" else None, device)))
         elif message[0] == "call":
             _, target, name, request, reuse = message
-            held = held if reuse else request.x  # the executor sends a unit's input once (_shipped)
-            if held is not None:  # a copy: a candidate writing into its input spoils no later call
-                request = dataclasses.replace(request, x=held.copy())
+            held = held if reuse else (request.x, request.linear)  # sent once a unit (_shipped)
+            request = _fresh(request, *held)
             label = request.op if request.direction == "forward" else f"{request.op} backward"
             try:
                 with _captured_output() as printed:
@@ -89,6 +88,16 @@ def _serve(requests: Connection, conn: Connection, rowwise: bool, memory_limit: 
             except Exception as exc:
                 conn.send(CallFailed(f"{label} returned something softaudit cannot transfer: "
                                      f"{type(exc).__name__}: {exc}", sticky))
+
+
+def _fresh(request: Any, x: Any, linear: Any) -> Any:
+    """The request with copies of the held inputs: a candidate writing into its input spoils no
+    later call."""
+    if linear is not None:
+        linear = dataclasses.replace(linear, hidden=linear.hidden.copy(), weight=linear.weight.copy(),
+                                     bias=None if linear.bias is None else linear.bias.copy(),
+                                     target=linear.target.copy())
+    return dataclasses.replace(request, x=x if x is None else x.copy(), linear=linear)
 
 
 def _load(target: str, rowwise: bool, probe: bool, candidates: dict[tuple[str, str], Candidate],
