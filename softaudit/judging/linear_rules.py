@@ -8,6 +8,7 @@ verdict the worst of the three, every reason naming its tensor ("weight gradient
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -103,9 +104,7 @@ class LinearUnit:
         return self._stats
 
     def _with_reduction(self, reduction: str) -> LinearLossInputs:
-        inp = self.inp
-        return LinearLossInputs(inp.hidden, inp.weight, inp.bias, inp.target, inp.ignore_index, inp.label_smoothing,
-                                reduction, inp.z_loss, inp.softcap)
+        return dataclasses.replace(self.inp, reduction=reduction)
 
 
 @dataclass
