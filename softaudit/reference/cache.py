@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import tempfile
 import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -149,12 +148,20 @@ rows and masks); level 1 writes them 3x faster than numpy's default (6) for file
 writing was a third of a cold audit's reference time."""
 
 
+_UNFINISHED_WRITES: set[str] = set()
+"""Temporary files write_npz has created and not yet renamed or removed: what a stopped prefetch
+worker deletes before it exits (softaudit.runner.prefetch)."""
+
+
 def write_npz(path: Path, data: dict[str, np.ndarray]) -> None:
     """Write compressed arrays as an .npz (np.load reads it) atomically: a temporary file
-    renamed into place."""
+    renamed into place. The temporary file is registered before it exists, so a worker stopped
+    at any instant can remove it (remove_unfinished_writes)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    tmp = str(path.parent / f".{path.name}.{os.getpid()}.{os.urandom(6).hex()}.tmp")
+    _UNFINISHED_WRITES.add(tmp)
     try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as fh, zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_DEFLATED,
                                                          compresslevel=CACHE_COMPRESSLEVEL) as zf:
             for name, value in data.items():
@@ -164,6 +171,17 @@ def write_npz(path: Path, data: dict[str, np.ndarray]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    finally:
+        _UNFINISHED_WRITES.discard(tmp)
+
+
+def remove_unfinished_writes() -> None:
+    """Delete the temporary files of writes still in progress in this process (called from a
+    signal handler that then exits without unwinding through zipfile, which cannot be
+    interrupted half-way and closed cleanly)."""
+    for tmp in list(_UNFINISHED_WRITES):
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
 
 
 class CacheEntryMismatch(ValueError):

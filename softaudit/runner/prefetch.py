@@ -136,9 +136,13 @@ def _linear_references(case: Case, fmt: Format, needs: UnitNeeds, cache: Referen
 
 
 def _stop_quietly(signum: int, frame) -> None:
-    """SIGTERM in a prefetch worker: unwind (so a cache file being written is removed, not left as
-    a tmp*.tmp) and exit without a traceback."""
-    raise SystemExit(0)
+    """SIGTERM in a prefetch worker: delete the cache file being written (so no tmp file is left)
+    and exit at once, without a traceback. Raising into the interrupted code instead could land
+    inside zipfile, whose half-open archive then fails to close and prints a traceback."""
+    from softaudit.reference.cache import remove_unfinished_writes
+
+    remove_unfinished_writes()
+    os._exit(0)
 
 
 def worker_signals() -> None:
