@@ -1,32 +1,38 @@
 """Check linear_cross_entropy's fast-path references against the pure mpmath engine on the shipped cases.
 
-For every shipped linear_cross_entropy case a CPU audit runs (cases with devices = ["cuda"] are
-listed and skipped) and each format, this computes the fast-path references as the audit does
-(loss none/mean/sum; d_hidden, d_weight, d_bias for the upstream linear_loop draws) and compares
-chosen elements with the pure mpmath engine (reference.linear_loss.MpmathElements: exact logits
-from formats.exact_dot, no fast path): rounded value bit for bit (a zero's sign aside), ulp
-exponent, and class (NaN, inf, undefined). Prints per case x format the elements compared per
-tensor, disagreements, uncertified elements and seconds, then "N elements, D disagreements";
-exits 1 on any disagreement.
+For every shipped linear_cross_entropy case and each format, this computes the fast-path
+references as the audit does (loss none/mean/sum; d_hidden, d_weight, d_bias for the upstream
+linear_loop draws) and compares chosen elements with the pure mpmath engine
+(reference.linear_loss.MpmathElements: exact logits in Python integers, no fast path): rounded
+value bit for bit (a zero's sign aside), ulp exponent, and class (NaN, inf, undefined). Prints per
+case x format the elements compared per tensor, disagreements, uncertified elements and seconds,
+then "N elements, D disagreements"; exits 1 on any disagreement.
 
-The mpmath engine costs seconds per element on these shapes (a token's exact logits: V dot
-products of D terms as Fractions; a d_hidden element: V probability atoms; a d_weight element:
-every token's), so it checks a deterministic sample (Sizes): tokens (the first, then seeded),
-their loss and the d_hidden columns of largest |value| and seeded ones; rows of d_weight (the
-sampled tokens' targets, the largest |d_weight|, seeded) and of d_bias, and the mean and sum,
-which need every token's logits, in one format per case (rotating through the four):
+The mpmath engine costs about a second per 32,000-class token row (its exact logits, V
+exponentials) and an O(V) sum per d_hidden element; d_weight and d_bias elements then cost O(T).
+So it checks, in every format of every case: every token's loss (each row is computed for the
+mean and the sum anyway), the mean and the sum; d_hidden of sampled tokens (the first, then
+seeded) at the columns of largest |value| and seeded ones; d_weight at rows of the sampled
+tokens' targets, of largest |d_weight| and seeded ones; up to 64 d_bias elements (Sizes):
 
     python benchmarks/linear_reference_check.py [--quick | --full] [--cases a,b] [--formats float32]
+        [--jobs 2] [--gpu-cases]
 
---full checks every element of every tensor in every format where the case has at most
-FULL_ELEMENTS (T + 1) V (D + 1) elements (no shipped case: they are for a GPU-free audit, not for
-Python mpmath), and a larger sample elsewhere. A checkout other than the installed one:
-PYTHONPATH=$PWD python benchmarks/linear_reference_check.py.
+--quick: one token per case x format, nothing needing every token. --full: a larger sample, every
+d_bias element, and every element of every tensor where the case has at most FULL_ELEMENTS
+(T + 1) V (D + 1) of them (no shipped case). --gpu-cases adds the full-size cases (devices =
+["cuda"]) as the per-token references of GPU_TOKENS tokens each, computed as a case of those
+tokens alone at the full weight: every token's exact logits at 4096 x 128256 would take hours in
+Python integers, so their mean, sum, d_weight and d_bias are not checked. A checkout other than
+the installed one: PYTHONPATH=$PWD python benchmarks/linear_reference_check.py.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
+import multiprocessing
 import sys
 import time
 from dataclasses import dataclass, field
@@ -64,8 +70,11 @@ class Sizes:
 
 
 QUICK = Sizes(tokens=1, hidden_cols=1, weight_rows=1, weight_cols=1, bias_rows=2, whole=False)
-DEFAULT = Sizes(tokens=1, hidden_cols=2, weight_rows=2, weight_cols=1, bias_rows=3, whole=True)
-FULL_SAMPLE = Sizes(tokens=2, hidden_cols=4, weight_rows=4, weight_cols=2, bias_rows=6, whole=True)
+DEFAULT = Sizes(tokens=2, hidden_cols=2, weight_rows=6, weight_cols=4, bias_rows=64, whole=True)
+GPU_TOKENS = 2
+"""Tokens of a full-size GPU case checked (--gpu-cases): the first live one and a seeded one."""
+GPU_SAMPLE = Sizes(tokens=GPU_TOKENS, hidden_cols=2, weight_rows=0, weight_cols=0, bias_rows=0, whole=False)
+FULL_SAMPLE = Sizes(tokens=4, hidden_cols=8, weight_rows=16, weight_cols=16, bias_rows=sys.maxsize, whole=True)
 
 
 @dataclass
@@ -136,8 +145,10 @@ def compare_case(inp: LinearLossInputs, fmt: Format, dy: np.ndarray, sizes: Size
         tokens = list(range(t))
     else:
         tokens = [0] + _seeded(rng, t, sizes.tokens - 1, {0})
-    for i in tokens:
+    # With the whole-case quantities every token's row is computed anyway: every loss is checked.
+    for i in range(t) if sizes is None or sizes.whole else tokens:
         check("loss", f"loss[{i}]", entry(loss.none, (i,)), slow.loss(i))
+    for i in tokens:
         if sizes is None:
             cols = list(range(d))
         else:
@@ -168,7 +179,7 @@ def compare_case(inp: LinearLossInputs, fmt: Format, dy: np.ndarray, sizes: Size
         for j in cols:
             check("d_weight", f"d_weight[{c}, {j}]", entry(grads.weight, (c, j)), slow.d_weight(c, j))
     if grads.bias is not None:
-        if sizes is None:
+        if sizes is None or sizes.bias_rows >= v:
             brows = list(range(v))
         else:
             brows = targets[: sizes.bias_rows]
@@ -178,6 +189,35 @@ def compare_case(inp: LinearLossInputs, fmt: Format, dy: np.ndarray, sizes: Size
             check("d_bias", f"d_bias[{c}]", entry(grads.bias, (c,)), slow.d_bias(c))
     tally.seconds = time.perf_counter() - started
     return tally
+
+
+def token_subcase(inp: LinearLossInputs, tokens: list[int]) -> LinearLossInputs:
+    """The chosen tokens of a case alone, with reduction "none": each token's loss and d_hidden
+    row are those of the whole case up to its upstream factor, at the case's full weight."""
+    return dataclasses.replace(inp, hidden=inp.hidden[tokens], target=inp.target[tokens], reduction="none")
+
+
+def check_one(task: tuple[str, str, Sizes | None, int]) -> tuple[str, str, Tally, str]:
+    """One case x format (a worker's task): its tally and whether every element was compared."""
+    name, fname, sizes, seed = task
+    case = next(c for c in load_cases() if c.name == name)
+    fmt = FORMATS[fname]
+    inp = linear_inputs(case, fmt, seed=seed)
+    if not case.runs_on("cpu"):
+        # A full-size GPU case: a few tokens' per-token references at the full weight (every
+        # token's logits in Python integers would take hours).
+        rng = np.random.default_rng(seed)
+        live = [i for i in range(inp.tokens) if int(inp.target[i]) != inp.ignore_index]
+        tokens = [live[0]] + [live[k] for k in _seeded(rng, len(live), GPU_TOKENS - 1, {0})]
+        sub = token_subcase(inp, sorted(tokens))
+        dy = np.asarray(upstream(case, fmt, (sub.tokens,), seed=seed)).astype(np.float64)
+        tally = compare_case(sub, fmt, dy, GPU_SAMPLE, seed=seed)
+        return name, fname, tally, f"tokens {sorted(tokens)} alone"
+    dy = upstream(case, fmt, (inp.tokens,) if inp.reduction == "none" else (), seed=seed)
+    dy = np.asarray(dy).astype(np.float64)
+    chosen = None if sizes is None or (sizes is FULL_SAMPLE and full_size(inp)) else sizes
+    tally = compare_case(inp, fmt, dy, chosen, seed=seed)
+    return name, fname, tally, "every element" if chosen is None else "sample"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -190,38 +230,34 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cases", default=None, help="comma-separated case names (default: all)")
     ap.add_argument("--formats", default=",".join(FORMAT_NAMES))
     ap.add_argument("--seed", type=int, default=0, help="the audit's seed (inputs, upstream) and the sample's")
+    ap.add_argument("--gpu-cases", action="store_true",
+                    help="also the full-size cases (devices = [\"cuda\"]): per-token references of "
+                         f"{GPU_TOKENS} tokens each (needs about 16 GB of memory)")
+    ap.add_argument("--jobs", type=int, default=1, help="case x format pairs checked at once (processes)")
     ap.add_argument("--show", type=int, default=5, help="disagreements listed per case x format")
     args = ap.parse_args(argv)
     sizes = QUICK if args.quick else FULL_SAMPLE if args.full else DEFAULT
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or args.jobs < 1:
+        ap.error(f"unknown format {unknown[0]!r}" if unknown else "--jobs takes 1 or more")
     names = None if args.cases is None else {c.strip() for c in args.cases.split(",")}
     cases = sorted((c for c in load_cases() if c.linear and (names is None or c.name in names)), key=lambda c: c.name)
     t0 = time.perf_counter()
     total = bad = unc = 0
     head = " ".join(f"{n:>9}" for n in TENSORS)
     print(f"{'case':24} {'format':9} {head} {'disagree':>8} {'uncert':>6} {'seconds':>8}")
-    for n_case, case in enumerate(cases):
-        if not case.runs_on("cpu"):
-            print(f"{case.name:24} skipped: devices = {list(case.devices)} (a GPU-only case)")
-            continue
-        for n_fmt, fname in enumerate(formats):
-            fmt = FORMATS[fname]
-            inp = linear_inputs(case, fmt, seed=args.seed)
-            dy = upstream(case, fmt, (inp.tokens,) if inp.reduction == "none" else (), seed=args.seed)
-            dy = np.asarray(dy).astype(np.float64)
-            # Every token's logits in mpmath are the dear part: the whole-case quantities in one
-            # format per case, rotating (all four over the cases).
-            whole = args.full or (not args.quick and ((n_case + n_fmt) % len(formats) == 0 or len(formats) == 1))
-            if args.full and full_size(inp):
-                chosen = None
-            else:
-                chosen = Sizes(**{**sizes.__dict__, "whole": whole})
-            tally = compare_case(inp, fmt, dy, chosen, seed=args.seed)
+    for case in cases:
+        if not case.runs_on("cpu") and not args.gpu_cases:
+            print(f"{case.name:24} skipped: devices = {list(case.devices)} (a GPU-only case: --gpu-cases)")
+    tasks = [(c.name, f, sizes, args.seed) for c in cases if args.gpu_cases or c.runs_on("cpu") for f in formats]
+    with multiprocessing.get_context("spawn").Pool(args.jobs) if args.jobs > 1 else contextlib.nullcontext() as pool:
+        results = pool.imap(check_one, tasks) if pool is not None else map(check_one, tasks)
+        for name, fname, tally, scope in results:
             n = sum(tally.compared.values())
             total, bad, unc = total + n, bad + len(tally.bad), unc + tally.uncertified
             counts = " ".join(f"{tally.compared[x]:>9}" for x in TENSORS)
-            scope = "every element" if chosen is None else "sample"
-            print(f"{case.name:24} {fname:9} {counts} {len(tally.bad):>8} {tally.uncertified:>6} "
+            print(f"{name:24} {fname:9} {counts} {len(tally.bad):>8} {tally.uncertified:>6} "
                   f"{tally.seconds:>8.1f}  {scope}", flush=True)
             for line in tally.bad[: args.show]:
                 print(f"    {line}")

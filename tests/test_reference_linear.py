@@ -114,6 +114,36 @@ def test_logits_are_the_exact_dot_products(fmt: Format):
             assert abs(float(lo[i, c])) <= math.ulp(float(hi[i, c])) / 2
 
 
+@pytest.mark.parametrize("chunked", [False, True], ids=["whole", "chunked"])
+def test_the_mpmath_engines_integer_logits_are_the_exact_dot_products(chunked, monkeypatch):
+    """The referee's logits (Python integers, no float splitting) on subnormal, huge, negative and
+    zero factors, with a bias: equal to Fraction sums of exact products, whether the weight is
+    converted whole or two rows at a time, and every token at once or one by one."""
+    from softaudit.reference import linear_exact
+    from softaudit.reference.linear_exact import ExactLogits, as_integers
+
+    if chunked:
+        monkeypatch.setattr(linear_exact, "EXACT_LOGITS_CHUNK", 2 * 17)
+        monkeypatch.setattr(linear_exact, "EXACT_LOGITS_AT_ONCE", 1)
+
+    rng = np.random.default_rng(8)
+    h = rng.standard_normal((3, 17)) * np.exp(rng.uniform(-700, 700, (3, 17)))
+    w = rng.standard_normal((5, 17)) * np.exp(rng.uniform(-700, 700, (5, 17)))
+    h[0, :4] = [5e-324, -2.0**-1070, 0.0, -0.0]
+    w[1, :] = 0.0
+    b = rng.standard_normal(5)
+    m, e = as_integers(h)
+    assert all(Fraction(int(m[i, j])) * Fraction(2) ** e == Fraction(float(h[i, j]))
+               for i in range(3) for j in range(17))
+    exact = ExactLogits(LinearLossInputs(h, w, b, np.zeros(3, dtype=np.int64)))
+    for i in range(3):
+        want = [sum((Fraction(float(x)) * Fraction(float(y)) for x, y in zip(h[i], w[c])), Fraction(0))
+                + Fraction(float(b[c])) for c in range(5)]
+        assert exact.row(i) == want
+    with pytest.raises(ValueError, match="finite"):
+        as_integers(np.array([1.0, np.inf]))
+
+
 def test_float64_logits_are_bounded_where_106_bits_cannot_hold_them():
     rng = np.random.default_rng(2)
     h = rng.standard_normal((2, 50)) * np.exp(rng.uniform(-40, 40, (2, 50)))

@@ -5,7 +5,7 @@ element the fast path cannot prove. Every quantity is computed at a working prec
 rigorous bound on its error; an element is accepted when its whole interval rounds one way
 (exact.Certifier), else it is recomputed at 2P (Ziv's strategy, up to exact.MAX_PRECISION).
 
-Exact logits z_ic = sum_d h_id w_cd + b_c are Fractions (formats.exact_dot). The rest follows the
+Exact logits z_ic = sum_d h_id w_cd + b_c are Fractions from integer arithmetic (ExactLogits). The rest follows the
 module docstring of reference.linear_loss. What intervals cannot settle is made exact instead:
 
 * a logit of 0 under a softcap is 0 (tanh(0) = 0) with a derivative of exactly 1;
@@ -22,8 +22,9 @@ module docstring of reference.linear_loss. What intervals cannot settle is made 
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import TYPE_CHECKING
@@ -32,7 +33,7 @@ import mpmath
 import numpy as np
 from mpmath.libmp import from_man_exp
 
-from softaudit.formats import Format, exact_dot
+from softaudit.formats import Format
 from softaudit.reference.exact import MAX_PRECISION, Certifier, Entry
 
 if TYPE_CHECKING:
@@ -44,15 +45,80 @@ _ctx = mpmath.MPContext()
 _SAFETY = 2
 
 
+def as_integers(a: np.ndarray) -> tuple[np.ndarray, int]:
+    """Finite float values as exact integers and one exponent: a = M 2^E elementwise, M an object
+    array of Python ints (each value's mantissa without its trailing zeros, shifted to E)."""
+    a = np.asarray(a, dtype=np.float64)
+    if not np.isfinite(a).all():
+        raise ValueError("as_integers takes finite values")
+    frac, exp = np.frexp(a)
+    m = (frac * 2.0**53).astype(np.int64)  # exact: |frac| in [1/2, 1) has 53 bits
+    e = exp.astype(np.int64) - 53
+    nz = m != 0
+    tz = np.zeros_like(m)
+    lowest = m[nz] & -m[nz]  # the lowest set bit, a power of two below 2^53
+    tz[nz] = np.log2(lowest.astype(np.float64)).astype(np.int64)
+    m = np.where(nz, m >> tz, 0)
+    e = e + tz
+    base = int(e[nz].min()) if nz.any() else 0
+    shifts = np.where(nz, e - base, 0)
+    return m.astype(object) << shifts.astype(object), base
+
+
+EXACT_LOGITS_CHUNK = 1 << 22
+"""Weight elements converted to Python integers at a time (about 150 MB of them)."""
+
+EXACT_LOGITS_AT_ONCE = 1 << 23
+"""Up to this many tokens x classes, the first row asked for brings every token's (the weight is
+converted once); beyond it each row is computed alone."""
+
+
+@dataclass
+class ExactLogits:
+    """z_ic = sum_d h_id w_cd + b_c as exact Fractions, by integer arithmetic: h and w as Python
+    integers times a power of two (as_integers), products summed as integers. Independent of the
+    fast path's float64 splitting (reference.exact_dot) by construction."""
+
+    inp: LinearLossInputs
+    _rows: dict[int, list[Fraction]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.hidden = np.asarray(self.inp.hidden).astype(np.float64)
+        self.weight = np.asarray(self.inp.weight)
+        self.b = None if self.inp.bias is None else [Fraction(float(x)) for x in np.asarray(self.inp.bias).astype(np.float64)]
+
+    def row(self, i: int) -> list[Fraction]:
+        """Token i's V logits."""
+        if i not in self._rows:
+            t, v = self.inp.tokens, self.inp.vocabulary
+            todo = [k for k in range(t) if k not in self._rows] if t * v <= EXACT_LOGITS_AT_ONCE else [i]
+            self._rows.update(self._compute(todo))
+        return self._rows[i]
+
+    def _compute(self, tokens: list[int]) -> dict[int, list[Fraction]]:
+        h, eh = as_integers(self.hidden[tokens])
+        out: dict[int, list[Fraction]] = {i: [] for i in tokens}
+        v, d = self.weight.shape
+        step = max(1, EXACT_LOGITS_CHUNK // max(d, 1))
+        for a in range(0, v, step):
+            w, ew = as_integers(self.weight[a:a + step].astype(np.float64))
+            dots = (w @ h.T).T.tolist()  # tokens x classes, exact integers
+            e = eh + ew
+            for i, row in zip(tokens, dots):
+                if e >= 0:
+                    out[i].extend(Fraction(int(x) << e) for x in row)
+                else:
+                    out[i].extend(Fraction(int(x), 1 << -e) for x in row)
+        if self.b is not None:
+            for i in tokens:
+                out[i] = [zc + bc for zc, bc in zip(out[i], self.b)]
+        return out
+
+
 def exact_logit_rows(inp: LinearLossInputs, rows: list[int] | None = None) -> dict[int, list[Fraction]]:
     """z_ic as exact Fractions for the given tokens (all by default)."""
-    h = np.asarray(inp.hidden).astype(np.float64)
-    w = np.asarray(inp.weight).astype(np.float64)
-    b = None if inp.bias is None else np.asarray(inp.bias).astype(np.float64)
-    out = {}
-    for i in (range(h.shape[0]) if rows is None else rows):
-        out[i] = [exact_dot(h[i], w[c]) + (Fraction(float(b[c])) if b is not None else 0) for c in range(w.shape[0])]
-    return out
+    exact = ExactLogits(inp)
+    return {i: exact.row(i) for i in (range(inp.tokens) if rows is None else rows)}
 
 
 def upstream(inp: LinearLossInputs, dy: np.ndarray) -> list[Fraction]:
@@ -75,6 +141,13 @@ def _mpf(q: Fraction) -> tuple[mpmath.mpf, mpmath.mpf]:
         return _ctx.make_mpf(from_man_exp(q.numerator, -(d.bit_length() - 1))), _ctx.zero
     v = _ctx.mpf(q.numerator) / d
     return v, abs(v) * _ctx.ldexp(1, 2 - _ctx.prec)
+
+
+def _sorted_rationals(values: set[Fraction]) -> list[Fraction]:
+    """Rationals in increasing order, compared as integers over their common denominator (exact
+    logits are dyadic, so it is the largest one): Fraction comparisons cost microseconds."""
+    den = functools.reduce(math.lcm, {q.denominator for q in values}, 1)
+    return sorted(values, key=lambda q: q.numerator * (den // q.denominator))
 
 
 @dataclass
@@ -105,12 +178,33 @@ def _negligible(rem: mpmath.mpf, r: Fraction) -> bool:
     return r != 0 and rem < _ctx.ldexp(abs(_mpf(r)[0]), -_ctx.prec - 8)
 
 
+class LazyRow(Sequence):
+    """A row of V values, each computed by ``compute`` on first access and kept."""
+
+    def __init__(self, size: int, compute: Callable[[int], Value]) -> None:
+        self._size, self._compute = size, compute
+        self._done: dict[int, Value] = {}
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __getitem__(self, c):
+        if isinstance(c, slice):
+            return [self[k] for k in range(*c.indices(self._size))]
+        if not -self._size <= c < self._size:
+            raise IndexError(c)
+        c %= self._size
+        if c not in self._done:
+            self._done[c] = self._compute(c)
+        return self._done[c]
+
+
 @dataclass
 class TokenRow:
     """One token at one precision, for an upstream gradient of 1: the loss and X_c = dL/dz_c."""
 
     loss: Value
-    x: list[Value]
+    x: Sequence[Value]
     lse: Value
 
 
@@ -207,7 +301,7 @@ class Engine:
         err_lse = err_l + ey[imax] + eps_op * abs(lse)
         lse_v = Value(lse, err_lse)
         loss = self._loss(z, t, d, ed, big_l, err_l, lse_v, k, eps_op)
-        x = self._gradient_row(z, t, e_vals, rel, s, err_t, k, is_max, sech, lse_v, eps_op, t_sum)
+        x = self._gradient_row(z, t, e_vals, rel, s, err_t, k, is_max, sech, lse_v, eps_op, t_sum, prec)
         return TokenRow(loss, x, lse_v)
 
     def _loss(self, z, t, d, ed, big_l, err_l, lse: Value, k: int, eps_op) -> Value:
@@ -249,15 +343,22 @@ class Engine:
             total, err = total + zt, err + e_z
         return Value(total, _SAFETY * (err + 2 * eps_op * total))
 
-    def _gradient_row(self, z, t, e_vals, rel, s, err_t, k, is_max, sech, lse: Value, eps_op, t_sum) -> list[Value]:
+    def _gradient_row(self, z, t, e_vals, rel, s, err_t, k, is_max, sech, lse: Value, eps_op, t_sum,
+                      prec: int) -> Sequence[Value]:
+        """X_c for every class, each computed when first read (a d_weight element needs one class of
+        every token; only d_hidden reads whole rows)."""
         v = self.v
-        coef = [self.eps / v + ((1 - self.eps) if c == t else 0) for c in range(v)]
+        off, on = self.eps / v, self.eps / v + (1 - self.eps)
+
+        def coef_of(c: int) -> Fraction:
+            return on if c == t else off
+
         if k == v and (self.zl == 0 or v == 1):
             # Every logit exactly equal: p = 1/V, G = (1 + 2 zl lse) / V - coef (lse = z when V = 1).
             b_q = 1 + 2 * self.zl * z[0] if v == 1 else Fraction(1)
             out = []
             for c in range(v):
-                q = (b_q / v - coef[c]) * (sech[c].exact or Fraction(1))
+                q = (b_q / v - coef_of(c)) * (sech[c].exact or Fraction(1))
                 vm, e = _mpf(q)
                 out.append(Value(vm, e, q))
             return out
@@ -265,26 +366,32 @@ class Engine:
         b = 1 + 2 * zv * lse.v
         err_b = 2 * zv * lse.err + 3 * eps_op * abs(b)
         s_low = s - err_t
-        out = []
-        for c in range(v):
-            cm, ec = _mpf(coef[c])
+
+        def at(c: int) -> Value:
+            saved, _ctx.prec = _ctx.prec, prec
+            try:
+                return element(c)
+            finally:
+                _ctx.prec = saved
+
+        def element(c: int) -> Value:
+            coef = coef_of(c)
+            cm, ec = _mpf(coef)
             if c in is_max and not self.zl and self.cap is None:
                 # G = (1 - k coef) / k - t / (k (k + t)): a rational and a negative remainder.
-                a0q = (1 - k * coef[c]) / k
+                a0q = (1 - k * coef) / k
                 rem = (t_sum + err_t) / (k * k) * (1 + 4 * eps_op)
                 if t_sum + err_t == 0:
                     vm, e = _mpf(a0q)
-                    out.append(Value(vm, e, a0q))
-                    continue
+                    return Value(vm, e, a0q)
                 if _negligible(rem, a0q):
                     low = max(t_sum - err_t, 0) / (k * (k + t_sum + err_t)) * (1 - 4 * eps_op)
-                    out.append(Value(_mpf(a0q)[0], rem, a0q, -1, low))
-                    continue
+                    return Value(_mpf(a0q)[0], rem, a0q, -1, low)
             if c in is_max and self.zl and self.cap is None and k == 1:
                 # G = (1 - coef + 2 zl (m + L) - coef t) / (1 + t) = q + r: q = 1 - coef + 2 zl m
                 # rational; r = [t (2 zl - 1 - 2 zl m) + 2 zl (L - t)] / (1 + t), L - t in [-t^2/2, 0].
                 mx = max(z)
-                q = 1 - coef[c] + 2 * self.zl * mx
+                q = 1 - coef + 2 * self.zl * mx
                 sl = 2 * self.zl - 1 - 2 * self.zl * mx
                 t_up = t_sum + err_t
                 zlm = _mpf(self.zl)[0]
@@ -293,20 +400,18 @@ class Engine:
                 if t_up and settled and _negligible(bound, q):
                     t_low = max(t_sum - err_t, 0)
                     low = max((t_low * abs(_mpf(sl)[0]) - zlm * t_up * t_up) / (1 + t_up), 0) * (1 - 4 * eps_op)
-                    out.append(Value(_mpf(q)[0], bound, q, 1 if sl > 0 else -1, low))
-                    continue
-            if c not in is_max and self.cap is None and coef[c] and abs(b) > err_b:
+                    return Value(_mpf(q)[0], bound, q, 1 if sl > 0 else -1, low)
+            if c not in is_max and self.cap is None and coef and abs(b) > err_b:
                 p_up = e_vals[c] / s * (1 + rel[c] + err_t / s_low + 3 * eps_op)
                 rem = (abs(b) + err_b) * p_up
-                if _negligible(rem, coef[c]):
+                if _negligible(rem, coef):
                     # G = -coef + B p: B p far below coef's last digit, of B's sign.
                     p_low = e_vals[c] / s * max(1 - rel[c] - err_t / s_low - 3 * eps_op, 0)
                     low = (abs(b) - err_b) * p_low * (1 - 4 * eps_op)
-                    out.append(Value(-_mpf(coef[c])[0], rem, -coef[c], 1 if b > 0 else -1, low))
-                    continue
+                    return Value(-_mpf(coef)[0], rem, -coef, 1 if b > 0 else -1, low)
             if c in is_max:
                 # B/s - coef = ((1 - k coef) + 2 zl lse - coef t) / s: no cancellation of B p against coef.
-                a0, ea0 = _mpf(1 - k * coef[c])
+                a0, ea0 = _mpf(1 - k * coef)
                 num = a0 + 2 * zv * lse.v - cm * t_sum
                 e_num = ea0 + 2 * zv * lse.err + ec * t_sum + cm * err_t + 4 * eps_op * (abs(a0) + abs(2 * zv * lse.v) + cm * t_sum)
                 val = num / s
@@ -319,8 +424,9 @@ class Engine:
             sc = sech[c]
             val2 = val * sc.v
             err2 = err * (sc.v + sc.err) + abs(val) * sc.err + 2 * eps_op * abs(val2)
-            out.append(Value(val2, _SAFETY * err2))
-        return out
+            return Value(val2, _SAFETY * err2)
+
+        return LazyRow(v, at)
 
     # ------------------------------------------------------------------ exact combinations
 
@@ -330,8 +436,8 @@ class Engine:
         is not cached), each class's j, and the maximum's j."""
         if ("shape", i) not in self._rows:
             z = self.logits(i)
-            mx = max(z)
-            uniq = sorted(set(z))
+            uniq = _sorted_rationals(set(z))
+            mx = uniq[-1]
             index = {u: j for j, u in enumerate(uniq)}
             counts = [0] * len(uniq)
             for zc in z:
@@ -364,17 +470,21 @@ class Engine:
             kid, key, where, top = self._shape(i)
             keys[kid] = key
             t = self.target[i]
-            per = [Fraction(0)] * len(key)
+            per: dict[int, Fraction] = {}
             for c, wc in wts.items():
-                per[where[c]] += wc
+                per[where[c]] = per.get(where[c], Fraction(0)) + wc
             n_top = key[top][1]
             g = self.g[i]
-            for j, (_, n_j) in enumerate(key):
-                q = per[j] - n_j * per[top] / n_top
+            w_top = per.get(top, Fraction(0))
+            # Every atom's multiple is per_j - n_j w_top / n_top: only the classes weighted when
+            # the maximum is not (a d_weight or d_bias element, mostly), every one when it is.
+            classes = per if not w_top else range(len(key))
+            for j in classes:
+                q = per.get(j, Fraction(0)) - key[j][1] * w_top / n_top
                 if j != top and q:
                     atoms[(kid, j)] = atoms.get((kid, j), Fraction(0)) + g * q
             coef_sum = self.eps / self.v * sum(wts.values(), Fraction(0)) + (1 - self.eps) * wts.get(t, Fraction(0))
-            rational += g * (per[top] / n_top - coef_sum)
+            rational += g * (w_top / n_top - coef_sum)
         _ctx.prec = prec
         eps_op = _ctx.ldexp(1, 2 - prec)
         terms = []
@@ -540,4 +650,4 @@ def base_precision(fmt: Format, inp: LinearLossInputs) -> int:
     return fmt.p + 80 + max(inp.vocabulary, 2).bit_length()
 
 
-__all__ = ["Engine", "Value", "add_values", "base_precision", "certified", "certify_value", "exact_logit_rows", "upstream"]
+__all__ = ["Engine", "Value", "add_values", "base_precision", "certified", "certify_value", "ExactLogits", "as_integers", "exact_logit_rows", "upstream"]

@@ -51,12 +51,12 @@ from softaudit.reference.fast_double_double import certify, pairwise_sum, unscal
 from softaudit.reference.fast_path import Certified, cut, cut_term, store_rows
 from softaudit.reference.linear_exact import (
     Engine,
+    ExactLogits,
     Value,
     add_values,
     base_precision,
     certified,
     certify_value,
-    exact_logit_rows,
     upstream,
 )
 from softaudit.reference.loss import LossReference
@@ -428,13 +428,16 @@ def _fast(inp: LinearLossInputs, fmt: Format, g: list[Fraction] | None) -> _Fast
 def _engine(inp: LinearLossInputs, fmt: Format, fast_logits: Logits | None, g: list[Fraction]) -> Engine:
     """The mpmath engine for this case, its exact logits taken from the fast path where exact."""
     cache: dict[int, list[Fraction]] = {}
+    exact: list[ExactLogits] = []  # built on first need: it converts the whole weight
 
     def logits(i: int) -> list[Fraction]:
         if i not in cache:
             if fast_logits is not None and not fast_logits.err[i].any() and fast_logits.trusted[i].all():
                 cache[i] = [Fraction(float(a)) + Fraction(float(b)) for a, b in zip(fast_logits.hi[i], fast_logits.lo[i])]
             else:
-                cache[i] = exact_logit_rows(inp, [i])[i]
+                if not exact:
+                    exact.append(ExactLogits(inp))
+                cache[i] = exact[0].row(i)
         return cache[i]
 
     return Engine(inp, fmt, logits, g)
