@@ -22,8 +22,9 @@ tokens' targets, of largest |d_weight| and seeded ones; up to 64 d_bias elements
 d_bias element, and every element of every tensor where the case has at most FULL_ELEMENTS
 (T + 1) V (D + 1) of them (no shipped case). --gpu-cases adds the full-size cases (devices =
 ["cuda"]) as the per-token references of GPU_TOKENS tokens each, computed as a case of those
-tokens alone at the full weight: every token's exact logits at 4096 x 128256 would take hours in
-Python integers, so their mean, sum, d_weight and d_bias are not checked. A checkout other than
+tokens alone at the full weight: their losses, and d_hidden where V x D <= GPU_GRADIENT_ELEMENTS
+(the gradient references' memory). Every token's exact logits at 4096 x 128256 would take hours in
+Python integers, so the mean, sum, d_weight and d_bias of these cases are not checked. A checkout other than
 the installed one: PYTHONPATH=$PWD python benchmarks/linear_reference_check.py.
 """
 
@@ -74,6 +75,10 @@ DEFAULT = Sizes(tokens=2, hidden_cols=2, weight_rows=6, weight_cols=4, bias_rows
 GPU_TOKENS = 2
 """Tokens of a full-size GPU case checked (--gpu-cases): the first live one and a seeded one."""
 GPU_SAMPLE = Sizes(tokens=GPU_TOKENS, hidden_cols=2, weight_rows=0, weight_cols=0, bias_rows=0, whole=False)
+GPU_GRADIENT_ELEMENTS = 1 << 28
+"""Largest V x D whose gradient references --gpu-cases computes: they hold d_weight (V x D) in
+double-double with bounds, about 55 bytes per element (7.2 GB at 4096 x 32000), so beyond it
+(4096 x 128256, 2560 x 262144) only the losses are checked on a 24 GB machine."""
 FULL_SAMPLE = Sizes(tokens=4, hidden_cols=8, weight_rows=16, weight_cols=16, bias_rows=sys.maxsize, whole=True)
 
 
@@ -124,14 +129,18 @@ def full_size(inp: LinearLossInputs) -> bool:
     return (inp.tokens + 1) * inp.vocabulary * (inp.hidden_size + 1) <= FULL_ELEMENTS
 
 
-def compare_case(inp: LinearLossInputs, fmt: Format, dy: np.ndarray, sizes: Sizes | None, seed: int = 0) -> Tally:
-    """Compare the fast path with pure mpmath on one case: every element (sizes None) or a sample."""
+def compare_case(inp: LinearLossInputs, fmt: Format, dy: np.ndarray, sizes: Sizes | None, seed: int = 0,
+                 gradients: bool = True) -> Tally:
+    """Compare the fast path with pure mpmath on one case: every element (sizes None) or a sample;
+    the losses alone where ``gradients`` is False."""
     started = time.perf_counter()
     tally = Tally()
     rng = np.random.default_rng(seed)
     loss = linear_loss_reference(inp, fmt)
-    grads = linear_loss_gradient_reference(inp, dy, fmt)
-    tally.uncertified += loss.uncertified + grads.uncertified
+    tally.uncertified += loss.uncertified
+    if gradients:
+        grads = linear_loss_gradient_reference(inp, dy, fmt)
+        tally.uncertified += grads.uncertified
     slow = MpmathElements(inp, fmt, dy)
     t, d, v = inp.tokens, inp.hidden_size, inp.vocabulary
 
@@ -148,6 +157,9 @@ def compare_case(inp: LinearLossInputs, fmt: Format, dy: np.ndarray, sizes: Size
     # With the whole-case quantities every token's row is computed anyway: every loss is checked.
     for i in range(t) if sizes is None or sizes.whole else tokens:
         check("loss", f"loss[{i}]", entry(loss.none, (i,)), slow.loss(i))
+    if not gradients:
+        tally.seconds = time.perf_counter() - started
+        return tally
     for i in tokens:
         if sizes is None:
             cols = list(range(d))
@@ -211,8 +223,9 @@ def check_one(task: tuple[str, str, Sizes | None, int]) -> tuple[str, str, Tally
         tokens = [live[0]] + [live[k] for k in _seeded(rng, len(live), GPU_TOKENS - 1, {0})]
         sub = token_subcase(inp, sorted(tokens))
         dy = np.asarray(upstream(case, fmt, (sub.tokens,), seed=seed)).astype(np.float64)
-        tally = compare_case(sub, fmt, dy, GPU_SAMPLE, seed=seed)
-        return name, fname, tally, f"tokens {sorted(tokens)} alone"
+        grads = sub.vocabulary * sub.hidden_size <= GPU_GRADIENT_ELEMENTS
+        tally = compare_case(sub, fmt, dy, GPU_SAMPLE, seed=seed, gradients=grads)
+        return name, fname, tally, f"tokens {sorted(tokens)} alone" + ("" if grads else ", losses only")
     dy = upstream(case, fmt, (inp.tokens,) if inp.reduction == "none" else (), seed=seed)
     dy = np.asarray(dy).astype(np.float64)
     chosen = None if sizes is None or (sizes is FULL_SAMPLE and full_size(inp)) else sizes

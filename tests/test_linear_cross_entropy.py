@@ -116,6 +116,24 @@ def test_inputs_are_seeded_exact_format_values(tmp_path):
         generate(case, FORMATS["float32"])
 
 
+@pytest.mark.parametrize("chunk", [16 * 5, 16 * 96])
+def test_the_weight_is_the_same_drawn_in_chunks(tmp_path, monkeypatch, chunk):
+    """A full-size weight is drawn and rounded a few rows at a time (4096 x 128256 in float64
+    beside its copies needed 30 GB): the inputs are those of one whole draw, the confident
+    tokens' hidden states included (they are built from weight rows drawn again)."""
+    from softaudit.cases import linear_inputs as module
+
+    (case,) = load_cases([_cases(tmp_path, TINY)], include_default=False)
+    whole = linear_inputs(case, FORMATS["float32"], seed=3)
+    monkeypatch.setattr(module, "WEIGHT_CHUNK", chunk)
+    parts = linear_inputs(case, FORMATS["float32"], seed=3)
+    for name in ("hidden", "weight", "target"):
+        assert np.array_equal(getattr(whole, name), getattr(parts, name))
+    rng = np.random.default_rng(np.random.SeedSequence([3, case.seed, 4]))
+    w64 = rng.standard_normal((96, 16)) * (float(case.param("logit_std")) / 4.0)
+    assert np.array_equal(round_float64_array(w64, FORMATS["float32"]), parts.weight)
+
+
 # -- audits --------------------------------------------------------------------------
 
 

@@ -67,6 +67,40 @@ class LinearLossInputs:
         return kw
 
 
+WEIGHT_CHUNK = 1 << 22
+"""Weight elements drawn in float64 at a time: a full-size weight (4096 x 128256) is never held in
+float64 beside its rounded copy (the stream is the same drawn whole or in consecutive chunks)."""
+
+
+def _weight_chunks(rng: np.random.Generator, vocab: int, hidden: int, scale: float):
+    """The weight in float64 as (first row, rows) chunks of consecutive rows, drawn in order."""
+    step = max(1, WEIGHT_CHUNK // max(hidden, 1))
+    for a in range(0, vocab, step):
+        chunk = rng.standard_normal((min(step, vocab - a), hidden))
+        chunk *= scale
+        yield a, chunk
+
+
+def _weight(rng: np.random.Generator, vocab: int, hidden: int, scale: float, fmt: Format) -> np.ndarray:
+    """The weight ~ N(0, scale^2) rounded into fmt, chunk by chunk."""
+    out = np.empty((vocab, hidden), dtype=fmt.np_dtype)
+    for a, chunk in _weight_chunks(rng, vocab, hidden, scale):
+        out[a:a + chunk.shape[0]] = round_float64_array(chunk, fmt)
+    return out
+
+
+def _weight_rows(rng: np.random.Generator, vocab: int, hidden: int, scale: float, rows: np.ndarray) -> np.ndarray:
+    """Chosen rows of the weight in float64 before rounding, drawn again from the stream's start."""
+    out = np.empty((len(rows), hidden))
+    last = int(np.max(rows))
+    for a, chunk in _weight_chunks(rng, vocab, hidden, scale):
+        here = (rows >= a) & (rows < a + chunk.shape[0])
+        out[here] = chunk[rows[here] - a]
+        if a + chunk.shape[0] > last:
+            break
+    return out
+
+
 def linear_inputs(case: Case, fmt: Format, seed: int = 0) -> LinearLossInputs:
     """A linear_cross_entropy case's inputs in ``fmt``: drawn in float64 from the stream
     SeedSequence([seed, case.seed, 4]) in the same order for every format, then rounded once.
@@ -84,15 +118,17 @@ def linear_inputs(case: Case, fmt: Format, seed: int = 0) -> LinearLossInputs:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     tokens, vocab, hidden = case.rows, case.n, int(case.param("hidden_size"))
     std = float(case.param("logit_std"))
-    rng = np.random.default_rng(np.random.SeedSequence([int(seed), case.seed, 4]))
-    w64 = rng.standard_normal((vocab, hidden)) * (std / math.sqrt(hidden))
+    stream = np.random.SeedSequence([int(seed), case.seed, 4])
+    rng = np.random.default_rng(stream)
+    scale = std / math.sqrt(hidden)
+    weight = _weight(rng, vocab, hidden, scale, fmt)
     h64 = rng.standard_normal((tokens, hidden))
     target = rng.integers(0, vocab, size=tokens).astype(np.int64)
     b64 = rng.standard_normal(vocab) * 0.5 if case.param("bias") else None
     confident = int(round(float(case.param("confident_tokens")) * tokens))
     if confident:
         rows = np.sort(rng.choice(tokens, size=confident, replace=False))
-        w_t = w64[target[rows]]
+        w_t = _weight_rows(np.random.default_rng(stream), vocab, hidden, scale, target[rows])
         h64[rows] = w_t * (float(case.param("confident_margin")) / np.sum(w_t * w_t, axis=1))[:, None]
     ignored = int(case.param("ignored_tokens"))
     ignore_index = int(case.param("ignore_index") if case.param("ignore_index") is not None else -100)
@@ -101,7 +137,7 @@ def linear_inputs(case: Case, fmt: Format, seed: int = 0) -> LinearLossInputs:
     softcap = case.param("softcap")
     return LinearLossInputs(
         hidden=np.ascontiguousarray(round_float64_array(h64, fmt)),
-        weight=np.ascontiguousarray(round_float64_array(w64, fmt)),
+        weight=weight,
         bias=None if b64 is None else np.ascontiguousarray(round_float64_array(b64, fmt)),
         target=np.ascontiguousarray(target), ignore_index=ignore_index,
         label_smoothing=float(case.param("label_smoothing")), reduction=str(case.param("reduction")),
