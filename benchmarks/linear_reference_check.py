@@ -263,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     for case in cases:
         if not case.runs_on("cpu") and not args.gpu_cases:
             print(f"{case.name:24} skipped: devices = {list(case.devices)} (a GPU-only case: --gpu-cases)")
-    tasks = [(c.name, f, sizes, args.seed) for c in cases if args.gpu_cases or c.runs_on("cpu") for f in formats]
+    tasks = [(c.name, f, sizes, args.seed) for c in cases if args.gpu_cases or c.runs_on("cpu")
+             for f in formats if c.applies_to_format(f)]
     with multiprocessing.get_context("spawn").Pool(args.jobs) if args.jobs > 1 else contextlib.nullcontext() as pool:
         results = pool.imap(check_one, tasks) if pool is not None else map(check_one, tasks)
         for name, fname, tally, scope in results:
