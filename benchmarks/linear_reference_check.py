@@ -256,6 +256,9 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unknown format {unknown[0]!r}" if unknown else "--jobs takes 1 or more")
     names = None if args.cases is None else {c.strip() for c in args.cases.split(",")}
     cases = sorted((c for c in load_cases() if c.linear and (names is None or c.name in names)), key=lambda c: c.name)
+    missing = sorted((names or set()) - {c.name for c in cases})
+    if missing:
+        ap.error(f"no linear_cross_entropy case named {missing[0]!r} (softaudit cases lists them)")
     t0 = time.perf_counter()
     total = bad = unc = 0
     head = " ".join(f"{n:>9}" for n in TENSORS)
