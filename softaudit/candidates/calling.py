@@ -31,9 +31,8 @@ from softaudit.candidates.conversion import (
 from softaudit.candidates.errors import describe_exception
 from softaudit.candidates.linear_calling import (
     LINEAR_BACKWARD_SIGNATURE,
-    call_linear,
+    call_linear_autograd,
     call_linear_function,
-    linear_backward_mode,
 )
 from softaudit.candidates.model import Candidate, OpFunction
 from softaudit.candidates.running import (
@@ -67,9 +66,8 @@ def backward_mode(cand: Candidate, op: str) -> tuple[str | None, str]:
     """How ``op``'s backward pass is audited: ("function", "") through the
     candidate's explicit backward function, ("autograd", "") through torch
     autograd of its forward function, ("vjp", "") through ``jax.vjp`` of a JAX
-    forward function, or (None, reason) when it cannot be (the runner's SKIP reason)."""
-    if op == LINEAR_CROSS_ENTROPY:
-        return linear_backward_mode(cand)
+    forward function (not for linear_cross_entropy), or (None, reason) when it cannot be (the
+    runner's SKIP reason)."""
     if op in cand.backward:
         return "function", ""
     opfn = cand.ops.get(op)
@@ -77,9 +75,9 @@ def backward_mode(cand: Candidate, op: str) -> tuple[str | None, str]:
         return None, f"{op} is not defined"
     if opfn.backend == "torch":
         return "autograd", ""
-    if opfn.backend == "jax":
+    if opfn.backend == "jax" and op != LINEAR_CROSS_ENTROPY:
         return "vjp", ""
-    return None, f"numpy candidate without {_BACKWARD_SIGNATURES[op]}: audited forward only"
+    return None, f"{opfn.backend} candidate without {_BACKWARD_SIGNATURES[op]}: audited forward only"
 
 
 def accepted_keywords(opfn: OpFunction) -> tuple[str, ...]:
@@ -104,23 +102,22 @@ def call(cand: Candidate, request: CallRequest) -> CallResult:
         raise ValueError(f"unknown format {request.fmt_name!r}")
     if request.op not in OPS:
         raise ValueError(f"unknown op {request.op!r}")
-    if request.op == LINEAR_CROSS_ENTROPY:
-        return call_linear(cand, request, fmt)
+    linear = request.op == LINEAR_CROSS_ENTROPY  # its own calling conventions: linear_calling
     if request.direction == "forward":
         opfn = cand.ops.get(request.op)
         if opfn is None:
             raise ValueError(f"{cand.name} defines no {request.op}")
-        return _call_forward(opfn, request, fmt)
+        return (call_linear_function if linear else _call_forward)(opfn, request, fmt)
     if request.direction != "backward":
         raise ValueError(f"unknown direction {request.direction!r}")
     mode, reason = backward_mode(cand, request.op)
     if mode is None:
         return CallResult(None, None, False, "", (), 0.0, unsupported=reason)
     if mode == "function":
-        return _call_backward(cand.backward[request.op], request, fmt)
+        return (call_linear_function if linear else _call_backward)(cand.backward[request.op], request, fmt)
     if mode == "vjp":
         return _call_vjp(cand.ops[request.op], request, fmt)
-    return _call_autograd(cand.ops[request.op], request, fmt)
+    return (call_linear_autograd if linear else _call_autograd)(cand.ops[request.op], request, fmt)
 
 
 def call_op(opfn: OpFunction, x: np.ndarray, fmt: Format) -> CallResult:

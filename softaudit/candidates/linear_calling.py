@@ -21,7 +21,7 @@ from softaudit.candidates.conversion import (
     output_problem,
     to_torch,
 )
-from softaudit.candidates.model import Candidate, OpFunction
+from softaudit.candidates.model import OpFunction
 from softaudit.candidates.running import (
     CallRequest,
     CallResult,
@@ -42,37 +42,8 @@ GRADIENT_NAMES = ("hidden", "weight", "bias")
 """The tensors a backward call returns the gradients of, in order."""
 
 
-def linear_backward_mode(cand: Candidate) -> tuple[str | None, str]:
-    """("function", ""), ("autograd", "") or (None, reason): how linear_cross_entropy's backward is audited."""
-    if LINEAR_CROSS_ENTROPY in cand.backward:
-        return "function", ""
-    opfn = cand.ops.get(LINEAR_CROSS_ENTROPY)
-    if opfn is None:
-        return None, f"{LINEAR_CROSS_ENTROPY} is not defined"
-    if opfn.backend == "torch":
-        return "autograd", ""
-    return None, f"{opfn.backend} candidate without {LINEAR_BACKWARD_SIGNATURE}: audited forward only"
-
-
-def call_linear(cand: Candidate, request: CallRequest, fmt: Format) -> CallResult:
-    """One linear_cross_entropy call of ``cand`` in the request's direction."""
-    if request.direction == "forward":
-        opfn = cand.ops.get(LINEAR_CROSS_ENTROPY)
-        if opfn is None:
-            raise ValueError(f"{cand.name} defines no {LINEAR_CROSS_ENTROPY}")
-        return call_linear_function(opfn, request, fmt)
-    if request.direction != "backward":
-        raise ValueError(f"unknown direction {request.direction!r}")
-    mode, reason = linear_backward_mode(cand)
-    if mode is None:
-        return CallResult(None, None, False, "", (), 0.0, unsupported=reason)
-    if mode == "function":
-        return call_linear_function(cand.backward[LINEAR_CROSS_ENTROPY], request, fmt)
-    return _autograd(cand.ops[LINEAR_CROSS_ENTROPY], request, fmt)
-
-
 def call_linear_function(opfn: OpFunction, request: CallRequest, fmt: Format) -> CallResult:
-    """Call one function, the forward or the explicit backward, as ``call_linear`` would."""
+    """Call one function, the forward or the explicit backward (calling.call dispatches here)."""
     if opfn.rowwise:
         return CallResult(None, None, False, "", (), 0.0,
                           unsupported=f"{LINEAR_CROSS_ENTROPY} is not audited row by row (its rows share the weight)")
@@ -183,7 +154,7 @@ def _finish_gradients(opfn: OpFunction, run: Run, args: Arguments, fmt: Format, 
                       parts=tuple(parts))
 
 
-def _autograd(opfn: OpFunction, request: CallRequest, fmt: Format) -> CallResult:
+def call_linear_autograd(opfn: OpFunction, request: CallRequest, fmt: Format) -> CallResult:
     """Backward through torch autograd: hidden, weight (and bias) are fresh leaves, out = fn(...),
     out.backward(dy); the output is their .grad."""
     import torch
